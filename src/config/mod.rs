@@ -1,0 +1,349 @@
+//! config: read and merge toolbox settings, remembering where each value came from.
+//!
+//! Sources, later wins: built-in defaults (the CoreOS script's), `/etc/default/toolbox`,
+//! `~/.toolboxrc`, `${XDG_CONFIG_HOME:-~/.config}/toolbox/toolbox.conf`, `TOOLBOX_*`
+//! environment variables, command-line options. Files are parsed as shell assignments
+//! (see [`shell`]) and never executed. This module reads the files it is pointed at and
+//! nothing else; turning settings into a launch is `plan`'s job.
+
+pub mod shell;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::host::{Env, HostPaths, Invoker, XDG_CONFIG_HOME};
+
+/// A setting toolbox understands.
+#[derive(Debug)]
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    /// Whether the value is a list of words split like a shell command line.
+    pub words: bool,
+}
+
+pub const IMAGE: &str = "TOOLBOX_DOCKER_IMAGE";
+pub const TAG: &str = "TOOLBOX_DOCKER_TAG";
+pub const USER: &str = "TOOLBOX_USER";
+pub const DIRECTORY: &str = "TOOLBOX_DIRECTORY";
+pub const BIND: &str = "TOOLBOX_BIND";
+pub const ENV: &str = "TOOLBOX_ENV";
+pub const NAME: &str = "TOOLBOX_NAME";
+pub const FLAGS: &str = "TOOLBOX_FLAGS";
+
+/// Every setting, with the CoreOS script's defaults.
+pub const KEYS: &[Key] = &[
+    Key { name: IMAGE, default: "fedora", words: false },
+    Key { name: TAG, default: "latest", words: false },
+    Key { name: USER, default: "root", words: false },
+    Key { name: DIRECTORY, default: "/var/lib/toolbox", words: false },
+    Key {
+        name: BIND,
+        default: "--bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run",
+        words: true,
+    },
+    Key { name: ENV, default: "", words: true },
+    Key { name: NAME, default: "", words: false },
+    Key { name: FLAGS, default: "", words: true },
+];
+
+fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File { path: PathBuf, line: usize },
+    Environment,
+    Option(&'static str),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Environment => write!(f, "environment"),
+            Origin::Option(flag) => write!(f, "option {flag}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub value: String,
+    pub origin: Origin,
+}
+
+/// The configuration files toolbox consults, in order.
+pub fn files(paths: &HostPaths, env: &Env, invoker: &Invoker) -> Vec<PathBuf> {
+    let mut files = vec![paths.etc_default.clone()];
+    if let Some(home) = &invoker.home {
+        files.push(home.join(".toolboxrc"));
+    }
+    let config_home = env
+        .non_empty(XDG_CONFIG_HOME)
+        .map(PathBuf::from)
+        .or_else(|| invoker.home.as_ref().map(|h| h.join(".config")));
+    if let Some(config_home) = config_home {
+        files.push(config_home.join("toolbox").join("toolbox.conf"));
+    }
+    files
+}
+
+/// Settings merged from every source, each with its origin.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    values: HashMap<&'static str, Setting>,
+    /// Every variable the files assigned, known or not, for `$NAME` in later files (the
+    /// CoreOS script sourced them all into one shell).
+    vars: HashMap<String, String>,
+    /// Files that existed and were read.
+    pub files_read: Vec<PathBuf>,
+    /// Problems worth a line on stderr that do not stop toolbox.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            values: KEYS
+                .iter()
+                .map(|k| {
+                    let setting = Setting { value: k.default.to_string(), origin: Origin::Default };
+                    (k.name, setting)
+                })
+                .collect(),
+            vars: KEYS.iter().map(|k| (k.name.to_string(), k.default.to_string())).collect(),
+            files_read: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then each file in `files` that exists, then the environment.
+    pub fn load(files: &[PathBuf], env: &Env) -> Result<Settings> {
+        let mut settings = Settings::default();
+        for path in files {
+            let text = match std::fs::read(path) {
+                Ok(bytes) => String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{}: is not UTF-8 text", path.display()))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            };
+            settings.apply_file(path, &text, env)?;
+        }
+        settings.apply_environment(env);
+        Ok(settings)
+    }
+
+    /// Merges one file's assignments. `$NAME` sees earlier assignments first, then the
+    /// environment.
+    pub fn apply_file(&mut self, path: &Path, text: &str, env: &Env) -> Result<()> {
+        let lookup = |name: &str| {
+            self.vars
+                .get(name)
+                .cloned()
+                .or_else(|| env.get(name).map(str::to_string))
+        };
+        let parsed = shell::parse(text, &lookup)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {}", path.display(), e.line, e.message))?;
+        for assignment in parsed.assignments {
+            match key(&assignment.name) {
+                Some(key) => {
+                    let origin = Origin::File { path: path.to_path_buf(), line: assignment.line };
+                    self.values.insert(key.name, Setting { value: assignment.value.clone(), origin });
+                }
+                None if parsed.referenced.contains(&assignment.name) => {}
+                None => self.warnings.push(format!(
+                    "{}:{}: unknown setting `{}` is ignored",
+                    path.display(),
+                    assignment.line,
+                    assignment.name
+                )),
+            }
+            self.vars.insert(assignment.name, assignment.value);
+        }
+        self.files_read.push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// `TOOLBOX_*` variables in the environment override the files.
+    pub fn apply_environment(&mut self, env: &Env) {
+        for key in KEYS {
+            if let Some(value) = env.get(key.name) {
+                let setting = Setting { value: value.to_string(), origin: Origin::Environment };
+                self.values.insert(key.name, setting);
+            }
+        }
+    }
+
+    /// A command-line option overrides everything else.
+    pub fn set_option(&mut self, name: &'static str, flag: &'static str, value: String) {
+        self.values.insert(name, Setting { value, origin: Origin::Option(flag) });
+    }
+
+    pub fn setting(&self, name: &str) -> &Setting {
+        &self.values[name]
+    }
+
+    pub fn get(&self, name: &str) -> &str {
+        &self.setting(name).value
+    }
+
+    /// A word-valued setting split into words; a quoting error names where the value came from.
+    pub fn words(&self, name: &str) -> Result<Vec<String>> {
+        let setting = self.setting(name);
+        match shell::split_words(&setting.value) {
+            Ok(words) => Ok(words),
+            Err(message) => bail!("{}: {name}: {message}", setting.origin),
+        }
+    }
+
+    /// Every setting in [`KEYS`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static Key, &Setting)> {
+        KEYS.iter().map(|k| (k, &self.values[k.name]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_are_the_coreos_ones() {
+        let s = Settings::default();
+        assert_eq!(s.get(IMAGE), "fedora");
+        assert_eq!(s.get(TAG), "latest");
+        assert_eq!(s.get(USER), "root");
+        assert_eq!(s.get(DIRECTORY), "/var/lib/toolbox");
+        assert_eq!(
+            s.words(BIND).unwrap(),
+            ["--bind=/:/media/root", "--bind=/usr:/media/root/usr", "--bind=/run:/media/root/run"]
+        );
+        assert!(s.words(ENV).unwrap().is_empty());
+        assert_eq!(s.setting(IMAGE).origin, Origin::Default);
+    }
+
+    #[test]
+    fn later_sources_win_and_origins_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = write(dir.path(), "etc/default/toolbox", "TOOLBOX_DOCKER_IMAGE=debian\nTOOLBOX_DOCKER_TAG=bookworm\nTOOLBOX_USER=core\n");
+        let rc = write(dir.path(), "home/.toolboxrc", "# mine\nTOOLBOX_DOCKER_TAG=trixie\n");
+        let conf = write(dir.path(), "home/.config/toolbox/toolbox.conf", "TOOLBOX_USER=admin\n");
+        let env = Env::from_pairs([("TOOLBOX_USER", "envuser")]);
+        let mut s = Settings::load(&[etc.clone(), rc.clone(), conf.clone()], &env).unwrap();
+        assert_eq!(s.get(IMAGE), "debian");
+        assert_eq!(s.setting(IMAGE).origin, Origin::File { path: etc, line: 1 });
+        assert_eq!(s.get(TAG), "trixie");
+        assert_eq!(s.setting(TAG).origin.to_string(), format!("{}:2", rc.display()));
+        assert_eq!(s.get(USER), "envuser");
+        assert_eq!(s.setting(USER).origin, Origin::Environment);
+        s.set_option(USER, "--user", "flaguser".into());
+        assert_eq!(s.get(USER), "flaguser");
+        assert_eq!(s.setting(USER).origin.to_string(), "option --user");
+        assert_eq!(s.files_read, vec![dir.path().join("etc/default/toolbox"), rc, conf]);
+    }
+
+    #[test]
+    fn missing_files_are_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Settings::load(&[dir.path().join("nope"), dir.path().join("also/nope")], &Env::default()).unwrap();
+        assert!(s.files_read.is_empty());
+        assert_eq!(s.get(IMAGE), "fedora");
+    }
+
+    #[test]
+    fn unreadable_and_malformed_files_are_errors_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n");
+        let err = Settings::load(&[bad.clone()], &Env::default()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!("{}:3: command substitution ($(...)) is not supported", bad.display())
+        );
+        let as_dir = dir.path().join("conf.d");
+        std::fs::create_dir(&as_dir).unwrap();
+        let err = Settings::load(&[as_dir.clone()], &Env::default()).unwrap_err();
+        assert!(format!("{err:#}").starts_with(&format!("cannot read {}: ", as_dir.display())));
+        let binary = dir.path().join("binary");
+        std::fs::write(&binary, b"A=\xff\n").unwrap();
+        let err = Settings::load(&[binary.clone()], &Env::default()).unwrap_err();
+        assert_eq!(format!("{err:#}"), format!("{}: is not UTF-8 text", binary.display()));
+    }
+
+    #[test]
+    fn expansions_extend_defaults_and_earlier_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs([("HOME", "/home/core"), ("TOOLBOX_BIND", "--bind=/from/env")]);
+        let mut s = Settings::default();
+        s.apply_file(&dir.path().join("etc"), "SITE_BIND=--bind=/srv:/srv\n", &env).unwrap();
+        let rc = "TOOLBOX_BIND=\"$TOOLBOX_BIND $SITE_BIND '--bind=/my dir:/d'\"\nTOOLBOX_DIRECTORY=$HOME/tb\n";
+        s.apply_file(&dir.path().join("rc"), rc, &env).unwrap();
+        // In a file, `$TOOLBOX_BIND` is the value so far, as when the script sourced it.
+        assert_eq!(
+            s.words(BIND).unwrap(),
+            [
+                "--bind=/:/media/root",
+                "--bind=/usr:/media/root/usr",
+                "--bind=/run:/media/root/run",
+                "--bind=/srv:/srv",
+                "--bind=/my dir:/d"
+            ]
+        );
+        assert_eq!(s.get(DIRECTORY), "/home/core/tb");
+        s.apply_environment(&env);
+        assert_eq!(s.words(BIND).unwrap(), ["--bind=/from/env"]);
+    }
+
+    #[test]
+    fn unknown_keys_warn_unless_used_as_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let rc = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n");
+        let s = Settings::load(&[rc.clone()], &Env::default()).unwrap();
+        assert_eq!(
+            s.warnings,
+            vec![format!("{}:1: unknown setting `TOOLBOX_DOCKER_IMGE` is ignored", rc.display())]
+        );
+        assert_eq!(s.get(IMAGE), "fedora");
+    }
+
+    #[test]
+    fn word_errors_name_the_origin() {
+        let env = Env::from_pairs([("TOOLBOX_FLAGS", "'--open")]);
+        let mut s = Settings::default();
+        s.apply_environment(&env);
+        let err = s.words(FLAGS).unwrap_err();
+        assert_eq!(err.to_string(), "environment: TOOLBOX_FLAGS: unterminated single quote");
+    }
+
+    #[test]
+    fn config_file_locations() {
+        let invoker = Invoker { name: "core".into(), home: Some("/home/core".into()) };
+        let paths = HostPaths::default();
+        assert_eq!(
+            files(&paths, &Env::default(), &invoker),
+            [
+                PathBuf::from("/etc/default/toolbox"),
+                PathBuf::from("/home/core/.toolboxrc"),
+                PathBuf::from("/home/core/.config/toolbox/toolbox.conf")
+            ]
+        );
+        let env = Env::from_pairs([("XDG_CONFIG_HOME", "/xdg")]);
+        assert_eq!(files(&paths, &env, &invoker)[2], PathBuf::from("/xdg/toolbox/toolbox.conf"));
+    }
+}

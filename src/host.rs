@@ -1,0 +1,180 @@
+//! host: what toolbox reads about the host it runs on, gathered in one place so tests can
+//! replace it. Every environment variable toolbox reads is listed here; the host file
+//! locations it consults are fields of [`HostPaths`]. This module only reads.
+//!
+//! Environment variables read by toolbox:
+//! - `TOOLBOX_DOCKER_IMAGE`, `TOOLBOX_DOCKER_TAG`, `TOOLBOX_USER`, `TOOLBOX_DIRECTORY`,
+//!   `TOOLBOX_BIND`, `TOOLBOX_ENV`, `TOOLBOX_NAME`, `TOOLBOX_FLAGS`: settings (see `config`).
+//! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
+//! - `USER`, `SUDO_USER`: who invoked toolbox, for the toolbox name.
+//! - `PATH`: where `systemd-nspawn` is looked up.
+//! - `DOCKER_HOST`: the Docker daemon to talk to (read by bollard).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub const HOME: &str = "HOME";
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+pub const USER: &str = "USER";
+pub const SUDO_USER: &str = "SUDO_USER";
+pub const PATH: &str = "PATH";
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
+
+/// A snapshot of the environment variables toolbox may read.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment. Variables whose name or value is not UTF-8 are left out: no
+    /// setting toolbox reads can hold such a value.
+    pub fn from_process() -> Self {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// A variable's value when it is set and not empty.
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+
+    pub fn path_var(&self) -> Option<OsString> {
+        self.get(PATH).map(OsString::from)
+    }
+}
+
+/// Host files toolbox consults, injectable for tests.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// System-wide settings, `/etc/default/toolbox`.
+    pub etc_default: PathBuf,
+    /// The host's user database, `/etc/passwd`.
+    pub passwd: PathBuf,
+    /// Exists when systemd is the host's init: `/run/systemd/system`.
+    pub systemd_booted: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            etc_default: PathBuf::from("/etc/default/toolbox"),
+            passwd: PathBuf::from("/etc/passwd"),
+            systemd_booted: PathBuf::from("/run/systemd/system"),
+        }
+    }
+}
+
+/// The person toolbox works for: under sudo, the user who ran sudo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoker {
+    /// Never empty: a user name, or the numeric user ID when no name is known.
+    pub name: String,
+    pub home: Option<PathBuf>,
+}
+
+impl Invoker {
+    /// Works out the invoker from the environment and the host's passwd text. Under sudo
+    /// (effective UID 0 with `SUDO_USER` set) it is the sudo user, with the home directory
+    /// from passwd, so their `~/.toolboxrc` applies as it did with the CoreOS script.
+    pub fn identify(env: &Env, passwd: &str, euid: u32) -> Invoker {
+        if euid == 0 {
+            if let Some(sudo_user) = env.non_empty(SUDO_USER) {
+                let home = passwd_entry(passwd, |name, _| name == sudo_user).map(|e| e.home);
+                return Invoker {
+                    name: sudo_user.to_string(),
+                    home: home.or_else(|| env.non_empty(HOME).map(PathBuf::from)),
+                };
+            }
+        }
+        let by_uid = passwd_entry(passwd, |_, uid| uid == euid);
+        let name = env
+            .non_empty(USER)
+            .map(str::to_string)
+            .or_else(|| by_uid.as_ref().map(|e| e.name.clone()))
+            .unwrap_or_else(|| euid.to_string());
+        let home = env
+            .non_empty(HOME)
+            .map(PathBuf::from)
+            .or_else(|| by_uid.map(|e| e.home));
+        Invoker { name, home }
+    }
+}
+
+struct PasswdEntry {
+    name: String,
+    home: PathBuf,
+}
+
+fn passwd_entry(passwd: &str, wanted: impl Fn(&str, u32) -> bool) -> Option<PasswdEntry> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, _, _, home, ..] = fields[..] else {
+            return None;
+        };
+        let uid = uid.parse().ok()?;
+        (!name.is_empty() && wanted(name, uid)).then(|| PasswdEntry {
+            name: name.to_string(),
+            home: PathBuf::from(home),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          core:x:500:500:CoreOS Admin:/home/core:/bin/bash\n\
+                          broken line\n";
+
+    #[test]
+    fn plain_user() {
+        let env = Env::from_pairs([("USER", "core"), ("HOME", "/home/core")]);
+        let invoker = Invoker::identify(&env, PASSWD, 500);
+        assert_eq!(invoker.name, "core");
+        assert_eq!(invoker.home, Some(PathBuf::from("/home/core")));
+    }
+
+    #[test]
+    fn sudo_user_wins_with_their_home() {
+        let env = Env::from_pairs([("USER", "root"), ("HOME", "/root"), ("SUDO_USER", "core")]);
+        let invoker = Invoker::identify(&env, PASSWD, 0);
+        assert_eq!(invoker.name, "core");
+        assert_eq!(invoker.home, Some(PathBuf::from("/home/core")));
+    }
+
+    #[test]
+    fn sudo_user_is_ignored_without_root() {
+        let env = Env::from_pairs([("USER", "core"), ("SUDO_USER", "mallory")]);
+        assert_eq!(Invoker::identify(&env, PASSWD, 500).name, "core");
+    }
+
+    // Regression: under systemd units `$USER` is empty and the CoreOS script named the
+    // toolbox `-fedora-latest`.
+    #[test]
+    fn empty_user_falls_back_to_passwd_then_uid() {
+        let env = Env::from_pairs([("USER", "")]);
+        let invoker = Invoker::identify(&env, PASSWD, 0);
+        assert_eq!(invoker.name, "root");
+        assert_eq!(invoker.home, Some(PathBuf::from("/root")));
+        assert_eq!(Invoker::identify(&env, PASSWD, 4242).name, "4242");
+    }
+}

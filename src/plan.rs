@@ -1,0 +1,220 @@
+//! plan: decide what to launch from settled settings. Pure: no I/O, so every naming and
+//! precedence rule is unit-tested here. Everything downstream takes a [`Plan`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::config::{self, Settings};
+
+/// What to run inside the toolbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// An interactive login shell (systemd-nspawn's choice: bash, else sh).
+    Shell,
+    /// A command and its arguments, looked up on the toolbox's `PATH`.
+    Command(Vec<OsString>),
+}
+
+/// An image reference split the way the CoreOS script combined it: `IMAGE:TAG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub repository: String,
+    /// A tag, or a digest such as `sha256:...`.
+    pub tag: String,
+}
+
+impl ImageRef {
+    /// `image` may carry its own tag (`debian:bookworm`) or digest (`debian@sha256:...`),
+    /// which then wins over `default_tag`. A registry port (`host:5000/img`) is not a tag.
+    pub fn parse(image: &str, default_tag: &str) -> Result<ImageRef> {
+        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("invalid image name `{image}`");
+        }
+        if let Some((repository, digest)) = image.split_once('@') {
+            return Ok(ImageRef { repository: repository.into(), tag: digest.into() });
+        }
+        let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+        if let Some(colon) = image[last_slash..].rfind(':') {
+            let (repository, tag) = image.split_at(last_slash + colon);
+            return Ok(ImageRef { repository: repository.into(), tag: tag[1..].into() });
+        }
+        if default_tag.is_empty() {
+            bail!("image `{image}` has no tag and TOOLBOX_DOCKER_TAG is empty");
+        }
+        Ok(ImageRef { repository: image.into(), tag: default_tag.into() })
+    }
+
+    fn is_digest(&self) -> bool {
+        self.tag.contains(':')
+    }
+
+    /// The reference to give the engine: `repo:tag` or `repo@digest`.
+    pub fn reference(&self) -> String {
+        let separator = if self.is_digest() { '@' } else { ':' };
+        format!("{}{separator}{}", self.repository, self.tag)
+    }
+}
+
+/// Everything needed to find or create the toolbox and enter it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub image: ImageRef,
+    /// The directory name under `directory`, as the CoreOS script chose it.
+    pub name: String,
+    /// `TOOLBOX_DIRECTORY`, where toolboxes live.
+    pub directory: PathBuf,
+    pub user: String,
+    pub binds: Vec<String>,
+    pub env: Vec<String>,
+    pub flags: Vec<String>,
+    pub payload: Payload,
+}
+
+impl Plan {
+    pub fn resolve(settings: &Settings, invoker_name: &str, payload: Payload) -> Result<Plan> {
+        let image = ImageRef::parse(settings.get(config::IMAGE), settings.get(config::TAG))?;
+        let toolbox_name = match settings.get(config::NAME) {
+            "" => format!("{}-{}", image.repository, image.tag),
+            name => name.to_string(),
+        };
+        let name = toolbox_dir_name(invoker_name, &toolbox_name)?;
+        let directory = PathBuf::from(settings.get(config::DIRECTORY));
+        if !directory.is_absolute() {
+            let origin = &settings.setting(config::DIRECTORY).origin;
+            bail!("{origin}: TOOLBOX_DIRECTORY must be an absolute path, not `{}`", directory.display());
+        }
+        let user = settings.get(config::USER);
+        if user.is_empty() {
+            bail!("{}: TOOLBOX_USER is empty", settings.setting(config::USER).origin);
+        }
+        Ok(Plan {
+            image,
+            name,
+            directory,
+            user: user.to_string(),
+            binds: settings.words(config::BIND)?,
+            env: settings.words(config::ENV)?,
+            flags: settings.words(config::FLAGS)?,
+            payload,
+        })
+    }
+
+    /// The toolbox's root directory.
+    pub fn path(&self) -> PathBuf {
+        self.directory.join(&self.name)
+    }
+
+    /// The `--machine=` name for systemd-nspawn, derived from the toolbox name.
+    pub fn machine_name(&self) -> String {
+        machine_name(&self.name)
+    }
+}
+
+/// `${USER}-${TOOLBOX_NAME}` with every character outside `[a-zA-Z0-9_.-]` turned into `_`,
+/// exactly as the CoreOS script named its directories, so existing trees are found.
+pub fn toolbox_dir_name(user: &str, toolbox_name: &str) -> Result<String> {
+    let name: String = format!("{user}-{toolbox_name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .collect();
+    if name.len() > 200 {
+        bail!("toolbox name `{name}` is longer than 200 characters; choose a shorter --name");
+    }
+    Ok(name)
+}
+
+/// systemd accepts machine names that are valid hostnames: letters, digits and `-` in
+/// dot-separated labels, at most 64 characters (systemd's `hostname_is_valid`). `_` is not
+/// allowed, so `core-docker.io_library_fedora-latest` becomes `core-docker.io-library-fedora-latest`.
+pub fn machine_name(toolbox_name: &str) -> String {
+    let mut name = String::new();
+    for c in toolbox_name.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' };
+        if c == '.' && (name.is_empty() || name.ends_with('.')) {
+            continue;
+        }
+        name.push(c);
+    }
+    name.truncate(64);
+    let name = name.trim_end_matches('.');
+    if name.is_empty() { "toolbox".to_string() } else { name.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Env;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let mut settings = Settings::default();
+        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
+        settings
+    }
+
+    #[test]
+    fn names_match_the_coreos_script() {
+        assert_eq!(toolbox_dir_name("core", "fedora-latest").unwrap(), "core-fedora-latest");
+        assert_eq!(
+            toolbox_dir_name("core", "docker.io/library/fedora-latest").unwrap(),
+            "core-docker.io_library_fedora-latest"
+        );
+        assert_eq!(toolbox_dir_name("jo smith", "a:b@c/d").unwrap(), "jo_smith-a_b_c_d");
+        assert_eq!(toolbox_dir_name("core", "é").unwrap(), "core-_");
+        assert!(toolbox_dir_name("core", &"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn default_plan() {
+        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        assert_eq!(plan.image.reference(), "fedora:latest");
+        assert_eq!(plan.path(), PathBuf::from("/var/lib/toolbox/core-fedora-latest"));
+        assert_eq!(plan.user, "root");
+        assert_eq!(plan.binds.len(), 3);
+    }
+
+    #[test]
+    fn image_forms() {
+        let cases = [
+            ("docker.io/library/fedora", "latest", "docker.io/library/fedora:latest", "core-docker.io_library_fedora-latest"),
+            ("debian:bookworm", "latest", "debian:bookworm", "core-debian-bookworm"),
+            ("registry:5000/tools", "1.2", "registry:5000/tools:1.2", "core-registry_5000_tools-1.2"),
+            ("registry:5000/tools:9", "1.2", "registry:5000/tools:9", "core-registry_5000_tools-9"),
+            ("img@sha256:abc", "latest", "img@sha256:abc", "core-img-sha256_abc"),
+        ];
+        for (image, tag, reference, name) in cases {
+            let plan = Plan::resolve(&settings(&[(config::IMAGE, image), (config::TAG, tag)]), "core", Payload::Shell).unwrap();
+            assert_eq!(plan.image.reference(), reference, "{image}");
+            assert_eq!(plan.name, name, "{image}");
+        }
+        assert!(ImageRef::parse("", "latest").is_err());
+        assert!(ImageRef::parse("a b", "latest").is_err());
+        assert!(ImageRef::parse("debian", "").is_err());
+    }
+
+    #[test]
+    fn explicit_name_keeps_the_user_prefix() {
+        let plan = Plan::resolve(&settings(&[(config::NAME, "debug box")]), "core", Payload::Shell).unwrap();
+        assert_eq!(plan.name, "core-debug_box");
+    }
+
+    #[test]
+    fn invalid_settings_name_their_origin() {
+        let err = Plan::resolve(&settings(&[(config::DIRECTORY, "rel/dir")]), "core", Payload::Shell).unwrap_err();
+        assert_eq!(err.to_string(), "environment: TOOLBOX_DIRECTORY must be an absolute path, not `rel/dir`");
+        let err = Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
+        assert_eq!(err.to_string(), "environment: TOOLBOX_USER is empty");
+    }
+
+    #[test]
+    fn machine_names_are_valid_hostnames() {
+        assert_eq!(machine_name("core-fedora-latest"), "core-fedora-latest");
+        assert_eq!(machine_name("core-docker.io_library_fedora-latest"), "core-docker.io-library-fedora-latest");
+        assert_eq!(machine_name("..a..b."), "a.b");
+        assert_eq!(machine_name("___"), "---");
+        assert_eq!(machine_name(""), "toolbox");
+        let long = machine_name(&"a".repeat(100));
+        assert_eq!(long.len(), 64);
+    }
+}

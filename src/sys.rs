@@ -1,0 +1,69 @@
+//! sys: the few system calls toolbox's file handling rests on, with the reasons they are
+//! used. All go through rustix's safe wrappers; this module holds no `unsafe`.
+//!
+//! Containment inside a toolbox tree is the kernel's job, not string checks that a later
+//! archive entry could invalidate: paths are resolved with `openat2(RESOLVE_IN_ROOT)`
+//! (Linux 5.6), which treats the tree's root as `/` for `..` and for symlinks, absolute or
+//! relative, the way the container will see them.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+
+pub use rustix::io::Errno;
+
+/// Opens `path` as a directory to resolve other paths against.
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Opens `path` (relative, `/`-separated bytes) inside `root` with the container's view of
+/// symlinks: nothing outside `root` can be reached. `flags` adds to `O_CLOEXEC`; pass
+/// `O_NOFOLLOW` to refuse a symlink as the last component.
+pub fn open_in_root(root: impl AsFd, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    let path = if path.is_empty() { &b"."[..] } else { path };
+    // RESOLVE_NO_MAGICLINKS: /proc/self/root-style links would jump out of the tree.
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    loop {
+        match rfs::openat2(root.as_fd(), path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+            // openat2 with RESOLVE_IN_ROOT returns EAGAIN when a concurrent rename raced
+            // the lookup; retrying is the documented answer (openat2(2)).
+            Err(Errno::AGAIN) => continue,
+            Err(Errno::NOSYS) => {
+                return Err(io::Error::other(
+                    "the kernel lacks openat2 (Linux 5.6 or newer is required)",
+                ));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Flushes the filesystem holding `fd` to disk: one call for a whole tree, instead of an
+/// fsync per file.
+pub fn sync_filesystem(fd: impl AsFd) -> io::Result<()> {
+    Ok(rfs::syncfs(fd)?)
+}
+
+/// Takes an exclusive `flock` on `fd`, waiting for it.
+pub fn lock_exclusive(fd: impl AsFd) -> io::Result<()> {
+    Ok(rfs::flock(fd, rfs::FlockOperation::LockExclusive)?)
+}
+
+/// Whether a process with this ID exists (signal 0).
+pub fn process_exists(pid: i32) -> bool {
+    match rustix::process::Pid::from_raw(pid) {
+        Some(pid) => !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH)),
+        None => false,
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
