@@ -95,14 +95,12 @@ impl Invoker {
     /// (effective UID 0 with `SUDO_USER` set) it is the sudo user, with the home directory
     /// from passwd, so their `~/.toolboxrc` applies as it did with the CoreOS script.
     pub fn identify(env: &Env, passwd: &str, euid: u32) -> Invoker {
-        if euid == 0 {
-            if let Some(sudo_user) = env.non_empty(SUDO_USER) {
-                let home = passwd_entry(passwd, |name, _| name == sudo_user).map(|e| e.home);
-                return Invoker {
-                    name: sudo_user.to_string(),
-                    home: home.or_else(|| env.non_empty(HOME).map(PathBuf::from)),
-                };
-            }
+        if let Some(sudo_user) = env.non_empty(SUDO_USER).filter(|_| euid == 0) {
+            let home = passwd_entry(passwd, |name, _| name == sudo_user).map(|e| e.home);
+            return Invoker {
+                name: sudo_user.to_string(),
+                home: home.or_else(|| env.non_empty(HOME).map(PathBuf::from)),
+            };
         }
         let by_uid = passwd_entry(passwd, |_, uid| uid == euid);
         let name = env

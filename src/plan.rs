@@ -33,17 +33,26 @@ impl ImageRef {
             bail!("invalid image name `{image}`");
         }
         if let Some((repository, digest)) = image.split_once('@') {
-            return Ok(ImageRef { repository: repository.into(), tag: digest.into() });
+            return Ok(ImageRef {
+                repository: repository.into(),
+                tag: digest.into(),
+            });
         }
         let last_slash = image.rfind('/').map_or(0, |i| i + 1);
         if let Some(colon) = image[last_slash..].rfind(':') {
             let (repository, tag) = image.split_at(last_slash + colon);
-            return Ok(ImageRef { repository: repository.into(), tag: tag[1..].into() });
+            return Ok(ImageRef {
+                repository: repository.into(),
+                tag: tag[1..].into(),
+            });
         }
         if default_tag.is_empty() {
             bail!("image `{image}` has no tag and TOOLBOX_DOCKER_TAG is empty");
         }
-        Ok(ImageRef { repository: image.into(), tag: default_tag.into() })
+        Ok(ImageRef {
+            repository: image.into(),
+            tag: default_tag.into(),
+        })
     }
 
     fn is_digest(&self) -> bool {
@@ -83,11 +92,17 @@ impl Plan {
         let directory = PathBuf::from(settings.get(config::DIRECTORY));
         if !directory.is_absolute() {
             let origin = &settings.setting(config::DIRECTORY).origin;
-            bail!("{origin}: TOOLBOX_DIRECTORY must be an absolute path, not `{}`", directory.display());
+            bail!(
+                "{origin}: TOOLBOX_DIRECTORY must be an absolute path, not `{}`",
+                directory.display()
+            );
         }
         let user = settings.get(config::USER);
         if user.is_empty() {
-            bail!("{}: TOOLBOX_USER is empty", settings.setting(config::USER).origin);
+            bail!(
+                "{}: TOOLBOX_USER is empty",
+                settings.setting(config::USER).origin
+            );
         }
         Ok(Plan {
             image,
@@ -117,7 +132,13 @@ impl Plan {
 pub fn toolbox_dir_name(user: &str, toolbox_name: &str) -> Result<String> {
     let name: String = format!("{user}-{toolbox_name}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if name.len() > 200 {
         bail!("toolbox name `{name}` is longer than 200 characters; choose a shorter --name");
@@ -125,21 +146,30 @@ pub fn toolbox_dir_name(user: &str, toolbox_name: &str) -> Result<String> {
     Ok(name)
 }
 
-/// systemd accepts machine names that are valid hostnames: letters, digits and `-` in
-/// dot-separated labels, at most 64 characters (systemd's `hostname_is_valid`). `_` is not
-/// allowed, so `core-docker.io_library_fedora-latest` becomes `core-docker.io-library-fedora-latest`.
+/// systemd accepts machine names that are valid hostnames (systemd's `hostname_is_valid`):
+/// dot-separated labels of letters, digits and inner `-`, at most 64 characters. `_` is not
+/// allowed, so `core-docker.io_library_fedora-latest` becomes
+/// `core-docker.io-library-fedora-latest`.
 pub fn machine_name(toolbox_name: &str) -> String {
-    let mut name = String::new();
-    for c in toolbox_name.chars() {
-        let c = if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' };
-        if c == '.' && (name.is_empty() || name.ends_with('.')) {
-            continue;
+    let mut labels = Vec::new();
+    for label in toolbox_name.split('.') {
+        let label: String = label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let label = label.trim_matches('-');
+        if !label.is_empty() {
+            labels.push(label.to_string());
         }
-        name.push(c);
     }
+    let mut name = labels.join(".");
     name.truncate(64);
-    let name = name.trim_end_matches('.');
-    if name.is_empty() { "toolbox".to_string() } else { name.to_string() }
+    let name = name.trim_end_matches(['-', '.']);
+    if name.is_empty() {
+        "toolbox".to_string()
+    } else {
+        name.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -155,12 +185,18 @@ mod tests {
 
     #[test]
     fn names_match_the_coreos_script() {
-        assert_eq!(toolbox_dir_name("core", "fedora-latest").unwrap(), "core-fedora-latest");
+        assert_eq!(
+            toolbox_dir_name("core", "fedora-latest").unwrap(),
+            "core-fedora-latest"
+        );
         assert_eq!(
             toolbox_dir_name("core", "docker.io/library/fedora-latest").unwrap(),
             "core-docker.io_library_fedora-latest"
         );
-        assert_eq!(toolbox_dir_name("jo smith", "a:b@c/d").unwrap(), "jo_smith-a_b_c_d");
+        assert_eq!(
+            toolbox_dir_name("jo smith", "a:b@c/d").unwrap(),
+            "jo_smith-a_b_c_d"
+        );
         assert_eq!(toolbox_dir_name("core", "é").unwrap(), "core-_");
         assert!(toolbox_dir_name("core", &"x".repeat(300)).is_err());
     }
@@ -169,7 +205,10 @@ mod tests {
     fn default_plan() {
         let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(plan.image.reference(), "fedora:latest");
-        assert_eq!(plan.path(), PathBuf::from("/var/lib/toolbox/core-fedora-latest"));
+        assert_eq!(
+            plan.path(),
+            PathBuf::from("/var/lib/toolbox/core-fedora-latest")
+        );
         assert_eq!(plan.user, "root");
         assert_eq!(plan.binds.len(), 3);
     }
@@ -177,14 +216,44 @@ mod tests {
     #[test]
     fn image_forms() {
         let cases = [
-            ("docker.io/library/fedora", "latest", "docker.io/library/fedora:latest", "core-docker.io_library_fedora-latest"),
-            ("debian:bookworm", "latest", "debian:bookworm", "core-debian-bookworm"),
-            ("registry:5000/tools", "1.2", "registry:5000/tools:1.2", "core-registry_5000_tools-1.2"),
-            ("registry:5000/tools:9", "1.2", "registry:5000/tools:9", "core-registry_5000_tools-9"),
-            ("img@sha256:abc", "latest", "img@sha256:abc", "core-img-sha256_abc"),
+            (
+                "docker.io/library/fedora",
+                "latest",
+                "docker.io/library/fedora:latest",
+                "core-docker.io_library_fedora-latest",
+            ),
+            (
+                "debian:bookworm",
+                "latest",
+                "debian:bookworm",
+                "core-debian-bookworm",
+            ),
+            (
+                "registry:5000/tools",
+                "1.2",
+                "registry:5000/tools:1.2",
+                "core-registry_5000_tools-1.2",
+            ),
+            (
+                "registry:5000/tools:9",
+                "1.2",
+                "registry:5000/tools:9",
+                "core-registry_5000_tools-9",
+            ),
+            (
+                "img@sha256:abc",
+                "latest",
+                "img@sha256:abc",
+                "core-img-sha256_abc",
+            ),
         ];
         for (image, tag, reference, name) in cases {
-            let plan = Plan::resolve(&settings(&[(config::IMAGE, image), (config::TAG, tag)]), "core", Payload::Shell).unwrap();
+            let plan = Plan::resolve(
+                &settings(&[(config::IMAGE, image), (config::TAG, tag)]),
+                "core",
+                Payload::Shell,
+            )
+            .unwrap();
             assert_eq!(plan.image.reference(), reference, "{image}");
             assert_eq!(plan.name, name, "{image}");
         }
@@ -195,24 +264,43 @@ mod tests {
 
     #[test]
     fn explicit_name_keeps_the_user_prefix() {
-        let plan = Plan::resolve(&settings(&[(config::NAME, "debug box")]), "core", Payload::Shell).unwrap();
+        let plan = Plan::resolve(
+            &settings(&[(config::NAME, "debug box")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap();
         assert_eq!(plan.name, "core-debug_box");
     }
 
     #[test]
     fn invalid_settings_name_their_origin() {
-        let err = Plan::resolve(&settings(&[(config::DIRECTORY, "rel/dir")]), "core", Payload::Shell).unwrap_err();
-        assert_eq!(err.to_string(), "environment: TOOLBOX_DIRECTORY must be an absolute path, not `rel/dir`");
-        let err = Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
+        let err = Plan::resolve(
+            &settings(&[(config::DIRECTORY, "rel/dir")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment: TOOLBOX_DIRECTORY must be an absolute path, not `rel/dir`"
+        );
+        let err =
+            Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
         assert_eq!(err.to_string(), "environment: TOOLBOX_USER is empty");
     }
 
     #[test]
     fn machine_names_are_valid_hostnames() {
         assert_eq!(machine_name("core-fedora-latest"), "core-fedora-latest");
-        assert_eq!(machine_name("core-docker.io_library_fedora-latest"), "core-docker.io-library-fedora-latest");
+        assert_eq!(
+            machine_name("core-docker.io_library_fedora-latest"),
+            "core-docker.io-library-fedora-latest"
+        );
         assert_eq!(machine_name("..a..b."), "a.b");
-        assert_eq!(machine_name("___"), "---");
+        assert_eq!(machine_name("_a_.-b-"), "a.b");
+        assert_eq!(machine_name("x.___"), "x");
+        assert_eq!(machine_name("___"), "toolbox");
         assert_eq!(machine_name(""), "toolbox");
         let long = machine_name(&"a".repeat(100));
         assert_eq!(long.len(), 64);

@@ -16,18 +16,29 @@ pub use rustix::io::Errno;
 
 /// Opens `path` as a directory to resolve other paths against.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rfs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rfs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Opens `path` (relative, `/`-separated bytes) inside `root` with the container's view of
 /// symlinks: nothing outside `root` can be reached. `flags` adds to `O_CLOEXEC`; pass
-/// `O_NOFOLLOW` to refuse a symlink as the last component.
-pub fn open_in_root(root: impl AsFd, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+/// `O_NOFOLLOW` to refuse a symlink as the last component. `mode` applies to a file
+/// created by `O_CREAT`.
+pub fn open_in_root(root: impl AsFd, path: &[u8], flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
     let path = if path.is_empty() { &b"."[..] } else { path };
     // RESOLVE_NO_MAGICLINKS: /proc/self/root-style links would jump out of the tree.
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     loop {
-        match rfs::openat2(root.as_fd(), path, flags | OFlags::CLOEXEC, Mode::empty(), resolve) {
+        match rfs::openat2(
+            root.as_fd(),
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+            resolve,
+        ) {
             // openat2 with RESOLVE_IN_ROOT returns EAGAIN when a concurrent rename raced
             // the lookup; retrying is the documented answer (openat2(2)).
             Err(Errno::AGAIN) => continue,

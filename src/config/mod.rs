@@ -37,18 +37,46 @@ pub const FLAGS: &str = "TOOLBOX_FLAGS";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
-    Key { name: IMAGE, default: "fedora", words: false },
-    Key { name: TAG, default: "latest", words: false },
-    Key { name: USER, default: "root", words: false },
-    Key { name: DIRECTORY, default: "/var/lib/toolbox", words: false },
+    Key {
+        name: IMAGE,
+        default: "fedora",
+        words: false,
+    },
+    Key {
+        name: TAG,
+        default: "latest",
+        words: false,
+    },
+    Key {
+        name: USER,
+        default: "root",
+        words: false,
+    },
+    Key {
+        name: DIRECTORY,
+        default: "/var/lib/toolbox",
+        words: false,
+    },
     Key {
         name: BIND,
         default: "--bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run",
         words: true,
     },
-    Key { name: ENV, default: "", words: true },
-    Key { name: NAME, default: "", words: false },
-    Key { name: FLAGS, default: "", words: true },
+    Key {
+        name: ENV,
+        default: "",
+        words: true,
+    },
+    Key {
+        name: NAME,
+        default: "",
+        words: false,
+    },
+    Key {
+        name: FLAGS,
+        default: "",
+        words: true,
+    },
 ];
 
 fn key(name: &str) -> Option<&'static Key> {
@@ -116,11 +144,17 @@ impl Default for Settings {
             values: KEYS
                 .iter()
                 .map(|k| {
-                    let setting = Setting { value: k.default.to_string(), origin: Origin::Default };
+                    let setting = Setting {
+                        value: k.default.to_string(),
+                        origin: Origin::Default,
+                    };
                     (k.name, setting)
                 })
                 .collect(),
-            vars: KEYS.iter().map(|k| (k.name.to_string(), k.default.to_string())).collect(),
+            vars: KEYS
+                .iter()
+                .map(|k| (k.name.to_string(), k.default.to_string()))
+                .collect(),
             files_read: Vec::new(),
             warnings: Vec::new(),
         }
@@ -158,8 +192,17 @@ impl Settings {
         for assignment in parsed.assignments {
             match key(&assignment.name) {
                 Some(key) => {
-                    let origin = Origin::File { path: path.to_path_buf(), line: assignment.line };
-                    self.values.insert(key.name, Setting { value: assignment.value.clone(), origin });
+                    let origin = Origin::File {
+                        path: path.to_path_buf(),
+                        line: assignment.line,
+                    };
+                    self.values.insert(
+                        key.name,
+                        Setting {
+                            value: assignment.value.clone(),
+                            origin,
+                        },
+                    );
                 }
                 None if parsed.referenced.contains(&assignment.name) => {}
                 None => self.warnings.push(format!(
@@ -179,7 +222,10 @@ impl Settings {
     pub fn apply_environment(&mut self, env: &Env) {
         for key in KEYS {
             if let Some(value) = env.get(key.name) {
-                let setting = Setting { value: value.to_string(), origin: Origin::Environment };
+                let setting = Setting {
+                    value: value.to_string(),
+                    origin: Origin::Environment,
+                };
                 self.values.insert(key.name, setting);
             }
         }
@@ -187,7 +233,13 @@ impl Settings {
 
     /// A command-line option overrides everything else.
     pub fn set_option(&mut self, name: &'static str, flag: &'static str, value: String) {
-        self.values.insert(name, Setting { value, origin: Origin::Option(flag) });
+        self.values.insert(
+            name,
+            Setting {
+                value,
+                origin: Origin::Option(flag),
+            },
+        );
     }
 
     pub fn setting(&self, name: &str) -> &Setting {
@@ -233,7 +285,11 @@ mod tests {
         assert_eq!(s.get(DIRECTORY), "/var/lib/toolbox");
         assert_eq!(
             s.words(BIND).unwrap(),
-            ["--bind=/:/media/root", "--bind=/usr:/media/root/usr", "--bind=/run:/media/root/run"]
+            [
+                "--bind=/:/media/root",
+                "--bind=/usr:/media/root/usr",
+                "--bind=/run:/media/root/run"
+            ]
         );
         assert!(s.words(ENV).unwrap().is_empty());
         assert_eq!(s.setting(IMAGE).origin, Origin::Default);
@@ -242,27 +298,49 @@ mod tests {
     #[test]
     fn later_sources_win_and_origins_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let etc = write(dir.path(), "etc/default/toolbox", "TOOLBOX_DOCKER_IMAGE=debian\nTOOLBOX_DOCKER_TAG=bookworm\nTOOLBOX_USER=core\n");
-        let rc = write(dir.path(), "home/.toolboxrc", "# mine\nTOOLBOX_DOCKER_TAG=trixie\n");
-        let conf = write(dir.path(), "home/.config/toolbox/toolbox.conf", "TOOLBOX_USER=admin\n");
+        let etc = write(
+            dir.path(),
+            "etc/default/toolbox",
+            "TOOLBOX_DOCKER_IMAGE=debian\nTOOLBOX_DOCKER_TAG=bookworm\nTOOLBOX_USER=core\n",
+        );
+        let rc = write(
+            dir.path(),
+            "home/.toolboxrc",
+            "# mine\nTOOLBOX_DOCKER_TAG=trixie\n",
+        );
+        let conf = write(
+            dir.path(),
+            "home/.config/toolbox/toolbox.conf",
+            "TOOLBOX_USER=admin\n",
+        );
         let env = Env::from_pairs([("TOOLBOX_USER", "envuser")]);
         let mut s = Settings::load(&[etc.clone(), rc.clone(), conf.clone()], &env).unwrap();
         assert_eq!(s.get(IMAGE), "debian");
         assert_eq!(s.setting(IMAGE).origin, Origin::File { path: etc, line: 1 });
         assert_eq!(s.get(TAG), "trixie");
-        assert_eq!(s.setting(TAG).origin.to_string(), format!("{}:2", rc.display()));
+        assert_eq!(
+            s.setting(TAG).origin.to_string(),
+            format!("{}:2", rc.display())
+        );
         assert_eq!(s.get(USER), "envuser");
         assert_eq!(s.setting(USER).origin, Origin::Environment);
         s.set_option(USER, "--user", "flaguser".into());
         assert_eq!(s.get(USER), "flaguser");
         assert_eq!(s.setting(USER).origin.to_string(), "option --user");
-        assert_eq!(s.files_read, vec![dir.path().join("etc/default/toolbox"), rc, conf]);
+        assert_eq!(
+            s.files_read,
+            vec![dir.path().join("etc/default/toolbox"), rc, conf]
+        );
     }
 
     #[test]
     fn missing_files_are_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load(&[dir.path().join("nope"), dir.path().join("also/nope")], &Env::default()).unwrap();
+        let s = Settings::load(
+            &[dir.path().join("nope"), dir.path().join("also/nope")],
+            &Env::default(),
+        )
+        .unwrap();
         assert!(s.files_read.is_empty());
         assert_eq!(s.get(IMAGE), "fedora");
     }
@@ -270,20 +348,30 @@ mod tests {
     #[test]
     fn unreadable_and_malformed_files_are_errors_with_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n");
-        let err = Settings::load(&[bad.clone()], &Env::default()).unwrap_err();
+        let bad = write(
+            dir.path(),
+            "rc",
+            "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n",
+        );
+        let err = Settings::load(std::slice::from_ref(&bad), &Env::default()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            format!("{}:3: command substitution ($(...)) is not supported", bad.display())
+            format!(
+                "{}:3: command substitution ($(...)) is not supported",
+                bad.display()
+            )
         );
         let as_dir = dir.path().join("conf.d");
         std::fs::create_dir(&as_dir).unwrap();
-        let err = Settings::load(&[as_dir.clone()], &Env::default()).unwrap_err();
+        let err = Settings::load(std::slice::from_ref(&as_dir), &Env::default()).unwrap_err();
         assert!(format!("{err:#}").starts_with(&format!("cannot read {}: ", as_dir.display())));
         let binary = dir.path().join("binary");
         std::fs::write(&binary, b"A=\xff\n").unwrap();
-        let err = Settings::load(&[binary.clone()], &Env::default()).unwrap_err();
-        assert_eq!(format!("{err:#}"), format!("{}: is not UTF-8 text", binary.display()));
+        let err = Settings::load(std::slice::from_ref(&binary), &Env::default()).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!("{}: is not UTF-8 text", binary.display())
+        );
     }
 
     #[test]
@@ -291,7 +379,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = Env::from_pairs([("HOME", "/home/core"), ("TOOLBOX_BIND", "--bind=/from/env")]);
         let mut s = Settings::default();
-        s.apply_file(&dir.path().join("etc"), "SITE_BIND=--bind=/srv:/srv\n", &env).unwrap();
+        s.apply_file(
+            &dir.path().join("etc"),
+            "SITE_BIND=--bind=/srv:/srv\n",
+            &env,
+        )
+        .unwrap();
         let rc = "TOOLBOX_BIND=\"$TOOLBOX_BIND $SITE_BIND '--bind=/my dir:/d'\"\nTOOLBOX_DIRECTORY=$HOME/tb\n";
         s.apply_file(&dir.path().join("rc"), rc, &env).unwrap();
         // In a file, `$TOOLBOX_BIND` is the value so far, as when the script sourced it.
@@ -313,11 +406,18 @@ mod tests {
     #[test]
     fn unknown_keys_warn_unless_used_as_helpers() {
         let dir = tempfile::tempdir().unwrap();
-        let rc = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n");
-        let s = Settings::load(&[rc.clone()], &Env::default()).unwrap();
+        let rc = write(
+            dir.path(),
+            "rc",
+            "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n",
+        );
+        let s = Settings::load(std::slice::from_ref(&rc), &Env::default()).unwrap();
         assert_eq!(
             s.warnings,
-            vec![format!("{}:1: unknown setting `TOOLBOX_DOCKER_IMGE` is ignored", rc.display())]
+            vec![format!(
+                "{}:1: unknown setting `TOOLBOX_DOCKER_IMGE` is ignored",
+                rc.display()
+            )]
         );
         assert_eq!(s.get(IMAGE), "fedora");
     }
@@ -328,12 +428,18 @@ mod tests {
         let mut s = Settings::default();
         s.apply_environment(&env);
         let err = s.words(FLAGS).unwrap_err();
-        assert_eq!(err.to_string(), "environment: TOOLBOX_FLAGS: unterminated single quote");
+        assert_eq!(
+            err.to_string(),
+            "environment: TOOLBOX_FLAGS: unterminated single quote"
+        );
     }
 
     #[test]
     fn config_file_locations() {
-        let invoker = Invoker { name: "core".into(), home: Some("/home/core".into()) };
+        let invoker = Invoker {
+            name: "core".into(),
+            home: Some("/home/core".into()),
+        };
         let paths = HostPaths::default();
         assert_eq!(
             files(&paths, &Env::default(), &invoker),
@@ -344,6 +450,9 @@ mod tests {
             ]
         );
         let env = Env::from_pairs([("XDG_CONFIG_HOME", "/xdg")]);
-        assert_eq!(files(&paths, &env, &invoker)[2], PathBuf::from("/xdg/toolbox/toolbox.conf"));
+        assert_eq!(
+            files(&paths, &env, &invoker)[2],
+            PathBuf::from("/xdg/toolbox/toolbox.conf")
+        );
     }
 }

@@ -43,10 +43,7 @@ impl std::error::Error for SyntaxError {}
 /// Parses `text` as a list of shell assignments. `lookup` answers `$NAME` for names the
 /// text has not assigned itself (earlier sources, then the environment); an unset name
 /// expands to the empty string, as in the shell.
-pub fn parse(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Parsed, SyntaxError> {
+pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, SyntaxError> {
     let mut lexer = Lexer::new(text, Some(lookup));
     let mut parsed = Parsed::default();
     loop {
@@ -78,6 +75,9 @@ pub fn split_words(text: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// Answers `$NAME` for names a text has not assigned itself.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stop {
     /// An unquoted blank or newline ends the word (a top-level value).
@@ -91,7 +91,7 @@ struct Lexer<'a> {
     pos: usize,
     line: usize,
     /// `None` while splitting words: `$` and shell operators are then plain characters.
-    lookup: Option<&'a dyn Fn(&str) -> Option<String>>,
+    lookup: Option<Lookup<'a>>,
     /// Assignments made so far by this text, latest value per name.
     local: Vec<(String, String)>,
     referenced: HashSet<String>,
@@ -110,7 +110,7 @@ fn is_blank(c: char) -> bool {
 }
 
 impl<'a> Lexer<'a> {
-    fn new(text: &str, lookup: Option<&'a dyn Fn(&str) -> Option<String>>) -> Self {
+    fn new(text: &str, lookup: Option<Lookup<'a>>) -> Self {
         Lexer {
             chars: text.chars().collect(),
             pos: 0,
@@ -266,7 +266,10 @@ impl<'a> Lexer<'a> {
         let mut value = String::new();
         if self.lookup.is_some()
             && self.peek() == Some('~')
-            && matches!(self.peek_at(1), None | Some('/') | Some(' ' | '\t' | '\n' | '\r'))
+            && matches!(
+                self.peek_at(1),
+                None | Some('/') | Some(' ' | '\t' | '\n' | '\r')
+            )
         {
             self.bump();
             value.push_str(&self.variable("HOME"));
@@ -434,7 +437,11 @@ impl<'a> Lexer<'a> {
     }
 
     fn local_value(&self, name: &str) -> Option<&String> {
-        self.local.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.local
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     fn is_set(&self, name: &str) -> bool {
@@ -505,7 +512,10 @@ mod tests {
     #[test]
     fn quotes_and_escapes() {
         assert_eq!(one("A='single $HOME \"x\"'"), "single $HOME \"x\"");
-        assert_eq!(one(r#"A="double $HOME 'x' \" \$ \\ \n""#), r#"double /home/core 'x' " $ \ \n"#);
+        assert_eq!(
+            one(r#"A="double $HOME 'x' \" \$ \\ \n""#),
+            r#"double /home/core 'x' " $ \ \n"#
+        );
         assert_eq!(one(r"A=back\ slash\$x"), "back slash$x");
         assert_eq!(one("A=con'cat'\"enated\""), "concatenated");
     }
@@ -513,7 +523,11 @@ mod tests {
     #[test]
     fn line_continuations_and_multiline_quotes() {
         let parsed = parse("A=one\\\ntwo\nB=\"x\ny\"\nC=3", &env).unwrap();
-        let lines: Vec<_> = parsed.assignments.iter().map(|a| (a.value.as_str(), a.line)).collect();
+        let lines: Vec<_> = parsed
+            .assignments
+            .iter()
+            .map(|a| (a.value.as_str(), a.line))
+            .collect();
         assert_eq!(lines, vec![("onetwo", 1), ("x\ny", 3), ("3", 5)]);
     }
 
@@ -593,7 +607,10 @@ mod tests {
         // A file that would create this path if executed must only ever fail to parse.
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("ran");
-        let text = format!("A=$(touch {m})\nB=`touch {m}`\ntouch {m}", m = marker.display());
+        let text = format!(
+            "A=$(touch {m})\nB=`touch {m}`\ntouch {m}",
+            m = marker.display()
+        );
         assert!(parse(&text, &env).is_err());
         assert!(!marker.exists());
     }
@@ -602,10 +619,17 @@ mod tests {
     fn words_split_like_the_shell() {
         assert_eq!(
             split_words("--bind=/:/media/root  \"--bind=/my dir:/x\" '--setenv=A=b c'").unwrap(),
-            vec!["--bind=/:/media/root", "--bind=/my dir:/x", "--setenv=A=b c"]
+            vec![
+                "--bind=/:/media/root",
+                "--bind=/my dir:/x",
+                "--setenv=A=b c"
+            ]
         );
         assert_eq!(split_words(" \n\t").unwrap(), Vec::<String>::new());
-        assert_eq!(split_words(r"a\ b $HOME x;y").unwrap(), vec!["a b", "$HOME", "x;y"]);
+        assert_eq!(
+            split_words(r"a\ b $HOME x;y").unwrap(),
+            vec!["a b", "$HOME", "x;y"]
+        );
         assert!(split_words("'open").unwrap_err().contains("unterminated"));
     }
 }

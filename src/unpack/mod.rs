@@ -65,10 +65,18 @@ fn invalid(message: impl Into<String>) -> io::Error {
 
 /// Unpacks `archive` into the existing, empty directory `target`.
 pub fn unpack(archive: impl Read, target: &Path, options: Options) -> Result<Stats, Error> {
-    let stream_error = |source| Error { entry: None, source };
+    let stream_error = |source| Error {
+        entry: None,
+        source,
+    };
     let root = sys::open_dir(target).map_err(stream_error)?;
     let mut archive = tar::Archive::new(archive);
-    let mut unpacker = Unpacker { root, options, directories: Vec::new(), stats: Stats::default() };
+    let mut unpacker = Unpacker {
+        root,
+        options,
+        directories: Vec::new(),
+        stats: Stats::default(),
+    };
     for entry in archive.entries().map_err(stream_error)? {
         let mut entry = entry.map_err(stream_error)?;
         let name = entry.path_bytes().into_owned();
@@ -130,8 +138,14 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Meta> {
     let header = entry.header();
     let mut meta = Meta {
         mode: header.mode()? & 0o7777,
-        uid: header.uid()?.try_into().map_err(|_| invalid("owner ID out of range"))?,
-        gid: header.gid()?.try_into().map_err(|_| invalid("group ID out of range"))?,
+        uid: header
+            .uid()?
+            .try_into()
+            .map_err(|_| invalid("owner ID out of range"))?,
+        gid: header
+            .gid()?
+            .try_into()
+            .map_err(|_| invalid("group ID out of range"))?,
         mtime: header.mtime()?.try_into().unwrap_or(i64::MAX),
         xattrs: Vec::new(),
     };
@@ -142,15 +156,25 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Meta> {
         let text = std::str::from_utf8(value).map_err(|_| invalid("PAX number is not text"))?;
         // A PAX time may have a fraction: whole seconds are kept.
         let whole = text.split('.').next().unwrap_or_default();
-        whole.parse().map_err(|_| invalid(format!("bad PAX number `{text}`")))
+        whole
+            .parse()
+            .map_err(|_| invalid(format!("bad PAX number `{text}`")))
     };
     for extension in extensions {
         let extension = extension?;
         let key = extension.key_bytes();
         let value = extension.value_bytes();
         match key {
-            b"uid" => meta.uid = number(value)?.try_into().map_err(|_| invalid("PAX uid out of range"))?,
-            b"gid" => meta.gid = number(value)?.try_into().map_err(|_| invalid("PAX gid out of range"))?,
+            b"uid" => {
+                meta.uid = number(value)?
+                    .try_into()
+                    .map_err(|_| invalid("PAX uid out of range"))?
+            }
+            b"gid" => {
+                meta.gid = number(value)?
+                    .try_into()
+                    .map_err(|_| invalid("PAX gid out of range"))?
+            }
             b"mtime" => meta.mtime = number(value)?.try_into().unwrap_or(i64::MAX),
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
@@ -163,8 +187,14 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Meta> {
 }
 
 fn timestamps(mtime: i64) -> Timestamps {
-    let time = Timespec { tv_sec: mtime, tv_nsec: 0 };
-    Timestamps { last_access: time, last_modification: time }
+    let time = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: time,
+        last_modification: time,
+    }
 }
 
 impl Unpacker {
@@ -181,7 +211,10 @@ impl Unpacker {
             if kind != EntryType::Directory {
                 return Err(invalid("the archive root must be a directory"));
             }
-            self.directories.push(Directory { path: Vec::new(), meta });
+            self.directories.push(Directory {
+                path: Vec::new(),
+                meta,
+            });
             return Ok(());
         };
         let parent = self.parent_dir(parent_parts)?;
@@ -189,14 +222,21 @@ impl Unpacker {
         match kind {
             EntryType::Directory => {
                 self.make_dir(&parent, last)?;
-                self.directories.push(Directory { path: join(&parts), meta });
+                self.directories.push(Directory {
+                    path: join(&parts),
+                    meta,
+                });
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let file = create(&parent, last, |name| {
                     rfs::openat(
                         &parent,
                         name,
-                        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
                         Mode::from_raw_mode(0o600),
                     )
                 })?;
@@ -209,7 +249,9 @@ impl Unpacker {
                     .link_name_bytes()
                     .ok_or_else(|| invalid("symlink without a target"))?
                     .into_owned();
-                create(&parent, last, |name| rfs::symlinkat(target.as_slice(), &parent, name))?;
+                create(&parent, last, |name| {
+                    rfs::symlinkat(target.as_slice(), &parent, name)
+                })?;
                 self.apply_at(&parent, last, &meta, false)?;
             }
             EntryType::Link => {
@@ -221,14 +263,35 @@ impl Unpacker {
                 let Some((target_last, target_parent)) = target_parts.split_last() else {
                     return Err(invalid("hard link to the archive root"));
                 };
-                let target_dir = sys::open_in_root(&self.root, &join(target_parent), OFlags::PATH | OFlags::DIRECTORY)
-                    .map_err(|e| io::Error::new(e.kind(), format!("hard link target `{}`: {e}", printable(&target))))?;
+                let target_dir = sys::open_in_root(
+                    &self.root,
+                    &join(target_parent),
+                    OFlags::PATH | OFlags::DIRECTORY,
+                    0,
+                )
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("hard link target `{}`: {e}", printable(&target)),
+                    )
+                })?;
                 // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it
                 // points to: hard links to absolute symlinks stay inside the tree.
                 create(&parent, last, |name| {
-                    rfs::linkat(&target_dir, OsStr::from_bytes(target_last), &parent, name, AtFlags::empty())
+                    rfs::linkat(
+                        &target_dir,
+                        OsStr::from_bytes(target_last),
+                        &parent,
+                        name,
+                        AtFlags::empty(),
+                    )
                 })
-                .map_err(|e| io::Error::new(e.kind(), format!("hard link to `{}`: {e}", printable(&target))))?;
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("hard link to `{}`: {e}", printable(&target)),
+                    )
+                })?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (file_type, device) = match kind {
@@ -249,13 +312,13 @@ impl Unpacker {
     /// The directory that will hold an entry, creating missing ones the archive skipped.
     fn parent_dir(&self, parts: &[&[u8]]) -> io::Result<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY;
-        match sys::open_in_root(&self.root, &join(parts), flags) {
+        match sys::open_in_root(&self.root, &join(parts), flags, 0) {
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
             result => return result,
         }
         let mut dir = self.root.try_clone()?;
         for depth in 1..=parts.len() {
-            match sys::open_in_root(&self.root, &join(&parts[..depth]), flags) {
+            match sys::open_in_root(&self.root, &join(&parts[..depth]), flags, 0) {
                 Ok(next) => dir = next,
                 Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
                     let name = OsStr::from_bytes(parts[depth - 1]);
@@ -269,7 +332,7 @@ impl Unpacker {
                         }
                         result => result?,
                     }
-                    dir = sys::open_in_root(&self.root, &join(&parts[..depth]), flags)?;
+                    dir = sys::open_in_root(&self.root, &join(&parts[..depth]), flags, 0)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -296,7 +359,11 @@ impl Unpacker {
     fn apply_fd(&self, fd: impl AsFd, meta: &Meta) -> io::Result<()> {
         let fd = fd.as_fd();
         if self.options.preserve_owners {
-            rfs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))?;
+            rfs::fchown(
+                fd,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+            )?;
         }
         rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
         for (name, value) in &meta.xattrs {
@@ -319,7 +386,13 @@ impl Unpacker {
     }
 
     /// Owner, mode and time of an entry that cannot be opened: symlinks and nodes.
-    fn apply_at(&self, parent: &OwnedFd, name: &OsStr, meta: &Meta, set_mode: bool) -> io::Result<()> {
+    fn apply_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        meta: &Meta,
+        set_mode: bool,
+    ) -> io::Result<()> {
         if self.options.preserve_owners {
             rfs::chownat(
                 parent,
@@ -331,9 +404,19 @@ impl Unpacker {
         }
         if set_mode {
             // The entry was just made by us and is not a symlink, so following is safe.
-            rfs::chmodat(parent, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
+            rfs::chmodat(
+                parent,
+                name,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )?;
         }
-        rfs::utimensat(parent, name, &timestamps(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+        rfs::utimensat(
+            parent,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
         Ok(())
     }
 
@@ -342,16 +425,25 @@ impl Unpacker {
     fn finish_directories(&mut self) -> Result<(), Error> {
         for directory in self.directories.iter().rev() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
-            let fd = match sys::open_in_root(&self.root, &directory.path, flags) {
+            let fd = match sys::open_in_root(&self.root, &directory.path, flags, 0) {
                 Ok(fd) => fd,
                 // A later entry replaced it with something else: nothing to apply.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::LOOP.raw_os_error() || code == Errno::NOTDIR.raw_os_error() || code == Errno::NOENT.raw_os_error()) => continue,
-                Err(source) => return Err(Error { entry: Some(printable(&directory.path)), source }),
+                Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::LOOP.raw_os_error() || code == Errno::NOTDIR.raw_os_error() || code == Errno::NOENT.raw_os_error()) =>
+                {
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Error {
+                        entry: Some(printable(&directory.path)),
+                        source,
+                    });
+                }
             };
-            self.apply_fd(&fd, &directory.meta).map_err(|source| Error {
-                entry: Some(printable(&directory.path)),
-                source,
-            })?;
+            self.apply_fd(&fd, &directory.meta)
+                .map_err(|source| Error {
+                    entry: Some(printable(&directory.path)),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -359,7 +451,11 @@ impl Unpacker {
 
 /// Creates an entry with `make`, replacing whatever is already at `name` (as tar does for
 /// a later duplicate entry). A non-empty directory is never replaced.
-fn create<T>(parent: &OwnedFd, name: &OsStr, make: impl Fn(&OsStr) -> rustix::io::Result<T>) -> io::Result<T> {
+fn create<T>(
+    parent: &OwnedFd,
+    name: &OsStr,
+    make: impl Fn(&OsStr) -> rustix::io::Result<T>,
+) -> io::Result<T> {
     match make(name) {
         Err(Errno::EXIST) => {
             remove(parent, name)?;
@@ -381,8 +477,12 @@ fn remove(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
 
 fn device_number<R: Read>(entry: &tar::Entry<R>) -> io::Result<rfs::Dev> {
     let header = entry.header();
-    let major = header.device_major()?.ok_or_else(|| invalid("device without a major number"))?;
-    let minor = header.device_minor()?.ok_or_else(|| invalid("device without a minor number"))?;
+    let major = header
+        .device_major()?
+        .ok_or_else(|| invalid("device without a major number"))?;
+    let minor = header
+        .device_minor()?
+        .ok_or_else(|| invalid("device without a minor number"))?;
     Ok(rfs::makedev(major, minor))
 }
 

@@ -13,10 +13,21 @@ struct Tar {
 }
 
 impl Tar {
-    fn raw(&mut self, name: &[u8], kind: EntryType, mode: u32, link: &[u8], body: &[u8], owner: (u64, u64)) -> &mut Self {
+    fn raw(
+        &mut self,
+        name: &[u8],
+        kind: EntryType,
+        mode: u32,
+        link: &[u8],
+        body: &[u8],
+        owner: (u64, u64),
+    ) -> &mut Self {
         let mut header = Header::new_ustar();
         let ustar = header.as_ustar_mut().unwrap();
-        assert!(name.len() <= 100 && link.len() <= 100, "use pax() for long names");
+        assert!(
+            name.len() <= 100 && link.len() <= 100,
+            "use pax() for long names"
+        );
         ustar.name[..name.len()].copy_from_slice(name);
         ustar.linkname[..link.len()].copy_from_slice(link);
         header.set_entry_type(kind);
@@ -33,19 +44,47 @@ impl Tar {
     }
 
     fn file(&mut self, name: &str, body: &[u8]) -> &mut Self {
-        self.raw(name.as_bytes(), EntryType::Regular, 0o644, b"", body, (0, 0))
+        self.raw(
+            name.as_bytes(),
+            EntryType::Regular,
+            0o644,
+            b"",
+            body,
+            (0, 0),
+        )
     }
 
     fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
-        self.raw(name.as_bytes(), EntryType::Directory, mode, b"", b"", (0, 0))
+        self.raw(
+            name.as_bytes(),
+            EntryType::Directory,
+            mode,
+            b"",
+            b"",
+            (0, 0),
+        )
     }
 
     fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.raw(name.as_bytes(), EntryType::Symlink, 0o777, target.as_bytes(), b"", (0, 0))
+        self.raw(
+            name.as_bytes(),
+            EntryType::Symlink,
+            0o777,
+            target.as_bytes(),
+            b"",
+            (0, 0),
+        )
     }
 
     fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.raw(name.as_bytes(), EntryType::Link, 0o644, target.as_bytes(), b"", (0, 0))
+        self.raw(
+            name.as_bytes(),
+            EntryType::Link,
+            0o644,
+            target.as_bytes(),
+            b"",
+            (0, 0),
+        )
     }
 
     /// A PAX extended header applying to the next entry.
@@ -86,11 +125,21 @@ impl Scene {
         fs::create_dir(&target).unwrap();
         fs::create_dir(parent.join("outside")).unwrap();
         fs::write(parent.join("outside/secret"), "untouched").unwrap();
-        Scene { _dir: dir, parent, target }
+        Scene {
+            _dir: dir,
+            parent,
+            target,
+        }
     }
 
     fn unpack(&self, tar: &Tar) -> Result<Stats, Error> {
-        unpack(&tar.bytes()[..], &self.target, Options { preserve_owners: sys::is_root() })
+        unpack(
+            &tar.bytes()[..],
+            &self.target,
+            Options {
+                preserve_owners: sys::is_root(),
+            },
+        )
     }
 
     /// Every path outside the target, with its size and mode.
@@ -117,7 +166,11 @@ impl Scene {
     fn assert_contained(&self, tar: &Tar) -> Result<Stats, Error> {
         let before = self.outside();
         let result = self.unpack(tar);
-        assert_eq!(self.outside(), before, "something outside the target changed");
+        assert_eq!(
+            self.outside(),
+            before,
+            "something outside the target changed"
+        );
         result
     }
 }
@@ -128,7 +181,11 @@ fn have_root() -> bool {
     if sys::is_root() {
         return true;
     }
-    assert_ne!(std::env::var("TOOLBOX_E2E").as_deref(), Ok("required"), "this test needs root");
+    assert_ne!(
+        std::env::var("TOOLBOX_E2E").as_deref(),
+        Ok("required"),
+        "this test needs root"
+    );
     eprintln!("skipped: needs root");
     false
 }
@@ -137,11 +194,15 @@ fn have_root() -> bool {
 fn dot_dot_entries_are_refused() {
     for name in ["../escape", "a/../../escape", "..", "./../outside/secret"] {
         let scene = Scene::new();
-        let err = scene.assert_contained(Tar::default().file(name, b"x")).unwrap_err();
+        let err = scene
+            .assert_contained(Tar::default().file(name, b"x"))
+            .unwrap_err();
         assert!(err.to_string().contains("`..`"), "{name}: {err}");
     }
     let scene = Scene::new();
-    let err = scene.assert_contained(Tar::default().dir("../newdir/", 0o755)).unwrap_err();
+    let err = scene
+        .assert_contained(Tar::default().dir("../newdir/", 0o755))
+        .unwrap_err();
     assert!(err.to_string().contains("`..`"));
 }
 
@@ -149,8 +210,15 @@ fn dot_dot_entries_are_refused() {
 fn absolute_names_land_inside() {
     let scene = Scene::new();
     let outside = scene.parent.join("outside/abs");
-    scene.assert_contained(Tar::default().file(outside.to_str().unwrap(), b"x")).unwrap();
-    assert!(scene.target.join(outside.strip_prefix("/").unwrap()).is_file());
+    scene
+        .assert_contained(Tar::default().file(outside.to_str().unwrap(), b"x"))
+        .unwrap();
+    assert!(
+        scene
+            .target
+            .join(outside.strip_prefix("/").unwrap())
+            .is_file()
+    );
 }
 
 #[test]
@@ -173,10 +241,16 @@ fn writes_through_symlinks_stay_inside() {
         .dir("rel/newdir/", 0o755);
     scene.assert_contained(&tar).unwrap();
     assert_eq!(fs::read(inner_outside.join("secret")).unwrap(), b"owned");
-    assert_eq!(fs::read(scene.target.join("outside/secret")).unwrap(), b"owned");
+    assert_eq!(
+        fs::read(scene.target.join("outside/secret")).unwrap(),
+        b"owned"
+    );
     assert!(scene.target.join("outside/newdir").is_dir());
     assert_eq!(fs::read(scene.target.join("etc/owned")).unwrap(), b"owned");
-    assert_eq!(fs::read(scene.target.join("etc/owned-too")).unwrap(), b"owned");
+    assert_eq!(
+        fs::read(scene.target.join("etc/owned-too")).unwrap(),
+        b"owned"
+    );
     assert!(!Path::new("/etc/owned").exists() && !Path::new("/etc/owned-too").exists());
     assert_eq!(fs::read_link(scene.target.join("abs")).unwrap(), outside);
 }
@@ -185,23 +259,35 @@ fn writes_through_symlinks_stay_inside() {
 fn dangling_symlink_parents_are_refused() {
     let scene = Scene::new();
     let mut tar = Tar::default();
-    tar.symlink("gone", scene.parent.join("outside/newdir").to_str().unwrap()).file("gone/file", b"x");
+    tar.symlink(
+        "gone",
+        scene.parent.join("outside/newdir").to_str().unwrap(),
+    )
+    .file("gone/file", b"x");
     let err = scene.assert_contained(&tar).unwrap_err();
-    assert!(err.to_string().contains("symlink to a missing directory"), "{err}");
+    assert!(
+        err.to_string().contains("symlink to a missing directory"),
+        "{err}"
+    );
 }
 
 #[test]
 fn hard_links_cannot_reach_outside() {
     let scene = Scene::new();
     let secret = scene.parent.join("outside/secret");
-    let err = scene.assert_contained(Tar::default().hardlink("x", "../outside/secret")).unwrap_err();
+    let err = scene
+        .assert_contained(Tar::default().hardlink("x", "../outside/secret"))
+        .unwrap_err();
     assert!(err.to_string().contains("`..`"), "{err}");
     // An absolute target is resolved inside the tree, where it does not exist.
-    let err = scene.assert_contained(Tar::default().hardlink("y", secret.to_str().unwrap())).unwrap_err();
+    let err = scene
+        .assert_contained(Tar::default().hardlink("y", secret.to_str().unwrap()))
+        .unwrap_err();
     assert!(err.to_string().contains("hard link"), "{err}");
     // Through a symlink pointing out: still resolved inside.
     let mut tar = Tar::default();
-    tar.symlink("out", scene.parent.join("outside").to_str().unwrap()).hardlink("z", "out/secret");
+    tar.symlink("out", scene.parent.join("outside").to_str().unwrap())
+        .hardlink("z", "out/secret");
     scene.assert_contained(&tar).unwrap_err();
     assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1);
 }
@@ -210,24 +296,35 @@ fn hard_links_cannot_reach_outside() {
 fn last_component_symlinks_are_replaced_not_followed() {
     let scene = Scene::new();
     let mut tar = Tar::default();
-    tar.symlink("victim", scene.parent.join("outside/secret").to_str().unwrap())
-        .file("victim", b"replaced");
+    tar.symlink(
+        "victim",
+        scene.parent.join("outside/secret").to_str().unwrap(),
+    )
+    .file("victim", b"replaced");
     scene.assert_contained(&tar).unwrap();
     assert_eq!(fs::read(scene.target.join("victim")).unwrap(), b"replaced");
-    assert_eq!(fs::read(scene.parent.join("outside/secret")).unwrap(), b"untouched");
+    assert_eq!(
+        fs::read(scene.parent.join("outside/secret")).unwrap(),
+        b"untouched"
+    );
 }
 
 #[test]
 fn hard_link_to_an_absolute_symlink() {
     let scene = Scene::new();
     let mut tar = Tar::default();
-    tar.dir("usr/", 0o755).symlink("usr/abs", "/bin/busybox").hardlink("usr/abs2", "usr/abs");
+    tar.dir("usr/", 0o755)
+        .symlink("usr/abs", "/bin/busybox")
+        .hardlink("usr/abs2", "usr/abs");
     scene.assert_contained(&tar).unwrap();
     let a = fs::symlink_metadata(scene.target.join("usr/abs")).unwrap();
     let b = fs::symlink_metadata(scene.target.join("usr/abs2")).unwrap();
     assert!(b.file_type().is_symlink());
     assert_eq!(a.ino(), b.ino());
-    assert_eq!(fs::read_link(scene.target.join("usr/abs2")).unwrap(), PathBuf::from("/bin/busybox"));
+    assert_eq!(
+        fs::read_link(scene.target.join("usr/abs2")).unwrap(),
+        PathBuf::from("/bin/busybox")
+    );
 }
 
 #[test]
@@ -237,18 +334,48 @@ fn modes_times_and_restrictive_directories() {
     tar.dir("locked/", 0o555)
         .file("locked/inside", b"data")
         .raw(b"sticky/", EntryType::Directory, 0o1777, b"", b"", (0, 0))
-        .raw(b"locked/setgid", EntryType::Regular, 0o2755, b"", b"", (0, 0))
+        .raw(
+            b"locked/setgid",
+            EntryType::Regular,
+            0o2755,
+            b"",
+            b"",
+            (0, 0),
+        )
         .file("deep/missing/parents/file", b"x");
     let stats = scene.assert_contained(&tar).unwrap();
-    assert_eq!(stats, Stats { entries: 5, bytes: 5 });
-    let mode = |p: &str| fs::symlink_metadata(scene.target.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        stats,
+        Stats {
+            entries: 5,
+            bytes: 5
+        }
+    );
+    let mode = |p: &str| {
+        fs::symlink_metadata(scene.target.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("locked"), 0o555);
     assert_eq!(mode("sticky"), 0o1777);
     assert_eq!(mode("locked/setgid"), 0o2755);
     assert_eq!(mode("locked/inside"), 0o644);
-    assert_eq!(fs::read(scene.target.join("locked/inside")).unwrap(), b"data");
-    assert_eq!(fs::metadata(scene.target.join("locked")).unwrap().mtime(), 1_600_000_000);
-    assert_eq!(fs::metadata(scene.target.join("locked/inside")).unwrap().mtime(), 1_600_000_000);
+    assert_eq!(
+        fs::read(scene.target.join("locked/inside")).unwrap(),
+        b"data"
+    );
+    assert_eq!(
+        fs::metadata(scene.target.join("locked")).unwrap().mtime(),
+        1_600_000_000
+    );
+    assert_eq!(
+        fs::metadata(scene.target.join("locked/inside"))
+            .unwrap()
+            .mtime(),
+        1_600_000_000
+    );
     assert!(scene.target.join("deep/missing/parents/file").is_file());
 }
 
@@ -256,7 +383,12 @@ fn modes_times_and_restrictive_directories() {
 fn duplicates_replace_earlier_entries() {
     let scene = Scene::new();
     let mut tar = Tar::default();
-    tar.file("a", b"first").file("a", b"second").dir("b/", 0o755).file("b", b"file now").file("c", b"x").dir("c/", 0o700);
+    tar.file("a", b"first")
+        .file("a", b"second")
+        .dir("b/", 0o755)
+        .file("b", b"file now")
+        .file("c", b"x")
+        .dir("c/", 0o700);
     scene.assert_contained(&tar).unwrap();
     assert_eq!(fs::read(scene.target.join("a")).unwrap(), b"second");
     assert!(scene.target.join("b").is_file());
@@ -272,14 +404,23 @@ fn long_pax_names_and_odd_bytes() {
     let scene = Scene::new();
     let long = format!("{}/{}", "d".repeat(150), "f".repeat(150));
     let mut tar = Tar::default();
-    tar.pax(&[("path", long.as_bytes())]).file("ignored", b"long")
-        .raw(b"new\nline\x01\xff", EntryType::Regular, 0o644, b"", b"odd", (0, 0));
+    tar.pax(&[("path", long.as_bytes())])
+        .file("ignored", b"long")
+        .raw(
+            b"new\nline\x01\xff",
+            EntryType::Regular,
+            0o644,
+            b"",
+            b"odd",
+            (0, 0),
+        );
     scene.assert_contained(&tar).unwrap();
     assert_eq!(fs::read(scene.target.join(&long)).unwrap(), b"long");
     let odd = scene.target.join(OsStr::from_bytes(b"new\nline\x01\xff"));
     assert_eq!(fs::read(odd).unwrap(), b"odd");
     let mut tar = Tar::default();
-    tar.pax(&[("path", b"../../outside/pax")]).file("innocent", b"x");
+    tar.pax(&[("path", b"../../outside/pax")])
+        .file("innocent", b"x");
     let err = scene.assert_contained(&tar).unwrap_err();
     assert!(err.to_string().contains("`..`"));
 }
@@ -288,8 +429,18 @@ fn long_pax_names_and_odd_bytes() {
 fn truncated_archives_fail() {
     let scene = Scene::new();
     let bytes = Tar::default().file("big", &[7; 5000]).bytes();
-    let err = unpack(&bytes[..2048], &scene.target, Options { preserve_owners: false }).unwrap_err();
-    assert!(err.to_string().contains("big") || err.to_string().contains("archive"), "{err}");
+    let err = unpack(
+        &bytes[..2048],
+        &scene.target,
+        Options {
+            preserve_owners: false,
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("big") || err.to_string().contains("archive"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -299,13 +450,25 @@ fn owners_setuid_capabilities_and_nodes() {
     }
     let scene = Scene::new();
     // struct vfs_cap_data, revision 2, effective, permitted = CAP_NET_RAW (13).
-    let capability: &[u8] = &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let capability: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let mut tar = Tar::default();
-    tar.raw(b"su", EntryType::Regular, 0o4755, b"", b"#!/bin/sh\n", (1234, 5678))
-        .pax(&[("SCHILY.xattr.security.capability", capability), ("SCHILY.xattr.user.note", b"hi")])
-        .raw(b"ping", EntryType::Regular, 0o755, b"", b"bin", (0, 0))
-        .raw(b"null", EntryType::Char, 0o666, b"", b"", (0, 0))
-        .raw(b"fifo", EntryType::Fifo, 0o640, b"", b"", (7, 8));
+    tar.raw(
+        b"su",
+        EntryType::Regular,
+        0o4755,
+        b"",
+        b"#!/bin/sh\n",
+        (1234, 5678),
+    )
+    .pax(&[
+        ("SCHILY.xattr.security.capability", capability),
+        ("SCHILY.xattr.user.note", b"hi"),
+    ])
+    .raw(b"ping", EntryType::Regular, 0o755, b"", b"bin", (0, 0))
+    .raw(b"null", EntryType::Char, 0o666, b"", b"", (0, 0))
+    .raw(b"fifo", EntryType::Fifo, 0o640, b"", b"", (7, 8));
     // Device numbers live in the ustar header fields; patch the char device to 1:3.
     let mut bytes = tar.bytes();
     let null_at = bytes.windows(5).position(|w| w == b"null\0").unwrap();
@@ -315,13 +478,28 @@ fn owners_setuid_capabilities_and_nodes() {
     header.set_cksum();
     bytes[null_at..null_at + 512].copy_from_slice(header.as_bytes());
     let before = scene.outside();
-    unpack(&bytes[..], &scene.target, Options { preserve_owners: true }).unwrap();
+    unpack(
+        &bytes[..],
+        &scene.target,
+        Options {
+            preserve_owners: true,
+        },
+    )
+    .unwrap();
     assert_eq!(scene.outside(), before);
 
     let su = fs::metadata(scene.target.join("su")).unwrap();
-    assert_eq!((su.uid(), su.gid(), su.mode() & 0o7777), (1234, 5678, 0o4755));
-    let mut value = vec![0; 64];
-    let n = rfs::getxattr(scene.target.join("ping"), "security.capability", &mut value[..]).unwrap();
+    assert_eq!(
+        (su.uid(), su.gid(), su.mode() & 0o7777),
+        (1234, 5678, 0o4755)
+    );
+    let mut value = [0; 64];
+    let n = rfs::getxattr(
+        scene.target.join("ping"),
+        "security.capability",
+        &mut value[..],
+    )
+    .unwrap();
     assert_eq!(&value[..n], capability);
     let null = fs::metadata(scene.target.join("null")).unwrap();
     assert!(null.file_type().is_char_device());

@@ -1,0 +1,214 @@
+//! cli: the command line, as clap definitions. Parsing only; `run` acts on the result.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  toolbox                                  enter the toolbox with a shell
+  toolbox strace -p 1234                   run a command inside it
+  toolbox -c 'apt-get install -y tcpdump && tcpdump -i eth0'
+  toolbox --image debian --tag bookworm    use another image
+  toolbox run -- rm -rf /tmp/x             run a command named like a subcommand
+
+The host's / is mounted at /media/root inside the toolbox. Settings come from
+/etc/default/toolbox, ~/.toolboxrc, ~/.config/toolbox/toolbox.conf and TOOLBOX_*
+environment variables; options override them all.
+
+Exit status: the command's own; 125 when toolbox itself fails, 126 when the command
+cannot be executed, 127 when it is not found in the toolbox.";
+
+/// A debugging userland from a container image, with the host's namespaces shared.
+#[derive(Debug, Parser)]
+#[command(
+    name = "toolbox",
+    version,
+    after_help = AFTER_HELP,
+    allow_external_subcommands = true,
+    args_conflicts_with_subcommands = false
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+
+    /// Run `/bin/sh -c CMD` inside the toolbox (lets toolbox serve as a login shell)
+    #[arg(short = 'c', value_name = "CMD")]
+    pub shell_command: Option<OsString>,
+
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+/// Options every form of toolbox takes; they go before the command.
+#[derive(Debug, Default, Args)]
+pub struct Options {
+    /// Image to build the toolbox from [TOOLBOX_DOCKER_IMAGE; default: fedora]
+    #[arg(long, global = true, value_name = "IMAGE")]
+    pub image: Option<String>,
+
+    /// Image tag [TOOLBOX_DOCKER_TAG; default: latest]
+    #[arg(long, global = true, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Toolbox name, instead of IMAGE-TAG [TOOLBOX_NAME]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// User to run as inside the toolbox [TOOLBOX_USER; default: root]
+    #[arg(long, global = true, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Where toolboxes live [TOOLBOX_DIRECTORY; default: /var/lib/toolbox]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub directory: Option<PathBuf>,
+
+    /// Print the systemd-nspawn command and environment; change nothing, contact no daemon
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
+    /// Say what is being done (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Action {
+    /// Run a command inside the toolbox
+    Run {
+        /// The command and its arguments
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Any other word starts the command to run, as with the CoreOS script
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
+}
+
+/// Parses the command line. `toolbox -- CMD ...` is `toolbox run CMD ...`, so a command
+/// named like a subcommand can still be run that way.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let separator = args.iter().skip(1).position(|a| a == "--").map(|i| i + 1);
+    let first_positional = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-') || a == "--")
+        .map(|i| i + 1);
+    match separator {
+        Some(at) if first_positional == Some(at) && !value_expected(&args[at - 1]) => {
+            let mut rewritten = args[..at].to_vec();
+            rewritten.push("run".into());
+            rewritten.extend_from_slice(&args[at..]);
+            Cli::try_parse_from(rewritten)
+        }
+        _ => Cli::try_parse_from(args),
+    }
+}
+
+/// Whether `arg` is an option that takes the next word as its value (`--image debian`).
+fn value_expected(arg: &OsString) -> bool {
+    ["--image", "--tag", "--name", "--user", "--directory", "-c"]
+        .iter()
+        .any(|o| arg == o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        parse(
+            std::iter::once("toolbox")
+                .chain(args.iter().copied())
+                .map(OsString::from),
+        )
+        .unwrap()
+    }
+
+    fn command(cli: &Cli) -> Vec<String> {
+        match &cli.action {
+            Some(Action::Run { command }) | Some(Action::External(command)) => command
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn bare_toolbox_enters_a_shell() {
+        let cli = cli(&[]);
+        assert!(cli.action.is_none() && cli.shell_command.is_none());
+    }
+
+    #[test]
+    fn commands_in_every_form() {
+        assert_eq!(command(&cli(&["strace", "-p", "1"])), ["strace", "-p", "1"]);
+        assert_eq!(
+            command(&cli(&["run", "strace", "-p", "1"])),
+            ["strace", "-p", "1"]
+        );
+        assert_eq!(command(&cli(&["run", "--", "ls", "-l"])), ["ls", "-l"]);
+        assert_eq!(
+            command(&cli(&["--", "rm", "-rf", "/tmp/x"])),
+            ["rm", "-rf", "/tmp/x"]
+        );
+        assert_eq!(
+            command(&cli(&["--image", "debian", "--", "run", "x"])),
+            ["run", "x"]
+        );
+        assert_eq!(command(&cli(&["run", "run"])), ["run"]);
+    }
+
+    #[test]
+    fn options_before_the_command_are_toolbox_ones() {
+        let parsed = cli(&[
+            "--image",
+            "debian",
+            "--tag=bookworm",
+            "-q",
+            "--dry-run",
+            "gdb",
+            "--image",
+            "x",
+        ]);
+        assert_eq!(parsed.options.image.as_deref(), Some("debian"));
+        assert_eq!(parsed.options.tag.as_deref(), Some("bookworm"));
+        assert!(parsed.options.quiet && parsed.options.dry_run);
+        assert_eq!(command(&parsed), ["gdb", "--image", "x"]);
+        let parsed = cli(&["run", "--name", "dbg", "--", "true"]);
+        assert_eq!(parsed.options.name.as_deref(), Some("dbg"));
+        assert_eq!(command(&parsed), ["true"]);
+    }
+
+    #[test]
+    fn shell_command_for_login_shell_use() {
+        let cli = cli(&["-c", "ps -p 1; ls /media/root"]);
+        assert_eq!(cli.shell_command.unwrap(), "ps -p 1; ls /media/root");
+    }
+
+    #[test]
+    fn bad_usage_is_an_error() {
+        let parse = |args: &[&str]| {
+            parse(
+                std::iter::once("toolbox")
+                    .chain(args.iter().copied())
+                    .map(OsString::from),
+            )
+        };
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["run"]).is_err());
+        assert!(parse(&["-q", "-v"]).is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, and
+//! their Docker Engine API implementation (bollard). Only creating a toolbox talks to an
+//! engine; entering one never does.
+
+use std::collections::HashMap;
+use std::io::{self, IsTerminal, Write};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bollard::errors::Error as BollardError;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::host::{DOCKER_HOST, Env};
+use crate::plan::ImageRef;
+
+/// Label put on every container toolbox creates, with the toolbox's name as value.
+pub const LABEL_TOOLBOX: &str = "toolbox.name";
+/// Label with the ID of the toolbox process that created the container.
+pub const LABEL_PID: &str = "toolbox.pid";
+
+/// The receiver of an export went away before the stream ended.
+#[derive(Debug)]
+pub struct SinkClosed;
+
+impl std::fmt::Display for SinkClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the export's receiver stopped reading")
+    }
+}
+
+impl std::error::Error for SinkClosed {}
+
+/// What creating a toolbox needs from a container engine.
+#[allow(async_fn_in_trait)]
+pub trait Engine {
+    /// The engine's ID for an image, or `None` when it does not have the image.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
+    /// Pulls an image, reporting progress on stderr unless `quiet`.
+    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()>;
+    /// Creates (never starts) a container of `reference` and returns its ID.
+    async fn create_container(
+        &self,
+        reference: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String>;
+    /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
+    /// Fails with [`SinkClosed`] when the receiving side goes away.
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
+    async fn remove_container(&self, container: &str) -> Result<()>;
+}
+
+/// A Docker Engine API daemon (Docker, or Podman's compatible service).
+pub struct Docker {
+    client: bollard::Docker,
+    /// Where the daemon is, for messages.
+    pub address: String,
+}
+
+impl Docker {
+    /// Connects as the `docker` client would (`DOCKER_HOST`, else the local socket) and
+    /// agrees on an API version: bollard 0.21 otherwise assumes a newer API than Docker
+    /// 20.10 (API 1.41) speaks.
+    pub async fn connect(env: &Env) -> Result<Docker> {
+        let address = env
+            .non_empty(DOCKER_HOST)
+            .unwrap_or("unix:///var/run/docker.sock")
+            .to_string();
+        let unreachable =
+            || format!("cannot reach the Docker daemon at `{address}`; is dockerd running?");
+        let client = bollard::Docker::connect_with_defaults().with_context(unreachable)?;
+        let client = client.negotiate_version().await.with_context(unreachable)?;
+        Ok(Docker { client, address })
+    }
+
+    pub fn api_version(&self) -> String {
+        self.client.client_version().to_string()
+    }
+}
+
+fn is_not_found(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The daemon's own message, without bollard's wrapping.
+fn daemon_message(error: &BollardError) -> String {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Engine for Docker {
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        match self.client.inspect_image(reference).await {
+            Ok(image) => Ok(Some(image.id.unwrap_or_default())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(anyhow!(
+                "cannot inspect image `{reference}`: {}",
+                daemon_message(&e)
+            )),
+        }
+    }
+
+    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()> {
+        let reference = image.reference();
+        let options = CreateImageOptions {
+            from_image: Some(image.repository.clone()),
+            tag: Some(image.tag.clone()),
+            ..Default::default()
+        };
+        let mut progress = Progress::new(quiet);
+        let mut stream = self.client.create_image(Some(options), None, None);
+        // A failed pull arrives either as an HTTP error before the stream starts or as
+        // an error message inside the stream; both end up here.
+        while let Some(item) = stream.next().await {
+            let info = item
+                .map_err(|e| anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e)))?;
+            if let Some(detail) = info.error_detail {
+                let message = detail.message.unwrap_or_else(|| "unknown error".into());
+                bail!("cannot pull image `{reference}`: {message}");
+            }
+            let (current, total) = info
+                .progress_detail
+                .map_or((None, None), |d| (d.current, d.total));
+            progress.update(info.id.as_deref(), info.status.as_deref(), current, total);
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    async fn create_container(
+        &self,
+        reference: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(reference.to_string()),
+            // Never started; an imported image has no command of its own and the API wants one.
+            cmd: Some(vec!["/bin/true".to_string()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create a container of `{reference}`: {}",
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
+        let mut stream = self.client.export_container(container);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| anyhow!("exporting the container failed: {}", daemon_message(&e)))?;
+            sink.send(chunk).await.map_err(|_| SinkClosed)?;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.client.remove_container(container, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(anyhow!(
+                "cannot remove container `{container}`: {}",
+                daemon_message(&e)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Pull progress on stderr: one line redrawn in place on a terminal, a line per layer
+/// state change otherwise, nothing when quiet.
+struct Progress {
+    quiet: bool,
+    terminal: bool,
+    /// Per layer: last status, and bytes done/total while downloading.
+    layers: Vec<(String, String, i64, i64)>,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        Progress {
+            quiet,
+            terminal: io::stderr().is_terminal(),
+            layers: Vec::new(),
+        }
+    }
+
+    fn update(
+        &mut self,
+        id: Option<&str>,
+        status: Option<&str>,
+        current: Option<i64>,
+        total: Option<i64>,
+    ) {
+        if self.quiet {
+            return;
+        }
+        let status = status.unwrap_or_default();
+        let Some(id) = id else {
+            // Overall messages ("Pulling from library/debian", "Digest: ...").
+            self.line(status);
+            return;
+        };
+        let index = match self.layers.iter().position(|l| l.0 == id) {
+            Some(index) => index,
+            None => {
+                self.layers.push((id.to_string(), String::new(), 0, 0));
+                self.layers.len() - 1
+            }
+        };
+        let layer = &mut self.layers[index];
+        let changed = layer.1 != status;
+        layer.1 = status.to_string();
+        layer.2 = current.unwrap_or(layer.2);
+        layer.3 = total.unwrap_or(layer.3);
+        if self.terminal {
+            let done: i64 = self.layers.iter().map(|l| l.2).sum();
+            let total: i64 = self.layers.iter().map(|l| l.3).sum();
+            let complete = self
+                .layers
+                .iter()
+                .filter(|l| l.1.contains("complete"))
+                .count();
+            eprint!(
+                "\r\x1b[Kpulling: {complete}/{} layers, {} / {} MB",
+                self.layers.len(),
+                done / 1_000_000,
+                total / 1_000_000
+            );
+            let _ = io::stderr().flush();
+        } else if changed {
+            eprintln!("pulling {id}: {status}");
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.terminal {
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{text}");
+    }
+
+    fn finish(&self) {
+        if !self.quiet && self.terminal {
+            eprint!("\r\x1b[K");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! machine: the toolbox on disk. Owns the layout of a toolbox directory (the tree, its
+//! metadata file, the lock and partial trees beside it), how a finished tree is put in
+//! place atomically, and how existing trees (including CoreOS ones) are recognised.
+//! It never writes outside `TOOLBOX_DIRECTORY`, and never through a path an image's
+//! contents could redirect.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{self, Errno};
+
+/// Metadata file at the root of a complete toolbox tree, written before the tree is
+/// renamed into place: its presence means the tree is complete.
+pub const METADATA: &str = ".toolbox.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The image reference the toolbox was created from, as configured.
+    pub image: String,
+    /// The engine's image ID at creation.
+    pub image_id: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+/// What is at a toolbox's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Missing,
+    /// Created by toolbox: the metadata file is there.
+    Complete,
+    /// A tree without metadata but with `etc/os-release`, as the CoreOS script left it.
+    Adopted,
+    /// An empty directory, which creating a toolbox may replace.
+    Empty,
+    /// Something else, which toolbox leaves alone.
+    Foreign,
+}
+
+/// Classifies `path` with a few `lstat`s; reads no file contents.
+pub fn state(path: &Path) -> Result<State> {
+    let exists = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    let describe = || format!("cannot inspect toolbox directory {}", path.display());
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::Missing),
+        Err(e) => return Err(e).with_context(describe),
+        Ok(meta) if !meta.is_dir() => return Ok(State::Foreign),
+        Ok(_) => {}
+    }
+    if exists(&path.join(METADATA)).with_context(describe)? {
+        return Ok(State::Complete);
+    }
+    if exists(&path.join("etc/os-release")).with_context(describe)? {
+        return Ok(State::Adopted);
+    }
+    let empty = fs::read_dir(path).with_context(describe)?.next().is_none();
+    Ok(if empty { State::Empty } else { State::Foreign })
+}
+
+/// Reads a complete toolbox's metadata.
+pub fn read_metadata(path: &Path) -> Result<Metadata> {
+    let file = path.join(METADATA);
+    let text = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{}: malformed toolbox metadata", file.display()))
+}
+
+/// The directory a toolbox is built in before it is renamed into place.
+fn partial_prefix(name: &str) -> String {
+    format!(".{name}.partial-")
+}
+
+/// An exclusive lock on creating one toolbox, held until dropped.
+pub struct CreateLock {
+    _file: File,
+}
+
+/// Creates `directory` if needed and takes the creation lock for toolbox `name`, waiting
+/// while another toolbox process holds it.
+pub fn lock_for_create(directory: &Path, name: &str) -> Result<CreateLock> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(directory)
+        .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
+    let path = directory.join(format!(".{name}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(CreateLock { _file: file })
+}
+
+/// Removes partial trees left by interrupted creations of toolbox `name`. Call with the
+/// creation lock held: no live process is building one then.
+pub fn remove_partials(directory: &Path, name: &str) -> Result<()> {
+    let prefix = partial_prefix(name);
+    for entry in
+        fs::read_dir(directory).with_context(|| format!("cannot list {}", directory.display()))?
+    {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            fs::remove_dir_all(entry.path()).with_context(|| {
+                format!(
+                    "cannot remove stale partial toolbox {}",
+                    entry.path().display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a fresh, empty partial tree for toolbox `name`.
+pub fn make_partial(directory: &Path, name: &str) -> Result<PathBuf> {
+    let path = directory.join(format!("{}{}", partial_prefix(name), std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(path)
+}
+
+/// Completes a partial tree: an `etc/os-release` if the image has none (as the CoreOS
+/// script did), the metadata file, and everything flushed to disk. All writes go through
+/// descriptors inside the tree, so symlinks the image planted cannot redirect them.
+pub fn complete(partial: &Path, metadata: &Metadata) -> Result<()> {
+    let root =
+        sys::open_dir(partial).with_context(|| format!("cannot open {}", partial.display()))?;
+    let fail = |what: &str| format!("cannot write {what} in {}", partial.display());
+
+    match rfs::mkdirat(&root, "etc", Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(io::Error::from(e)).with_context(|| fail("etc")),
+    }
+    // O_CREAT without O_TRUNC: an existing os-release is left as it is.
+    sys::open_in_root(
+        &root,
+        b"etc/os-release",
+        OFlags::WRONLY | OFlags::CREATE,
+        0o644,
+    )
+    .with_context(|| fail("etc/os-release"))?;
+
+    match rfs::unlinkat(&root, METADATA, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(io::Error::from(e)).with_context(|| fail(METADATA)),
+    }
+    let fd = rfs::openat(
+        &root,
+        METADATA,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(io::Error::from)
+    .with_context(|| fail(METADATA))?;
+    let mut file = File::from(fd);
+    serde_json::to_writer_pretty(&mut file, metadata)?;
+    file.write_all(b"\n").with_context(|| fail(METADATA))?;
+
+    sys::sync_filesystem(root.as_fd())
+        .with_context(|| format!("cannot flush {} to disk", partial.display()))?;
+    Ok(())
+}
+
+/// Renames a completed partial tree to `path`, replacing an empty directory there. The
+/// rename is atomic: `path` is either absent (or empty) or the whole new tree.
+pub fn install(partial: &Path, path: &Path) -> Result<()> {
+    if state(path)? == State::Empty {
+        fs::remove_dir(path)
+            .with_context(|| format!("cannot replace empty directory {}", path.display()))?;
+    }
+    match state(path)? {
+        State::Missing => {}
+        _ => bail!(
+            "{} appeared while the toolbox was being created; left it alone",
+            path.display()
+        ),
+    }
+    fs::rename(partial, path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot flush {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata() -> Metadata {
+        Metadata {
+            image: "debian:bookworm".into(),
+            image_id: "sha256:1".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-fedora-latest");
+        assert_eq!(state(&path).unwrap(), State::Missing);
+        fs::create_dir(&path).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Empty);
+        fs::write(path.join("junk"), "").unwrap();
+        assert_eq!(state(&path).unwrap(), State::Foreign);
+        fs::create_dir(path.join("etc")).unwrap();
+        // A relative symlink, as Fedora ships it, even dangling, marks a CoreOS tree.
+        std::os::unix::fs::symlink("../usr/lib/os-release", path.join("etc/os-release")).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Adopted);
+        fs::write(path.join(METADATA), "{}").unwrap();
+        assert_eq!(state(&path).unwrap(), State::Complete);
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        assert_eq!(state(&file).unwrap(), State::Foreign);
+    }
+
+    #[test]
+    fn complete_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let _lock = lock_for_create(dir.path(), "core-x").unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        complete(&partial, &metadata()).unwrap();
+        assert!(partial.join("etc/os-release").is_file());
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        install(&partial, &path).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Complete);
+        assert_eq!(read_metadata(&path).unwrap(), metadata());
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn install_never_replaces_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("precious"), "keep").unwrap();
+        assert!(install(&partial, &path).is_err());
+        assert_eq!(fs::read(path.join("precious")).unwrap(), b"keep");
+    }
+
+    // An image can ship `etc` or the metadata file's name as symlinks pointing at the
+    // host; completing the tree must never write through them.
+    #[test]
+    fn completing_writes_only_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        std::os::unix::fs::symlink(&outside, partial.join("etc")).unwrap();
+        let _ = complete(&partial, &metadata());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        fs::remove_dir_all(&partial).unwrap();
+
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        std::os::unix::fs::symlink(outside.join("meta"), partial.join(METADATA)).unwrap();
+        complete(&partial, &metadata()).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(
+            fs::symlink_metadata(partial.join(METADATA))
+                .unwrap()
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn stale_partials_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".core-x.partial-999999");
+        fs::create_dir_all(stale.join("usr/bin")).unwrap();
+        let other = dir.path().join(".core-y.partial-1");
+        fs::create_dir(&other).unwrap();
+        remove_partials(dir.path(), "core-x").unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+    }
+}

@@ -1,0 +1,345 @@
+//! nspawn: build the systemd-nspawn command that enters a toolbox, as a value that can be
+//! printed (`--dry-run`) and tested, and the one function that executes it.
+
+use std::convert::Infallible;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::host::Env;
+use crate::plan::{Payload, Plan};
+
+/// systemd 232 replaced `--share-system` by the `SYSTEMD_NSPAWN_SHARE_SYSTEM` variable
+/// (the flag is still parsed, but only warns).
+const SHARE_SYSTEM_ENV_SINCE: u32 = 232;
+
+/// systemd 248 added `--console=autopipe`: a terminal when stdin and stdout are one,
+/// plain pipes otherwise, so scripted output is not mangled by a pseudo-terminal (CRLF).
+const AUTOPIPE_SINCE: u32 = 248;
+/// systemd 242 added `--console=pipe`.
+const PIPE_SINCE: u32 = 242;
+
+/// The `PATH` systemd-nspawn gives the payload (systemd 252; unchanged for years).
+pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The systemd-nspawn found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nspawn {
+    pub program: PathBuf,
+    pub version: u32,
+}
+
+impl Nspawn {
+    /// Finds systemd-nspawn on `PATH` and asks it for its version.
+    pub fn find(env: &Env) -> Result<Nspawn> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let program = which::which_in("systemd-nspawn", env.path_var(), cwd).map_err(|_| {
+            anyhow!("systemd-nspawn not found on PATH; install it (Debian: systemd-container)")
+        })?;
+        let output = Command::new(&program)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = parse_version(&text).ok_or_else(|| {
+            anyhow!(
+                "cannot read the version of {} from `{}`",
+                program.display(),
+                text.trim()
+            )
+        })?;
+        Ok(Nspawn { program, version })
+    }
+}
+
+/// The number in the first line of `systemd-nspawn --version`: `systemd 252 (252.39-1)`.
+pub fn parse_version(output: &str) -> Option<u32> {
+    let line = output.lines().next()?;
+    let mut words = line.split_whitespace();
+    (words.next()? == "systemd").then_some(())?;
+    words.next()?.parse().ok()
+}
+
+/// Facts about the host and the caller that change the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostInit {
+    /// systemd is PID 1 (`/run/systemd/system` exists).
+    pub systemd_booted: bool,
+    /// stdin and stdout are both terminals.
+    pub terminal: bool,
+}
+
+/// A program, its arguments and the variables added to the inherited environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+}
+
+/// The systemd-nspawn command for `plan`.
+pub fn invocation(plan: &Plan, nspawn: &Nspawn, host: HostInit, quiet: bool) -> Invocation {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut env = Vec::new();
+    // A command's output is often read by a script: keep nspawn's banner out of it.
+    if quiet || matches!(plan.payload, Payload::Command(_)) {
+        args.push("--quiet".into());
+    }
+    let mut directory = OsString::from("--directory=");
+    directory.push(plan.path());
+    args.push(directory);
+    args.push("--capability=all".into());
+    if nspawn.version >= SHARE_SYSTEM_ENV_SINCE {
+        env.push(("SYSTEMD_NSPAWN_SHARE_SYSTEM".to_string(), "1".to_string()));
+    } else {
+        args.push("--share-system".into());
+    }
+    if !host.systemd_booted {
+        // Without systemd as PID 1 there is no system bus to register the machine or
+        // allocate a scope unit with.
+        args.push("--register=no".into());
+        args.push("--keep-unit".into());
+    }
+    if nspawn.version >= AUTOPIPE_SINCE {
+        args.push("--console=autopipe".into());
+    } else if nspawn.version >= PIPE_SINCE && !host.terminal {
+        args.push("--console=pipe".into());
+    }
+    args.push(format!("--machine={}", plan.machine_name()).into());
+    args.extend(plan.flags.iter().map(OsString::from));
+    args.extend(plan.binds.iter().map(OsString::from));
+    args.extend(plan.env.iter().map(OsString::from));
+    args.push(format!("--user={}", plan.user).into());
+    if let Payload::Command(command) = &plan.payload {
+        args.push("--".into());
+        args.extend(command.iter().cloned());
+    }
+    Invocation {
+        program: nspawn.program.clone(),
+        args,
+        env,
+    }
+}
+
+/// The `PATH` the payload will search: the last `--setenv=PATH=` among the extra words,
+/// else systemd-nspawn's default.
+pub fn container_path(plan: &Plan) -> String {
+    plan.flags
+        .iter()
+        .chain(&plan.env)
+        .filter_map(|word| word.strip_prefix("--setenv=PATH="))
+        .next_back()
+        .unwrap_or(CONTAINER_PATH)
+        .to_string()
+}
+
+impl Invocation {
+    /// Replaces this process with the command, so the terminal, signals and exit status
+    /// are the command's own. Returns only if the exec failed.
+    pub fn exec(&self) -> Result<Infallible> {
+        let error = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .exec();
+        Err(error).with_context(|| format!("cannot run {}", self.program.display()))
+    }
+}
+
+/// The command as one shell line that runs it: `VAR=value program args...`.
+impl fmt::Display for Invocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut words: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", quote(OsStr::new(v))))
+            .collect();
+        words.push(quote(self.program.as_os_str()));
+        words.extend(self.args.iter().map(|a| quote(a)));
+        write!(f, "{}", words.join(" "))
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn quote(word: &OsStr) -> String {
+    let bytes = word.as_bytes();
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b);
+    if !bytes.is_empty() && bytes.iter().all(plain) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    format!(
+        "'{}'",
+        String::from_utf8_lossy(bytes).replace('\'', r"'\''")
+    )
+}
+
+/// Where systemd-nspawn looks when the tree is entered without a command: bash, else sh.
+pub fn login_shells() -> [&'static Path; 2] {
+    [Path::new("/bin/bash"), Path::new("/bin/sh")]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Settings};
+
+    fn plan(payload: Payload, pairs: &[(&str, &str)]) -> Plan {
+        let mut settings = Settings::default();
+        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
+        Plan::resolve(&settings, "core", payload).unwrap()
+    }
+
+    fn nspawn(version: u32) -> Nspawn {
+        Nspawn {
+            program: PathBuf::from("/usr/bin/systemd-nspawn"),
+            version,
+        }
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_version("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT"),
+            Some(252)
+        );
+        assert_eq!(parse_version("systemd 219\n"), Some(219));
+        assert_eq!(parse_version("something else"), None);
+        assert_eq!(parse_version(""), None);
+    }
+
+    #[test]
+    fn modern_systemd_on_a_systemd_host() {
+        let command = Payload::Command(vec!["strace".into(), "-p".into(), "1".into()]);
+        let inv = invocation(
+            &plan(command, &[]),
+            &nspawn(252),
+            HostInit {
+                systemd_booted: true,
+                terminal: true,
+            },
+            false,
+        );
+        assert_eq!(
+            inv.to_string(),
+            "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 /usr/bin/systemd-nspawn --quiet \
+             --directory=/var/lib/toolbox/core-fedora-latest --capability=all \
+             --console=autopipe --machine=core-fedora-latest --bind=/:/media/root --bind=/usr:/media/root/usr \
+             --bind=/run:/media/root/run --user=root -- strace -p 1"
+        );
+    }
+
+    #[test]
+    fn old_systemd_without_systemd_as_init() {
+        let inv = invocation(
+            &plan(Payload::Shell, &[]),
+            &nspawn(231),
+            HostInit {
+                systemd_booted: false,
+                terminal: false,
+            },
+            false,
+        );
+        assert!(inv.env.is_empty());
+        let args: Vec<_> = inv.args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--directory=/var/lib/toolbox/core-fedora-latest",
+                "--capability=all",
+                "--share-system",
+                "--register=no",
+                "--keep-unit",
+                "--machine=core-fedora-latest",
+                "--bind=/:/media/root",
+                "--bind=/usr:/media/root/usr",
+                "--bind=/run:/media/root/run",
+                "--user=root",
+            ]
+        );
+    }
+
+    #[test]
+    fn extra_words_keep_the_coreos_order_and_quoting() {
+        let pairs = [
+            (config::FLAGS, "--system-call-filter=bpf"),
+            (config::BIND, "--bind=/:/media/root '--bind=/my dir:/d'"),
+            (config::ENV, "--setenv=A=1 \"--setenv=B=two words\""),
+            (config::USER, "core"),
+        ];
+        let command = Payload::Command(vec!["sh".into(), "-c".into(), "echo 'hi'".into()]);
+        let inv = invocation(
+            &plan(command, &pairs),
+            &nspawn(252),
+            HostInit {
+                systemd_booted: false,
+                terminal: false,
+            },
+            true,
+        );
+        assert!(inv.to_string().ends_with(
+            "--console=autopipe --machine=core-fedora-latest --system-call-filter=bpf --bind=/:/media/root \
+             '--bind=/my dir:/d' --setenv=A=1 '--setenv=B=two words' --user=core -- sh -c 'echo '\\''hi'\\'''"
+        ), "{inv}");
+    }
+
+    #[test]
+    fn console_mode_by_version() {
+        let console = |version, terminal| {
+            let host = HostInit {
+                systemd_booted: true,
+                terminal,
+            };
+            let inv = invocation(&plan(Payload::Shell, &[]), &nspawn(version), host, false);
+            inv.args
+                .iter()
+                .find(|a| a.to_string_lossy().starts_with("--console="))
+                .cloned()
+        };
+        assert_eq!(console(252, true), Some("--console=autopipe".into()));
+        assert_eq!(console(245, false), Some("--console=pipe".into()));
+        assert_eq!(console(245, true), None);
+        assert_eq!(console(239, false), None);
+    }
+
+    #[test]
+    fn quiet_only_for_commands_or_when_asked() {
+        let shell = plan(Payload::Shell, &[]);
+        let host = HostInit {
+            systemd_booted: true,
+            terminal: true,
+        };
+        assert!(
+            !invocation(&shell, &nspawn(252), host, false)
+                .args
+                .contains(&"--quiet".into())
+        );
+        assert!(
+            invocation(&shell, &nspawn(252), host, true)
+                .args
+                .contains(&"--quiet".into())
+        );
+    }
+
+    #[test]
+    fn payload_path() {
+        assert_eq!(container_path(&plan(Payload::Shell, &[])), CONTAINER_PATH);
+        let p = plan(
+            Payload::Shell,
+            &[(config::ENV, "--setenv=PATH=/a --setenv=PATH=/opt/bin:/bin")],
+        );
+        assert_eq!(container_path(&p), "/opt/bin:/bin");
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote(OsStr::new("--bind=/a:/b")), "--bind=/a:/b");
+        assert_eq!(quote(OsStr::new("")), "''");
+        assert_eq!(quote(OsStr::new("a b")), "'a b'");
+        assert_eq!(quote(OsStr::new("it's")), r"'it'\''s'");
+        assert_eq!(quote(OsStr::new("$HOME")), "'$HOME'");
+    }
+}
