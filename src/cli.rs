@@ -27,6 +27,7 @@ cannot be executed, 127 when it is not found in the toolbox.";
     version,
     after_help = AFTER_HELP,
     allow_external_subcommands = true,
+    disable_help_subcommand = true,
     args_conflicts_with_subcommands = false
 )]
 pub struct Cli {

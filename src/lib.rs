@@ -98,6 +98,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         println!("{invocation}");
         return Ok(0);
     }
+    if !sys::is_root() {
+        anyhow::bail!("toolbox needs root to create and enter toolboxes; run it with sudo");
+    }
     provision::ensure(&plan, &env, quiet, verbose)?;
     check_payload(&plan)?;
     if verbose {

@@ -435,6 +435,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_documents_every_key_and_parses() {
+        let example = include_str!("../../toolbox.conf.example");
+        for key in KEYS {
+            assert!(
+                example.contains(&format!("#{}=", key.name)),
+                "{} is not in the example",
+                key.name
+            );
+        }
+        let uncommented = example.replace("#TOOLBOX_", "TOOLBOX_");
+        let mut s = Settings::default();
+        s.apply_file(
+            Path::new("toolbox.conf.example"),
+            &uncommented,
+            &Env::default(),
+        )
+        .unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        for key in KEYS {
+            s.words(key.name).unwrap();
+        }
+    }
+
+    #[test]
     fn config_file_locations() {
         let invoker = Invoker {
             name: "core".into(),
