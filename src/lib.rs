@@ -86,7 +86,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         &invoker.name,
         payload(cli.shell_command, cli.action),
     )?;
-    let nspawn = Nspawn::find(&env)?;
+    let nspawn_cache = plan.directory.join(".nspawn-version");
+    let nspawn = Nspawn::find(&env, &nspawn_cache, !options.dry_run && sys::is_root())?;
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let host = HostInit {
         systemd_booted: paths.systemd_booted.exists(),

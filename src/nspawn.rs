@@ -4,7 +4,10 @@
 use std::convert::Infallible;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::fs;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,12 +38,29 @@ pub struct Nspawn {
 }
 
 impl Nspawn {
-    /// Finds systemd-nspawn on `PATH` and asks it for its version.
-    pub fn find(env: &Env) -> Result<Nspawn> {
+    /// Finds systemd-nspawn on `PATH` and its version. Running `systemd-nspawn --version`
+    /// costs about 9 ms, so the answer is remembered in `cache` keyed by the binary's
+    /// path, inode, size and modification time; the file is written only when
+    /// `may_write` and its directory already exists.
+    pub fn find(env: &Env, cache: &Path, may_write: bool) -> Result<Nspawn> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let program = which::which_in("systemd-nspawn", env.path_var(), cwd).map_err(|_| {
             anyhow!("systemd-nspawn not found on PATH; install it (Debian: systemd-container)")
         })?;
+        let meta = fs::metadata(&program)
+            .with_context(|| format!("cannot inspect {}", program.display()))?;
+        let identity = format!(
+            "{} {} {} {} {}.{}",
+            program.display(),
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        );
+        if let Some(version) = cached_version(cache, &identity) {
+            return Ok(Nspawn { program, version });
+        }
         let output = Command::new(&program)
             .arg("--version")
             .output()
@@ -53,8 +73,32 @@ impl Nspawn {
                 text.trim()
             )
         })?;
+        if may_write && cache.parent().is_some_and(Path::is_dir) {
+            // A cache that cannot be written only costs the next start a few milliseconds.
+            let _ = write_cache(cache, &format!("{identity} {version}\n"));
+        }
         Ok(Nspawn { program, version })
     }
+}
+
+fn cached_version(cache: &Path, identity: &str) -> Option<u32> {
+    let text = fs::read_to_string(cache).ok()?;
+    let (key, version) = text.trim_end().rsplit_once(' ')?;
+    (key == identity).then(|| version.parse().ok())?
+}
+
+/// Replaces `cache` atomically, never writing through a symlink.
+fn write_cache(cache: &Path, text: &str) -> std::io::Result<()> {
+    let partial = cache.with_extension(format!("partial-{}", std::process::id()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    fs::rename(&partial, cache).inspect_err(|_| {
+        let _ = fs::remove_file(&partial);
+    })
 }
 
 /// The number in the first line of `systemd-nspawn --version`: `systemd 252 (252.39-1)`.
@@ -198,6 +242,32 @@ mod tests {
             program: PathBuf::from("/usr/bin/systemd-nspawn"),
             version,
         }
+    }
+
+    #[test]
+    fn the_version_is_cached_by_binary_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        let fake = bin.join("systemd-nspawn");
+        fs::write(&fake, "#!/bin/sh\necho 'systemd 239 (239)'\n").unwrap();
+        fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let env = Env::from_pairs([("PATH", bin.to_str().unwrap())]);
+        let cache = dir.path().join(".nspawn-version");
+
+        assert_eq!(Nspawn::find(&env, &cache, false).unwrap().version, 239);
+        assert!(!cache.exists(), "written although told not to");
+        assert_eq!(Nspawn::find(&env, &cache, true).unwrap().version, 239);
+        assert!(fs::read_to_string(&cache).unwrap().ends_with(" 239\n"));
+        // The cached answer is used without running the binary...
+        let text = fs::read_to_string(&cache)
+            .unwrap()
+            .replace(" 239\n", " 240\n");
+        fs::write(&cache, text).unwrap();
+        assert_eq!(Nspawn::find(&env, &cache, true).unwrap().version, 240);
+        // ...until the binary changes.
+        fs::write(&fake, "#!/bin/sh\necho 'systemd 252 (252.39-1)'\n").unwrap();
+        assert_eq!(Nspawn::find(&env, &cache, true).unwrap().version, 252);
     }
 
     #[test]
