@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,21 +26,27 @@ pub struct TestEnv {
     pub image: String,
 }
 
-/// Why the e2e prerequisites are not met, if they are not.
-fn missing(image: &str) -> Option<String> {
+/// Why the e2e prerequisites are not met, if they are not. `image` must be local when given.
+fn missing(image: Option<&str>) -> Option<String> {
     if !toolbox::sys::is_root() {
         return Some("e2e tests need root".into());
     }
     if which("systemd-nspawn").is_none() {
         return Some("systemd-nspawn is not installed (scripts/setup-host installs it)".into());
     }
-    let docker = Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .output();
+    let docker = match image {
+        Some(image) => Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
+            .output(),
+        None => Command::new("docker")
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output(),
+    };
     match docker {
         Err(e) => Some(format!("cannot run the docker client: {e}")),
         Ok(out) if !out.status.success() => Some(format!(
-            "Docker or image {image} unavailable ({}); run scripts/setup-host and scripts/build-images",
+            "Docker or image {} unavailable ({}); run scripts/setup-host and scripts/build-images",
+            image.unwrap_or("(none)"),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
         Ok(_) => None,
@@ -54,10 +62,19 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 impl TestEnv {
-    /// A fresh environment for the test `name` using `image`, or `None` (after saying why)
-    /// when the prerequisites are missing and not required.
+    /// A fresh environment for the test `name` using the local test image `image`, or
+    /// `None` (after saying why) when the prerequisites are missing and not required.
     pub fn new(name: &str, image: &str) -> Option<TestEnv> {
-        if let Some(reason) = missing(image) {
+        Self::setup(name, image, true)
+    }
+
+    /// Like [`TestEnv::new`] for an image the test has toolbox pull.
+    pub fn pulling(name: &str, image: &str) -> Option<TestEnv> {
+        Self::setup(name, image, false)
+    }
+
+    fn setup(name: &str, image: &str, local: bool) -> Option<TestEnv> {
+        if let Some(reason) = missing(local.then_some(image)) {
             if std::env::var("TOOLBOX_E2E").as_deref() == Ok("required") {
                 panic!("TOOLBOX_E2E=required but {reason}");
             }
