@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -34,7 +35,7 @@ pub struct Interrupted(pub i32);
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "interrupted; nothing was left behind")
+        write!(f, "interrupted by signal {}", self.0)
     }
 }
 
@@ -90,7 +91,13 @@ pub fn ensure(plan: &Plan, env: &Env, quiet: bool, verbose: bool) -> Result<()> 
         // and the next creation removes any leftover partial tree anyway.
         let _ = fs::remove_dir_all(&partial);
     }
-    installed
+    installed?;
+    // A signal that came while the tree was being completed: the toolbox is kept (it is
+    // whole), but the user asked to stop, so it is not entered.
+    match runtime.block_on(async { signals.recv().now_or_never() }) {
+        Some(interrupted) => Err(interrupted.into()),
+        None => Ok(()),
+    }
 }
 
 fn ready(path: &Path) -> Result<bool> {
@@ -163,10 +170,7 @@ async fn create<E: Engine>(
     // export below, so the container, once created, is always removed.
     let container = engine.create_container(&reference, labels).await?;
     let started = Instant::now();
-    let copied = tokio::select! {
-        stats = export_into(engine, &container, partial) => stats,
-        interrupted = signals.recv() => Err(interrupted.into()),
-    };
+    let copied = export_into(engine, &container, partial, signals).await;
     let removed = engine.remove_container(&container).await;
     let stats = copied?;
     removed?;
@@ -206,11 +210,14 @@ fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// Streams the container's export into the unpacker running on a blocking thread.
+/// Streams the container's export into the unpacker running on a blocking thread. The
+/// unpacker has always finished when this returns, even when a signal cut the export
+/// short, so the partial tree can be removed safely.
 async fn export_into<E: Engine>(
     engine: &E,
     container: &str,
     partial: &Path,
+    signals: &mut Signals,
 ) -> Result<unpack::Stats> {
     let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let target: PathBuf = partial.to_path_buf();
@@ -227,12 +234,16 @@ async fn export_into<E: Engine>(
             options,
         )
     });
-    let exported = engine.export(container, &sender).await;
-    // Dropping the sender ends the stream. A truncated export makes the unpacker fail
-    // too, so the export's own error is the one worth reporting; when the unpacker
-    // stopped first (a refused entry), its error explains why.
+    let exported = tokio::select! {
+        exported = engine.export(container, &sender) => exported,
+        interrupted = signals.recv() => Err(interrupted.into()),
+    };
+    // Dropping the sender ends the stream, and the unpacker with it.
     drop(sender);
     let unpacked = unpacker.await.context("the unpacker thread failed")?;
+    // A truncated export makes the unpacker fail too, so the export's own error is the
+    // one worth reporting; when the unpacker stopped first (a refused entry), its error
+    // explains why.
     match exported {
         Err(e) if !e.is::<SinkClosed>() => Err(e),
         _ => Ok(unpacked
