@@ -285,7 +285,10 @@ fn interrupted_creation_leaves_nothing_behind() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(status(&out), 130, "{}", describe(&out));
-    assert_eq!(toolbox_lines(&out).last().map(String::as_str), Some("toolbox: interrupted by signal 2"));
+    assert_eq!(
+        toolbox_lines(&out).last().map(String::as_str),
+        Some("toolbox: interrupted by signal 2")
+    );
     assert!(!t.tree().exists());
     assert!(t.leftovers().is_empty(), "left behind: {:?}", t.leftovers());
     assert!(
