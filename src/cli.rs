@@ -11,7 +11,10 @@ Examples:
   toolbox strace -p 1234                   run a command inside it
   toolbox -c 'apt-get install -y tcpdump && tcpdump -i eth0'
   toolbox --image debian --tag bookworm    use another image
-  toolbox run -- rm -rf /tmp/x             run a command named like a subcommand
+  toolbox list                             list toolboxes and their sessions
+  toolbox update                           rebuild the toolbox if its image changed
+  toolbox run rm -rf /tmp/x                run a command named like a subcommand
+  toolbox -- rm -rf /tmp/x                 the same
 
 The host's / is mounted at /media/root inside the toolbox. Settings come from
 /etc/default/toolbox, ~/.toolboxrc, ~/.config/toolbox/toolbox.conf and TOOLBOX_*
@@ -91,6 +94,43 @@ pub enum Action {
         )]
         command: Vec<OsString>,
     },
+    /// List the toolboxes in the toolbox directory
+    List {
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove toolboxes
+    Rm {
+        /// Toolbox names, as `toolbox list` shows them
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        names: Vec<String>,
+        /// Remove every toolbox in the toolbox directory
+        #[arg(long)]
+        all: bool,
+        /// Stop running sessions first instead of refusing
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Rebuild a toolbox when its image has changed
+    Update {
+        /// Toolbox name, as `toolbox list` shows it [default: the configured toolbox]
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// Stop running sessions first instead of refusing
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the effective settings and where each comes from
+    Config {
+        /// List the configuration files consulted instead
+        #[arg(long)]
+        path: bool,
+    },
     /// Any other word starts the command to run, as with the CoreOS script
     #[command(external_subcommand)]
     External(Vec<OsString>),
@@ -143,7 +183,7 @@ mod tests {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -170,6 +210,11 @@ mod tests {
             ["run", "x"]
         );
         assert_eq!(command(&cli(&["run", "run"])), ["run"]);
+        assert_eq!(
+            command(&cli(&["run", "rm", "-rf", "/tmp/x"])),
+            ["rm", "-rf", "/tmp/x"]
+        );
+        assert_eq!(command(&cli(&["--", "list"])), ["list"]);
     }
 
     #[test]
@@ -200,6 +245,34 @@ mod tests {
     }
 
     #[test]
+    fn management_commands() {
+        assert!(matches!(
+            cli(&["list", "--json"]).action,
+            Some(Action::List { json: true })
+        ));
+        assert!(matches!(
+            cli(&["rm", "--all", "-f"]).action,
+            Some(Action::Rm {
+                all: true,
+                force: true,
+                ..
+            })
+        ));
+        let Some(Action::Rm { names, .. }) = cli(&["rm", "a", "b"]).action else {
+            panic!()
+        };
+        assert_eq!(names, ["a", "b"]);
+        assert!(matches!(
+            cli(&["update"]).action,
+            Some(Action::Update { name: None, .. })
+        ));
+        assert!(matches!(
+            cli(&["config", "--path"]).action,
+            Some(Action::Config { path: true })
+        ));
+    }
+
+    #[test]
     fn bad_usage_is_an_error() {
         let parse = |args: &[&str]| {
             parse(
@@ -211,5 +284,7 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["run"]).is_err());
         assert!(parse(&["-q", "-v"]).is_err());
+        assert!(parse(&["rm"]).is_err());
+        assert!(parse(&["rm", "--all", "x"]).is_err());
     }
 }

@@ -6,7 +6,10 @@
 //! - `TOOLBOX_DOCKER_IMAGE`, `TOOLBOX_DOCKER_TAG`, `TOOLBOX_USER`, `TOOLBOX_DIRECTORY`,
 //!   `TOOLBOX_BIND`, `TOOLBOX_ENV`, `TOOLBOX_NAME`, `TOOLBOX_FLAGS`: settings (see `config`).
 //! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
-//! - `USER`, `SUDO_USER`: who invoked toolbox, for the toolbox name.
+//! - `USER`, `SUDO_USER`, `SUDO_UID`: who invoked toolbox, for the toolbox name and
+//!   whose configuration files to trust.
+//! - `http_proxy`, `https_proxy`, `no_proxy` and their upper-case forms: passed through
+//!   sudo and into toolboxes.
 //! - `PATH`: where `systemd-nspawn` is looked up.
 //! - `DOCKER_HOST`: the Docker daemon to talk to (read by bollard).
 
@@ -20,6 +23,7 @@ pub const USER: &str = "USER";
 pub const SUDO_USER: &str = "SUDO_USER";
 pub const PATH: &str = "PATH";
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
+pub const SUDO_UID: &str = "SUDO_UID";
 
 /// A snapshot of the environment variables toolbox may read.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +72,10 @@ pub struct HostPaths {
     pub etc_default: PathBuf,
     /// The host's user database, `/etc/passwd`.
     pub passwd: PathBuf,
+    /// The host's group database, `/etc/group`.
+    pub group: PathBuf,
+    /// The host's process filesystem, `/proc`.
+    pub proc: PathBuf,
     /// Exists when systemd is the host's init: `/run/systemd/system`.
     pub systemd_booted: PathBuf,
 }
@@ -77,6 +85,8 @@ impl Default for HostPaths {
         HostPaths {
             etc_default: PathBuf::from("/etc/default/toolbox"),
             passwd: PathBuf::from("/etc/passwd"),
+            group: PathBuf::from("/etc/group"),
+            proc: PathBuf::from("/proc"),
             systemd_booted: PathBuf::from("/run/systemd/system"),
         }
     }
@@ -88,6 +98,8 @@ pub struct Invoker {
     /// Never empty: a user name, or the numeric user ID when no name is known.
     pub name: String,
     pub home: Option<PathBuf>,
+    /// The user's ID when toolbox runs as root on their behalf (under sudo).
+    pub on_behalf_of: Option<u32>,
 }
 
 impl Invoker {
@@ -96,10 +108,17 @@ impl Invoker {
     /// from passwd, so their `~/.toolboxrc` applies as it did with the CoreOS script.
     pub fn identify(env: &Env, passwd: &str, euid: u32) -> Invoker {
         if let Some(sudo_user) = env.non_empty(SUDO_USER).filter(|_| euid == 0) {
-            let home = passwd_entry(passwd, |name, _| name == sudo_user).map(|e| e.home);
+            let entry = passwd_entry(passwd, |name, _| name == sudo_user);
+            let uid = env
+                .get(SUDO_UID)
+                .and_then(|u| u.parse().ok())
+                .or(entry.as_ref().map(|e| e.uid));
             return Invoker {
                 name: sudo_user.to_string(),
-                home: home.or_else(|| env.non_empty(HOME).map(PathBuf::from)),
+                home: entry
+                    .map(|e| e.home)
+                    .or_else(|| env.non_empty(HOME).map(PathBuf::from)),
+                on_behalf_of: uid,
             };
         }
         let by_uid = passwd_entry(passwd, |_, uid| uid == euid);
@@ -112,13 +131,32 @@ impl Invoker {
             .non_empty(HOME)
             .map(PathBuf::from)
             .or_else(|| by_uid.map(|e| e.home));
-        Invoker { name, home }
+        Invoker {
+            name,
+            home,
+            on_behalf_of: None,
+        }
     }
 }
 
 struct PasswdEntry {
     name: String,
+    uid: u32,
     home: PathBuf,
+}
+
+/// The `passwd` line of user `name`, as the host has it.
+pub fn passwd_line<'a>(passwd: &'a str, name: &str) -> Option<&'a str> {
+    passwd
+        .lines()
+        .find(|line| line.split(':').next() == Some(name))
+}
+
+/// The `group` line of group ID `gid`, as the host has it.
+pub fn group_line(group: &str, gid: u32) -> Option<&str> {
+    group
+        .lines()
+        .find(|line| line.split(':').nth(2).and_then(|g| g.parse().ok()) == Some(gid))
 }
 
 fn passwd_entry(passwd: &str, wanted: impl Fn(&str, u32) -> bool) -> Option<PasswdEntry> {
@@ -130,6 +168,7 @@ fn passwd_entry(passwd: &str, wanted: impl Fn(&str, u32) -> bool) -> Option<Pass
         let uid = uid.parse().ok()?;
         (!name.is_empty() && wanted(name, uid)).then(|| PasswdEntry {
             name: name.to_string(),
+            uid,
             home: PathBuf::from(home),
         })
     })
@@ -142,6 +181,18 @@ mod tests {
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
                           core:x:500:500:CoreOS Admin:/home/core:/bin/bash\n\
                           broken line\n";
+
+    #[test]
+    fn passwd_and_group_lines() {
+        assert_eq!(
+            passwd_line(PASSWD, "core"),
+            Some("core:x:500:500:CoreOS Admin:/home/core:/bin/bash")
+        );
+        assert_eq!(passwd_line(PASSWD, "cor"), None);
+        let group = "root:x:0:\ncore:x:500:\n";
+        assert_eq!(group_line(group, 500), Some("core:x:500:"));
+        assert_eq!(group_line(group, 7), None);
+    }
 
     #[test]
     fn plain_user() {
@@ -157,6 +208,9 @@ mod tests {
         let invoker = Invoker::identify(&env, PASSWD, 0);
         assert_eq!(invoker.name, "core");
         assert_eq!(invoker.home, Some(PathBuf::from("/home/core")));
+        assert_eq!(invoker.on_behalf_of, Some(500));
+        let env = Env::from_pairs([("SUDO_USER", "core"), ("SUDO_UID", "501")]);
+        assert_eq!(Invoker::identify(&env, PASSWD, 0).on_behalf_of, Some(501));
     }
 
     #[test]

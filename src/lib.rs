@@ -7,35 +7,53 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod host_exec;
 pub mod lookup;
 pub mod machine;
+pub mod manage;
 pub mod nspawn;
 pub mod plan;
 pub mod provision;
+pub mod session;
+pub mod sudo;
 pub mod sys;
 pub mod unpack;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
 
-use crate::cli::Action;
+use crate::cli::{Action, Options};
 use crate::config::Settings;
 use crate::host::{Env, HostPaths, Invoker};
 use crate::lookup::CommandError;
-use crate::nspawn::{HostInit, Nspawn};
+use crate::machine::State;
+use crate::nspawn::{Launch, Nspawn, PROXY_VARIABLES};
 use crate::plan::{Payload, Plan};
-use crate::provision::Interrupted;
+use crate::provision::{Interrupted, Target};
 
 /// Exit status for every failure of toolbox itself, as container tools use.
 pub const EXIT_TOOLBOX_FAILED: u8 = 125;
 
+/// How long a warm start waits for the daemon when checking whether the image changed.
+const FRESHNESS_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Runs toolbox with these arguments. On the normal path this never returns: the process
 /// becomes systemd-nspawn. Otherwise it returns the status to exit with (after `--help`,
-/// `--version` or `--dry-run`).
+/// `--version`, `--dry-run` or a management command).
 pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
-    let cli = match cli::parse(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let invoked_as = args
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned());
+    if invoked_as.as_deref() == Some(host_exec::NAME.as_ref()) {
+        let host_root = std::env::var_os("HOST").map(PathBuf::from);
+        return host_exec::run(args[1..].to_vec(), Path::new("/proc"), host_root.as_deref());
+    }
+    let cli = match cli::parse(args.iter().cloned()) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
@@ -44,67 +62,202 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         }
         Err(e) => return Err(usage_error(&e)),
     };
-    let options = &cli.options;
-    let quiet = options.quiet;
-    let verbose = options.verbose > 0;
-    let env = Env::from_process();
-    let paths = HostPaths::default();
-    let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
-    let invoker = Invoker::identify(&env, &passwd, sys::euid());
+    let ctx = Context::load(&cli.options, &args[1..])?;
+    match cli.action {
+        Some(Action::List { json }) => {
+            manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.env, json)?;
+            Ok(0)
+        }
+        Some(Action::Rm { names, all, force }) => {
+            ctx.become_root()?;
+            let directory = ctx.directory()?;
+            let names = if all {
+                machine::toolboxes(&directory)?
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect()
+            } else {
+                names
+                    .iter()
+                    .map(|name| manage::resolve_name(&directory, &ctx.invoker.name, name))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            manage::remove(&directory, &ctx.paths.proc, &names, force, ctx.quiet())?;
+            Ok(0)
+        }
+        Some(Action::Update { name, force }) => {
+            ctx.become_root()?;
+            let plan = ctx.plan(Payload::Shell)?;
+            let target = match name {
+                None => Target::of(&plan),
+                Some(name) => {
+                    let name = manage::resolve_name(&plan.directory, &ctx.invoker.name, &name)?;
+                    let path = plan.directory.join(&name);
+                    let image = match machine::state(&path)? {
+                        State::Complete => {
+                            plan::ImageRef::parse(&machine::read_metadata(&path)?.image, "latest")?
+                        }
+                        _ => plan.image.clone(),
+                    };
+                    Target {
+                        directory: plan.directory.clone(),
+                        name,
+                        image,
+                    }
+                }
+            };
+            manage::update(
+                &target,
+                &ctx.paths.proc,
+                &ctx.env,
+                force,
+                ctx.quiet(),
+                ctx.verbose(),
+            )?;
+            Ok(0)
+        }
+        Some(Action::Config { path }) => {
+            manage::show_config(&ctx.settings, &ctx.files, path)?;
+            Ok(0)
+        }
+        action => enter(&ctx, payload(cli.shell_command, action)),
+    }
+}
 
-    let files = config::files(&paths, &env, &invoker);
-    let mut settings = Settings::load(&files, &env)?;
-    let overrides = [
-        (config::IMAGE, "--image", options.image.clone()),
-        (config::TAG, "--tag", options.tag.clone()),
-        (config::NAME, "--name", options.name.clone()),
-        (config::USER, "--user", options.user.clone()),
-        (
-            config::DIRECTORY,
-            "--directory",
-            options.directory.as_ref().map(|d| d.display().to_string()),
-        ),
-    ];
-    for (key, flag, value) in overrides {
-        if let Some(value) = value {
-            settings.set_option(key, flag, value);
+/// Everything read once at start: environment, host files, the invoking user, settings.
+struct Context {
+    env: Env,
+    paths: HostPaths,
+    invoker: Invoker,
+    files: Vec<PathBuf>,
+    settings: Settings,
+    dry_run: bool,
+    verbosity: i8,
+    /// The arguments after the program name, to re-run them through sudo.
+    args: Vec<OsString>,
+}
+
+impl Context {
+    fn load(options: &Options, args: &[OsString]) -> Result<Context> {
+        let env = Env::from_process();
+        let paths = HostPaths::default();
+        let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
+        let invoker = Invoker::identify(&env, &passwd, sys::euid());
+        let files = config::files(&paths, &env, &invoker);
+        let mut settings = Settings::load(&files, &env, invoker.on_behalf_of)?;
+        let overrides = [
+            (config::IMAGE, "--image", options.image.clone()),
+            (config::TAG, "--tag", options.tag.clone()),
+            (config::NAME, "--name", options.name.clone()),
+            (config::USER, "--user", options.user.clone()),
+            (
+                config::DIRECTORY,
+                "--directory",
+                options.directory.as_ref().map(|d| d.display().to_string()),
+            ),
+        ];
+        for (key, flag, value) in overrides {
+            if let Some(value) = value {
+                settings.set_option(key, flag, value);
+            }
         }
-    }
-    if !quiet {
-        for warning in &settings.warnings {
-            eprintln!("toolbox: warning: {warning}");
+        let verbosity = if options.quiet {
+            -1
+        } else {
+            options.verbose.min(2) as i8
+        };
+        let ctx = Context {
+            env,
+            paths,
+            invoker,
+            files,
+            settings,
+            dry_run: options.dry_run,
+            verbosity,
+            args: args.to_vec(),
+        };
+        if !ctx.quiet() {
+            for warning in &ctx.settings.warnings {
+                eprintln!("toolbox: warning: {warning}");
+            }
         }
-    }
-    if verbose {
-        for file in &settings.files_read {
-            eprintln!("toolbox: read settings from {}", file.display());
+        if ctx.verbose() {
+            for file in &ctx.settings.files_read {
+                eprintln!("toolbox: read settings from {}", file.display());
+            }
         }
+        Ok(ctx)
     }
 
-    let plan = Plan::resolve(
-        &settings,
-        &invoker.name,
-        payload(cli.shell_command, cli.action),
-    )?;
+    fn quiet(&self) -> bool {
+        self.verbosity < 0
+    }
+
+    fn verbose(&self) -> bool {
+        self.verbosity > 0
+    }
+
+    fn plan(&self, payload: Payload) -> Result<Plan> {
+        Plan::resolve(&self.settings, &self.invoker.name, payload)
+    }
+
+    fn directory(&self) -> Result<PathBuf> {
+        Ok(self.plan(Payload::Shell)?.directory)
+    }
+
+    /// Run as a normal user, toolbox re-runs itself through `TOOLBOX_SUDO`.
+    fn become_root(&self) -> Result<()> {
+        if sys::is_root() {
+            return Ok(());
+        }
+        let sudo = self.settings.words(config::SUDO)?;
+        if self.verbose() {
+            eprintln!("toolbox: not root; re-running through `{}`", sudo.join(" "));
+        }
+        match sudo::reexec(&sudo, &self.args, &self.env)? {}
+    }
+}
+
+/// Enters the toolbox, creating it first if needed: the default action.
+fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
+    let plan = ctx.plan(payload)?;
     let nspawn_cache = plan.directory.join(".nspawn-version");
-    let nspawn = Nspawn::find(&env, &nspawn_cache, !options.dry_run && sys::is_root())?;
-    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let host = HostInit {
-        systemd_booted: paths.systemd_booted.exists(),
-        terminal,
+    let nspawn = Nspawn::find(&ctx.env, &nspawn_cache, !ctx.dry_run && sys::is_root())?;
+    let launch = Launch {
+        systemd_booted: ctx.paths.systemd_booted.exists(),
+        terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        session: std::process::id(),
+        marker: plan.directory.join(".toolboxenv"),
+        host_exec: std::env::current_exe().ok(),
+        proxies: PROXY_VARIABLES
+            .iter()
+            .filter_map(|name| Some((name.to_string(), ctx.env.get(name)?.to_string())))
+            .collect(),
     };
-    let invocation = nspawn::invocation(&plan, &nspawn, host, quiet);
-
-    if options.dry_run {
+    let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
+    if ctx.dry_run {
         println!("{invocation}");
         return Ok(0);
     }
-    if !sys::is_root() {
-        anyhow::bail!("toolbox needs root to create and enter toolboxes; run it with sudo");
+    ctx.become_root()?;
+    let target = Target::of(&plan);
+    let created = provision::ensure(&target, &ctx.env, ctx.quiet(), ctx.verbose())?;
+    if !created {
+        check_freshness(ctx, &target)?;
     }
-    provision::ensure(&plan, &env, quiet, verbose)?;
+    add_user(ctx, &plan)?;
     check_payload(&plan)?;
-    if verbose {
+    if !launch.marker.exists() {
+        std::fs::write(&launch.marker, "")
+            .with_context(|| format!("cannot create {}", launch.marker.display()))?;
+    }
+    session::register(
+        &plan.directory,
+        &ctx.paths.proc,
+        &plan.name,
+        &plan.session_machine_name(launch.session),
+    )?;
+    if ctx.verbose() {
         eprintln!(
             "toolbox: systemd {} at {}",
             nspawn.version,
@@ -115,10 +268,97 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
     match invocation.exec()? {}
 }
 
+/// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed
+/// since the toolbox was built, and `auto` rebuilds it; `never` contacts no daemon. The
+/// daemon is asked at most once per `TOOLBOX_UPDATE_INTERVAL` seconds per toolbox, with
+/// a short timeout, so a slow or stopped daemon never holds up the start.
+fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
+    let mode = ctx.settings.get(config::UPDATE);
+    if !matches!(mode, "notify" | "auto") {
+        if mode != "never" {
+            let origin = &ctx.settings.setting(config::UPDATE).origin;
+            bail!("{origin}: TOOLBOX_UPDATE must be never, notify or auto, not `{mode}`");
+        }
+        return Ok(());
+    }
+    let interval = ctx.settings.get(config::UPDATE_INTERVAL);
+    let interval: u64 = interval.parse().map_err(|_| {
+        let origin = &ctx.settings.setting(config::UPDATE_INTERVAL).origin;
+        anyhow::anyhow!(
+            "{origin}: TOOLBOX_UPDATE_INTERVAL must be a number of seconds, not `{interval}`"
+        )
+    })?;
+    let path = target.path();
+    if machine::state(&path)? != State::Complete {
+        return Ok(());
+    }
+    let stamp = target.directory.join(format!(".{}.checked", target.name));
+    let recent = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(interval));
+    if recent {
+        return Ok(());
+    }
+    let metadata = machine::read_metadata(&path)?;
+    let changed = provision::image_changed(
+        &target.image,
+        &metadata.image_id,
+        &ctx.env,
+        FRESHNESS_TIMEOUT,
+    );
+    if changed.is_some() {
+        // Only an answer counts as a check: a down daemon is asked again next time.
+        let _ = std::fs::write(&stamp, "");
+    }
+    if changed != Some(true) {
+        return Ok(());
+    }
+    if mode == "notify" {
+        if !ctx.quiet() {
+            eprintln!(
+                "toolbox: image {} has changed since `{}` was built; run `toolbox update` to rebuild it",
+                target.image.reference(),
+                target.name
+            );
+        }
+        return Ok(());
+    }
+    manage::update(
+        target,
+        &ctx.paths.proc,
+        &ctx.env,
+        false,
+        ctx.quiet(),
+        ctx.verbose(),
+    )?;
+    Ok(())
+}
+
+/// A `TOOLBOX_USER` the toolbox lacks but the host has is added with the host's UID, GID,
+/// home and shell, instead of systemd-nspawn failing to resolve it.
+fn add_user(ctx: &Context, plan: &Plan) -> Result<()> {
+    if plan.user == "root" {
+        return Ok(());
+    }
+    let passwd = std::fs::read_to_string(&ctx.paths.passwd).unwrap_or_default();
+    let Some(line) = host::passwd_line(&passwd, &plan.user) else {
+        return Ok(());
+    };
+    let gid = line.split(':').nth(3).and_then(|g| g.parse().ok());
+    let groups = std::fs::read_to_string(&ctx.paths.group).unwrap_or_default();
+    let group = gid.and_then(|gid| host::group_line(&groups, gid));
+    if machine::add_user(&plan.path(), line, group)? && ctx.verbose() {
+        eprintln!("toolbox: added user {} to `{}`", plan.user, plan.name);
+    }
+    Ok(())
+}
+
 fn payload(shell_command: Option<OsString>, action: Option<Action>) -> Payload {
     let command = match action {
         Some(Action::Run { command }) | Some(Action::External(command)) => command,
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     match shell_command {
         Some(script) => {
@@ -142,9 +382,8 @@ fn check_payload(plan: &Plan) -> Result<(), CommandError> {
             &nspawn::container_path(plan),
         ),
         Payload::Shell => {
-            let shells = nspawn::login_shells();
             let mut last = None;
-            for shell in shells {
+            for shell in nspawn::login_shells() {
                 match lookup::check(&root, &plan.name, shell.as_os_str(), "") {
                     Ok(()) => return Ok(()),
                     Err(e) => last = Some(e),

@@ -203,6 +203,162 @@ pub fn install(partial: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Puts a completed partial tree in place of the existing toolbox at `path` in one atomic
+/// exchange (`renameat2(RENAME_EXCHANGE)`): at every moment `path` is the whole old tree
+/// or the whole new one. Afterwards the old tree is at `partial`, for the caller to remove.
+pub fn swap(partial: &Path, path: &Path) -> Result<()> {
+    rfs::renameat_with(
+        rfs::CWD,
+        partial,
+        rfs::CWD,
+        path,
+        rfs::RenameFlags::EXCHANGE,
+    )
+    .map_err(io::Error::from)
+    .with_context(|| format!("cannot swap {} into {}", partial.display(), path.display()))?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot flush {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes a toolbox tree: first renamed aside (atomic), so an interrupted removal of a
+/// large tree never leaves a half-deleted toolbox under its real name; what is left aside
+/// is cleaned up by the next creation or removal.
+pub fn remove(directory: &Path, name: &str) -> Result<()> {
+    let path = directory.join(name);
+    let aside = directory.join(format!(
+        "{}removing-{}",
+        partial_prefix(name),
+        std::process::id()
+    ));
+    fs::rename(&path, &aside).with_context(|| format!("cannot move {} aside", path.display()))?;
+    fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))
+}
+
+/// The names of the toolboxes in `directory`: complete and adopted trees, in order.
+pub fn toolboxes(directory: &Path) -> Result<Vec<(String, State)>> {
+    let entries = match fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", directory.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let state = state(&directory.join(&name))?;
+        if matches!(state, State::Complete | State::Adopted) {
+            found.push((name, state));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// Disk space used by a tree, in bytes: allocated blocks, hard-linked files counted once,
+/// symlinks not followed.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+/// Adds a user to a toolbox tree as the host has it: its `passwd` line, its primary
+/// group's `group` line when the tree lacks that group, and its home directory. Writes go
+/// through descriptors inside the tree. Returns whether the user was added.
+pub fn add_user(root: &Path, passwd_line: &str, group_line: Option<&str>) -> Result<bool> {
+    let fields: Vec<&str> = passwd_line.split(':').collect();
+    let [name, _, uid, gid, _, home, ..] = fields[..] else {
+        bail!("malformed passwd line `{passwd_line}`");
+    };
+    let (uid, gid): (u32, u32) = (uid.parse()?, gid.parse()?);
+    let tree = sys::open_dir(root).with_context(|| format!("cannot open {}", root.display()))?;
+    let read = |path: &[u8]| -> String {
+        let Ok(fd) = sys::open_in_root(&tree, path, OFlags::RDONLY, 0) else {
+            return String::new();
+        };
+        io::read_to_string(File::from(fd)).unwrap_or_default()
+    };
+    if read(b"etc/passwd")
+        .lines()
+        .any(|l| l.split(':').next() == Some(name))
+    {
+        return Ok(false);
+    }
+    let append = |path: &[u8], line: &str| -> Result<()> {
+        let fd = sys::open_in_root(
+            &tree,
+            path,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            0o644,
+        )
+        .with_context(|| {
+            format!(
+                "cannot open {} in {}",
+                String::from_utf8_lossy(path),
+                root.display()
+            )
+        })?;
+        let mut file = File::from(fd);
+        writeln!(file, "{line}")?;
+        Ok(())
+    };
+    append(b"etc/passwd", passwd_line)?;
+    let has_group = read(b"etc/group")
+        .lines()
+        .any(|l| l.split(':').nth(2).and_then(|g| g.parse().ok()) == Some(gid));
+    if let (false, Some(group_line)) = (has_group, group_line) {
+        append(b"etc/group", group_line)?;
+    }
+    let home = home.trim_start_matches('/');
+    if !home.is_empty() {
+        let (parent, leaf) = home.rsplit_once('/').unwrap_or(("", home));
+        let parent_fd = sys::open_in_root(
+            &tree,
+            parent.as_bytes(),
+            OFlags::PATH | OFlags::DIRECTORY,
+            0,
+        );
+        if let Ok(parent_fd) = parent_fd {
+            if rfs::mkdirat(&parent_fd, leaf, Mode::from_raw_mode(0o700)).is_ok() {
+                rfs::chownat(
+                    &parent_fd,
+                    leaf,
+                    Some(rfs::Uid::from_raw(uid)),
+                    Some(rfs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(io::Error::from)
+                .with_context(|| format!("cannot give /{home} to {name}"))?;
+            }
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +440,64 @@ mod tests {
                 .unwrap()
                 .is_file()
         );
+    }
+
+    #[test]
+    fn swap_exchanges_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("old"), "").unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        fs::write(partial.join("new"), "").unwrap();
+        swap(&partial, &path).unwrap();
+        assert!(path.join("new").exists() && partial.join("old").exists());
+    }
+
+    #[test]
+    fn remove_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b", "a"] {
+            fs::create_dir_all(dir.path().join(name).join("etc")).unwrap();
+            fs::write(dir.path().join(name).join("etc/os-release"), "").unwrap();
+        }
+        fs::create_dir(dir.path().join(".a.partial-1")).unwrap();
+        fs::create_dir(dir.path().join("junk")).unwrap();
+        fs::write(dir.path().join("junk/x"), "").unwrap();
+        let names: Vec<_> = toolboxes(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        remove(dir.path(), "a").unwrap();
+        let names: Vec<_> = toolboxes(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert!(disk_usage(&dir.path().join("b")) > 0);
+        assert!(toolboxes(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn users_are_added_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::create_dir_all(dir.path().join("home")).unwrap();
+        fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let line = format!("bob:x:{me}:{me}:Bob:/home/bob:/bin/bash");
+        let group = format!("bob:x:{me}:");
+        assert!(add_user(dir.path(), &line, Some(&group)).unwrap());
+        assert!(!add_user(dir.path(), &line, Some(&group)).unwrap());
+        let passwd = fs::read_to_string(dir.path().join("etc/passwd")).unwrap();
+        assert_eq!(passwd, format!("root:x:0:0::/root:/bin/sh\n{line}\n"));
+        let groups = fs::read_to_string(dir.path().join("etc/group")).unwrap();
+        assert_eq!(groups.lines().count(), if me == 0 { 1 } else { 2 });
+        assert!(dir.path().join("home/bob").is_dir());
     }
 
     #[test]

@@ -109,13 +109,22 @@ pub fn parse_version(output: &str) -> Option<u32> {
     words.next()?.parse().ok()
 }
 
-/// Facts about the host and the caller that change the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostInit {
+/// Facts about the host and this entry that shape the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
     /// systemd is PID 1 (`/run/systemd/system` exists).
     pub systemd_booted: bool,
     /// stdin and stdout are both terminals.
     pub terminal: bool,
+    /// This session's number (the PID that becomes systemd-nspawn's), which makes its
+    /// `--machine=` name unique among the toolbox's sessions.
+    pub session: u32,
+    /// An empty file bound at `/run/.toolboxenv`, the marker Toolbx also uses.
+    pub marker: PathBuf,
+    /// toolbox's own binary, bound read-only as `host-exec` inside.
+    pub host_exec: Option<PathBuf>,
+    /// Proxy variables to hand to the toolbox's package managers.
+    pub proxies: Vec<(String, String)>,
 }
 
 /// A program, its arguments and the variables added to the inherited environment.
@@ -126,8 +135,19 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
 }
 
+/// Proxy variables passed into toolboxes and through sudo (coreos/bugs#1869: sudo
+/// dropped them and package managers inside the toolbox could not reach anything).
+pub const PROXY_VARIABLES: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
 /// The systemd-nspawn command for `plan`.
-pub fn invocation(plan: &Plan, nspawn: &Nspawn, host: HostInit, quiet: bool) -> Invocation {
+pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) -> Invocation {
     let mut args: Vec<OsString> = Vec::new();
     let mut env = Vec::new();
     // A command's output is often read by a script: keep nspawn's banner out of it.
@@ -143,7 +163,10 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, host: HostInit, quiet: bool) -> 
     } else {
         args.push("--share-system".into());
     }
-    if !host.systemd_booted {
+    // Any number of sessions share one tree: lift nspawn's directory lock ("Directory
+    // tree ... is currently busy", flatcar/toolbox#4); each session has its own name.
+    env.push(("SYSTEMD_NSPAWN_LOCK".to_string(), "0".to_string()));
+    if !launch.systemd_booted {
         // Without systemd as PID 1 there is no system bus to register the machine or
         // allocate a scope unit with.
         args.push("--register=no".into());
@@ -151,12 +174,29 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, host: HostInit, quiet: bool) -> 
     }
     if nspawn.version >= AUTOPIPE_SINCE {
         args.push("--console=autopipe".into());
-    } else if nspawn.version >= PIPE_SINCE && !host.terminal {
+    } else if nspawn.version >= PIPE_SINCE && !launch.terminal {
         args.push("--console=pipe".into());
     }
-    args.push(format!("--machine={}", plan.machine_name()).into());
+    args.push(format!("--machine={}", plan.session_machine_name(launch.session)).into());
     args.extend(plan.flags.iter().map(OsString::from));
+    let mut marker = OsString::from("--bind-ro=");
+    marker.push(&launch.marker);
+    marker.push(":/run/.toolboxenv");
+    args.push(marker);
+    if let Some(exe) = &launch.host_exec {
+        let mut bind = OsString::from("--bind-ro=");
+        bind.push(exe);
+        bind.push(format!(":{}", crate::host_exec::PATH_IN_TOOLBOX));
+        args.push(bind);
+    }
     args.extend(plan.binds.iter().map(OsString::from));
+    args.push(format!("--setenv=TOOLBOX_NAME={}", plan.name).into());
+    if let Some(root) = plan.host_root() {
+        args.push(format!("--setenv=HOST={root}").into());
+    }
+    for (name, value) in &launch.proxies {
+        args.push(format!("--setenv={name}={value}").into());
+    }
     args.extend(plan.env.iter().map(OsString::from));
     args.push(format!("--user={}", plan.user).into());
     if let Payload::Command(command) = &plan.payload {
@@ -281,39 +321,54 @@ mod tests {
         assert_eq!(parse_version(""), None);
     }
 
+    fn launch(systemd_booted: bool, terminal: bool) -> Launch {
+        Launch {
+            systemd_booted,
+            terminal,
+            session: 77,
+            marker: PathBuf::from("/var/lib/toolbox/.toolboxenv"),
+            host_exec: Some(PathBuf::from("/usr/bin/toolbox")),
+            proxies: vec![("https_proxy".into(), "http://proxy:3128".into())],
+        }
+    }
+
     #[test]
     fn modern_systemd_on_a_systemd_host() {
         let command = Payload::Command(vec!["strace".into(), "-p".into(), "1".into()]);
         let inv = invocation(
             &plan(command, &[]),
             &nspawn(252),
-            HostInit {
-                systemd_booted: true,
-                terminal: true,
-            },
+            &launch(true, true),
             false,
         );
         assert_eq!(
             inv.to_string(),
-            "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 /usr/bin/systemd-nspawn --quiet \
+            "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 SYSTEMD_NSPAWN_LOCK=0 /usr/bin/systemd-nspawn --quiet \
              --directory=/var/lib/toolbox/core-fedora-latest --capability=all \
-             --console=autopipe --machine=core-fedora-latest --bind=/:/media/root --bind=/usr:/media/root/usr \
-             --bind=/run:/media/root/run --user=root -- strace -p 1"
+             --console=autopipe --machine=core-fedora-latest-77 \
+             --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv \
+             --bind-ro=/usr/bin/toolbox:/usr/local/bin/host-exec \
+             --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run \
+             --setenv=TOOLBOX_NAME=core-fedora-latest --setenv=HOST=/media/root \
+             --setenv=https_proxy=http://proxy:3128 --user=root -- strace -p 1"
         );
     }
 
     #[test]
     fn old_systemd_without_systemd_as_init() {
+        let mut launch = launch(false, false);
+        launch.host_exec = None;
+        launch.proxies.clear();
         let inv = invocation(
-            &plan(Payload::Shell, &[]),
+            &plan(Payload::Shell, &[(config::BIND, "")]),
             &nspawn(231),
-            HostInit {
-                systemd_booted: false,
-                terminal: false,
-            },
+            &launch,
             false,
         );
-        assert!(inv.env.is_empty());
+        assert_eq!(
+            inv.env,
+            [("SYSTEMD_NSPAWN_LOCK".to_string(), "0".to_string())]
+        );
         let args: Vec<_> = inv.args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
@@ -323,10 +378,9 @@ mod tests {
                 "--share-system",
                 "--register=no",
                 "--keep-unit",
-                "--machine=core-fedora-latest",
-                "--bind=/:/media/root",
-                "--bind=/usr:/media/root/usr",
-                "--bind=/run:/media/root/run",
+                "--machine=core-fedora-latest-77",
+                "--bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv",
+                "--setenv=TOOLBOX_NAME=core-fedora-latest",
                 "--user=root",
             ]
         );
@@ -341,29 +395,26 @@ mod tests {
             (config::USER, "core"),
         ];
         let command = Payload::Command(vec!["sh".into(), "-c".into(), "echo 'hi'".into()]);
-        let inv = invocation(
-            &plan(command, &pairs),
-            &nspawn(252),
-            HostInit {
-                systemd_booted: false,
-                terminal: false,
-            },
-            true,
-        );
-        assert!(inv.to_string().ends_with(
-            "--console=autopipe --machine=core-fedora-latest --system-call-filter=bpf --bind=/:/media/root \
-             '--bind=/my dir:/d' --setenv=A=1 '--setenv=B=two words' --user=core -- sh -c 'echo '\\''hi'\\'''"
-        ), "{inv}");
+        let mut launch = launch(false, false);
+        launch.host_exec = None;
+        launch.proxies.clear();
+        let inv = invocation(&plan(command, &pairs), &nspawn(252), &launch, true);
+        let expected = "--machine=core-fedora-latest-77 --system-call-filter=bpf \
+             --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv --bind=/:/media/root \
+             '--bind=/my dir:/d' --setenv=TOOLBOX_NAME=core-fedora-latest --setenv=HOST=/media/root \
+             --setenv=A=1 '--setenv=B=two words' --user=core -- sh -c 'echo '\\''hi'\\'''";
+        assert!(inv.to_string().ends_with(expected), "{inv}");
     }
 
     #[test]
     fn console_mode_by_version() {
         let console = |version, terminal| {
-            let host = HostInit {
-                systemd_booted: true,
-                terminal,
-            };
-            let inv = invocation(&plan(Payload::Shell, &[]), &nspawn(version), host, false);
+            let inv = invocation(
+                &plan(Payload::Shell, &[]),
+                &nspawn(version),
+                &launch(true, terminal),
+                false,
+            );
             inv.args
                 .iter()
                 .find(|a| a.to_string_lossy().starts_with("--console="))
@@ -378,17 +429,14 @@ mod tests {
     #[test]
     fn quiet_only_for_commands_or_when_asked() {
         let shell = plan(Payload::Shell, &[]);
-        let host = HostInit {
-            systemd_booted: true,
-            terminal: true,
-        };
+        let launch = launch(true, true);
         assert!(
-            !invocation(&shell, &nspawn(252), host, false)
+            !invocation(&shell, &nspawn(252), &launch, false)
                 .args
                 .contains(&"--quiet".into())
         );
         assert!(
-            invocation(&shell, &nspawn(252), host, true)
+            invocation(&shell, &nspawn(252), &launch, true)
                 .args
                 .contains(&"--quiet".into())
         );

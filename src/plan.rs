@@ -121,9 +121,25 @@ impl Plan {
         self.directory.join(&self.name)
     }
 
-    /// The `--machine=` name for systemd-nspawn, derived from the toolbox name.
-    pub fn machine_name(&self) -> String {
-        machine_name(&self.name)
+    /// The `--machine=` name of session `session`: the toolbox's machine name with the
+    /// session number, kept within systemd's 64 characters.
+    pub fn session_machine_name(&self, session: u32) -> String {
+        let suffix = format!("-{session}");
+        let mut base = machine_name(&self.name);
+        base.truncate(64 - suffix.len());
+        format!("{}{suffix}", base.trim_end_matches(['-', '.']))
+    }
+
+    /// Where the host's `/` is bound inside the toolbox, from the bind options.
+    pub fn host_root(&self) -> Option<String> {
+        self.binds.iter().find_map(|word| {
+            let spec = word
+                .strip_prefix("--bind=")
+                .or_else(|| word.strip_prefix("--bind-ro="))?;
+            let (source, rest) = spec.split_once(':')?;
+            let target = rest.split(':').next()?;
+            (source == "/" && !target.is_empty()).then(|| target.to_string())
+        })
     }
 }
 
@@ -288,6 +304,41 @@ mod tests {
         let err =
             Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
         assert_eq!(err.to_string(), "environment: TOOLBOX_USER is empty");
+    }
+
+    #[test]
+    fn session_machine_names_fit() {
+        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        assert_eq!(plan.session_machine_name(4242), "core-fedora-latest-4242");
+        let long = Plan::resolve(
+            &settings(&[(config::NAME, &"x".repeat(100))]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap();
+        let name = long.session_machine_name(4_194_304);
+        assert_eq!(name.len(), 64);
+        assert!(name.ends_with("-4194304"));
+    }
+
+    #[test]
+    fn host_root_from_binds() {
+        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        assert_eq!(plan.host_root().as_deref(), Some("/media/root"));
+        let plan = Plan::resolve(
+            &settings(&[(config::BIND, "--bind=/usr:/u --bind-ro=/:/host:norbind")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap();
+        assert_eq!(plan.host_root().as_deref(), Some("/host"));
+        let plan = Plan::resolve(
+            &settings(&[(config::BIND, "--bind=/srv")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap();
+        assert_eq!(plan.host_root(), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use bytes::{Buf, Bytes};
@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::engine::{Docker, Engine, LABEL_PID, LABEL_TOOLBOX, SinkClosed};
 use crate::host::Env;
 use crate::machine::{self, Metadata, State};
-use crate::plan::Plan;
+use crate::plan::{ImageRef, Plan};
 use crate::sys;
 use crate::unpack;
 
@@ -41,63 +41,121 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// Makes sure the toolbox of `plan` exists, creating it if needed. A toolbox that is
-/// already there (or a CoreOS tree to adopt) is left as it is, without contacting any
-/// daemon.
-pub fn ensure(plan: &Plan, env: &Env, quiet: bool, verbose: bool) -> Result<()> {
-    let path = plan.path();
-    if ready(&path)? {
-        return Ok(());
+/// Which toolbox, from which image.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub directory: PathBuf,
+    pub name: String,
+    pub image: ImageRef,
+}
+
+impl Target {
+    pub fn of(plan: &Plan) -> Target {
+        Target {
+            directory: plan.directory.clone(),
+            name: plan.name.clone(),
+            image: plan.image.clone(),
+        }
     }
+
+    pub fn path(&self) -> PathBuf {
+        self.directory.join(&self.name)
+    }
+}
+
+/// Makes sure the toolbox exists, creating it if needed; returns whether it was created.
+/// A toolbox that is already there (or a CoreOS tree to adopt) is left as it is, without
+/// contacting any daemon.
+pub fn ensure(target: &Target, env: &Env, quiet: bool, verbose: bool) -> Result<bool> {
+    let path = target.path();
+    if ready(&path)? {
+        return Ok(false);
+    }
+    // The daemon is reached and the image found before anything is written, so an
+    // unreachable daemon or a failed pull leaves the toolbox directory as it was.
+    let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
+    let image_id = provisioner.image_id(&target.image, false)?;
+    let _lock = machine::lock_for_create(&target.directory, &target.name)?;
+    // Another toolbox process may have created it while this one waited for the lock.
+    if ready(&path)? {
+        return Ok(false);
+    }
+    let partial = provisioner.build(target, &image_id)?;
+    if let Err(e) = machine::install(&partial, &path) {
+        // Best effort: the error matters more than a failed cleanup, and the next
+        // creation removes any leftover partial tree anyway.
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    // A signal that came while the tree was being completed: the toolbox is kept (it is
+    // whole), but the user asked to stop, so it is not entered.
+    provisioner.check_signals()?;
+    Ok(true)
+}
+
+/// What `update` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    /// The image ID is the one the toolbox was built from.
+    UpToDate { image_id: String },
+    Rebuilt {
+        old_id: Option<String>,
+        new_id: String,
+    },
+}
+
+/// Pulls the toolbox's image and, when its ID differs from `recorded_id`, builds a new
+/// tree beside the old one and swaps them atomically; the old tree is removed only after
+/// the swap. `prepare` runs under the toolbox's lock just before the swap (to deal with
+/// running sessions). A pull that fails while the image is local updates from the local
+/// image, with a warning.
+pub fn update(
+    target: &Target,
+    recorded_id: Option<&str>,
+    env: &Env,
+    quiet: bool,
+    verbose: bool,
+    prepare: &mut dyn FnMut() -> Result<()>,
+) -> Result<Updated> {
+    let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
+    let image_id = provisioner.image_id(&target.image, true)?;
+    if recorded_id == Some(image_id.as_str()) {
+        return Ok(Updated::UpToDate { image_id });
+    }
+    let _lock = machine::lock_for_create(&target.directory, &target.name)?;
+    let partial = provisioner.build(target, &image_id)?;
+    let swapped = prepare().and_then(|()| machine::swap(&partial, &target.path()));
+    // After the swap `partial` holds the old tree; before it, the unused new one.
+    let removed = fs::remove_dir_all(&partial)
+        .with_context(|| format!("cannot remove {}", partial.display()));
+    swapped?;
+    removed?;
+    Ok(Updated::Rebuilt {
+        old_id: recorded_id.map(str::to_string),
+        new_id: image_id,
+    })
+}
+
+/// Whether the engine's ID for `image` differs from `recorded_id`, asked within
+/// `timeout`; `None` when the daemon is down, slow or does not have the image.
+pub fn image_changed(
+    image: &ImageRef,
+    recorded_id: &str,
+    env: &Env,
+    timeout: Duration,
+) -> Option<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    // The daemon is reached before anything is written, so an unreachable one leaves
-    // the toolbox directory as it was.
-    let engine = runtime.block_on(Docker::connect(env))?;
-    if verbose {
-        eprintln!(
-            "toolbox: Docker daemon at {} (API {})",
-            engine.address,
-            engine.api_version()
-        );
-    }
-    let mut signals = runtime.block_on(async { Signals::catch() })?;
-    let image_id = runtime.block_on(async {
-        tokio::select! {
-            id = image_id(&engine, plan, quiet) => id,
-            interrupted = signals.recv() => Err(interrupted.into()),
-        }
-    })?;
-    let _lock = machine::lock_for_create(&plan.directory, &plan.name)?;
-    // Another toolbox process may have created it while this one waited for the lock.
-    if ready(&path)? {
-        return Ok(());
-    }
-    machine::remove_partials(&plan.directory, &plan.name)?;
-    let partial = machine::make_partial(&plan.directory, &plan.name)?;
-    let created = runtime.block_on(create(
-        &engine,
-        plan,
-        &image_id,
-        &partial,
-        &mut signals,
-        quiet,
-    ));
-    let installed = created.and_then(|()| machine::install(&partial, &path));
-    if installed.is_err() {
-        // Best effort: the error being reported matters more than a failed cleanup,
-        // and the next creation removes any leftover partial tree anyway.
-        let _ = fs::remove_dir_all(&partial);
-    }
-    installed?;
-    // A signal that came while the tree was being completed: the toolbox is kept (it is
-    // whole), but the user asked to stop, so it is not entered.
-    match runtime.block_on(async { signals.recv().now_or_never() }) {
-        Some(interrupted) => Err(interrupted.into()),
-        None => Ok(()),
-    }
+        .ok()?;
+    runtime.block_on(async {
+        let ask = async {
+            let engine = Docker::connect(env).await.ok()?;
+            engine.image_id(&image.reference()).await.ok()?
+        };
+        let id = tokio::time::timeout(timeout, ask).await.ok()??;
+        Some(id != recorded_id)
+    })
 }
 
 fn ready(path: &Path) -> Result<bool> {
@@ -109,6 +167,95 @@ fn ready(path: &Path) -> Result<bool> {
             path.display(),
             machine::METADATA
         )),
+    }
+}
+
+/// An engine connection with signals caught, for creating and updating toolboxes.
+struct Provisioner {
+    runtime: tokio::runtime::Runtime,
+    engine: Docker,
+    signals: Signals,
+    quiet: bool,
+}
+
+impl Provisioner {
+    fn connect(env: &Env, quiet: bool, verbose: bool) -> Result<Provisioner> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let engine = runtime.block_on(Docker::connect(env))?;
+        if verbose {
+            eprintln!(
+                "toolbox: Docker daemon at {} (API {})",
+                engine.address,
+                engine.api_version()
+            );
+        }
+        let signals = runtime.block_on(async { Signals::catch() })?;
+        Ok(Provisioner {
+            runtime,
+            engine,
+            signals,
+            quiet,
+        })
+    }
+
+    /// The image's ID, pulling it when absent, or always when `pull` (then falling back
+    /// to a local copy if the pull fails).
+    fn image_id(&mut self, image: &ImageRef, pull: bool) -> Result<String> {
+        let Provisioner {
+            runtime,
+            engine,
+            signals,
+            quiet,
+            ..
+        } = self;
+        runtime.block_on(async {
+            tokio::select! {
+                id = image_id(engine, image, pull, *quiet) => id,
+                interrupted = signals.recv() => Err(interrupted.into()),
+            }
+        })
+    }
+
+    /// Builds a complete partial tree for `target` from `image_id` and returns its path.
+    /// Call with the toolbox's lock held. On failure nothing is left behind.
+    fn build(&mut self, target: &Target, image_id: &str) -> Result<PathBuf> {
+        machine::remove_partials(&target.directory, &target.name)?;
+        let partial = machine::make_partial(&target.directory, &target.name)?;
+        let Provisioner {
+            runtime,
+            engine,
+            signals,
+            quiet,
+        } = self;
+        let reference = target.image.reference();
+        let created = runtime.block_on(create(
+            engine,
+            &reference,
+            &target.name,
+            image_id,
+            &partial,
+            signals,
+            *quiet,
+        ));
+        if let Err(e) = created {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        Ok(partial)
+    }
+
+    fn check_signals(&mut self) -> Result<()> {
+        let signals = &mut self.signals;
+        match self
+            .runtime
+            .block_on(async { signals.recv().now_or_never() })
+        {
+            Some(interrupted) => Err(interrupted.into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -148,27 +295,26 @@ impl Signals {
 /// Fills `partial` with the filesystem of image `image_id` and completes it.
 async fn create<E: Engine>(
     engine: &E,
-    plan: &Plan,
+    reference: &str,
+    name: &str,
     image_id: &str,
     partial: &Path,
     signals: &mut Signals,
     quiet: bool,
 ) -> Result<()> {
-    let reference = plan.image.reference();
     if !quiet {
         eprintln!(
-            "toolbox: creating `{}` from {reference} ({})",
-            plan.name,
+            "toolbox: creating `{name}` from {reference} ({})",
             short_id(image_id)
         );
     }
     let labels = HashMap::from([
-        (LABEL_TOOLBOX.to_string(), plan.name.clone()),
+        (LABEL_TOOLBOX.to_string(), name.to_string()),
         (LABEL_PID.to_string(), std::process::id().to_string()),
     ]);
     // Not raced against signals: a signal arriving now waits in `signals` until the
     // export below, so the container, once created, is always removed.
-    let container = engine.create_container(&reference, labels).await?;
+    let container = engine.create_container(reference, labels).await?;
     let started = Instant::now();
     let copied = export_into(engine, &container, partial, signals).await;
     let removed = engine.remove_container(&container).await;
@@ -183,22 +329,37 @@ async fn create<E: Engine>(
         );
     }
     let metadata = Metadata {
-        image: reference,
+        image: reference.to_string(),
         image_id: image_id.to_string(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
     machine::complete(partial, &metadata)
 }
 
-async fn image_id<E: Engine>(engine: &E, plan: &Plan, quiet: bool) -> Result<String> {
-    let reference = plan.image.reference();
-    if let Some(id) = engine.image_id(&reference).await? {
-        return Ok(id);
+async fn image_id<E: Engine>(
+    engine: &E,
+    image: &ImageRef,
+    always_pull: bool,
+    quiet: bool,
+) -> Result<String> {
+    let reference = image.reference();
+    let local = engine.image_id(&reference).await?;
+    match (&local, always_pull) {
+        (Some(id), false) => return Ok(id.clone()),
+        (None, _) if !quiet => eprintln!("toolbox: image {reference} is not here; pulling it"),
+        _ => {}
     }
-    if !quiet {
-        eprintln!("toolbox: image {reference} is not here; pulling it");
+    if let Err(e) = engine.pull(image, quiet).await {
+        match local {
+            Some(id) => {
+                if !quiet {
+                    eprintln!("toolbox: warning: {e:#}; using the local image");
+                }
+                return Ok(id);
+            }
+            None => return Err(e),
+        }
     }
-    engine.pull(&plan.image, quiet).await?;
     engine
         .image_id(&reference)
         .await?

@@ -78,3 +78,10 @@ pub fn is_root() -> bool {
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
+
+/// Sends `signal` to process `pid`; a process that is already gone is not an error.
+pub fn signal(pid: i32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}

@@ -34,6 +34,9 @@ pub const BIND: &str = "TOOLBOX_BIND";
 pub const ENV: &str = "TOOLBOX_ENV";
 pub const NAME: &str = "TOOLBOX_NAME";
 pub const FLAGS: &str = "TOOLBOX_FLAGS";
+pub const UPDATE: &str = "TOOLBOX_UPDATE";
+pub const UPDATE_INTERVAL: &str = "TOOLBOX_UPDATE_INTERVAL";
+pub const SUDO: &str = "TOOLBOX_SUDO";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -77,7 +80,50 @@ pub const KEYS: &[Key] = &[
         default: "",
         words: true,
     },
+    Key {
+        name: UPDATE,
+        default: "notify",
+        words: false,
+    },
+    Key {
+        name: UPDATE_INTERVAL,
+        default: "600",
+        words: false,
+    },
+    Key {
+        name: SUDO,
+        default: "sudo",
+        words: true,
+    },
 ];
+
+/// Refuses a file that someone other than root and `uid` could change.
+fn check_writers(path: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let why = if meta.uid() != 0 && meta.uid() != uid {
+        Some(format!("it belongs to user ID {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "it is writable by others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => bail!(
+            "refusing {}: {why}, and its settings decide what is bound into a root container; \
+             make it yours and `chmod go-w` it",
+            path.display()
+        ),
+        None => Ok(()),
+    }
+}
 
 fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
@@ -162,10 +208,15 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, then each file in `files` that exists, then the environment.
-    pub fn load(files: &[PathBuf], env: &Env) -> Result<Settings> {
+    /// Defaults, then each file in `files` that exists, then the environment. When
+    /// toolbox runs as root on behalf of user `on_behalf_of` (under sudo), a file anyone
+    /// else could write is refused: it decides what is bound into a root container.
+    pub fn load(files: &[PathBuf], env: &Env, on_behalf_of: Option<u32>) -> Result<Settings> {
         let mut settings = Settings::default();
         for path in files {
+            if let Some(uid) = on_behalf_of {
+                check_writers(path, uid)?;
+            }
             let text = match std::fs::read(path) {
                 Ok(bytes) => String::from_utf8(bytes)
                     .map_err(|_| anyhow::anyhow!("{}: is not UTF-8 text", path.display()))?,
@@ -314,7 +365,7 @@ mod tests {
             "TOOLBOX_USER=admin\n",
         );
         let env = Env::from_pairs([("TOOLBOX_USER", "envuser")]);
-        let mut s = Settings::load(&[etc.clone(), rc.clone(), conf.clone()], &env).unwrap();
+        let mut s = Settings::load(&[etc.clone(), rc.clone(), conf.clone()], &env, None).unwrap();
         assert_eq!(s.get(IMAGE), "debian");
         assert_eq!(s.setting(IMAGE).origin, Origin::File { path: etc, line: 1 });
         assert_eq!(s.get(TAG), "trixie");
@@ -336,11 +387,8 @@ mod tests {
     #[test]
     fn missing_files_are_fine() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Settings::load(
-            &[dir.path().join("nope"), dir.path().join("also/nope")],
-            &Env::default(),
-        )
-        .unwrap();
+        let files = [dir.path().join("nope"), dir.path().join("also/nope")];
+        let s = Settings::load(&files, &Env::default(), None).unwrap();
         assert!(s.files_read.is_empty());
         assert_eq!(s.get(IMAGE), "fedora");
     }
@@ -353,7 +401,7 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n",
         );
-        let err = Settings::load(std::slice::from_ref(&bad), &Env::default()).unwrap_err();
+        let err = Settings::load(std::slice::from_ref(&bad), &Env::default(), None).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -363,11 +411,11 @@ mod tests {
         );
         let as_dir = dir.path().join("conf.d");
         std::fs::create_dir(&as_dir).unwrap();
-        let err = Settings::load(std::slice::from_ref(&as_dir), &Env::default()).unwrap_err();
+        let err = Settings::load(std::slice::from_ref(&as_dir), &Env::default(), None).unwrap_err();
         assert!(format!("{err:#}").starts_with(&format!("cannot read {}: ", as_dir.display())));
         let binary = dir.path().join("binary");
         std::fs::write(&binary, b"A=\xff\n").unwrap();
-        let err = Settings::load(std::slice::from_ref(&binary), &Env::default()).unwrap_err();
+        let err = Settings::load(std::slice::from_ref(&binary), &Env::default(), None).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!("{}: is not UTF-8 text", binary.display())
@@ -411,7 +459,7 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n",
         );
-        let s = Settings::load(std::slice::from_ref(&rc), &Env::default()).unwrap();
+        let s = Settings::load(std::slice::from_ref(&rc), &Env::default(), None).unwrap();
         assert_eq!(
             s.warnings,
             vec![format!(
@@ -459,10 +507,41 @@ mod tests {
     }
 
     #[test]
+    fn files_others_can_write_are_refused_under_sudo() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rc = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMAGE=debian\n");
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let err = Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(me)).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "refusing {}: it is writable by others (mode 664)",
+                rc.display()
+            )),
+            "{err}"
+        );
+        // Without sudo the same file is the user's own business.
+        Settings::load(std::slice::from_ref(&rc), &Env::default(), None).unwrap();
+        std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(me)).unwrap();
+        if me == 0 {
+            std::os::unix::fs::chown(&rc, Some(4321), None).unwrap();
+            let err =
+                Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(1000)).unwrap_err();
+            assert!(
+                err.to_string().contains("it belongs to user ID 4321"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn config_file_locations() {
         let invoker = Invoker {
             name: "core".into(),
             home: Some("/home/core".into()),
+            on_behalf_of: None,
         };
         let paths = HostPaths::default();
         assert_eq!(

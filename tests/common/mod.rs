@@ -134,14 +134,14 @@ impl TestEnv {
         self.toolboxes.join(self.toolbox_name())
     }
 
-    /// Entries of the toolbox directory other than the lock file and the tree itself.
+    /// Partial trees left in the toolbox directory (being built, or set aside).
     pub fn leftovers(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.toolboxes) else {
             return Vec::new();
         };
         entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.ends_with(".lock") && *n != self.toolbox_name())
+            .filter(|n| n.contains(".partial-"))
             .collect()
     }
 

@@ -1,0 +1,298 @@
+//! manage: the management subcommands, `list`, `rm`, `update` and `config`. Each works on
+//! the toolbox directory through `machine`, `session` and `provision`; this module decides
+//! what to show and when to refuse.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::host::Env;
+use crate::machine::{self, State};
+use crate::plan::ImageRef;
+use crate::provision::{self, Target, Updated};
+use crate::session;
+
+/// How long `list` waits for the daemon before showing freshness as unknown.
+const LIST_DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `rm --force` and `update --force` give sessions to end before killing them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// One row of `toolbox list`.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    /// The image reference the toolbox was created from; `null` for an adopted tree.
+    pub image: Option<String>,
+    pub image_id: Option<String>,
+    pub created: Option<String>,
+    pub size_bytes: u64,
+    pub sessions: usize,
+    /// Whether the engine's image ID differs now; `null` when unknown (daemon down,
+    /// image gone, or an adopted tree).
+    pub image_changed: Option<bool>,
+    /// A tree left by the CoreOS script, without toolbox's metadata.
+    pub adopted: bool,
+}
+
+/// The rows for every toolbox in `directory`.
+pub fn rows(directory: &Path, proc_root: &Path, env: &Env) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (name, state) in machine::toolboxes(directory)? {
+        let path = directory.join(&name);
+        let metadata = match state {
+            State::Complete => Some(machine::read_metadata(&path)?),
+            _ => None,
+        };
+        let image_changed = metadata.as_ref().and_then(|m| {
+            let image = ImageRef::parse(&m.image, "latest").ok()?;
+            provision::image_changed(&image, &m.image_id, env, LIST_DAEMON_TIMEOUT)
+        });
+        rows.push(Row {
+            sessions: session::live(directory, proc_root, &name)?.len(),
+            size_bytes: machine::disk_usage(&path),
+            image: metadata.as_ref().map(|m| m.image.clone()),
+            image_id: metadata.as_ref().map(|m| m.image_id.clone()),
+            created: metadata.map(|m| m.created),
+            image_changed,
+            adopted: state == State::Adopted,
+            name,
+        });
+    }
+    Ok(rows)
+}
+
+/// `toolbox list`: a table, or JSON for scripts.
+pub fn list(directory: &Path, proc_root: &Path, env: &Env, json: bool) -> Result<()> {
+    let rows = rows(directory, proc_root, env)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<32} {:<32} {:<12} {:<20} {:>9} {:>8}  IMAGE",
+        "NAME", "IMAGE", "ID", "CREATED", "SIZE", "SESSIONS"
+    )?;
+    for row in &rows {
+        let id = row.image_id.as_deref().map(short_id).unwrap_or("-");
+        let freshness = match (row.adopted, row.image_changed) {
+            (true, _) => "adopted",
+            (_, Some(true)) => "changed",
+            (_, Some(false)) => "current",
+            (_, None) => "unknown",
+        };
+        writeln!(
+            out,
+            "{:<32} {:<32} {:<12} {:<20} {:>9} {:>8}  {freshness}",
+            row.name,
+            row.image.as_deref().unwrap_or("-"),
+            id,
+            row.created.as_deref().unwrap_or("-"),
+            human_size(row.size_bytes),
+            row.sessions,
+        )?;
+    }
+    Ok(())
+}
+
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Finds the toolbox a user named: the directory name `list` shows, or, failing that,
+/// `USER-NAME` as `--name NAME` would have made it.
+pub fn resolve_name(directory: &Path, user: &str, name: &str) -> Result<String> {
+    for candidate in [name.to_string(), format!("{user}-{name}")] {
+        let valid = !candidate.starts_with('.') && !candidate.contains('/');
+        if valid
+            && matches!(
+                machine::state(&directory.join(&candidate))?,
+                State::Complete | State::Adopted
+            )
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(anyhow!(
+        "no toolbox `{name}` in {}; see `toolbox list`",
+        directory.display()
+    ))
+}
+
+/// Under the toolbox's lock: refuses when sessions run, or stops them with `force`.
+fn settle_sessions(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Result<()> {
+    let sessions = session::live(directory, proc_root, name)?;
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        bail!(
+            "toolbox `{name}` has {} running session(s) (PID {}); use --force to stop them",
+            sessions.len(),
+            sessions
+                .iter()
+                .map(|s| s.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    session::stop(directory, proc_root, name, STOP_GRACE)
+}
+
+/// `toolbox rm`: removes each toolbox, refusing ones with running sessions unless `force`.
+/// Every name is tried; the first failure is returned after the rest are done.
+pub fn remove(
+    directory: &Path,
+    proc_root: &Path,
+    names: &[String],
+    force: bool,
+    quiet: bool,
+) -> Result<()> {
+    let mut first_error = None;
+    for name in names {
+        let removed = (|| -> Result<()> {
+            let _lock = machine::lock_for_create(directory, name)?;
+            settle_sessions(directory, proc_root, name, force)?;
+            machine::remove(directory, name)?;
+            session::forget(directory, name)?;
+            machine::remove_partials(directory, name)
+        })();
+        match removed {
+            Ok(()) if !quiet => println!("removed {name}"),
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("toolbox: cannot remove `{name}`: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e.context("not every toolbox was removed")),
+        None => Ok(()),
+    }
+}
+
+/// `toolbox update`: rebuilds `name` from its image when the image's ID changed.
+pub fn update(
+    target: &Target,
+    proc_root: &Path,
+    env: &Env,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+) -> Result<Updated> {
+    let path = target.path();
+    let recorded = match machine::state(&path)? {
+        State::Complete => Some(machine::read_metadata(&path)?.image_id),
+        State::Adopted => None,
+        _ => bail!(
+            "no toolbox `{}` in {}",
+            target.name,
+            target.directory.display()
+        ),
+    };
+    let mut prepare = || settle_sessions(&target.directory, proc_root, &target.name, force);
+    let updated = provision::update(
+        target,
+        recorded.as_deref(),
+        env,
+        quiet,
+        verbose,
+        &mut prepare,
+    )?;
+    if !quiet {
+        match &updated {
+            Updated::UpToDate { image_id } => {
+                println!(
+                    "toolbox `{}` is up to date ({} {})",
+                    target.name,
+                    target.image.reference(),
+                    short_id(image_id)
+                )
+            }
+            Updated::Rebuilt { old_id, new_id } => println!(
+                "toolbox `{}` rebuilt from {} ({} -> {})",
+                target.name,
+                target.image.reference(),
+                old_id.as_deref().map(short_id).unwrap_or("adopted"),
+                short_id(new_id)
+            ),
+        }
+    }
+    Ok(updated)
+}
+
+/// `toolbox config`: every setting with its value and where it came from, or with
+/// `paths`, the files consulted and whether each exists.
+pub fn show_config(settings: &Settings, files: &[std::path::PathBuf], paths: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if paths {
+        for file in files {
+            let state = if settings.files_read.contains(file) {
+                "read"
+            } else {
+                "absent"
+            };
+            writeln!(out, "{}\t{state}", file.display())?;
+        }
+        return Ok(());
+    }
+    for (key, setting) in settings.iter() {
+        writeln!(
+            out,
+            "{}={}\t# {}",
+            key.name,
+            crate::nspawn::quote(setting.value.as_ref()),
+            setting.origin
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_du_h() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(380 * 1024 * 1024), "380.0 MiB");
+    }
+
+    #[test]
+    fn names_resolve_with_or_without_the_user_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("core-dbg/etc")).unwrap();
+        std::fs::write(dir.path().join("core-dbg/etc/os-release"), "").unwrap();
+        assert_eq!(
+            resolve_name(dir.path(), "core", "core-dbg").unwrap(),
+            "core-dbg"
+        );
+        assert_eq!(resolve_name(dir.path(), "core", "dbg").unwrap(), "core-dbg");
+        assert!(resolve_name(dir.path(), "core", "nope").is_err());
+        assert!(resolve_name(dir.path(), "core", "../etc").is_err());
+    }
+}

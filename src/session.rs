@@ -1,0 +1,164 @@
+//! session: the record of a toolbox's running sessions. Each entry into a toolbox is one
+//! systemd-nspawn process (toolbox execs into it, so it keeps toolbox's PID) with its own
+//! `--machine=` name; a small file per session in `$TOOLBOX_DIRECTORY/.NAME.sessions/`
+//! names that PID with its start time, so `list` and `rm` know which sessions are alive
+//! even after PIDs are reused. Records of dead sessions are removed when found.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// A running session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub pid: i32,
+    pub machine: String,
+}
+
+fn records_dir(directory: &Path, name: &str) -> PathBuf {
+    directory.join(format!(".{name}.sessions"))
+}
+
+/// The process's start time (field 22 of `/proc/PID/stat`), which tells a live process
+/// from a later one that reused its PID.
+fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records the calling process as a session of toolbox `name` under `machine`.
+pub fn register(directory: &Path, proc_root: &Path, name: &str, machine: &str) -> Result<()> {
+    let dir = records_dir(directory, name);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let pid = std::process::id() as i32;
+    let started = start_time(proc_root, pid).context("cannot read this process's start time")?;
+    let record = dir.join(pid.to_string());
+    let partial = dir.join(format!(".{pid}.partial"));
+    let write = || -> io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)?;
+        writeln!(file, "{started} {machine}")?;
+        fs::rename(&partial, &record)
+    };
+    write().with_context(|| format!("cannot record the session in {}", record.display()))
+}
+
+/// The live sessions of toolbox `name`; records of ended ones are removed on the way.
+pub fn live(directory: &Path, proc_root: &Path, name: &str) -> Result<Vec<Session>> {
+    let dir = records_dir(directory, name);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut sessions = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(pid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let record = fs::read_to_string(&path).unwrap_or_default();
+        let (started, machine) = record.trim_end().split_once(' ').unwrap_or_default();
+        let started: Option<u64> = started.parse().ok();
+        if started.is_some() && start_time(proc_root, pid) == started {
+            sessions.push(Session {
+                pid,
+                machine: machine.to_string(),
+            });
+        } else {
+            // Ended: best effort, a reader without write access just skips it.
+            let _ = fs::remove_file(&path);
+        }
+    }
+    sessions.sort_by_key(|s| s.pid);
+    Ok(sessions)
+}
+
+/// Removes the session records directory of a toolbox that is gone.
+pub fn forget(directory: &Path, name: &str) -> Result<()> {
+    let dir = records_dir(directory, name);
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Ends sessions: SIGTERM to each systemd-nspawn (which then kills its payload), and
+/// SIGKILL to any still there after `grace`.
+pub fn stop(directory: &Path, proc_root: &Path, name: &str, grace: Duration) -> Result<()> {
+    let sessions = live(directory, proc_root, name)?;
+    for session in &sessions {
+        crate::sys::signal(session.pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = live(directory, proc_root, name)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            for session in &left {
+                crate::sys::signal(session.pid, rustix::process::Signal::KILL);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let left = live(directory, proc_root, name)?;
+            anyhow::ensure!(
+                left.is_empty(),
+                "sessions {left:?} of `{name}` did not stop"
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_this_process() {
+        let pid = std::process::id() as i32;
+        assert!(start_time(Path::new("/proc"), pid).is_some());
+        assert!(start_time(Path::new("/proc"), i32::MAX).is_none());
+    }
+
+    #[test]
+    fn records_follow_live_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_root = Path::new("/proc");
+        register(dir.path(), proc_root, "core-x", "core-x-1").unwrap();
+        let me = std::process::id() as i32;
+        assert_eq!(
+            live(dir.path(), proc_root, "core-x").unwrap(),
+            [Session {
+                pid: me,
+                machine: "core-x-1".into()
+            }]
+        );
+
+        // A record whose PID is gone, and one whose PID was reused by another process.
+        let records = dir.path().join(".core-x.sessions");
+        fs::write(records.join(i32::MAX.to_string()), "1 core-x-2\n").unwrap();
+        fs::write(records.join("1"), "999999999999 core-x-3\n").unwrap();
+        assert_eq!(live(dir.path(), proc_root, "core-x").unwrap().len(), 1);
+        assert!(!records.join("1").exists());
+        assert!(live(dir.path(), proc_root, "core-y").unwrap().is_empty());
+        forget(dir.path(), "core-x").unwrap();
+        assert!(!records.exists());
+    }
+}
