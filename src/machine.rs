@@ -342,18 +342,19 @@ pub fn add_user(root: &Path, passwd_line: &str, group_line: Option<&str>) -> Res
             OFlags::PATH | OFlags::DIRECTORY,
             0,
         );
-        if let Ok(parent_fd) = parent_fd {
-            if rfs::mkdirat(&parent_fd, leaf, Mode::from_raw_mode(0o700)).is_ok() {
-                rfs::chownat(
-                    &parent_fd,
-                    leaf,
-                    Some(rfs::Uid::from_raw(uid)),
-                    Some(rfs::Gid::from_raw(gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(io::Error::from)
-                .with_context(|| format!("cannot give /{home} to {name}"))?;
-            }
+        // A home whose parent is missing is left out: the user still resolves.
+        if let Ok(parent_fd) = parent_fd
+            && rfs::mkdirat(&parent_fd, leaf, Mode::from_raw_mode(0o700)).is_ok()
+        {
+            rfs::chownat(
+                &parent_fd,
+                leaf,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)
+            .with_context(|| format!("cannot give /{home} to {name}"))?;
         }
     }
     Ok(true)
