@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, RemoveContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -52,6 +52,9 @@ pub trait Engine {
     /// Fails with [`SinkClosed`] when the receiving side goes away.
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
     async fn remove_container(&self, container: &str) -> Result<()>;
+    /// Containers labelled as toolbox `name`'s, with the PID of the toolbox process that
+    /// created each.
+    async fn toolbox_containers(&self, name: &str) -> Result<Vec<(String, Option<i32>)>>;
 }
 
 /// A Docker Engine API daemon (Docker, or Podman's compatible service).
@@ -173,6 +176,28 @@ impl Engine for Docker {
             sink.send(chunk).await.map_err(|_| SinkClosed)?;
         }
         Ok(())
+    }
+
+    async fn toolbox_containers(&self, name: &str) -> Result<Vec<(String, Option<i32>)>> {
+        let filters =
+            HashMap::from([("label".to_string(), vec![format!("{LABEL_TOOLBOX}={name}")])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let containers = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let pid = c.labels.as_ref()?.get(LABEL_PID)?.parse().ok();
+                Some((c.id?, pid))
+            })
+            .collect())
     }
 
     async fn remove_container(&self, container: &str) -> Result<()> {

@@ -106,6 +106,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                     }
                 }
             };
+            let report = &mut std::io::stdout();
             manage::update(
                 &target,
                 &ctx.paths.proc,
@@ -113,6 +114,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                 force,
                 ctx.quiet(),
                 ctx.verbose(),
+                report,
             )?;
             Ok(0)
         }
@@ -325,6 +327,8 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
         }
         return Ok(());
     }
+    // The command's output owns stdout: the report goes to stderr.
+    let report = &mut std::io::stderr();
     manage::update(
         target,
         &ctx.paths.proc,
@@ -332,6 +336,7 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
         false,
         ctx.quiet(),
         ctx.verbose(),
+        report,
     )?;
     Ok(())
 }
@@ -375,6 +380,12 @@ fn payload(shell_command: Option<OsString>, action: Option<Action>) -> Payload {
 fn check_payload(plan: &Plan) -> Result<(), CommandError> {
     let root = plan.path();
     match &plan.payload {
+        // Bound into every toolbox by toolbox itself, so not in the tree to be found.
+        Payload::Command(command)
+            if command[0] == host_exec::NAME || command[0] == host_exec::PATH_IN_TOOLBOX =>
+        {
+            Ok(())
+        }
         Payload::Command(command) => lookup::check(
             &root,
             &plan.name,

@@ -202,6 +202,7 @@ pub fn update(
     force: bool,
     quiet: bool,
     verbose: bool,
+    report: &mut dyn Write,
 ) -> Result<Updated> {
     let path = target.path();
     let recorded = match machine::state(&path)? {
@@ -224,21 +225,21 @@ pub fn update(
     )?;
     if !quiet {
         match &updated {
-            Updated::UpToDate { image_id } => {
-                println!(
-                    "toolbox `{}` is up to date ({} {})",
-                    target.name,
-                    target.image.reference(),
-                    short_id(image_id)
-                )
-            }
-            Updated::Rebuilt { old_id, new_id } => println!(
+            Updated::UpToDate { image_id } => writeln!(
+                report,
+                "toolbox `{}` is up to date ({} {})",
+                target.name,
+                target.image.reference(),
+                short_id(image_id)
+            )?,
+            Updated::Rebuilt { old_id, new_id } => writeln!(
+                report,
                 "toolbox `{}` rebuilt from {} ({} -> {})",
                 target.name,
                 target.image.reference(),
                 old_id.as_deref().map(short_id).unwrap_or("adopted"),
                 short_id(new_id)
-            ),
+            )?,
         }
     }
     Ok(updated)

@@ -222,7 +222,17 @@ impl Provisioner {
     /// Builds a complete partial tree for `target` from `image_id` and returns its path.
     /// Call with the toolbox's lock held. On failure nothing is left behind.
     fn build(&mut self, target: &Target, image_id: &str) -> Result<PathBuf> {
+        // What a killed toolbox process left: its partial tree and its container.
         machine::remove_partials(&target.directory, &target.name)?;
+        let engine = &self.engine;
+        self.runtime.block_on(async {
+            for (container, pid) in engine.toolbox_containers(&target.name).await? {
+                if !pid.is_some_and(sys::process_exists) {
+                    engine.remove_container(&container).await?;
+                }
+            }
+            anyhow::Ok(())
+        })?;
         let partial = machine::make_partial(&target.directory, &target.name)?;
         let Provisioner {
             runtime,

@@ -22,13 +22,17 @@ fn records_dir(directory: &Path, name: &str) -> PathBuf {
     directory.join(format!(".{name}.sessions"))
 }
 
-/// The process's start time (field 22 of `/proc/PID/stat`), which tells a live process
-/// from a later one that reused its PID.
+/// The start time (field 22 of `/proc/PID/stat`) of a running process, which tells it
+/// from a later one that reused its PID. `None` for a process that is gone or a zombie
+/// (ended, not yet reaped by its parent).
 fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Records the calling process as a session of toolbox `name` under `machine`.

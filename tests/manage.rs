@@ -1,0 +1,461 @@
+//! Living with toolboxes on the real daemon and systemd-nspawn: concurrent sessions,
+//! `list`, `rm`, `update`, freshness notices, parallel first runs, `host-exec`, the
+//! markers inside, and a normal user going through sudo.
+
+mod common;
+
+use std::fs;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn list_json(t: &TestEnv) -> serde_json::Value {
+    let out = t.run(["list", "--json"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    serde_json::from_slice(&out.stdout).expect("list --json prints JSON")
+}
+
+fn sessions_of(t: &TestEnv) -> u64 {
+    let rows = list_json(t);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == t.toolbox_name().as_str());
+    row.map_or(0, |r| r["sessions"].as_u64().unwrap())
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A unique local tag for `image`, removed when dropped.
+struct Tag(String);
+
+impl Tag {
+    fn new(test: &str, image: &str) -> Tag {
+        let tag = Tag(format!("toolbox-test-{test}-{}:v", std::process::id()));
+        tag.point_at(image);
+        tag
+    }
+
+    fn point_at(&self, image: &str) {
+        let out = Command::new("docker")
+            .args(["tag", image, &self.0])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker tag: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
+}
+
+/// Imports a one-file-plus-busybox image with `marker` in /etc/marker; returns its ID.
+fn import_marker_image(marker: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+    fs::create_dir_all(dir.path().join("etc")).unwrap();
+    fs::copy("/bin/busybox", dir.path().join("usr/bin/busybox")).unwrap();
+    fs::write(dir.path().join("etc/marker"), marker).unwrap();
+    let tar = Command::new("tar")
+        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
+        .output()
+        .unwrap();
+    let mut import = Command::new("docker")
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let out = import.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn concurrent_sessions_list_and_rm() {
+    let Some(t) = TestEnv::new("sessions", BUSYBOX_IMAGE) else {
+        return;
+    };
+    assert_eq!(status(&t.run(["true"])), 0);
+    let mut first = t.command().args(["sleep", "120"]).spawn().unwrap();
+    let mut second = t.command().args(["sleep", "120"]).spawn().unwrap();
+    wait_for("two sessions", || sessions_of(&t) == 2);
+
+    // A third shell while two run: no "Directory tree ... is currently busy".
+    let out = t.run(["echo", "third"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "third\n");
+
+    let rows = list_json(&t);
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["name"], t.toolbox_name().as_str());
+    assert_eq!(row["image"], BUSYBOX_IMAGE);
+    assert!(row["image_id"].as_str().unwrap().starts_with("sha256:"));
+    assert!(row["created"].as_str().unwrap().ends_with('Z'));
+    assert!(row["size_bytes"].as_u64().unwrap() > 1_000_000);
+    assert_eq!(row["sessions"], 2);
+    assert_eq!(row["image_changed"], false);
+    assert_eq!(row["adopted"], false);
+    let table = t.run(["list"]);
+    assert!(
+        stdout(&table)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&t.toolbox_name()),
+        "{}",
+        describe(&table)
+    );
+
+    let out = t.run(["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("running session"),
+        "{}",
+        describe(&out)
+    );
+    assert!(t.tree().exists());
+
+    // A second toolbox side by side, from the same image under another name.
+    assert_eq!(status(&t.run(["--name", "other", "true"])), 0);
+    let names: Vec<_> = list_json(&t)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["tester-other", t.toolbox_name().as_str()]);
+
+    let out = t.run(["rm", "--force", "--all"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!t.tree().exists());
+    assert!(
+        wait_exit(&mut first).is_some() && wait_exit(&mut second).is_some(),
+        "sessions still running"
+    );
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    assert_eq!(list_json(&t), serde_json::json!([]));
+}
+
+#[test]
+fn eight_parallel_first_runs_export_once() {
+    let Some(t) = TestEnv::new("parallel", DEBIAN_IMAGE) else {
+        return;
+    };
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            t.command()
+                .args(["sh", "-c", &format!("echo run {i}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut creations = 0;
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert_eq!(stdout(&out), format!("run {i}\n"));
+        creations += toolbox_lines(&out)
+            .iter()
+            .filter(|l| l.starts_with("toolbox: creating"))
+            .count();
+    }
+    assert_eq!(creations, 1, "one export for eight first runs");
+    assert!(t.containers().is_empty());
+}
+
+#[test]
+fn update_rebuilds_when_the_image_changes() {
+    let Some(mut t) = TestEnv::new("update", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let tag = Tag::new("update", BUSYBOX_IMAGE);
+    t.image = tag.0.clone();
+    assert_eq!(status(&t.run(["true"])), 0);
+    let out = t.run(["update"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).contains("is up to date"), "{}", describe(&out));
+
+    let new_id = import_marker_image("v2");
+    tag.point_at(&new_id);
+    // The warm start notices (interval 0: ask every time), and `never` does not ask.
+    let out = t
+        .command()
+        .env("TOOLBOX_UPDATE_INTERVAL", "0")
+        .args(["/usr/bin/busybox", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.contains("has changed since") && l.contains("toolbox update")),
+        "{}",
+        describe(&out)
+    );
+    let out = t
+        .command()
+        .env("TOOLBOX_UPDATE", "never")
+        .env("TOOLBOX_UPDATE_INTERVAL", "0")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(toolbox_lines(&out).is_empty(), "{}", describe(&out));
+
+    let out = t.run(["update"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap();
+    assert_eq!(metadata["image_id"], new_id.as_str());
+    let out = t.run(["/usr/bin/busybox", "cat", "/etc/marker"]);
+    assert_eq!(stdout(&out), "v2", "{}", describe(&out));
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+
+    // TOOLBOX_UPDATE=auto rebuilds before entering.
+    let newer_id = import_marker_image("v3");
+    tag.point_at(&newer_id);
+    let out = t
+        .command()
+        .env("TOOLBOX_UPDATE", "auto")
+        .env("TOOLBOX_UPDATE_INTERVAL", "0")
+        .args(["/usr/bin/busybox", "cat", "/etc/marker"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "v3", "{}", describe(&out));
+    for id in [new_id, newer_id] {
+        let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
+    }
+}
+
+#[test]
+fn a_killed_update_keeps_the_old_toolbox() {
+    let Some(mut t) = TestEnv::new("killed_update", DEBIAN_IMAGE) else {
+        return;
+    };
+    let tag = Tag::new("killed-update", BUSYBOX_IMAGE);
+    t.image = tag.0.clone();
+    assert_eq!(status(&t.run(["true"])), 0);
+    fs::write(t.tree().join("root/mine"), "kept").unwrap();
+    tag.point_at(DEBIAN_IMAGE);
+
+    let mut update = t
+        .command()
+        .arg("update")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!(".{}.partial-", t.toolbox_name());
+    wait_for("the update to start unpacking", || {
+        fs::read_dir(&t.toolboxes).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with(&prefix)
+                && e.path().join("usr/bin").exists()
+        })
+    });
+    update.kill().unwrap();
+    update.wait().unwrap();
+
+    let out = t.run(["cat", "/root/mine"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "kept", "the old toolbox must be intact");
+
+    let out = t.run(["update"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
+    assert!(
+        t.tree().join("usr/bin/gdb").exists(),
+        "the new tree is the Debian one"
+    );
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    assert!(
+        t.containers().is_empty(),
+        "the killed update's container must be cleaned up"
+    );
+}
+
+#[test]
+fn host_exec_and_markers() {
+    let Some(t) = TestEnv::new("host_exec", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = t.run([
+        "sh",
+        "-c",
+        "test -e /run/.toolboxenv && echo \"$TOOLBOX_NAME $HOST\"",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        format!("{} /media/root\n", t.toolbox_name()),
+        "{}",
+        describe(&out)
+    );
+
+    let out = t.run(["host-exec", "sh", "-c", "exit 3"]);
+    assert_eq!(status(&out), 3, "{}", describe(&out));
+
+    let user = format!("tbxhe{}", std::process::id());
+    let out = t.run([
+        "host-exec",
+        "useradd",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        &user,
+    ]);
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    let _ = Command::new("userdel").arg(&user).output();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),
+        "useradd did not reach the host"
+    );
+
+    // The working directory under /media/root maps to the same host directory.
+    let out = t.run(["sh", "-c", "cd /media/root/etc && host-exec pwd"]);
+    assert_eq!(stdout(&out), "/etc\n", "{}", describe(&out));
+}
+
+#[test]
+fn config_shows_where_each_value_comes_from() {
+    let Some(t) = TestEnv::new("config_cmd", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let rc = t.home.join(".toolboxrc");
+    fs::write(&rc, "# mine\nTOOLBOX_USER=root\n").unwrap();
+    let out = t.run(["--tag", "latest", "config"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("TOOLBOX_USER=root\t# {}:2", rc.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("TOOLBOX_DOCKER_IMAGE=toolbox-busybox:latest\t# environment"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TOOLBOX_DOCKER_TAG=latest\t# option --tag"),
+        "{text}"
+    );
+    assert!(text.contains("TOOLBOX_FLAGS=''\t# default"), "{text}");
+    let out = t.run(["config", "--path"]);
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "/etc/default/toolbox\tabsent\n{}\tread\n{}\tabsent\n",
+            rc.display(),
+            t.home.join(".config/toolbox/toolbox.conf").display()
+        )
+    );
+}
+
+#[test]
+fn a_normal_user_goes_through_sudo() {
+    let Some(t) = TestEnv::new("sudo_user", DEBIAN_IMAGE) else {
+        return;
+    };
+    let user = format!("tbxu{}", std::process::id());
+    let home = format!("/home/{user}");
+    let sudoers = format!("/etc/sudoers.d/{user}");
+    let cleanup = || {
+        let _ = Command::new("userdel").args(["-r", &user]).output();
+        let _ = fs::remove_file(&sudoers);
+    };
+    let added = Command::new("useradd")
+        .args(["-m", "-s", "/bin/sh", &user])
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "useradd: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
+    let rc = format!("{home}/.toolboxrc");
+    fs::write(&rc, "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\n").unwrap();
+    Command::new("chown")
+        .args([&format!("{user}:{user}"), &rc])
+        .status()
+        .unwrap();
+
+    let run_as_user = |args: &[&str]| {
+        Command::new("runuser")
+            .args(["-u", &user, "--", "env", "-i"])
+            .arg(format!("PATH={}", std::env::var("PATH").unwrap()))
+            .arg(format!("HOME={home}"))
+            .arg(format!("USER={user}"))
+            .arg(format!("TOOLBOX_DIRECTORY={}", t.toolboxes.display()))
+            .arg(format!("TOOLBOX_DOCKER_IMAGE={DEBIAN_IMAGE}"))
+            .arg(format!("TOOLBOX_NAME={}", t.name))
+            .arg(format!("TOOLBOX_USER={user}"))
+            .arg("https_proxy=http://proxy.invalid:3128")
+            .arg(env!("CARGO_BIN_EXE_toolbox"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run_as_user(&[
+        "sh",
+        "-c",
+        "echo \"$FROM_RC $https_proxy\"; id -un; id -u; test -d \"$HOME\" && echo \"$HOME\"",
+    ]);
+    let uid = Command::new("id").args(["-u", &user]).output().unwrap();
+    fs::write(&rc, "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\n").unwrap();
+    Command::new("chmod").args(["666", &rc]).status().unwrap();
+    let refused = run_as_user(&["true"]);
+    let tree = t.toolboxes.join(format!("{user}-{}", t.name));
+    cleanup();
+
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "yes http://proxy.invalid:3128\n{user}\n{}{home}\n",
+            String::from_utf8_lossy(&uid.stdout)
+        )
+    );
+    assert!(
+        tree.join(".toolbox.json").exists(),
+        "the toolbox is named after the user"
+    );
+    assert_eq!(status(&refused), 125, "{}", describe(&refused));
+    assert!(
+        toolbox_lines(&refused)
+            .iter()
+            .any(|l| l.contains(&format!("refusing {rc}: it is writable by others"))),
+        "{}",
+        describe(&refused)
+    );
+}
