@@ -409,6 +409,14 @@ fn a_normal_user_goes_through_sudo() {
         .status()
         .unwrap();
 
+    // The user needs to reach the binary wherever the checkout is: give them a copy.
+    let bin = t.root.join("bin");
+    fs::create_dir(&bin).unwrap();
+    let exe = bin.join("toolbox");
+    fs::copy(env!("CARGO_BIN_EXE_toolbox"), &exe).unwrap();
+    for dir in [&t.root, &bin] {
+        Command::new("chmod").arg("755").arg(dir).status().unwrap();
+    }
     let run_as_user = |args: &[&str]| {
         Command::new("runuser")
             .args(["-u", &user, "--", "env", "-i"])
@@ -420,7 +428,7 @@ fn a_normal_user_goes_through_sudo() {
             .arg(format!("TOOLBOX_NAME={}", t.name))
             .arg(format!("TOOLBOX_USER={user}"))
             .arg("https_proxy=http://proxy.invalid:3128")
-            .arg(env!("CARGO_BIN_EXE_toolbox"))
+            .arg(&exe)
             .args(args)
             .stdin(Stdio::null())
             .output()
