@@ -1,5 +1,6 @@
 //! Unpacks a tar file with toolbox's unpacker, for measuring it apart from the daemon:
-//! `cargo run --release --example unpack -- ARCHIVE EMPTY_DIR`.
+//! `cargo run --release --example unpack -- ARCHIVE EMPTY_DIR` (`UNPACK_WORKERS=N` sets
+//! the number of worker threads; 0 unpacks on one thread).
 
 use std::time::Instant;
 
@@ -8,17 +9,19 @@ fn main() -> anyhow::Result<()> {
     let [_, archive, target] = &args[..] else {
         anyhow::bail!("usage: unpack ARCHIVE EMPTY_DIR");
     };
+    let mut options = toolbox::unpack::Options::for_this_host();
+    if let Ok(workers) = std::env::var("UNPACK_WORKERS") {
+        options.workers = workers.parse()?;
+    }
     let started = Instant::now();
     let file = std::fs::File::open(archive)?;
-    let options = toolbox::unpack::Options {
-        preserve_owners: toolbox::sys::is_root(),
-    };
     let stats = toolbox::unpack::unpack(file, std::path::Path::new(target), options)?;
     eprintln!(
-        "{} entries, {} bytes in {:.3} s",
+        "{} entries, {} bytes in {:.3} s with {} workers",
         stats.entries,
         stats.bytes,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        options.workers
     );
     Ok(())
 }

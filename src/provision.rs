@@ -176,6 +176,7 @@ struct Provisioner {
     engine: Docker,
     signals: Signals,
     quiet: bool,
+    verbose: bool,
 }
 
 impl Provisioner {
@@ -198,6 +199,7 @@ impl Provisioner {
             engine,
             signals,
             quiet,
+            verbose,
         })
     }
 
@@ -239,8 +241,13 @@ impl Provisioner {
             engine,
             signals,
             quiet,
+            verbose,
         } = self;
         let reference = target.image.reference();
+        let report = Report {
+            quiet: *quiet,
+            verbose: *verbose,
+        };
         let created = runtime.block_on(create(
             engine,
             &reference,
@@ -248,7 +255,7 @@ impl Provisioner {
             image_id,
             &partial,
             signals,
-            *quiet,
+            report,
         ));
         if let Err(e) = created {
             let _ = fs::remove_dir_all(&partial);
@@ -302,6 +309,14 @@ impl Signals {
     }
 }
 
+/// What a creation says on stderr.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    quiet: bool,
+    /// Also where the time went.
+    verbose: bool,
+}
+
 /// Fills `partial` with the filesystem of image `image_id` and completes it.
 async fn create<E: Engine>(
     engine: &E,
@@ -310,9 +325,9 @@ async fn create<E: Engine>(
     image_id: &str,
     partial: &Path,
     signals: &mut Signals,
-    quiet: bool,
+    report: Report,
 ) -> Result<()> {
-    if !quiet {
+    if !report.quiet {
         eprintln!(
             "toolbox: creating `{name}` from {reference} ({})",
             short_id(image_id)
@@ -330,7 +345,7 @@ async fn create<E: Engine>(
     let removed = engine.remove_container(&container).await;
     let stats = copied?;
     removed?;
-    if !quiet {
+    if !report.quiet {
         eprintln!(
             "toolbox: unpacked {} entries, {} MB in {:.1} s",
             stats.entries,
@@ -343,7 +358,15 @@ async fn create<E: Engine>(
         image_id: image_id.to_string(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
-    machine::complete(partial, &metadata)
+    let flushing = Instant::now();
+    machine::complete(partial, &metadata)?;
+    if report.verbose {
+        eprintln!(
+            "toolbox: completed and flushed to disk in {:.2} s",
+            flushing.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 async fn image_id<E: Engine>(
@@ -392,9 +415,7 @@ async fn export_into<E: Engine>(
 ) -> Result<unpack::Stats> {
     let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let target: PathBuf = partial.to_path_buf();
-    let options = unpack::Options {
-        preserve_owners: sys::is_root(),
-    };
+    let options = unpack::Options::for_this_host();
     let unpacker = tokio::task::spawn_blocking(move || {
         unpack::unpack(
             ChannelReader {

@@ -12,15 +12,26 @@
 //! nodes and FIFOs as real nodes. Directory modes and times are applied last, so a
 //! read-only directory can still be filled and its time is not disturbed by its children.
 //!
-//! The archive is read once, as a stream; nothing is buffered beyond one copy buffer.
+//! Creating inodes is what an unpack spends its time on (the kernel's work, per file), so
+//! entries are created by several worker threads while one thread reads the stream. The
+//! result is the sequential one: entries of one directory go to one worker, in archive
+//! order; anything whose outcome depends on earlier entries elsewhere (hard links, paths
+//! through symlinks the archive made, large files) waits until every worker is idle and
+//! is then done in order. The archive is read once, as a stream; memory stays bounded
+//! (small files travel to workers whole, at most a few per worker).
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Condvar, Mutex};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
 use tar::EntryType;
@@ -32,6 +43,20 @@ pub struct Options {
     /// Give entries the owners the archive names. Needs root; off, everything belongs to
     /// the caller.
     pub preserve_owners: bool,
+    /// Threads creating entries besides the reading one; 0 creates everything on it.
+    pub workers: usize,
+}
+
+impl Options {
+    /// Owners kept when running as root, one worker per CPU (at least two: creating files
+    /// waits on the kernel).
+    pub fn for_this_host() -> Options {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Options {
+            preserve_owners: sys::is_root(),
+            workers: cpus.max(2),
+        }
+    }
 }
 
 /// What was unpacked.
@@ -59,33 +84,15 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Size of the file-content copy buffer.
-const COPY_BUFFER: usize = 256 * 1024;
-
-/// Copies an entry's content into `file`, filling the buffer before each write.
-fn copy(mut from: impl Read, file: &mut File, buffer: &mut [u8]) -> io::Result<u64> {
-    let mut total = 0;
-    loop {
-        let mut filled = 0;
-        while filled < buffer.len() {
-            match from.read(&mut buffer[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if filled == 0 {
-            return Ok(total);
-        }
-        file.write_all(&buffer[..filled])?;
-        total += filled as u64;
-    }
-}
-
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
 }
+
+/// Read-buffer size, and the largest file sent to a worker whole; larger files are
+/// streamed by the reading thread.
+const BLOCK: usize = 256 * 1024;
+/// Jobs queued per worker.
+const QUEUE: usize = 4;
 
 /// Unpacks `archive` into the existing, empty directory `target`.
 pub fn unpack(archive: impl Read, target: &Path, options: Options) -> Result<Stats, Error> {
@@ -94,25 +101,103 @@ pub fn unpack(archive: impl Read, target: &Path, options: Options) -> Result<Sta
         source,
     };
     let root = sys::open_dir(target).map_err(stream_error)?;
-    // Reading in large blocks keeps syscalls few when the source is a file or a pipe.
-    let mut archive = tar::Archive::new(io::BufReader::with_capacity(COPY_BUFFER, archive));
-    let mut unpacker = Unpacker {
-        root,
-        options,
-        directories: Vec::new(),
-        stats: Stats::default(),
-        buffer: vec![0; COPY_BUFFER],
-    };
-    for entry in archive.entries().map_err(stream_error)? {
-        let mut entry = entry.map_err(stream_error)?;
-        let name = entry.path_bytes().into_owned();
-        unpacker.entry(&mut entry, &name).map_err(|source| Error {
-            entry: Some(printable(&name)),
-            source,
-        })?;
+    let creator = Creator { root, options };
+    let pending = Pending::default();
+    std::thread::scope(|scope| {
+        let mut queues = Vec::new();
+        for _ in 0..options.workers {
+            let (sender, receiver) = sync_channel::<Job>(QUEUE);
+            queues.push(sender);
+            let (creator, pending) = (&creator, &pending);
+            scope.spawn(move || work(creator, pending, receiver));
+        }
+        let mut reader = Reader {
+            creator: &creator,
+            pending: &pending,
+            queues,
+            symlinks: HashSet::new(),
+            parents: HashSet::new(),
+            directories: Vec::new(),
+            stats: Stats::default(),
+            buffer: vec![0; BLOCK],
+        };
+        let read = reader.read_all(archive);
+        // Closing the queues ends the workers; wait for them before looking at errors.
+        reader.queues.clear();
+        pending.wait_idle();
+        if let Some(error) = pending.error.lock().unwrap().take() {
+            return Err(error);
+        }
+        read?;
+        reader.finish_directories()?;
+        Ok(reader.stats)
+    })
+}
+
+/// Work handed to a worker: one entry whose parent directory is resolved when it runs.
+struct Job {
+    name: Vec<u8>,
+    path: Vec<u8>,
+    kind: JobKind,
+    meta: Meta,
+}
+
+enum JobKind {
+    Directory,
+    File(Vec<u8>),
+    Symlink(Vec<u8>),
+    Node(FileType, rfs::Dev),
+}
+
+/// Jobs queued or running, and the first error any worker hit.
+#[derive(Default)]
+struct Pending {
+    count: Mutex<usize>,
+    idle: Condvar,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+impl Pending {
+    fn add(&self) {
+        *self.count.lock().unwrap() += 1;
     }
-    unpacker.finish_directories()?;
-    Ok(unpacker.stats)
+
+    fn done(&self) {
+        let mut count = self.count.lock().unwrap();
+        *count -= 1;
+        if *count == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut count = self.count.lock().unwrap();
+        while *count > 0 {
+            count = self.idle.wait(count).unwrap();
+        }
+    }
+
+    fn fail(&self, error: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.error.lock().unwrap().get_or_insert(error);
+    }
+}
+
+fn work(creator: &Creator, pending: &Pending, jobs: Receiver<Job>) {
+    for job in jobs {
+        // After a failure, queued jobs are drained without being done.
+        if !pending.failed.load(Ordering::SeqCst) {
+            let name = job.name.clone();
+            if let Err(source) = creator.run(job) {
+                pending.fail(Error {
+                    entry: Some(printable(&name)),
+                    source,
+                });
+            }
+        }
+        pending.done();
+    }
 }
 
 /// A name for messages: invalid UTF-8 and control characters are escaped.
@@ -121,6 +206,7 @@ fn printable(name: &[u8]) -> String {
 }
 
 /// The metadata an entry asks for.
+#[derive(Clone)]
 struct Meta {
     mode: u32,
     uid: u32,
@@ -132,16 +218,6 @@ struct Meta {
 struct Directory {
     path: Vec<u8>,
     meta: Meta,
-}
-
-struct Unpacker {
-    root: OwnedFd,
-    options: Options,
-    /// Directories whose mode, owner and time are applied once everything is written.
-    directories: Vec<Directory>,
-    stats: Stats,
-    /// One copy buffer for every file: large writes mean few syscalls.
-    buffer: Vec<u8>,
 }
 
 /// Splits an entry name into its components inside the target: leading `/`, empty and `.`
@@ -160,6 +236,14 @@ fn components(name: &[u8]) -> io::Result<Vec<&[u8]>> {
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     parts.join(&b'/')
+}
+
+/// A path's parent and last component (the parent is empty at the top).
+fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (&path[..slash], &path[slash + 1..]),
+        None => (b"", path),
+    }
 }
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Meta> {
@@ -225,142 +309,334 @@ fn timestamps(mtime: i64) -> Timestamps {
     }
 }
 
-impl Unpacker {
+/// Reads the stream and decides, entry by entry, where each is created.
+struct Reader<'a> {
+    creator: &'a Creator,
+    pending: &'a Pending,
+    /// One queue per worker; empty when everything is done on this thread.
+    queues: Vec<SyncSender<Job>>,
+    /// Symlinks the archive created: a later path through one must see it in place.
+    symlinks: HashSet<Vec<u8>>,
+    /// Every directory an entry was put in so far: a later non-directory entry at one of
+    /// these paths must see what is inside it already.
+    parents: HashSet<Vec<u8>>,
+    /// Directories whose mode, owner and time are applied once everything is written.
+    directories: Vec<Directory>,
+    stats: Stats,
+    buffer: Vec<u8>,
+}
+
+impl Reader<'_> {
+    fn read_all(&mut self, archive: impl Read) -> Result<(), Error> {
+        let stream_error = |source| Error {
+            entry: None,
+            source,
+        };
+        // Reading in large blocks keeps syscalls few when the source is a file or a pipe.
+        let mut archive = tar::Archive::new(io::BufReader::with_capacity(BLOCK, archive));
+        for entry in archive.entries().map_err(stream_error)? {
+            if self.pending.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let mut entry = entry.map_err(stream_error)?;
+            let name = entry.path_bytes().into_owned();
+            self.entry(&mut entry, &name).map_err(|source| Error {
+                entry: Some(printable(&name)),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>, name: &[u8]) -> io::Result<()> {
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             return Ok(());
         }
-        let parts = components(name)?;
+        let path = join(&components(name)?);
         let meta = read_meta(entry)?;
         self.stats.entries += 1;
-        let Some((last, parent_parts)) = parts.split_last() else {
+        if path.is_empty() {
             // The archive's own `./`: its metadata is the target's.
             if kind != EntryType::Directory {
                 return Err(invalid("the archive root must be a directory"));
             }
-            self.directories.push(Directory {
-                path: Vec::new(),
-                meta,
-            });
+            self.directories.push(Directory { path, meta });
             return Ok(());
-        };
-        let parent = self.parent_dir(parent_parts)?;
-        let last = OsStr::from_bytes(last);
-        match kind {
+        }
+        let job_kind = match kind {
             EntryType::Directory => {
-                self.make_dir(&parent, last)?;
                 self.directories.push(Directory {
-                    path: join(&parts),
-                    meta,
+                    path: path.clone(),
+                    meta: meta.clone(),
                 });
+                JobKind::Directory
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let file = create(&parent, last, |name| {
-                    rfs::openat(
-                        &parent,
-                        name,
-                        OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::WRONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
-                    )
-                })?;
-                let mut file = File::from(file);
-                self.stats.bytes += copy(entry, &mut file, &mut self.buffer)?;
-                self.apply_fd(file.as_fd(), &meta)?;
+                let size = entry.header().entry_size()?;
+                if size > BLOCK as u64 || self.queues.is_empty() {
+                    // Streamed here, in order with everything before it.
+                    self.wait_for_workers()?;
+                    self.stats.bytes +=
+                        self.creator
+                            .stream_file(&path, entry, &meta, &mut self.buffer)?;
+                    return Ok(());
+                }
+                let mut data = Vec::with_capacity(size as usize);
+                entry.read_to_end(&mut data)?;
+                self.stats.bytes += data.len() as u64;
+                JobKind::File(data)
             }
             EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| invalid("symlink without a target"))?
-                    .into_owned();
-                create(&parent, last, |name| {
-                    rfs::symlinkat(target.as_slice(), &parent, name)
-                })?;
-                self.apply_at(&parent, last, &meta, false)?;
+                    .ok_or_else(|| invalid("symlink without a target"))?;
+                self.symlinks.insert(path.clone());
+                JobKind::Symlink(target.into_owned())
             }
             EntryType::Link => {
+                // The target must be in place: created by an earlier entry, maybe on
+                // another worker.
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| invalid("hard link without a target"))?
-                    .into_owned();
-                let target_parts = components(&target)?;
-                let Some((target_last, target_parent)) = target_parts.split_last() else {
-                    return Err(invalid("hard link to the archive root"));
-                };
-                let target_dir = sys::open_in_root(
-                    &self.root,
-                    &join(target_parent),
-                    OFlags::PATH | OFlags::DIRECTORY,
-                    0,
-                )
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("hard link target `{}`: {e}", printable(&target)),
-                    )
-                })?;
-                // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it
-                // points to: hard links to absolute symlinks stay inside the tree.
-                create(&parent, last, |name| {
-                    rfs::linkat(
-                        &target_dir,
-                        OsStr::from_bytes(target_last),
-                        &parent,
-                        name,
-                        AtFlags::empty(),
-                    )
-                })
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("hard link to `{}`: {e}", printable(&target)),
-                    )
-                })?;
+                    .ok_or_else(|| invalid("hard link without a target"))?;
+                self.wait_for_workers()?;
+                return self.creator.hard_link(&path, &target);
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let (file_type, device) = match kind {
-                    EntryType::Char => (FileType::CharacterDevice, device_number(entry)?),
-                    EntryType::Block => (FileType::BlockDevice, device_number(entry)?),
-                    _ => (FileType::Fifo, 0),
+            EntryType::Char | EntryType::Block => {
+                let file_type = if kind == EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
                 };
-                create(&parent, last, |name| {
-                    rfs::mknodat(&parent, name, file_type, Mode::from_raw_mode(0o600), device)
-                })?;
-                self.apply_at(&parent, last, &meta, true)?;
+                JobKind::Node(file_type, device_number(entry)?)
             }
+            EntryType::Fifo => JobKind::Node(FileType::Fifo, 0),
             other => return Err(invalid(format!("unsupported entry type {other:?}"))),
+        };
+        let job = Job {
+            name: name.to_vec(),
+            path,
+            kind: job_kind,
+            meta,
+        };
+        self.dispatch(job)
+    }
+
+    /// Queues a job on the worker for its directory, or does it here, after every queued
+    /// job, when its outcome depends on earlier entries in other directories: it goes
+    /// through a symlink the archive made, or replaces a directory entries went into.
+    fn dispatch(&mut self, job: Job) -> io::Result<()> {
+        let (parent, _) = split_last(&job.path);
+        let ancestors = || {
+            parent
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b == b'/')
+                .map(|(i, _)| &parent[..i])
+                .chain([parent])
+        };
+        let through_symlink =
+            !self.symlinks.is_empty() && ancestors().any(|a| self.symlinks.contains(a));
+        let replaces_parent =
+            !matches!(job.kind, JobKind::Directory) && self.parents.contains(&job.path);
+        if !self.parents.contains(parent) {
+            for ancestor in ancestors() {
+                self.parents.insert(ancestor.to_vec());
+            }
+        }
+        if through_symlink || replaces_parent || self.queues.is_empty() {
+            self.wait_for_workers()?;
+            return self.creator.run(job);
+        }
+        let mut hasher = DefaultHasher::new();
+        parent.hash(&mut hasher);
+        let queue = &self.queues[hasher.finish() as usize % self.queues.len()];
+        self.pending.add();
+        if queue.send(job).is_err() {
+            self.pending.done();
+            return Err(io::Error::other("an unpack worker stopped"));
         }
         Ok(())
     }
 
+    /// Waits until every queued job is done; a worker's failure ends the unpack.
+    fn wait_for_workers(&self) -> io::Result<()> {
+        self.pending.wait_idle();
+        if self.pending.failed.load(Ordering::SeqCst) {
+            return Err(io::Error::other("stopped after another entry failed"));
+        }
+        Ok(())
+    }
+
+    /// Applies directory metadata, last-seen first, so a directory that forbids writing
+    /// is only closed after its contents are in place.
+    fn finish_directories(&mut self) -> Result<(), Error> {
+        for directory in self.directories.iter().rev() {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+            let fd = match sys::open_in_root(&self.creator.root, &directory.path, flags, 0) {
+                Ok(fd) => fd,
+                // A later entry replaced it with something else: nothing to apply.
+                Err(e) if matches!(e.raw_os_error(), Some(code) if [Errno::LOOP, Errno::NOTDIR, Errno::NOENT].iter().any(|errno| errno.raw_os_error() == code)) => {
+                    continue;
+                }
+                Err(source) => {
+                    return Err(Error {
+                        entry: Some(printable(&directory.path)),
+                        source,
+                    });
+                }
+            };
+            self.creator
+                .apply_fd(&fd, &directory.meta)
+                .map_err(|source| Error {
+                    entry: Some(printable(&directory.path)),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates entries inside the target; shared by the reading thread and the workers.
+struct Creator {
+    root: OwnedFd,
+    options: Options,
+}
+
+impl Creator {
+    fn run(&self, job: Job) -> io::Result<()> {
+        let (parent_path, last) = split_last(&job.path);
+        let parent = self.parent_dir(parent_path)?;
+        let last = OsStr::from_bytes(last);
+        match job.kind {
+            JobKind::Directory => self.make_dir(&parent, last),
+            JobKind::File(data) => {
+                let mut file = create_file(&parent, last)?;
+                file.write_all(&data)?;
+                self.apply_fd(file.as_fd(), &job.meta)
+            }
+            JobKind::Symlink(target) => {
+                create(&parent, last, |name| {
+                    rfs::symlinkat(target.as_slice(), &parent, name)
+                })?;
+                self.apply_at(&parent, last, &job.meta, false)
+            }
+            JobKind::Node(file_type, device) => {
+                create(&parent, last, |name| {
+                    rfs::mknodat(&parent, name, file_type, Mode::from_raw_mode(0o600), device)
+                })?;
+                self.apply_at(&parent, last, &job.meta, true)
+            }
+        }
+    }
+
+    /// Creates a regular file from the entry's stream, filling `buffer` before each write.
+    fn stream_file(
+        &self,
+        path: &[u8],
+        mut from: impl Read,
+        meta: &Meta,
+        buffer: &mut [u8],
+    ) -> io::Result<u64> {
+        let (parent_path, last) = split_last(path);
+        let parent = self.parent_dir(parent_path)?;
+        let mut file = create_file(&parent, OsStr::from_bytes(last))?;
+        let mut total = 0;
+        loop {
+            let mut filled = 0;
+            while filled < buffer.len() {
+                match from.read(&mut buffer[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            file.write_all(&buffer[..filled])?;
+            total += filled as u64;
+        }
+        self.apply_fd(file.as_fd(), meta)?;
+        Ok(total)
+    }
+
+    fn hard_link(&self, path: &[u8], target: &[u8]) -> io::Result<()> {
+        let target_path = join(&components(target)?);
+        if target_path.is_empty() {
+            return Err(invalid("hard link to the archive root"));
+        }
+        let (parent_path, last) = split_last(path);
+        let parent = self.parent_dir(parent_path)?;
+        let (target_parent, target_last) = split_last(&target_path);
+        let target_dir = sys::open_in_root(
+            &self.root,
+            target_parent,
+            OFlags::PATH | OFlags::DIRECTORY,
+            0,
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("hard link target `{}`: {e}", printable(target)),
+            )
+        })?;
+        // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points
+        // to: hard links to absolute symlinks stay inside the tree.
+        create(&parent, OsStr::from_bytes(last), |name| {
+            rfs::linkat(
+                &target_dir,
+                OsStr::from_bytes(target_last),
+                &parent,
+                name,
+                AtFlags::empty(),
+            )
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("hard link to `{}`: {e}", printable(target)),
+            )
+        })
+    }
+
     /// The directory that will hold an entry, creating missing ones the archive skipped.
-    fn parent_dir(&self, parts: &[&[u8]]) -> io::Result<OwnedFd> {
+    fn parent_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
         let flags = OFlags::PATH | OFlags::DIRECTORY;
-        match sys::open_in_root(&self.root, &join(parts), flags, 0) {
-            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {}
+        let missing = |e: &io::Error| e.raw_os_error() == Some(Errno::NOENT.raw_os_error());
+        match sys::open_in_root(&self.root, path, flags, 0) {
+            Err(e) if missing(&e) => {}
             result => return result,
         }
+        let parts: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
         let mut dir = self.root.try_clone()?;
         for depth in 1..=parts.len() {
-            match sys::open_in_root(&self.root, &join(&parts[..depth]), flags, 0) {
+            let prefix = join(&parts[..depth]);
+            match sys::open_in_root(&self.root, &prefix, flags, 0) {
                 Ok(next) => dir = next,
-                Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
-                    let name = OsStr::from_bytes(parts[depth - 1]);
-                    match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
-                        // Only a symlink to a missing place exists yet cannot be opened.
-                        Err(Errno::EXIST) => {
-                            return Err(invalid(format!(
-                                "`{}` is a symlink to a missing directory",
-                                printable(&join(&parts[..depth]))
-                            )));
-                        }
-                        result => result?,
+                Err(e) if missing(&e) => {
+                    match rfs::mkdirat(
+                        &dir,
+                        OsStr::from_bytes(parts[depth - 1]),
+                        Mode::from_raw_mode(0o755),
+                    ) {
+                        // Another worker made it meanwhile, or a symlink to a missing place
+                        // stands there: opening again tells which.
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
                     }
-                    dir = sys::open_in_root(&self.root, &join(&parts[..depth]), flags, 0)?;
+                    dir = sys::open_in_root(&self.root, &prefix, flags, 0).map_err(|e| {
+                        if missing(&e) {
+                            invalid(format!(
+                                "`{}` is a symlink to a missing directory",
+                                printable(&prefix)
+                            ))
+                        } else {
+                            e
+                        }
+                    })?;
                 }
                 Err(e) => return Err(e),
             }
@@ -447,34 +723,18 @@ impl Unpacker {
         )?;
         Ok(())
     }
+}
 
-    /// Applies directory metadata, deepest last-seen first, so a directory that forbids
-    /// writing is only closed after its contents are in place.
-    fn finish_directories(&mut self) -> Result<(), Error> {
-        for directory in self.directories.iter().rev() {
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
-            let fd = match sys::open_in_root(&self.root, &directory.path, flags, 0) {
-                Ok(fd) => fd,
-                // A later entry replaced it with something else: nothing to apply.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if code == Errno::LOOP.raw_os_error() || code == Errno::NOTDIR.raw_os_error() || code == Errno::NOENT.raw_os_error()) =>
-                {
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Error {
-                        entry: Some(printable(&directory.path)),
-                        source,
-                    });
-                }
-            };
-            self.apply_fd(&fd, &directory.meta)
-                .map_err(|source| Error {
-                    entry: Some(printable(&directory.path)),
-                    source,
-                })?;
-        }
-        Ok(())
-    }
+fn create_file(parent: &OwnedFd, name: &OsStr) -> io::Result<File> {
+    let fd = create(parent, name, |name| {
+        rfs::openat(
+            parent,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    })?;
+    Ok(File::from(fd))
 }
 
 /// Creates an entry with `make`, replacing whatever is already at `name` (as tar does for

@@ -138,6 +138,7 @@ impl Scene {
             &self.target,
             Options {
                 preserve_owners: sys::is_root(),
+                workers: 2,
             },
         )
     }
@@ -434,6 +435,7 @@ fn truncated_archives_fail() {
         &scene.target,
         Options {
             preserve_owners: false,
+            workers: 2,
         },
     )
     .unwrap_err();
@@ -483,6 +485,7 @@ fn owners_setuid_capabilities_and_nodes() {
         &scene.target,
         Options {
             preserve_owners: true,
+            workers: 2,
         },
     )
     .unwrap();
