@@ -12,6 +12,7 @@
 //!   sudo and into toolboxes.
 //! - `PATH`: where `systemd-nspawn` is looked up.
 //! - `DOCKER_HOST`: the Docker daemon to talk to (read by bollard).
+//! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ pub const SUDO_USER: &str = "SUDO_USER";
 pub const PATH: &str = "PATH";
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
 pub const SUDO_UID: &str = "SUDO_UID";
+pub const HOST_ROOT: &str = "HOST";
 
 /// A snapshot of the environment variables toolbox may read.
 #[derive(Debug, Clone, Default)]

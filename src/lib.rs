@@ -50,7 +50,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         .first()
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned());
     if invoked_as.as_deref() == Some(host_exec::NAME.as_ref()) {
-        let host_root = std::env::var_os("HOST").map(PathBuf::from);
+        let host_root = std::env::var_os(host::HOST_ROOT).map(PathBuf::from);
         return host_exec::run(args[1..].to_vec(), Path::new("/proc"), host_root.as_deref());
     }
     let cli = match cli::parse(args.iter().cloned()) {

@@ -192,7 +192,7 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     args.extend(plan.binds.iter().map(OsString::from));
     args.push(format!("--setenv=TOOLBOX_NAME={}", plan.name).into());
     if let Some(root) = plan.host_root() {
-        args.push(format!("--setenv=HOST={root}").into());
+        args.push(format!("--setenv={}={root}", crate::host::HOST_ROOT).into());
     }
     for (name, value) in &launch.proxies {
         args.push(format!("--setenv={name}={value}").into());

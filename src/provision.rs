@@ -1,9 +1,10 @@
-//! provision: create a toolbox from an image. Inspect (pull only when absent), create a
-//! labelled container that is never started, stream its export straight into the
-//! unpacker (overlapping the two; the archive is never held in memory or on disk), remove
-//! the container on every path (success, error, Ctrl-C, SIGTERM, SIGHUP), then complete
-//! the partial tree and rename it into place. An interrupted or failed creation leaves
-//! neither a partial tree nor a container behind.
+//! provision: create and update toolboxes from images. Inspect (pull only when absent,
+//! or always for an update), create a labelled container that is never started, stream
+//! its export straight into the unpacker (overlapping the two; the archive is never held
+//! in memory or on disk), remove the container on every path (success, error, Ctrl-C,
+//! SIGTERM, SIGHUP), then complete the partial tree and rename it into place, or swap it
+//! with the old tree for an update. An interrupted or failed creation leaves neither a
+//! partial tree nor a container behind; one killed outright is cleaned up by the next.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -477,7 +477,7 @@ impl Reader<'_> {
             let fd = match sys::open_in_root(&self.creator.root, &directory.path, flags, 0) {
                 Ok(fd) => fd,
                 // A later entry replaced it with something else: nothing to apply.
-                Err(e) if matches!(e.raw_os_error(), Some(code) if [Errno::LOOP, Errno::NOTDIR, Errno::NOENT].iter().any(|errno| errno.raw_os_error() == code)) => {
+                Err(e) if is_replaced(&e) => {
                     continue;
                 }
                 Err(source) => {
@@ -723,6 +723,13 @@ impl Creator {
         )?;
         Ok(())
     }
+}
+
+/// Whether opening a directory failed because a later entry replaced it.
+fn is_replaced(error: &io::Error) -> bool {
+    [Errno::LOOP, Errno::NOTDIR, Errno::NOENT]
+        .iter()
+        .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 fn create_file(parent: &OwnedFd, name: &OsStr) -> io::Result<File> {
