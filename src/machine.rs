@@ -195,6 +195,11 @@ pub fn install(partial: &Path, path: &Path) -> Result<()> {
     }
     fs::rename(partial, path)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    sync_parent(path)
+}
+
+/// Flushes the directory holding `path`, so a rename into it survives a crash.
+fn sync_parent(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         File::open(parent)
             .and_then(|dir| dir.sync_all())
@@ -216,12 +221,7 @@ pub fn swap(partial: &Path, path: &Path) -> Result<()> {
     )
     .map_err(io::Error::from)
     .with_context(|| format!("cannot swap {} into {}", partial.display(), path.display()))?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .with_context(|| format!("cannot flush {}", parent.display()))?;
-    }
-    Ok(())
+    sync_parent(path)
 }
 
 /// Removes a toolbox tree: first renamed aside (atomic), so an interrupted removal of a
