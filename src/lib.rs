@@ -62,7 +62,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         }
         Err(e) => return Err(usage_error(&e)),
     };
-    let ctx = Context::load(&cli.options, &args[1..])?;
+    // A normal user's run that will be re-run through sudo reads the settings twice; the
+    // root run is the one that reports on them.
+    let reruns_as_root = !sys::is_root()
+        && !matches!(
+            cli.action,
+            Some(Action::List { .. }) | Some(Action::Config { .. })
+        )
+        && !cli.options.dry_run;
+    let ctx = Context::load(&cli.options, &args[1..], !reruns_as_root)?;
     match cli.action {
         Some(Action::List { json }) => {
             manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.env, json)?;
@@ -140,7 +148,9 @@ struct Context {
 }
 
 impl Context {
-    fn load(options: &Options, args: &[OsString]) -> Result<Context> {
+    /// Reads everything; `report` prints the settings' warnings (and, verbose, the files
+    /// read).
+    fn load(options: &Options, args: &[OsString], report: bool) -> Result<Context> {
         let env = Env::from_process();
         let paths = HostPaths::default();
         let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
@@ -178,12 +188,12 @@ impl Context {
             verbosity,
             args: args.to_vec(),
         };
-        if !ctx.quiet() {
+        if report && !ctx.quiet() {
             for warning in &ctx.settings.warnings {
                 eprintln!("toolbox: warning: {warning}");
             }
         }
-        if ctx.verbose() {
+        if report && ctx.verbose() {
             for file in &ctx.settings.files_read {
                 eprintln!("toolbox: read settings from {}", file.display());
             }

@@ -403,7 +403,11 @@ fn a_normal_user_goes_through_sudo() {
     );
     fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
     let rc = format!("{home}/.toolboxrc");
-    fs::write(&rc, "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\n").unwrap();
+    fs::write(
+        &rc,
+        "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\nTOOLBOX_TYPO=1\n",
+    )
+    .unwrap();
     Command::new("chown")
         .args([&format!("{user}:{user}"), &rc])
         .status()
@@ -440,7 +444,11 @@ fn a_normal_user_goes_through_sudo() {
         "echo \"$FROM_RC $https_proxy\"; id -un; id -u; test -d \"$HOME\" && echo \"$HOME\"",
     ]);
     let uid = Command::new("id").args(["-u", &user]).output().unwrap();
-    fs::write(&rc, "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\n").unwrap();
+    fs::write(
+        &rc,
+        "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\nTOOLBOX_TYPO=1\n",
+    )
+    .unwrap();
     Command::new("chmod").args(["666", &rc]).status().unwrap();
     let refused = run_as_user(&["true"]);
     let tree = t.toolboxes.join(format!("{user}-{}", t.name));
@@ -458,6 +466,12 @@ fn a_normal_user_goes_through_sudo() {
         tree.join(".toolbox.json").exists(),
         "the toolbox is named after the user"
     );
+    // Read twice (before and after sudo), reported once.
+    let warnings = toolbox_lines(&out)
+        .into_iter()
+        .filter(|l| l.contains("unknown setting `TOOLBOX_TYPO`"))
+        .count();
+    assert_eq!(warnings, 1, "{}", describe(&out));
     assert_eq!(status(&refused), 125, "{}", describe(&refused));
     assert!(
         toolbox_lines(&refused)
