@@ -23,6 +23,12 @@ pub const LABEL_TOOLBOX: &str = "toolbox.name";
 /// Label with the ID of the toolbox process that created the container.
 pub const LABEL_PID: &str = "toolbox.pid";
 
+/// An image ID as `docker images` shows it: 12 hex digits, without `sha256:`.
+pub fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
 /// The receiver of an export went away before the stream ended.
 #[derive(Debug)]
 pub struct SinkClosed;

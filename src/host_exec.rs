@@ -74,14 +74,9 @@ fn host_process(proc_root: &Path) -> Result<u32> {
     let own = ns("self").context("cannot read this process's mount namespace")?;
     let mut pid = std::process::id();
     loop {
-        let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))
-            .with_context(|| format!("cannot read the parent of process {pid}"))?;
-        // Field 4, after the parenthesised command name.
-        let parent: u32 = stat[stat.rfind(')').unwrap_or(0) + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        let parent = crate::sys::proc_stat(proc_root, pid)
+            .with_context(|| format!("cannot read the parent of process {pid}"))?
+            .parent;
         if parent <= 1 {
             bail!("cannot find a process in the host's namespaces");
         }

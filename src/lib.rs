@@ -138,6 +138,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
 struct Context {
     env: Env,
     paths: HostPaths,
+    /// The host's `/etc/passwd`, read once.
+    passwd: String,
     invoker: Invoker,
     files: Vec<PathBuf>,
     settings: Settings,
@@ -181,6 +183,7 @@ impl Context {
         let ctx = Context {
             env,
             paths,
+            passwd,
             invoker,
             files,
             settings,
@@ -357,8 +360,7 @@ fn add_user(ctx: &Context, plan: &Plan) -> Result<()> {
     if plan.user == "root" {
         return Ok(());
     }
-    let passwd = std::fs::read_to_string(&ctx.paths.passwd).unwrap_or_default();
-    let Some(line) = host::passwd_line(&passwd, &plan.user) else {
+    let Some(line) = host::passwd_line(&ctx.passwd, &plan.user) else {
         return Ok(());
     };
     let gid = line.split(':').nth(3).and_then(|g| g.parse().ok());

@@ -10,6 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::engine::short_id;
 use crate::host::Env;
 use crate::machine::{self, State};
 use crate::plan::ImageRef;
@@ -99,11 +100,6 @@ pub fn list(directory: &Path, proc_root: &Path, env: &Env, json: bool) -> Result
         )?;
     }
     Ok(())
-}
-
-fn short_id(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
 }
 
 fn human_size(bytes: u64) -> String {

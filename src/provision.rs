@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::engine::{Docker, Engine, LABEL_PID, LABEL_TOOLBOX, SinkClosed};
+use crate::engine::{Docker, Engine, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id};
 use crate::host::Env;
 use crate::machine::{self, Metadata, State};
 use crate::plan::{ImageRef, Plan};
@@ -398,11 +398,6 @@ async fn image_id<E: Engine>(
         .image_id(&reference)
         .await?
         .ok_or_else(|| anyhow!("image `{reference}` is still missing after the pull"))
-}
-
-fn short_id(id: &str) -> &str {
-    let hex = id.strip_prefix("sha256:").unwrap_or(id);
-    &hex[..hex.len().min(12)]
 }
 
 /// Streams the container's export into the unpacker running on a blocking thread. The

@@ -26,13 +26,8 @@ fn records_dir(directory: &Path, name: &str) -> PathBuf {
 /// from a later one that reused its PID. `None` for a process that is gone or a zombie
 /// (ended, not yet reaped by its parent).
 fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    if fields.next()? == "Z" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    let stat = crate::sys::proc_stat(proc_root, u32::try_from(pid).ok()?)?;
+    (stat.state != 'Z').then_some(stat.start_time)
 }
 
 /// Records the calling process as a session of toolbox `name` under `machine`.

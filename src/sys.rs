@@ -85,3 +85,39 @@ pub fn signal(pid: i32, signal: rustix::process::Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
+
+/// What toolbox reads of `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 3: `R`, `S`, `Z` (zombie), ...
+    pub state: char,
+    /// Field 4.
+    pub parent: u32,
+    /// Field 22, in clock ticks since boot: with the PID, it names one process.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/PID/stat` under `proc_root`; `None` when the process is gone.
+pub fn proc_stat(proc_root: &std::path::Path, pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        parent: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_of_this_process() {
+        let stat = proc_stat(std::path::Path::new("/proc"), std::process::id()).unwrap();
+        assert_eq!(stat.parent, std::os::unix::process::parent_id());
+        assert_ne!(stat.state, 'Z');
+        assert!(proc_stat(std::path::Path::new("/proc"), u32::MAX).is_none());
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
@@ -95,21 +95,9 @@ fn toolbox_unpacks_an_export_exactly_as_gnu_tar() {
         return;
     };
     let archive = t.root.join("export.tar");
-    let created = Command::new("docker")
-        .args(["create", DEBIAN_IMAGE, "/bin/true"])
-        .output()
-        .unwrap();
-    let container = String::from_utf8_lossy(&created.stdout).trim().to_string();
-    let exported = Command::new("docker")
-        .args(["export", "-o", archive.to_str().unwrap(), &container])
-        .status()
-        .unwrap();
-    Command::new("docker")
-        .args(["rm", &container])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(exported.success());
+    let container = docker(&["create", DEBIAN_IMAGE, "/bin/true"]);
+    docker(&["export", "-o", archive.to_str().unwrap(), &container]);
+    docker(&["rm", &container]);
 
     let gnu = t.root.join("gnu");
     fs::create_dir(&gnu).unwrap();

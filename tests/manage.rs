@@ -56,15 +56,7 @@ impl Tag {
     }
 
     fn point_at(&self, image: &str) {
-        let out = Command::new("docker")
-            .args(["tag", image, &self.0])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker tag: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker(&["tag", image, &self.0]);
     }
 }
 

@@ -148,20 +148,23 @@ impl TestEnv {
     /// Containers labelled as belonging to this test's toolbox, running or not.
     pub fn containers(&self) -> Vec<String> {
         let filter = format!("label=toolbox.name={}", self.toolbox_name());
-        let out = Command::new("docker")
-            .args(["ps", "-a", "-q", "--filter", &filter])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker ps failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        docker(&["ps", "-a", "-q", "--filter", &filter])
             .split_whitespace()
             .map(String::from)
             .collect()
     }
+}
+
+/// Runs the docker client, which must succeed, and returns its output.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn stdout(out: &Output) -> String {
