@@ -68,6 +68,11 @@ pub struct Options {
     #[arg(long, global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
 
+    /// How a new toolbox stores the image: `copy` (unpacked) or `overlay` (mounted over
+    /// the daemon's layers) [TOOLBOX_STORAGE; default: copy]
+    #[arg(long, global = true, value_name = "MODE")]
+    pub storage: Option<String>,
+
     /// Print the systemd-nspawn command and environment; change nothing, contact no daemon
     #[arg(long, global = true)]
     pub dry_run: bool,

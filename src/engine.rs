@@ -1,9 +1,10 @@
 //! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, and
-//! their Docker Engine API implementation (bollard). Only creating a toolbox talks to an
-//! engine; entering one never does.
+//! their Docker Engine API implementation (bollard). Only creating, updating and removing
+//! a toolbox talk to an engine; entering one never does.
 
 use std::collections::HashMap;
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::errors::Error as BollardError;
@@ -22,6 +23,20 @@ use crate::plan::ImageRef;
 pub const LABEL_TOOLBOX: &str = "toolbox.name";
 /// Label with the ID of the toolbox process that created the container.
 pub const LABEL_PID: &str = "toolbox.pid";
+/// Label on the never-started container that pins an overlay toolbox's image, with the
+/// toolbox's full path as value (names repeat across toolbox directories; paths do not).
+pub const LABEL_ANCHOR: &str = "toolbox.anchor";
+
+/// An image as the engine has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The engine's ID (`sha256:...`).
+    pub id: String,
+    /// The storage driver holding its layers (`overlay2`, `vfs`, ...), if reported.
+    pub driver: Option<String>,
+    /// With `overlay2`: the layers' directories on the daemon's host, top layer first.
+    pub layers: Vec<PathBuf>,
+}
 
 /// An image ID as `docker images` shows it: 12 hex digits, without `sha256:`.
 pub fn short_id(id: &str) -> &str {
@@ -44,8 +59,9 @@ impl std::error::Error for SinkClosed {}
 /// What creating a toolbox needs from a container engine.
 #[allow(async_fn_in_trait)]
 pub trait Engine {
-    /// The engine's ID for an image, or `None` when it does not have the image.
-    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
+    /// The engine's ID for an image and where its layers are, or `None` when it does not
+    /// have the image.
+    async fn image(&self, reference: &str) -> Result<Option<Image>>;
     /// Pulls an image, reporting progress on stderr unless `quiet`.
     async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()>;
     /// Creates (never starts) a container of `reference` and returns its ID.
@@ -58,9 +74,14 @@ pub trait Engine {
     /// Fails with [`SinkClosed`] when the receiving side goes away.
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
     async fn remove_container(&self, container: &str) -> Result<()>;
-    /// Containers labelled as toolbox `name`'s, with the PID of the toolbox process that
-    /// created each.
-    async fn toolbox_containers(&self, name: &str) -> Result<Vec<(String, Option<i32>)>>;
+    /// Containers, running or not, carrying `label` with `value`: their IDs and labels.
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>>;
+    /// Whether the daemon runs on this host, so its storage paths are this host's.
+    fn is_local(&self) -> bool;
 }
 
 /// A Docker Engine API daemon (Docker, or Podman's compatible service).
@@ -111,9 +132,30 @@ fn daemon_message(error: &BollardError) -> String {
 }
 
 impl Engine for Docker {
-    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
         match self.client.inspect_image(reference).await {
-            Ok(image) => Ok(Some(image.id.unwrap_or_default())),
+            Ok(image) => {
+                let driver = image.graph_driver.unwrap_or_default();
+                let mut layers = Vec::new();
+                // overlay2 reports the top layer as `UpperDir` and the ones below it,
+                // top first, as `LowerDir` (absent for a one-layer image).
+                if driver.name == "overlay2" {
+                    let data = driver.data;
+                    let upper = data.get("UpperDir").into_iter();
+                    let lower = data.get("LowerDir").into_iter().flat_map(|l| l.split(':'));
+                    layers = upper
+                        .map(String::as_str)
+                        .chain(lower)
+                        .filter(|dir| !dir.is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                }
+                Ok(Some(Image {
+                    id: image.id.unwrap_or_default(),
+                    driver: (!driver.name.is_empty()).then_some(driver.name),
+                    layers,
+                }))
+            }
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(anyhow!(
                 "cannot inspect image `{reference}`: {}",
@@ -184,9 +226,12 @@ impl Engine for Docker {
         Ok(())
     }
 
-    async fn toolbox_containers(&self, name: &str) -> Result<Vec<(String, Option<i32>)>> {
-        let filters =
-            HashMap::from([("label".to_string(), vec![format!("{LABEL_TOOLBOX}={name}")])]);
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -199,11 +244,12 @@ impl Engine for Docker {
             .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))?;
         Ok(containers
             .into_iter()
-            .filter_map(|c| {
-                let pid = c.labels.as_ref()?.get(LABEL_PID)?.parse().ok();
-                Some((c.id?, pid))
-            })
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
             .collect())
+    }
+
+    fn is_local(&self) -> bool {
+        self.address.starts_with("unix://") || self.address.starts_with('/')
     }
 
     async fn remove_container(&self, container: &str) -> Result<()> {

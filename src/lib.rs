@@ -12,6 +12,7 @@ pub mod lookup;
 pub mod machine;
 pub mod manage;
 pub mod nspawn;
+pub mod overlay;
 pub mod plan;
 pub mod provision;
 pub mod session;
@@ -90,7 +91,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                     .map(|name| manage::resolve_name(&directory, &ctx.invoker.name, name))
                     .collect::<Result<Vec<_>>>()?
             };
-            manage::remove(&directory, &ctx.paths.proc, &names, force, ctx.quiet())?;
+            manage::remove(
+                &directory,
+                &ctx.paths.proc,
+                &ctx.env,
+                &names,
+                force,
+                ctx.quiet(),
+            )?;
             Ok(0)
         }
         Some(Action::Update { name, force }) => {
@@ -108,9 +116,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                         _ => plan.image.clone(),
                     };
                     Target {
-                        directory: plan.directory.clone(),
                         name,
                         image,
+                        ..Target::of(&plan)
                     }
                 }
             };
@@ -164,6 +172,7 @@ impl Context {
             (config::TAG, "--tag", options.tag.clone()),
             (config::NAME, "--name", options.name.clone()),
             (config::USER, "--user", options.user.clone()),
+            (config::STORAGE, "--storage", options.storage.clone()),
             (
                 config::DIRECTORY,
                 "--directory",
@@ -235,7 +244,7 @@ impl Context {
 
 /// Enters the toolbox, creating it first if needed: the default action.
 fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
-    let plan = ctx.plan(payload)?;
+    let mut plan = ctx.plan(payload)?;
     let nspawn_cache = plan.directory.join(".nspawn-version");
     let nspawn = Nspawn::find(&ctx.env, &nspawn_cache, !ctx.dry_run && sys::is_root())?;
     let launch = Launch {
@@ -249,19 +258,64 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
             .filter_map(|name| Some((name.to_string(), ctx.env.get(name)?.to_string())))
             .collect(),
     };
-    let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
+    // An existing toolbox keeps the storage it was built with.
+    let mut metadata = existing_metadata(&plan.path())?;
+    if let Some(metadata) = &metadata {
+        plan.storage = metadata.storage();
+    }
     if ctx.dry_run {
-        println!("{invocation}");
+        println!(
+            "{}",
+            nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet())
+        );
         return Ok(0);
     }
     ctx.become_root()?;
     let target = Target::of(&plan);
     let created = provision::ensure(&target, &ctx.env, ctx.quiet(), ctx.verbose())?;
-    if !created {
-        check_freshness(ctx, &target)?;
+    let rebuilt = !created && check_freshness(ctx, &target, metadata.as_ref())?;
+    if created || rebuilt {
+        metadata = existing_metadata(&plan.path())?;
     }
-    add_user(ctx, &plan)?;
-    check_payload(&plan)?;
+    let overlay = metadata.and_then(|m| m.overlay);
+    plan.storage = match overlay {
+        Some(_) => plan::Storage::Overlay,
+        None => plan::Storage::Copy,
+    };
+    let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
+    if ctx.verbose() {
+        eprintln!(
+            "toolbox: systemd {} at {}; {} storage",
+            nspawn.version,
+            nspawn.program.display(),
+            plan.storage.name()
+        );
+    }
+    match overlay {
+        None => {
+            start_session(ctx, &plan, &launch)?;
+            if ctx.verbose() {
+                eprintln!("toolbox: {invocation}");
+            }
+            match invocation.exec()? {}
+        }
+        Some(overlay) => enter_overlay(ctx, &plan, &launch, &invocation, &overlay),
+    }
+}
+
+/// The metadata of the complete toolbox at `path`, if there is one.
+fn existing_metadata(path: &Path) -> Result<Option<machine::Metadata>> {
+    match machine::state(path)? {
+        State::Complete => Ok(Some(machine::read_metadata(path)?)),
+        _ => Ok(None),
+    }
+}
+
+/// What every session needs before systemd-nspawn starts: the user, a payload that can
+/// run, the marker file, and the session's record.
+fn start_session(ctx: &Context, plan: &Plan, launch: &Launch) -> Result<()> {
+    add_user(ctx, plan)?;
+    check_payload(plan)?;
     if !launch.marker.exists() {
         std::fs::write(&launch.marker, "")
             .with_context(|| format!("cannot create {}", launch.marker.display()))?;
@@ -271,30 +325,82 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
         &ctx.paths.proc,
         &plan.name,
         &plan.session_machine_name(launch.session),
-    )?;
-    if ctx.verbose() {
-        eprintln!(
-            "toolbox: systemd {} at {}",
-            nspawn.version,
-            nspawn.program.display()
-        );
-        eprintln!("toolbox: {invocation}");
+    )
+}
+
+/// A session of an overlay toolbox: mounted by the first session, shared by the ones that
+/// start while it runs, and unmounted when the last one ends. toolbox stays as the
+/// parent of systemd-nspawn for that, which dies with it.
+fn enter_overlay(
+    ctx: &Context,
+    plan: &Plan,
+    launch: &Launch,
+    invocation: &nspawn::Invocation,
+    overlay: &machine::Overlay,
+) -> Result<u8> {
+    let path = plan.path();
+    let mounted = (|| {
+        let _lock = machine::lock_for_mount(&plan.directory, &plan.name)?;
+        // `rm` or `update` may have replaced it while this run waited for the lock.
+        match existing_metadata(&path)?.and_then(|m| m.overlay) {
+            Some(current) if current == *overlay => {}
+            _ => bail!(
+                "toolbox `{}` was removed or rebuilt while starting; run toolbox again",
+                plan.name
+            ),
+        }
+        if let Some(missing) = overlay::missing_layer(&overlay.layers) {
+            return Err(overlay::LayersGone {
+                name: plan.name.clone(),
+                image: plan.image.reference(),
+                missing: missing.to_path_buf(),
+            }
+            .into());
+        }
+        overlay::mount(&path, &overlay.layers)?;
+        start_session(ctx, plan, launch)
+    })();
+    let status = mounted.and_then(|()| {
+        if ctx.verbose() {
+            eprintln!("toolbox: {invocation}");
+        }
+        invocation.run()
+    });
+    if let Err(e) = end_overlay_session(ctx, plan)
+        && !ctx.quiet()
+    {
+        eprintln!("toolbox: warning: {e:#}");
     }
-    match invocation.exec()? {}
+    status
+}
+
+/// Ends this process's session of an overlay toolbox, unmounting it if it was the last.
+fn end_overlay_session(ctx: &Context, plan: &Plan) -> Result<()> {
+    let _lock = machine::lock_for_mount(&plan.directory, &plan.name)?;
+    session::end(&plan.directory, &plan.name)?;
+    if session::live(&plan.directory, &ctx.paths.proc, &plan.name)?.is_empty() {
+        overlay::unmount(&plan.path())?;
+    }
+    Ok(())
 }
 
 /// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed
 /// since the toolbox was built, and `auto` rebuilds it; `never` contacts no daemon. The
 /// daemon is asked at most once per `TOOLBOX_UPDATE_INTERVAL` seconds per toolbox, with
-/// a short timeout, so a slow or stopped daemon never holds up the start.
-fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
+/// a short timeout, so a slow or stopped daemon never holds up the start. Returns whether
+/// the toolbox was rebuilt.
+fn check_freshness(
+    ctx: &Context,
+    target: &Target,
+    metadata: Option<&machine::Metadata>,
+) -> Result<bool> {
     let mode = ctx.settings.get(config::UPDATE);
     if !matches!(mode, "notify" | "auto") {
         if mode != "never" {
             let origin = &ctx.settings.setting(config::UPDATE).origin;
             bail!("{origin}: TOOLBOX_UPDATE must be never, notify or auto, not `{mode}`");
         }
-        return Ok(());
+        return Ok(false);
     }
     let interval = ctx.settings.get(config::UPDATE_INTERVAL);
     let interval: u64 = interval.parse().map_err(|_| {
@@ -303,10 +409,9 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
             "{origin}: TOOLBOX_UPDATE_INTERVAL must be a number of seconds, not `{interval}`"
         )
     })?;
-    let path = target.path();
-    if machine::state(&path)? != State::Complete {
-        return Ok(());
-    }
+    let Some(metadata) = metadata else {
+        return Ok(false);
+    };
     let stamp = target.directory.join(format!(".{}.checked", target.name));
     let recent = std::fs::metadata(&stamp)
         .and_then(|m| m.modified())
@@ -314,9 +419,8 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < Duration::from_secs(interval));
     if recent {
-        return Ok(());
+        return Ok(false);
     }
-    let metadata = machine::read_metadata(&path)?;
     let changed = provision::image_changed(
         &target.image,
         &metadata.image_id,
@@ -328,7 +432,7 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
         let _ = std::fs::write(&stamp, "");
     }
     if changed != Some(true) {
-        return Ok(());
+        return Ok(false);
     }
     if mode == "notify" {
         if !ctx.quiet() {
@@ -338,11 +442,11 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
                 target.name
             );
         }
-        return Ok(());
+        return Ok(false);
     }
     // The command's output owns stdout: the report goes to stderr.
     let report = &mut std::io::stderr();
-    manage::update(
+    let updated = manage::update(
         target,
         &ctx.paths.proc,
         &ctx.env,
@@ -351,7 +455,7 @@ fn check_freshness(ctx: &Context, target: &Target) -> Result<()> {
         ctx.verbose(),
         report,
     )?;
-    Ok(())
+    Ok(matches!(updated, provision::Updated::Rebuilt { .. }))
 }
 
 /// A `TOOLBOX_USER` the toolbox lacks but the host has is added with the host's UID, GID,
@@ -366,7 +470,7 @@ fn add_user(ctx: &Context, plan: &Plan) -> Result<()> {
     let gid = line.split(':').nth(3).and_then(|g| g.parse().ok());
     let groups = std::fs::read_to_string(&ctx.paths.group).unwrap_or_default();
     let group = gid.and_then(|gid| host::group_line(&groups, gid));
-    if machine::add_user(&plan.path(), line, group)? && ctx.verbose() {
+    if machine::add_user(&plan.root(), line, group)? && ctx.verbose() {
         eprintln!("toolbox: added user {} to `{}`", plan.user, plan.name);
     }
     Ok(())
@@ -390,7 +494,7 @@ fn payload(shell_command: Option<OsString>, action: Option<Action>) -> Payload {
 
 /// Checks, before entering, that the payload can run inside the tree.
 fn check_payload(plan: &Plan) -> Result<(), CommandError> {
-    let root = plan.path();
+    let root = plan.root();
     match &plan.payload {
         // Bound into every toolbox by toolbox itself, so not in the tree to be found.
         Payload::Command(command)

@@ -1,6 +1,7 @@
-//! machine: the toolbox on disk. Owns the layout of a toolbox directory (the tree, its
-//! metadata file, the lock and partial trees beside it), how a finished tree is put in
-//! place atomically, and how existing trees (including CoreOS ones) are recognised.
+//! machine: the toolbox on disk. Owns the layout of a toolbox directory (the tree, or for
+//! overlay storage the directory `overlay` fills, its metadata file, the locks and partial
+//! trees beside it), how a finished tree is put in place atomically, and how existing
+//! trees (including CoreOS ones) are recognised.
 //! It never writes outside `TOOLBOX_DIRECTORY`, and never through a path an image's
 //! contents could redirect.
 
@@ -14,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Storage;
 use crate::sys::{self, Errno};
 
 /// Metadata file at the root of a complete toolbox tree, written before the tree is
@@ -28,6 +30,28 @@ pub struct Metadata {
     pub image_id: String,
     /// RFC 3339 creation time.
     pub created: String,
+    /// Present for overlay storage: the toolbox directory then holds the overlay's
+    /// directories instead of the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
+}
+
+impl Metadata {
+    pub fn storage(&self) -> Storage {
+        match self.overlay {
+            Some(_) => Storage::Overlay,
+            None => Storage::Copy,
+        }
+    }
+}
+
+/// What an overlay toolbox is mounted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// The image's layer directories on the daemon's host, top first.
+    pub layers: Vec<PathBuf>,
+    /// The never-started container that keeps the daemon from deleting those layers.
+    pub anchor: String,
 }
 
 /// What is at a toolbox's path.
@@ -81,20 +105,33 @@ fn partial_prefix(name: &str) -> String {
     format!(".{name}.partial-")
 }
 
-/// An exclusive lock on creating one toolbox, held until dropped.
-pub struct CreateLock {
+/// An exclusive lock, held until dropped.
+pub struct Lock {
     _file: File,
 }
 
 /// Creates `directory` if needed and takes the creation lock for toolbox `name`, waiting
-/// while another toolbox process holds it.
-pub fn lock_for_create(directory: &Path, name: &str) -> Result<CreateLock> {
+/// while another toolbox process holds it. Creating, updating and removing a toolbox
+/// hold it.
+pub fn lock_for_create(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.lock"))
+}
+
+/// Takes the mount lock of overlay toolbox `name`: mounting, registering a session and
+/// unmounting after the last one happen under it. Taken after the creation lock when
+/// both are needed, never the other way round, and never held while waiting for a
+/// session to end.
+pub fn lock_for_mount(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.mount.lock"))
+}
+
+fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(directory)
         .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
-    let path = directory.join(format!(".{name}.lock"));
+    let path = directory.join(file_name);
     let file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -104,7 +141,7 @@ pub fn lock_for_create(directory: &Path, name: &str) -> Result<CreateLock> {
         .open(&path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
     sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
-    Ok(CreateLock { _file: file })
+    Ok(Lock { _file: file })
 }
 
 /// Removes partial trees left by interrupted creations of toolbox `name`. Call with the
@@ -116,6 +153,8 @@ pub fn remove_partials(directory: &Path, name: &str) -> Result<()> {
     {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // A creation killed while it had the overlay mounted to complete it.
+            crate::overlay::unmount(&entry.path())?;
             fs::remove_dir_all(entry.path()).with_context(|| {
                 format!(
                     "cannot remove stale partial toolbox {}",
@@ -137,13 +176,18 @@ pub fn make_partial(directory: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Completes a partial tree: an `etc/os-release` if the image has none (as the CoreOS
-/// script did), the metadata file, and everything flushed to disk. All writes go through
-/// descriptors inside the tree, so symlinks the image planted cannot redirect them.
+/// Completes a partial tree: [`prepare_tree`], then [`finish`].
 pub fn complete(partial: &Path, metadata: &Metadata) -> Result<()> {
-    let root =
-        sys::open_dir(partial).with_context(|| format!("cannot open {}", partial.display()))?;
-    let fail = |what: &str| format!("cannot write {what} in {}", partial.display());
+    prepare_tree(partial)?;
+    finish(partial, metadata)
+}
+
+/// Gives a new tree what systemd-nspawn needs: an `etc/os-release` if the image has none
+/// (as the CoreOS script did). Writes go through descriptors inside the tree, so symlinks
+/// the image planted cannot redirect them.
+pub fn prepare_tree(tree: &Path) -> Result<()> {
+    let root = sys::open_dir(tree).with_context(|| format!("cannot open {}", tree.display()))?;
+    let fail = |what: &str| format!("cannot write {what} in {}", tree.display());
 
     match rfs::mkdirat(&root, "etc", Mode::from_raw_mode(0o755)) {
         Ok(()) | Err(Errno::EXIST) => {}
@@ -157,7 +201,15 @@ pub fn complete(partial: &Path, metadata: &Metadata) -> Result<()> {
         0o644,
     )
     .with_context(|| fail("etc/os-release"))?;
+    Ok(())
+}
 
+/// Writes the metadata file at the top of a new toolbox directory and flushes the
+/// directory's filesystem to disk; the toolbox is complete once this returns.
+pub fn finish(partial: &Path, metadata: &Metadata) -> Result<()> {
+    let root =
+        sys::open_dir(partial).with_context(|| format!("cannot open {}", partial.display()))?;
+    let fail = |what: &str| format!("cannot write {what} in {}", partial.display());
     match rfs::unlinkat(&root, METADATA, AtFlags::empty()) {
         Ok(()) | Err(Errno::NOENT) => {}
         Err(e) => return Err(io::Error::from(e)).with_context(|| fail(METADATA)),
@@ -261,10 +313,13 @@ pub fn toolboxes(directory: &Path) -> Result<Vec<(String, State)>> {
 }
 
 /// Disk space used by a tree, in bytes: allocated blocks, hard-linked files counted once,
-/// symlinks not followed.
+/// symlinks not followed, other filesystems (a mounted overlay) not entered.
 pub fn disk_usage(path: &Path) -> u64 {
     use std::collections::HashSet;
     use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut seen = HashSet::new();
     let mut total = 0;
     let mut pending = vec![path.to_path_buf()];
@@ -275,6 +330,9 @@ pub fn disk_usage(path: &Path) -> u64 {
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            if meta.dev() != top.dev() {
                 continue;
             }
             total += meta.blocks() * 512;
@@ -369,7 +427,27 @@ mod tests {
             image: "debian:bookworm".into(),
             image_id: "sha256:1".into(),
             created: "2026-01-01T00:00:00Z".into(),
+            overlay: None,
         }
+    }
+
+    // Metadata written before overlay storage existed reads as copy storage.
+    #[test]
+    fn older_metadata_reads_as_copy_storage() {
+        let text = r#"{"image": "debian:bookworm", "image_id": "sha256:1", "created": "2026-01-01T00:00:00Z"}"#;
+        let read: Metadata = serde_json::from_str(text).unwrap();
+        assert_eq!(read, metadata());
+        assert_eq!(read.storage(), Storage::Copy);
+        let overlay = Metadata {
+            overlay: Some(Overlay {
+                layers: vec!["/var/lib/docker/overlay2/a/diff".into()],
+                anchor: "c0ffee".into(),
+            }),
+            ..metadata()
+        };
+        let text = serde_json::to_string(&overlay).unwrap();
+        assert_eq!(serde_json::from_str::<Metadata>(&text).unwrap(), overlay);
+        assert_eq!(overlay.storage(), Storage::Overlay);
     }
 
     #[test]

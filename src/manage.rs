@@ -13,7 +13,8 @@ use crate::config::Settings;
 use crate::engine::short_id;
 use crate::host::Env;
 use crate::machine::{self, State};
-use crate::plan::ImageRef;
+use crate::overlay;
+use crate::plan::{ImageRef, Storage};
 use crate::provision::{self, Target, Updated};
 use crate::session;
 
@@ -37,6 +38,8 @@ pub struct Row {
     pub image_changed: Option<bool>,
     /// A tree left by the CoreOS script, without toolbox's metadata.
     pub adopted: bool,
+    /// `copy` or `overlay`.
+    pub storage: &'static str,
 }
 
 /// The rows for every toolbox in `directory`.
@@ -52,9 +55,14 @@ pub fn rows(directory: &Path, proc_root: &Path, env: &Env) -> Result<Vec<Row>> {
             let image = ImageRef::parse(&m.image, "latest").ok()?;
             provision::image_changed(&image, &m.image_id, env, LIST_DAEMON_TIMEOUT)
         });
+        let storage = metadata.as_ref().map_or(Storage::Copy, |m| m.storage());
         rows.push(Row {
             sessions: session::live(directory, proc_root, &name)?.len(),
-            size_bytes: machine::disk_usage(&path),
+            size_bytes: match storage {
+                Storage::Copy => machine::disk_usage(&path),
+                Storage::Overlay => overlay::disk_usage(&path),
+            },
+            storage: storage.name(),
             image: metadata.as_ref().map(|m| m.image.clone()),
             image_id: metadata.as_ref().map(|m| m.image_id.clone()),
             created: metadata.map(|m| m.created),
@@ -77,8 +85,8 @@ pub fn list(directory: &Path, proc_root: &Path, env: &Env, json: bool) -> Result
     }
     writeln!(
         out,
-        "{:<32} {:<32} {:<12} {:<20} {:>9} {:>8}  IMAGE",
-        "NAME", "IMAGE", "ID", "CREATED", "SIZE", "SESSIONS"
+        "{:<32} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  IMAGE",
+        "NAME", "IMAGE", "ID", "CREATED", "STORAGE", "SIZE", "SESSIONS"
     )?;
     for row in &rows {
         let id = row.image_id.as_deref().map(short_id).unwrap_or("-");
@@ -90,11 +98,12 @@ pub fn list(directory: &Path, proc_root: &Path, env: &Env, json: bool) -> Result
         };
         writeln!(
             out,
-            "{:<32} {:<32} {:<12} {:<20} {:>9} {:>8}  {freshness}",
+            "{:<32} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness}",
             row.name,
             row.image.as_deref().unwrap_or("-"),
             id,
             row.created.as_deref().unwrap_or("-"),
+            row.storage,
             human_size(row.size_bytes),
             row.sessions,
         )?;
@@ -157,11 +166,27 @@ fn settle_sessions(directory: &Path, proc_root: &Path, name: &str, force: bool) 
     session::stop(directory, proc_root, name, STOP_GRACE)
 }
 
-/// `toolbox rm`: removes each toolbox, refusing ones with running sessions unless `force`.
-/// Every name is tried; the first failure is returned after the rest are done.
+/// Under the toolbox's creation lock, before its tree is removed or replaced: no session
+/// may run (refused, or stopped with `force`) and the overlay, if any, is unmounted.
+/// Returns the mount lock, which keeps new sessions out until it is dropped.
+fn quiesce(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Result<machine::Lock> {
+    settle_sessions(directory, proc_root, name, force)?;
+    // Ending sessions take the mount lock to unmount, so it is taken only now.
+    let lock = machine::lock_for_mount(directory, name)?;
+    if !session::live(directory, proc_root, name)?.is_empty() {
+        bail!("a session of toolbox `{name}` started meanwhile; try again");
+    }
+    overlay::unmount(&directory.join(name))?;
+    Ok(lock)
+}
+
+/// `toolbox rm`: removes each toolbox, refusing ones with running sessions unless `force`,
+/// and for overlay storage, its anchor container (so the daemon may delete the image's
+/// layers). Every name is tried; the first failure is returned after the rest are done.
 pub fn remove(
     directory: &Path,
     proc_root: &Path,
+    env: &Env,
     names: &[String],
     force: bool,
     quiet: bool,
@@ -169,11 +194,28 @@ pub fn remove(
     let mut first_error = None;
     for name in names {
         let removed = (|| -> Result<()> {
+            let path = directory.join(name);
             let _lock = machine::lock_for_create(directory, name)?;
-            settle_sessions(directory, proc_root, name, force)?;
+            let overlay = match machine::state(&path)? {
+                State::Complete => machine::read_metadata(&path)?.overlay,
+                _ => None,
+            };
+            let _mount = quiesce(directory, proc_root, name, force)?;
             machine::remove(directory, name)?;
             session::forget(directory, name)?;
-            machine::remove_partials(directory, name)
+            machine::remove_partials(directory, name)?;
+            if let Some(overlay) = overlay
+                && let Err(e) = provision::remove_anchors(&path, env)
+            {
+                // The toolbox is gone; what is left only keeps the image's layers.
+                eprintln!(
+                    "toolbox: warning: {e:#}; the anchor container {} of `{name}` keeps its \
+                     image; remove it with `docker rm {}`",
+                    short_id(&overlay.anchor),
+                    short_id(&overlay.anchor)
+                );
+            }
+            Ok(())
         })();
         match removed {
             Ok(()) if !quiet => println!("removed {name}"),
@@ -190,7 +232,9 @@ pub fn remove(
     }
 }
 
-/// `toolbox update`: rebuilds `name` from its image when the image's ID changed.
+/// `toolbox update`: rebuilds `name` from its image when the image's ID changed (see
+/// [`provision::update`]). The toolbox keeps its storage mode unless `--storage` says
+/// otherwise.
 pub fn update(
     target: &Target,
     proc_root: &Path,
@@ -202,7 +246,7 @@ pub fn update(
 ) -> Result<Updated> {
     let path = target.path();
     let recorded = match machine::state(&path)? {
-        State::Complete => Some(machine::read_metadata(&path)?.image_id),
+        State::Complete => Some(machine::read_metadata(&path)?),
         State::Adopted => None,
         _ => bail!(
             "no toolbox `{}` in {}",
@@ -210,15 +254,15 @@ pub fn update(
             target.directory.display()
         ),
     };
-    let mut prepare = || settle_sessions(&target.directory, proc_root, &target.name, force);
-    let updated = provision::update(
-        target,
-        recorded.as_deref(),
-        env,
-        quiet,
-        verbose,
-        &mut prepare,
-    )?;
+    let mut target = target.clone();
+    if let Some(recorded) = &recorded
+        && !target.storage_demanded
+    {
+        target.storage = recorded.storage();
+    }
+    let target = &target;
+    let mut prepare = || quiesce(&target.directory, proc_root, &target.name, force);
+    let updated = provision::update(target, recorded.as_ref(), env, quiet, verbose, &mut prepare)?;
     if !quiet {
         match &updated {
             Updated::UpToDate { image_id } => writeln!(

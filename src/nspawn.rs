@@ -155,7 +155,7 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args.push("--quiet".into());
     }
     let mut directory = OsString::from("--directory=");
-    directory.push(plan.path());
+    directory.push(plan.root());
     args.push(directory);
     args.push("--capability=all".into());
     if nspawn.version >= SHARE_SYSTEM_ENV_SINCE {
@@ -231,6 +231,24 @@ impl Invocation {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .exec();
         Err(error).with_context(|| format!("cannot run {}", self.program.display()))
+    }
+
+    /// Runs the command as a child and returns the status to exit with: its own, or
+    /// 128 + N when signal N killed it. The child dies with this process (see
+    /// [`crate::sys::run_child`]), so killing the session's PID ends it, as with `exec`.
+    pub fn run(&self) -> Result<u8> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let status = crate::sys::run_child(&mut command)
+            .with_context(|| format!("cannot run {}", self.program.display()))?;
+        Ok(match (status.code(), status.signal()) {
+            (Some(code), _) => code as u8,
+            (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+            (None, None) => crate::EXIT_TOOLBOX_FAILED,
+        })
     }
 }
 

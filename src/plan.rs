@@ -66,6 +66,25 @@ impl ImageRef {
     }
 }
 
+/// How a toolbox holds its image's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Unpacked into the toolbox's own tree, as the CoreOS script did.
+    Copy,
+    /// The daemon's own layer directories, mounted read-only under an overlay whose
+    /// upper directory belongs to the toolbox.
+    Overlay,
+}
+
+impl Storage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Copy => "copy",
+            Storage::Overlay => "overlay",
+        }
+    }
+}
+
 /// Everything needed to find or create the toolbox and enter it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -79,6 +98,10 @@ pub struct Plan {
     pub env: Vec<String>,
     pub flags: Vec<String>,
     pub payload: Payload,
+    /// How a new toolbox stores its image; an existing one keeps its own.
+    pub storage: Storage,
+    /// `--storage` was given: no falling back to another mode.
+    pub storage_demanded: bool,
 }
 
 impl Plan {
@@ -104,6 +127,18 @@ impl Plan {
                 settings.setting(config::USER).origin
             );
         }
+        let storage = match settings.get(config::STORAGE) {
+            "copy" => Storage::Copy,
+            "overlay" => Storage::Overlay,
+            other => bail!(
+                "{}: TOOLBOX_STORAGE must be copy or overlay, not `{other}`",
+                settings.setting(config::STORAGE).origin
+            ),
+        };
+        let storage_demanded = matches!(
+            settings.setting(config::STORAGE).origin,
+            config::Origin::Option(_)
+        );
         Ok(Plan {
             image,
             name,
@@ -113,12 +148,23 @@ impl Plan {
             env: settings.words(config::ENV)?,
             flags: settings.words(config::FLAGS)?,
             payload,
+            storage,
+            storage_demanded,
         })
     }
 
-    /// The toolbox's root directory.
+    /// The toolbox's directory: its tree (copy storage), or the directory holding the
+    /// overlay's mount point and upper directory (overlay storage).
     pub fn path(&self) -> PathBuf {
         self.directory.join(&self.name)
+    }
+
+    /// The directory the toolbox's filesystem is seen at, which systemd-nspawn enters.
+    pub fn root(&self) -> PathBuf {
+        match self.storage {
+            Storage::Copy => self.path(),
+            Storage::Overlay => self.path().join(crate::overlay::ROOT),
+        }
     }
 
     /// The `--machine=` name of session `session`: the toolbox's machine name with the
@@ -304,6 +350,42 @@ mod tests {
         let err =
             Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
         assert_eq!(err.to_string(), "environment: TOOLBOX_USER is empty");
+        let err = Plan::resolve(
+            &settings(&[(config::STORAGE, "zfs")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment: TOOLBOX_STORAGE must be copy or overlay, not `zfs`"
+        );
+    }
+
+    #[test]
+    fn storage_is_demanded_only_on_the_command_line() {
+        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        assert_eq!(
+            (plan.storage, plan.storage_demanded),
+            (Storage::Copy, false)
+        );
+        assert_eq!(plan.root(), plan.path());
+        let mut configured = settings(&[(config::STORAGE, "overlay")]);
+        let plan = Plan::resolve(&configured, "core", Payload::Shell).unwrap();
+        assert_eq!(
+            (plan.storage, plan.storage_demanded),
+            (Storage::Overlay, false)
+        );
+        assert_eq!(
+            plan.root(),
+            PathBuf::from("/var/lib/toolbox/core-fedora-latest/root")
+        );
+        configured.set_option(config::STORAGE, "--storage", "overlay".into());
+        let plan = Plan::resolve(&configured, "core", Payload::Shell).unwrap();
+        assert_eq!(
+            (plan.storage, plan.storage_demanded),
+            (Storage::Overlay, true)
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! provision: create and update toolboxes from images. Inspect (pull only when absent,
-//! or always for an update), create a labelled container that is never started, stream
-//! its export straight into the unpacker (overlapping the two; the archive is never held
-//! in memory or on disk), remove the container on every path (success, error, Ctrl-C,
-//! SIGTERM, SIGHUP), then complete the partial tree and rename it into place, or swap it
-//! with the old tree for an update. An interrupted or failed creation leaves neither a
-//! partial tree nor a container behind; one killed outright is cleaned up by the next.
+//! or always for an update); then, for copy storage, create a labelled container that is
+//! never started, stream its export straight into the unpacker (overlapping the two; the
+//! archive is never held in memory or on disk) and remove the container on every path
+//! (success, error, Ctrl-C, SIGTERM, SIGHUP); for overlay storage, check that the daemon's
+//! layers can be mounted here (else fall back to copying, saying why) and create the
+//! anchor container that pins them. Either way the partial toolbox is completed and
+//! renamed into place, or swapped with the old one for an update. An interrupted or failed
+//! creation leaves neither a partial tree nor a container behind; one killed outright is
+//! cleaned up by the next.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,10 +22,13 @@ use futures_util::FutureExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::engine::{Docker, Engine, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id};
+use crate::engine::{
+    Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
+};
 use crate::host::Env;
 use crate::machine::{self, Metadata, State};
-use crate::plan::{ImageRef, Plan};
+use crate::overlay::{self, Unusable};
+use crate::plan::{ImageRef, Plan, Storage};
 use crate::sys;
 use crate::unpack;
 
@@ -48,6 +54,10 @@ pub struct Target {
     pub directory: PathBuf,
     pub name: String,
     pub image: ImageRef,
+    /// How a new tree stores the image.
+    pub storage: Storage,
+    /// No falling back from overlay to copy storage.
+    pub storage_demanded: bool,
 }
 
 impl Target {
@@ -56,6 +66,8 @@ impl Target {
             directory: plan.directory.clone(),
             name: plan.name.clone(),
             image: plan.image.clone(),
+            storage: plan.storage,
+            storage_demanded: plan.storage_demanded,
         }
     }
 
@@ -75,13 +87,13 @@ pub fn ensure(target: &Target, env: &Env, quiet: bool, verbose: bool) -> Result<
     // The daemon is reached and the image found before anything is written, so an
     // unreachable daemon or a failed pull leaves the toolbox directory as it was.
     let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
-    let image_id = provisioner.image_id(&target.image, false)?;
+    let image = provisioner.image(&target.image, false)?;
     let _lock = machine::lock_for_create(&target.directory, &target.name)?;
     // Another toolbox process may have created it while this one waited for the lock.
     if ready(&path)? {
         return Ok(false);
     }
-    let partial = provisioner.build(target, &image_id)?;
+    let partial = provisioner.build(target, &image)?;
     if let Err(e) = machine::install(&partial, &path) {
         // Best effort: the error matters more than a failed cleanup, and the next
         // creation removes any leftover partial tree anyway.
@@ -105,35 +117,71 @@ pub enum Updated {
     },
 }
 
-/// Pulls the toolbox's image and, when its ID differs from `recorded_id`, builds a new
-/// tree beside the old one and swaps them atomically; the old tree is removed only after
-/// the swap. `prepare` runs under the toolbox's lock just before the swap (to deal with
-/// running sessions). A pull that fails while the image is local updates from the local
-/// image, with a warning.
+/// Pulls the toolbox's image and rebuilds the toolbox when needed: when the image's ID
+/// differs from the recorded one, when an overlay toolbox's layers moved or vanished, or
+/// when `--storage` demands the other mode. The new tree is built beside the old one and
+/// swapped in atomically; the old tree (and its anchor) is removed only after the swap.
+/// `prepare` runs under the toolbox's lock just before the swap: it deals with running
+/// sessions, unmounts, and returns the mount lock, held over the swap. A pull that fails while the image is local updates from the local image,
+/// with a warning. `recorded` is `None` for an adopted CoreOS tree.
 pub fn update(
     target: &Target,
-    recorded_id: Option<&str>,
+    recorded: Option<&Metadata>,
     env: &Env,
     quiet: bool,
     verbose: bool,
-    prepare: &mut dyn FnMut() -> Result<()>,
+    prepare: &mut dyn FnMut() -> Result<machine::Lock>,
 ) -> Result<Updated> {
     let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
-    let image_id = provisioner.image_id(&target.image, true)?;
-    if recorded_id == Some(image_id.as_str()) {
-        return Ok(Updated::UpToDate { image_id });
+    let image = provisioner.image(&target.image, true)?;
+    let current = recorded.is_some_and(|recorded| {
+        let layers_kept = match &recorded.overlay {
+            Some(overlay) => {
+                overlay.layers == image.layers && overlay::missing_layer(&overlay.layers).is_none()
+            }
+            None => true,
+        };
+        let storage_kept = !target.storage_demanded || recorded.storage() == target.storage;
+        recorded.image_id == image.id && layers_kept && storage_kept
+    });
+    if current {
+        return Ok(Updated::UpToDate { image_id: image.id });
     }
     let _lock = machine::lock_for_create(&target.directory, &target.name)?;
-    let partial = provisioner.build(target, &image_id)?;
-    let swapped = prepare().and_then(|()| machine::swap(&partial, &target.path()));
+    let partial = provisioner.build(target, &image)?;
+    let path = target.path();
+    let swapped = prepare().and_then(|_mount| machine::swap(&partial, &path));
+    if swapped.is_err() {
+        provisioner.forget_new_anchor(&partial);
+    }
     // After the swap `partial` holds the old tree; before it, the unused new one.
     let removed = fs::remove_dir_all(&partial)
         .with_context(|| format!("cannot remove {}", partial.display()));
     swapped?;
     removed?;
+    if let Some(anchor) = recorded.and_then(|r| r.overlay.as_ref()).map(|o| &o.anchor) {
+        provisioner.remove_container(anchor)?;
+    }
     Ok(Updated::Rebuilt {
-        old_id: recorded_id.map(str::to_string),
-        new_id: image_id,
+        old_id: recorded.map(|r| r.image_id.clone()),
+        new_id: image.id,
+    })
+}
+
+/// Removes the anchor containers of the toolbox at `path`, which is gone: the daemon may
+/// then delete the image's layers.
+pub fn remove_anchors(path: &Path, env: &Env) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let engine = Docker::connect(env).await?;
+        let value = path.display().to_string();
+        for (anchor, _) in engine.labelled_containers(LABEL_ANCHOR, &value).await? {
+            engine.remove_container(&anchor).await?;
+        }
+        Ok(())
     })
 }
 
@@ -152,7 +200,7 @@ pub fn image_changed(
     runtime.block_on(async {
         let ask = async {
             let engine = Docker::connect(env).await.ok()?;
-            engine.image_id(&image.reference()).await.ok()?
+            Some(engine.image(&image.reference()).await.ok()??.id)
         };
         let id = tokio::time::timeout(timeout, ask).await.ok()??;
         Some(id != recorded_id)
@@ -204,9 +252,9 @@ impl Provisioner {
         })
     }
 
-    /// The image's ID, pulling it when absent, or always when `pull` (then falling back
-    /// to a local copy if the pull fails).
-    fn image_id(&mut self, image: &ImageRef, pull: bool) -> Result<String> {
+    /// The image, pulling it when absent, or always when `pull` (then falling back to a
+    /// local copy if the pull fails).
+    fn image(&mut self, image: &ImageRef, pull: bool) -> Result<Image> {
         let Provisioner {
             runtime,
             engine,
@@ -216,26 +264,130 @@ impl Provisioner {
         } = self;
         runtime.block_on(async {
             tokio::select! {
-                id = image_id(engine, image, pull, *quiet) => id,
+                found = find_image(engine, image, pull, *quiet) => found,
                 interrupted = signals.recv() => Err(interrupted.into()),
             }
         })
     }
 
-    /// Builds a complete partial tree for `target` from `image_id` and returns its path.
+    /// Builds a complete partial toolbox for `target` from `image` and returns its path.
     /// Call with the toolbox's lock held. On failure nothing is left behind.
-    fn build(&mut self, target: &Target, image_id: &str) -> Result<PathBuf> {
-        // What a killed toolbox process left: its partial tree and its container.
+    fn build(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
+        self.clean_up(target)?;
+        if target.storage == Storage::Overlay {
+            match self.build_overlay(target, image) {
+                Err(e) if e.is::<Unusable>() && !target.storage_demanded => {
+                    if !self.quiet {
+                        eprintln!("toolbox: {e}; copying the image instead of mounting it");
+                    }
+                }
+                Err(e) if e.is::<Unusable>() => {
+                    return Err(e.context("cannot use overlay storage (--storage overlay)"));
+                }
+                built => return built,
+            }
+        }
+        self.build_copy(target, &image.id)
+    }
+
+    /// Removes what a killed toolbox process left: its partial trees, its export
+    /// containers, and anchors no complete toolbox records.
+    fn clean_up(&mut self, target: &Target) -> Result<()> {
         machine::remove_partials(&target.directory, &target.name)?;
+        let path = target.path();
+        let kept = match machine::state(&path)? {
+            State::Complete => machine::read_metadata(&path)?.overlay.map(|o| o.anchor),
+            _ => None,
+        };
         let engine = &self.engine;
         self.runtime.block_on(async {
-            for (container, pid) in engine.toolbox_containers(&target.name).await? {
+            for (container, labels) in engine
+                .labelled_containers(LABEL_TOOLBOX, &target.name)
+                .await?
+            {
+                let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
                 if !pid.is_some_and(sys::process_exists) {
                     engine.remove_container(&container).await?;
                 }
             }
+            let anchors = engine
+                .labelled_containers(LABEL_ANCHOR, &path.display().to_string())
+                .await?;
+            for (anchor, _) in anchors {
+                if kept.as_deref() != Some(anchor.as_str()) {
+                    engine.remove_container(&anchor).await?;
+                }
+            }
             anyhow::Ok(())
-        })?;
+        })
+    }
+
+    /// An overlay toolbox: its directories, a trial mount to complete the tree (which
+    /// also proves the mount works here), and the anchor. Fails with [`Unusable`] when
+    /// overlay storage cannot work here, before anything is left in the daemon.
+    fn build_overlay(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
+        let path = target.path();
+        overlay::check(image, self.engine.is_local(), &self.engine.address, &path)?;
+        let partial = machine::make_partial(&target.directory, &target.name)?;
+        let built = (|| {
+            overlay::make_dirs(&partial)?;
+            overlay::mount(&partial, &image.layers)?;
+            let prepared = machine::prepare_tree(&overlay::root(&partial));
+            let unmounted = overlay::unmount(&partial);
+            prepared?;
+            unmounted?;
+            let reference = target.image.reference();
+            if !self.quiet {
+                eprintln!(
+                    "toolbox: creating `{}` over the layers of {reference} ({})",
+                    target.name,
+                    short_id(&image.id)
+                );
+            }
+            // The anchor names the image by ID: the tag may move, the layers may not.
+            let labels = HashMap::from([(LABEL_ANCHOR.to_string(), path.display().to_string())]);
+            let anchor = self
+                .runtime
+                .block_on(self.engine.create_container(&image.id, labels))?;
+            let metadata = Metadata {
+                image: reference,
+                image_id: image.id.clone(),
+                created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                overlay: Some(machine::Overlay {
+                    layers: image.layers.clone(),
+                    anchor: anchor.clone(),
+                }),
+            };
+            machine::finish(&partial, &metadata).inspect_err(|_| {
+                let _ = self.remove_container(&anchor);
+            })
+        })();
+        if let Err(e) = built {
+            // Best effort, as for a copy: the next creation removes what is left.
+            let _ = overlay::unmount(&partial);
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        Ok(partial)
+    }
+
+    /// Removes a container, as anchors are removed once their toolbox is gone.
+    fn remove_container(&self, container: &str) -> Result<()> {
+        self.runtime
+            .block_on(self.engine.remove_container(container))
+    }
+
+    /// Removes the anchor of a new overlay toolbox that will not be put in place.
+    fn forget_new_anchor(&self, partial: &Path) {
+        if let Ok(metadata) = machine::read_metadata(partial)
+            && let Some(overlay) = metadata.overlay
+        {
+            let _ = self.remove_container(&overlay.anchor);
+        }
+    }
+
+    /// A copy toolbox: the image's export unpacked into a partial tree.
+    fn build_copy(&mut self, target: &Target, image_id: &str) -> Result<PathBuf> {
         let partial = machine::make_partial(&target.directory, &target.name)?;
         let Provisioner {
             runtime,
@@ -358,6 +510,7 @@ async fn create<E: Engine>(
         image: reference.to_string(),
         image_id: image_id.to_string(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        overlay: None,
     };
     let flushing = Instant::now();
     machine::complete(partial, &metadata)?;
@@ -370,32 +523,32 @@ async fn create<E: Engine>(
     Ok(())
 }
 
-async fn image_id<E: Engine>(
+async fn find_image<E: Engine>(
     engine: &E,
     image: &ImageRef,
     always_pull: bool,
     quiet: bool,
-) -> Result<String> {
+) -> Result<Image> {
     let reference = image.reference();
-    let local = engine.image_id(&reference).await?;
+    let local = engine.image(&reference).await?;
     match (&local, always_pull) {
-        (Some(id), false) => return Ok(id.clone()),
+        (Some(found), false) => return Ok(found.clone()),
         (None, _) if !quiet => eprintln!("toolbox: image {reference} is not here; pulling it"),
         _ => {}
     }
     if let Err(e) = engine.pull(image, quiet).await {
         match local {
-            Some(id) => {
+            Some(found) => {
                 if !quiet {
                     eprintln!("toolbox: warning: {e:#}; using the local image");
                 }
-                return Ok(id);
+                return Ok(found);
             }
             None => return Err(e),
         }
     }
     engine
-        .image_id(&reference)
+        .image(&reference)
         .await?
         .ok_or_else(|| anyhow!("image `{reference}` is still missing after the pull"))
 }

@@ -1,5 +1,6 @@
 //! session: the record of a toolbox's running sessions. Each entry into a toolbox is one
-//! systemd-nspawn process (toolbox execs into it, so it keeps toolbox's PID) with its own
+//! systemd-nspawn process (toolbox execs into it, so it keeps toolbox's PID; for overlay
+//! storage toolbox stays as its parent, and the PID is toolbox's) with its own
 //! `--machine=` name; a small file per session in `$TOOLBOX_DIRECTORY/.NAME.sessions/`
 //! names that PID with its start time, so `list` and `rm` know which sessions are alive
 //! even after PIDs are reused. Records of dead sessions are removed when found.
@@ -48,6 +49,17 @@ pub fn register(directory: &Path, proc_root: &Path, name: &str, machine: &str) -
         fs::rename(&partial, &record)
     };
     write().with_context(|| format!("cannot record the session in {}", record.display()))
+}
+
+/// Removes the calling process's record: its session of toolbox `name` has ended.
+pub fn end(directory: &Path, name: &str) -> Result<()> {
+    let record = records_dir(directory, name).join(std::process::id().to_string());
+    match fs::remove_file(&record) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", record.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The live sessions of toolbox `name`; records of ended ones are removed on the way.
@@ -156,6 +168,9 @@ mod tests {
         fs::write(records.join("1"), "999999999999 core-x-3\n").unwrap();
         assert_eq!(live(dir.path(), proc_root, "core-x").unwrap().len(), 1);
         assert!(!records.join("1").exists());
+        end(dir.path(), "core-x").unwrap();
+        assert!(live(dir.path(), proc_root, "core-x").unwrap().is_empty());
+        end(dir.path(), "core-x").unwrap();
         assert!(live(dir.path(), proc_root, "core-y").unwrap().is_empty());
         forget(dir.path(), "core-x").unwrap();
         assert!(!records.exists());

@@ -1,16 +1,22 @@
-//! sys: the few system calls toolbox's file handling rests on, with the reasons they are
-//! used. All go through rustix's safe wrappers; this module holds no `unsafe`.
+//! sys: the few system calls toolbox rests on, with the reasons they are used. Most go
+//! through rustix's safe wrappers; the signal handling around a session's child process
+//! needs libc, and is the only `unsafe` here.
 //!
 //! Containment inside a toolbox tree is the kernel's job, not string checks that a later
 //! archive entry could invalidate: paths are resolved with `openat2(RESOLVE_IN_ROOT)`
 //! (Linux 5.6), which treats the tree's root as `/` for `..` and for symlinks, absolute or
 //! relative, the way the container will see them.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Command, ExitStatus};
 
 use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use rustix::mount::{MountFlags, UnmountFlags};
 
 pub use rustix::io::Errno;
 
@@ -84,6 +90,107 @@ pub fn signal(pid: i32, signal: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(pid, signal);
     }
+}
+
+/// `statfs`'s `f_type` for overlayfs (linux/magic.h).
+const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// Whether an overlay filesystem is mounted at `path`: an overlay, on another device than
+/// the directory holding it (so an overlay toolbox directory that itself lies on overlayfs,
+/// as inside a container, does not count).
+pub fn is_overlay_mount(path: &Path) -> io::Result<bool> {
+    let here = std::fs::symlink_metadata(path)?;
+    let parent = std::fs::symlink_metadata(path.join(".."))?;
+    Ok(here.dev() != parent.dev() && rfs::statfs(path)?.f_type as u64 == OVERLAYFS_SUPER_MAGIC)
+}
+
+/// Mounts an overlay filesystem at `target`; `options` as overlayfs(5) takes them.
+pub fn mount_overlay(target: &Path, options: &CStr) -> io::Result<()> {
+    Ok(rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        Some(options),
+    )?)
+}
+
+/// Unmounts the filesystem at `target`; fails with `EBUSY` while a process uses it.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(target, UnmountFlags::empty())?)
+}
+
+/// Runs `command` as a child that cannot outlive this process, and returns its status.
+/// It dies with SIGKILL if this process is killed (`PR_SET_PDEATHSIG`), as it would if
+/// this process had exec'd it; SIGTERM, SIGHUP, and SIGINT or SIGQUIT sent with kill(2)
+/// are passed on to it. The terminal's own SIGINT and SIGQUIT already reach the child,
+/// which is in the same process group, so they are not passed on twice. Those signals stay
+/// blocked on return: the caller finishes the session (unmounting) and exits, and a
+/// Ctrl-C arriving then must not cut that short.
+pub fn run_child(command: &mut Command) -> io::Result<ExitStatus> {
+    const WAITED: [libc::c_int; 5] = [
+        libc::SIGCHLD,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+    ];
+    // SAFETY: sigset_t is plain data that sigemptyset initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t and the signal numbers are valid. Blocking before
+    // the child exists means no signal meant for the session is lost or kills toolbox;
+    // the child starts with an empty mask (std resets it between fork and exec).
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in WAITED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure makes only async-signal-safe system calls (prctl, getppid).
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died before the death signal was armed.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other(
+                    "toolbox exited while starting the session",
+                ));
+            }
+            Ok(())
+        });
+    }
+    command.spawn().and_then(|mut child| {
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            // SAFETY: siginfo_t is plain data that sigwaitinfo fills in.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `set` and `info` are valid for the call.
+            let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
+            if signal < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            // si_code <= 0 (SI_USER, SI_QUEUE, ...): sent by a process, not the kernel
+            // on behalf of the terminal.
+            let from_process = info.si_code <= 0;
+            let forward = match signal {
+                libc::SIGTERM | libc::SIGHUP => true,
+                libc::SIGINT | libc::SIGQUIT => from_process,
+                _ => false,
+            };
+            if forward {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+            }
+        }
+    })
 }
 
 /// What toolbox reads of `/proc/PID/stat`.

@@ -37,6 +37,7 @@ pub const FLAGS: &str = "TOOLBOX_FLAGS";
 pub const UPDATE: &str = "TOOLBOX_UPDATE";
 pub const UPDATE_INTERVAL: &str = "TOOLBOX_UPDATE_INTERVAL";
 pub const SUDO: &str = "TOOLBOX_SUDO";
+pub const STORAGE: &str = "TOOLBOX_STORAGE";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -94,6 +95,11 @@ pub const KEYS: &[Key] = &[
         name: SUDO,
         default: "sudo",
         words: true,
+    },
+    Key {
+        name: STORAGE,
+        default: "copy",
+        words: false,
     },
 ];
 
