@@ -5,8 +5,7 @@
 mod common;
 
 use std::fs;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -24,70 +23,6 @@ fn sessions_of(t: &TestEnv) -> u64 {
         .iter()
         .find(|r| r["name"] == t.toolbox_name().as_str());
     row.map_or(0, |r| r["sessions"].as_u64().unwrap())
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
-
-/// A unique local tag for `image`, removed when dropped.
-struct Tag(String);
-
-impl Tag {
-    fn new(test: &str, image: &str) -> Tag {
-        let tag = Tag(format!("toolbox-test-{test}-{}:v", std::process::id()));
-        tag.point_at(image);
-        tag
-    }
-
-    fn point_at(&self, image: &str) {
-        docker(&["tag", image, &self.0]);
-    }
-}
-
-impl Drop for Tag {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", &self.0]).output();
-    }
-}
-
-/// Imports a one-file-plus-busybox image with `marker` in /etc/marker; returns its ID.
-fn import_marker_image(marker: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
-    fs::create_dir_all(dir.path().join("etc")).unwrap();
-    fs::copy("/bin/busybox", dir.path().join("usr/bin/busybox")).unwrap();
-    fs::write(dir.path().join("etc/marker"), marker).unwrap();
-    let tar = Command::new("tar")
-        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
-        .output()
-        .unwrap();
-    let mut import = Command::new("docker")
-        .args(["import", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
-    let out = import.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 #[test]

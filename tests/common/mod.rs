@@ -10,8 +10,10 @@
 pub mod registry;
 
 use std::ffi::OsStr;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BUSYBOX_IMAGE: &str = "toolbox-busybox:latest";
 pub const DEBIAN_IMAGE: &str = "toolbox-debian:bookworm";
@@ -195,4 +197,172 @@ pub fn describe(out: &Output) -> String {
 
 pub fn read_link(path: impl AsRef<Path>) -> String {
     std::fs::read_link(path).unwrap().display().to_string()
+}
+
+pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// A unique local tag for `image`, removed when dropped.
+pub struct Tag(pub String);
+
+impl Tag {
+    pub fn new(test: &str, image: &str) -> Tag {
+        let tag = Tag(format!("toolbox-test-{test}-{}:v", std::process::id()));
+        tag.point_at(image);
+        tag
+    }
+
+    pub fn point_at(&self, image: &str) {
+        docker(&["tag", image, &self.0]);
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
+}
+
+/// Imports a one-file-plus-busybox image with `marker` in /etc/marker; returns its ID.
+pub fn import_marker_image(marker: &str) -> String {
+    import_marker_image_into(None, marker)
+}
+
+/// [`import_marker_image`] into the daemon at `host` (`-H`), or the default one.
+pub fn import_marker_image_into(host: Option<&str>, marker: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+    fs::create_dir_all(dir.path().join("etc")).unwrap();
+    fs::copy("/bin/busybox", dir.path().join("usr/bin/busybox")).unwrap();
+    fs::write(dir.path().join("etc/marker"), marker).unwrap();
+    let tar = Command::new("tar")
+        .args(["-C", dir.path().to_str().unwrap(), "-c", "."])
+        .output()
+        .unwrap();
+    let mut import = Command::new("docker")
+        .args(host.map(|h| ["-H", h]).into_iter().flatten())
+        .args(["import", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let out = import.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The core host checks, through `run` (a toolbox command line): the host's `/` is at
+/// `/media/root`, the PID, IPC, UTS and network namespaces are the host's, and host PID 1
+/// is visible.
+pub fn assert_sees_the_host(run: &dyn Fn(&[&str]) -> Output) {
+    let out = run(&["cat", "/media/root/etc/hostname"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), fs::read_to_string("/etc/hostname").unwrap());
+    for ns in ["pid", "ipc", "uts", "net"] {
+        let path = format!("/proc/self/ns/{ns}");
+        let out = run(&["readlink", &path]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert_eq!(
+            stdout(&out).trim(),
+            read_link(&path),
+            "{ns} namespace differs"
+        );
+    }
+    let out = run(&["cat", "/proc/1/comm"]);
+    assert_eq!(
+        stdout(&out),
+        fs::read_to_string("/proc/1/comm").unwrap(),
+        "host PID 1 is not visible"
+    );
+}
+
+/// The command's own exit status comes back through `run`, and 126/127 for a command
+/// that cannot run or is not found in a busybox toolbox.
+pub fn assert_statuses_come_back(run: &dyn Fn(&[&str]) -> Output) {
+    let cases: &[(&[&str], i32)] = &[
+        (&["true"], 0),
+        (&["false"], 1),
+        (&["sh", "-c", "exit 7"], 7),
+        (&["/etc/passwd"], 126),
+        (&["/usr/bin"], 126),
+        (&["no-such-command"], 127),
+        (&["/no/such/path"], 127),
+    ];
+    for (args, expected) in cases {
+        let out = run(args);
+        assert_eq!(status(&out), *expected, "{args:?}: {}", describe(&out));
+    }
+}
+
+/// A second dockerd using the `vfs` storage driver, on its own socket, data root and exec
+/// root, with no networking of its own; stopped (and its files removed) when dropped.
+pub struct VfsDaemon {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Its address, for `DOCKER_HOST` and `docker -H`.
+    pub host: String,
+}
+
+impl VfsDaemon {
+    pub fn start() -> VfsDaemon {
+        let dir = tempfile::Builder::new()
+            .prefix("toolbox-vfs-")
+            .tempdir()
+            .unwrap();
+        let host = format!("unix://{}/docker.sock", dir.path().display());
+        let log = fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let child = Command::new("dockerd")
+            .args(["--storage-driver=vfs", "--bridge=none", "--iptables=false"])
+            .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
+            .args(["--pidfile", &path("dockerd.pid"), "-H", &host])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start a second dockerd");
+        let daemon = VfsDaemon { dir, child, host };
+        wait_for("the vfs dockerd to answer", || {
+            Command::new("docker")
+                .args(["-H", &daemon.host, "version"])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        });
+        daemon
+    }
+
+    /// Runs the docker client against this daemon; it must succeed.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let mut all = vec!["-H", self.host.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+}
+
+impl Drop for VfsDaemon {
+    fn drop(&mut self) {
+        toolbox::sys::signal(self.child.id() as i32, rustix::process::Signal::TERM);
+        if wait_exit(&mut self.child).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = fs::remove_dir_all(self.dir.path());
+    }
 }

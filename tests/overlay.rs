@@ -1,0 +1,320 @@
+//! Overlay storage on the real Docker daemon (overlay2) and systemd-nspawn: the core host
+//! checks, persistence, sessions sharing one mount, the anchor that pins the image's
+//! layers, updates, and the fall back to copying on a daemon with another storage driver.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// The toolbox command with overlay storage configured (not demanded).
+fn overlay(t: &TestEnv) -> Command {
+    let mut command = t.command();
+    command.env("TOOLBOX_STORAGE", "overlay");
+    command
+}
+
+fn run(t: &TestEnv, args: &[&str]) -> Output {
+    overlay(t).args(args).output().unwrap()
+}
+
+/// How many filesystems are mounted at the toolbox's mount point.
+fn mounts(t: &TestEnv) -> usize {
+    let root = t.tree().join("root");
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == root.to_str())
+        .count()
+}
+
+/// The anchor containers labelled with this test's toolbox.
+fn anchors(t: &TestEnv) -> Vec<String> {
+    let filter = format!("label=toolbox.anchor={}", t.tree().display());
+    docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn metadata(t: &TestEnv) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap()
+}
+
+fn list_row(t: &TestEnv) -> serde_json::Value {
+    let out = t.run(["list", "--json"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == t.toolbox_name().as_str())
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_overlay_toolbox_sees_the_host() {
+    let Some(t) = TestEnv::new("overlay_host", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = run(&t, &["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.starts_with("toolbox: creating") && l.contains("over the layers")),
+        "{}",
+        describe(&out)
+    );
+    assert_sees_the_host(&|args| run(&t, args));
+    assert_statuses_come_back(&|args| run(&t, args));
+
+    let mut wc = overlay(&t)
+        .args(["wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    wc.stdin.take().unwrap().write_all(b"a\nb").unwrap();
+    let out = wc.wait_with_output().unwrap();
+    assert_eq!(stdout(&out).trim(), "3", "{}", describe(&out));
+
+    let recorded = metadata(&t);
+    let anchor = recorded["overlay"]["anchor"].as_str().unwrap().to_string();
+    assert!(!recorded["overlay"]["layers"].as_array().unwrap().is_empty());
+    assert_eq!(anchors(&t), [anchor]);
+    assert!(t.containers().is_empty(), "{:?}", t.containers());
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    assert_eq!(mounts(&t), 0, "unmounted after the last session");
+    assert!(
+        t.tree().join("root").read_dir().unwrap().next().is_none(),
+        "the image's files are not copied"
+    );
+
+    let row = list_row(&t);
+    assert_eq!(row["storage"], "overlay");
+    // The toolbox's own disk use: its upper directory, not the 2 MB image.
+    assert!(row["size_bytes"].as_u64().unwrap() < 1_000_000, "{row}");
+
+    let out = t.run(["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!t.tree().exists());
+    assert!(anchors(&t).is_empty(), "rm removes the anchor");
+}
+
+#[test]
+fn overlay_writes_persist_and_sessions_share_one_mount() {
+    let Some(t) = TestEnv::new("overlay_sessions", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = run(&t, &["sh", "-c", "echo one > /kept"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let out = run(&t, &["cat", "/kept"]);
+    assert_eq!(stdout(&out), "one\n", "{}", describe(&out));
+    assert_eq!(fs::read(t.tree().join("upper/kept")).unwrap(), b"one\n");
+
+    // Two sessions at once: one waits for what the other writes.
+    let waiter = overlay(&t)
+        .args([
+            "sh",
+            "-c",
+            "while [ ! -e /stop ]; do sleep 0.1; done; cat /from-second",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the first session", || list_row(&t)["sessions"] == 1);
+    assert_eq!(mounts(&t), 1);
+    let out = run(&t, &["sh", "-c", "echo second > /from-second; touch /stop"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "second\n");
+    assert_eq!(mounts(&t), 0, "the last session unmounts");
+
+    // A session whose toolbox process is killed outright ends with it; the next session
+    // reuses the mount it left and unmounts after itself.
+    let mut killed = overlay(&t).args(["sleep", "120"]).spawn().unwrap();
+    wait_for("the session to start", || list_row(&t)["sessions"] == 1);
+    let machine = format!("--machine=tester-overlay-sessions-{}", killed.id());
+    let nspawn_runs = || {
+        Command::new("pgrep")
+            .args(["-f", "--", &machine])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(nspawn_runs(), "the session's systemd-nspawn is not running");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    wait_for("systemd-nspawn to die with toolbox", || !nspawn_runs());
+    assert_eq!(mounts(&t), 1);
+    let out = run(&t, &["cat", "/kept"]);
+    assert_eq!(stdout(&out), "one\n", "{}", describe(&out));
+    assert_eq!(mounts(&t), 0);
+}
+
+#[test]
+fn overlay_update_gives_a_fresh_toolbox() {
+    let Some(mut t) = TestEnv::new("overlay_update", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let first = import_marker_image("v1");
+    let tag = Tag::new("overlay-update", &first);
+    t.image = tag.0.clone();
+    let out = run(&t, &["/usr/bin/busybox", "sh", "-c", "echo x > /mine"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let old_anchor = metadata(&t)["overlay"]["anchor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = t.run(["update"]);
+    assert!(stdout(&out).contains("is up to date"), "{}", describe(&out));
+
+    let second = import_marker_image("v2");
+    tag.point_at(&second);
+    // No TOOLBOX_STORAGE here: the toolbox keeps the storage it was built with.
+    let out = t.run(["update"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
+    let recorded = metadata(&t);
+    assert_eq!(recorded["image_id"], second.as_str());
+    let new_anchor = recorded["overlay"]["anchor"].as_str().unwrap().to_string();
+    assert_eq!(anchors(&t), std::slice::from_ref(&new_anchor));
+    assert_ne!(new_anchor, old_anchor);
+    let out = run(&t, &["/usr/bin/busybox", "cat", "/etc/marker", "/mine"]);
+    assert_eq!(
+        stdout(&out),
+        "v2",
+        "a fresh upper directory: {}",
+        describe(&out)
+    );
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+
+    // `--storage` on the command line converts it.
+    let out = t.run(["update", "--storage", "copy"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
+    assert!(metadata(&t).get("overlay").is_none());
+    assert!(t.tree().join("usr/bin/busybox").is_file());
+    assert!(anchors(&t).is_empty());
+    assert_eq!(list_row(&t)["storage"], "copy");
+    drop(tag);
+    for id in [first, second] {
+        let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
+    }
+}
+
+#[test]
+fn the_anchor_pins_the_layers_until_it_is_removed() {
+    let Some(mut t) = TestEnv::new("overlay_anchor", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let id = import_marker_image("pinned");
+    let tag = Tag::new("overlay-anchor", &id);
+    t.image = tag.0.clone();
+    let out = run(&t, &["/usr/bin/busybox", "cat", "/etc/marker"]);
+    assert_eq!(stdout(&out), "pinned", "{}", describe(&out));
+
+    // Plain `docker rmi` is refused while the anchor uses the image; forced, the image
+    // goes but the layers stay while the anchor needs them.
+    let out = Command::new("docker")
+        .args(["rmi", &tag.0])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    docker(&["rmi", "-f", &tag.0]);
+    let out = run(&t, &["/usr/bin/busybox", "cat", "/etc/marker"]);
+    assert_eq!(stdout(&out), "pinned", "{}", describe(&out));
+
+    // Without the anchor the image can go, and the toolbox says so.
+    let anchor = metadata(&t)["overlay"]["anchor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    docker(&["rm", &anchor]);
+    // Already gone with the forced rmi, on Docker 20.10.
+    let _ = Command::new("docker").args(["rmi", &id]).output();
+    let out = run(&t, &["/usr/bin/busybox", "true"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let lines = toolbox_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(
+        lines[0].contains("image layers of toolbox") && lines[0].contains("toolbox update"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(mounts(&t), 0);
+
+    // `update` rebuilds on the image the tag now names.
+    let replacement = import_marker_image("replacement");
+    tag.point_at(&replacement);
+    let out = t.run(["update"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let out = run(&t, &["/usr/bin/busybox", "cat", "/etc/marker"]);
+    assert_eq!(stdout(&out), "replacement", "{}", describe(&out));
+    let out = t.run(["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(anchors(&t).is_empty());
+    drop(tag);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &replacement])
+        .output();
+}
+
+#[test]
+fn another_storage_driver_falls_back_to_copying() {
+    let Some(mut t) = TestEnv::new("overlay_vfs", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let daemon = VfsDaemon::start();
+    let id = import_marker_image_into(Some(&daemon.host), "vfs");
+    daemon.docker(&["tag", &id, "toolbox-vfs:latest"]);
+    t.image = "toolbox-vfs:latest".into();
+    let with_vfs = |command: &mut Command| {
+        command.env("DOCKER_HOST", &daemon.host);
+    };
+
+    let mut command = overlay(&t);
+    with_vfs(&mut command);
+    let out = command
+        .args(["/usr/bin/busybox", "cat", "/etc/marker"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "vfs");
+    assert!(
+        toolbox_lines(&out).iter().any(|l| l
+            == "toolbox: the Docker daemon stores images with `vfs`, not overlay2; \
+                copying the image instead of mounting it"),
+        "{}",
+        describe(&out)
+    );
+    assert!(metadata(&t).get("overlay").is_none());
+
+    // Demanded on the command line, it is an error instead, and nothing is left.
+    let mut command = t.command();
+    with_vfs(&mut command);
+    let out = command
+        .args(["--storage", "overlay", "--name", "demanded", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [
+            "toolbox: cannot use overlay storage (--storage overlay): the Docker daemon stores \
+          images with `vfs`, not overlay2"
+        ]
+    );
+    assert!(!t.toolboxes.join("tester-demanded").exists());
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    assert_eq!(daemon.docker(&["ps", "-a", "-q"]), "");
+}
