@@ -13,6 +13,7 @@ Examples:
   toolbox --image debian --tag bookworm    use another image
   toolbox list                             list toolboxes and their sessions
   toolbox update                           rebuild the toolbox if its image changed
+  toolbox --storage overlay                a new toolbox over the daemon's image layers
   toolbox run rm -rf /tmp/x                run a command named like a subcommand
   toolbox -- rm -rf /tmp/x                 the same
 

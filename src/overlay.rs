@@ -68,7 +68,7 @@ pub fn root(toolbox: &Path) -> PathBuf {
 }
 
 /// Checks that an overlay toolbox can be built at `toolbox` from `image`, as the daemon
-/// at `address` (`local` when on this host) reports it, and returns its mount options.
+/// at `address` (`local` when on this host) reports it: the reason when it cannot.
 pub fn check(image: &Image, local: bool, address: &str, toolbox: &Path) -> Result<(), Unusable> {
     if !local {
         return Err(Unusable(format!(

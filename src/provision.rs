@@ -333,9 +333,11 @@ impl Provisioner {
             overlay::make_dirs(&partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
             // filesystem overlayfs cannot write to) means overlay storage does not work here.
-            overlay::mount(&partial, &image.layers).map_err(|e| match e.downcast::<Unusable>() {
-                Ok(unusable) => unusable,
-                Err(e) => Unusable(format!("{e:#}")),
+            overlay::mount(&partial, &image.layers).map_err(|e| {
+                match e.downcast::<Unusable>() {
+                    Ok(unusable) => unusable,
+                    Err(e) => Unusable(format!("{e:#}")),
+                }
             })?;
             let prepared = machine::prepare_tree(&overlay::root(&partial));
             let unmounted = overlay::unmount(&partial);

@@ -158,6 +158,16 @@ fn overlay_writes_persist_and_sessions_share_one_mount() {
     let out = run(&t, &["cat", "/kept"]);
     assert_eq!(stdout(&out), "one\n", "{}", describe(&out));
     assert_eq!(mounts(&t), 0);
+
+    // `rm --force` stops a running session, which unmounts as it ends.
+    let mut running = overlay(&t).args(["sleep", "120"]).spawn().unwrap();
+    wait_for("the session to start", || list_row(&t)["sessions"] == 1);
+    let out = t.run(["rm", "--force", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(wait_exit(&mut running).is_some(), "the session still runs");
+    assert_eq!(mounts(&t), 0);
+    assert!(!t.tree().exists());
+    assert!(anchors(&t).is_empty());
 }
 
 #[test]
@@ -317,4 +327,57 @@ fn another_storage_driver_falls_back_to_copying() {
     assert!(!t.toolboxes.join("tester-demanded").exists());
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
     assert_eq!(daemon.docker(&["ps", "-a", "-q"]), "");
+}
+
+// Deletions (whiteouts) and replaced directories (opaque) in upper layers hide what lower
+// layers hold, as in the daemon's own containers, and the tree matches a copy toolbox's.
+#[test]
+fn upper_layers_hide_what_lower_layers_hold() {
+    let Some(mut t) = TestEnv::new("overlay_layers", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {BUSYBOX_IMAGE}\n\
+             RUN mkdir -p /opt/a && echo lower > /opt/a/file && echo gone > /opt/gone\n\
+             RUN rm /opt/gone && rm -rf /opt/a && mkdir /opt/a && echo new > /opt/a/new \\\n\
+                 && echo top > /opt/top\n"
+        ),
+    )
+    .unwrap();
+    let tag = Tag(format!("toolbox-test-layers-{}:v", std::process::id()));
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--network=none", "-t", &tag.0])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    t.image = tag.0.clone();
+
+    let look = ["sh", "-c", "ls /opt; ls /opt/a; cat /opt/a/new /opt/top"];
+    let out = run(&t, &look);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(
+        stdout(&out),
+        "a\ntop\nnew\nnew\ntop\n",
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        metadata(&t)["overlay"]["layers"].as_array().unwrap().len(),
+        3
+    );
+    let copy = t
+        .command()
+        .args(["--name", "copy"])
+        .args(look)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&copy), stdout(&out), "{}", describe(&copy));
+
+    let out = t.run(["rm", "--all"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
 }

@@ -157,6 +157,31 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Removes what a failed test can leave outside its directory: the anchor containers
+    /// of its overlay toolboxes, and their mounts.
+    fn drop(&mut self) {
+        let prefix = format!("{}/", self.toolboxes.display());
+        let anchors = Command::new("docker")
+            .args(["ps", "-a", "--filter", "label=toolbox.anchor"])
+            .args(["--format", "{{.ID}} {{.Label \"toolbox.anchor\"}}"])
+            .output();
+        for line in anchors.map(|out| stdout(&out)).unwrap_or_default().lines() {
+            if let Some((id, path)) = line.split_once(' ')
+                && path.starts_with(&prefix)
+            {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for mount_point in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if mount_point.starts_with(&prefix) {
+                let _ = Command::new("umount").args(["-l", mount_point]).output();
+            }
+        }
+    }
+}
+
 /// Runs the docker client, which must succeed, and returns its output.
 pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().unwrap();
@@ -234,8 +259,10 @@ impl Tag {
 }
 
 impl Drop for Tag {
+    /// Forced: an anchor container may still use the image (the test's toolboxes are
+    /// removed after the tag); an image with other tags is only untagged.
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
     }
 }
 
