@@ -3,13 +3,13 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
   toolbox                                  enter the toolbox with a shell
   toolbox strace -p 1234                   run a command inside it
-  toolbox -c 'apt-get install -y tcpdump && tcpdump -i eth0'
+  toolbox -c 'dnf install -y tcpdump && tcpdump -i eth0'
   toolbox --image debian --tag bookworm    use another image
   toolbox list                             list toolboxes and their sessions
   toolbox update                           rebuild the toolbox if its image changed
@@ -90,6 +90,11 @@ pub struct Options {
 #[derive(Debug, Subcommand)]
 pub enum Action {
     /// Run a command inside the toolbox
+    #[command(after_help = "\
+Examples:
+  toolbox run strace -p 1234
+  toolbox run -- rm -rf /tmp/x      a command named like a subcommand
+  toolbox run sh -c 'ps -ef | grep sshd'")]
     Run {
         /// The command and its arguments
         #[arg(
@@ -101,12 +106,25 @@ pub enum Action {
         command: Vec<OsString>,
     },
     /// List the toolboxes in the toolbox directory
+    #[command(after_help = "\
+Examples:
+  toolbox list
+  toolbox list --json | jq -r '.[] | select(.sessions > 0) | .name'
+  toolbox list --names")]
     List {
         /// Print JSON for scripts
-        #[arg(long)]
+        #[arg(long, conflicts_with = "names")]
         json: bool,
+        /// Print only the names, one per line
+        #[arg(long)]
+        names: bool,
     },
     /// Remove toolboxes
+    #[command(after_help = "\
+Examples:
+  toolbox rm core-fedora-latest
+  toolbox rm fedora-latest          the same, without the user prefix
+  toolbox rm --force --all          stop every session and remove every toolbox")]
     Rm {
         /// Toolbox names, as `toolbox list` shows them
         #[arg(
@@ -123,6 +141,11 @@ pub enum Action {
         force: bool,
     },
     /// Rebuild a toolbox when its image has changed
+    #[command(after_help = "\
+Examples:
+  toolbox update                    the configured toolbox
+  toolbox update core-debian-bookworm --force
+  toolbox update --storage overlay  rebuild it over the daemon's layers")]
     Update {
         /// Toolbox name, as `toolbox list` shows it [default: the configured toolbox]
         #[arg(value_name = "NAME")]
@@ -132,14 +155,52 @@ pub enum Action {
         force: bool,
     },
     /// Show the effective settings and where each comes from
+    #[command(after_help = "\
+Examples:
+  toolbox config
+  toolbox config --path
+  toolbox --image debian config     what --image changes")]
     Config {
         /// List the configuration files consulted instead
         #[arg(long)]
         path: bool,
     },
+    /// Print a shell completion script (toolbox names are completed too)
+    #[command(after_help = "\
+Examples:
+  toolbox completions bash > /etc/bash_completion.d/toolbox
+  toolbox completions zsh > \"${fpath[1]}/_toolbox\"
+  toolbox completions fish > ~/.config/fish/completions/toolbox.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the manual pages toolbox(1) and toolbox.conf(5)
+    #[command(after_help = "\
+Examples:
+  toolbox manpages                  into /usr/local/share/man (then `man toolbox`)
+  toolbox manpages ./man && man -l man/man5/toolbox.conf.5")]
+    Manpages {
+        /// Manual directory; the pages go to DIR/man1 and DIR/man5
+        #[arg(value_name = "DIR", default_value = "/usr/local/share/man")]
+        directory: PathBuf,
+    },
     /// Any other word starts the command to run, as with the CoreOS script
     #[command(external_subcommand)]
     External(Vec<OsString>),
+}
+
+/// The shells `completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The clap definition, for completions and the manual page.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parses the command line. `toolbox -- CMD ...` is `toolbox run CMD ...`, so a command
@@ -165,9 +226,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Erro
 
 /// Whether `arg` is an option that takes the next word as its value (`--image debian`).
 fn value_expected(arg: &OsString) -> bool {
-    ["--image", "--tag", "--name", "--user", "--directory", "-c"]
-        .iter()
-        .any(|o| arg == o)
+    let Some(arg) = arg.to_str() else {
+        return false;
+    };
+    command().get_arguments().any(|option| {
+        option.get_action().takes_values()
+            && (option
+                .get_long()
+                .is_some_and(|long| arg.strip_prefix("--") == Some(long))
+                || option.get_short().is_some_and(|short| {
+                    arg.strip_prefix('-').is_some_and(|rest| {
+                        rest.len() == short.len_utf8() && rest.starts_with(short)
+                    })
+                }))
+    })
 }
 
 #[cfg(test)]
@@ -221,6 +293,10 @@ mod tests {
             ["rm", "-rf", "/tmp/x"]
         );
         assert_eq!(command(&cli(&["--", "list"])), ["list"]);
+        assert_eq!(
+            command(&cli(&["--storage", "overlay", "--", "update", "x"])),
+            ["update", "x"]
+        );
     }
 
     #[test]
@@ -254,7 +330,11 @@ mod tests {
     fn management_commands() {
         assert!(matches!(
             cli(&["list", "--json"]).action,
-            Some(Action::List { json: true })
+            Some(Action::List { json: true, .. })
+        ));
+        assert!(matches!(
+            cli(&["completions", "bash"]).action,
+            Some(Action::Completions { shell: Shell::Bash })
         ));
         assert!(matches!(
             cli(&["rm", "--all", "-f"]).action,

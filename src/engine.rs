@@ -3,7 +3,6 @@
 //! a toolbox talk to an engine; entering one never does.
 
 use std::collections::HashMap;
-use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::host::{DOCKER_HOST, Env};
 use crate::plan::ImageRef;
+use crate::ui;
 
 /// Label put on every container toolbox creates, with the toolbox's name as value.
 pub const LABEL_TOOLBOX: &str = "toolbox.name";
@@ -171,24 +171,29 @@ impl Engine for Docker {
             tag: Some(image.tag.clone()),
             ..Default::default()
         };
-        let mut progress = Progress::new(quiet);
+        let mut progress = ui::PullProgress::new(ui::Progress::new(quiet));
         let mut stream = self.client.create_image(Some(options), None, None);
         // A failed pull arrives either as an HTTP error before the stream starts or as
         // an error message inside the stream; both end up here.
-        while let Some(item) = stream.next().await {
-            let info = item
-                .map_err(|e| anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e)))?;
-            if let Some(detail) = info.error_detail {
-                let message = detail.message.unwrap_or_else(|| "unknown error".into());
-                bail!("cannot pull image `{reference}`: {message}");
+        let pulled = async {
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| {
+                    anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e))
+                })?;
+                if let Some(detail) = info.error_detail {
+                    let message = detail.message.unwrap_or_else(|| "unknown error".into());
+                    bail!("cannot pull image `{reference}`: {message}");
+                }
+                let (current, total) = info
+                    .progress_detail
+                    .map_or((None, None), |d| (d.current, d.total));
+                progress.update(info.id.as_deref(), info.status.as_deref(), current, total);
             }
-            let (current, total) = info
-                .progress_detail
-                .map_or((None, None), |d| (d.current, d.total));
-            progress.update(info.id.as_deref(), info.status.as_deref(), current, total);
+            Ok(())
         }
+        .await;
         progress.finish();
-        Ok(())
+        pulled
     }
 
     async fn create_container(
@@ -264,86 +269,6 @@ impl Engine for Docker {
                 daemon_message(&e)
             )),
             _ => Ok(()),
-        }
-    }
-}
-
-/// Pull progress on stderr: one line redrawn in place on a terminal, a line per layer
-/// state change otherwise, nothing when quiet.
-struct Progress {
-    quiet: bool,
-    terminal: bool,
-    /// Per layer: last status, and bytes done/total while downloading.
-    layers: Vec<(String, String, i64, i64)>,
-}
-
-impl Progress {
-    fn new(quiet: bool) -> Progress {
-        Progress {
-            quiet,
-            terminal: io::stderr().is_terminal(),
-            layers: Vec::new(),
-        }
-    }
-
-    fn update(
-        &mut self,
-        id: Option<&str>,
-        status: Option<&str>,
-        current: Option<i64>,
-        total: Option<i64>,
-    ) {
-        if self.quiet {
-            return;
-        }
-        let status = status.unwrap_or_default();
-        let Some(id) = id else {
-            // Overall messages ("Pulling from library/debian", "Digest: ...").
-            self.line(status);
-            return;
-        };
-        let index = match self.layers.iter().position(|l| l.0 == id) {
-            Some(index) => index,
-            None => {
-                self.layers.push((id.to_string(), String::new(), 0, 0));
-                self.layers.len() - 1
-            }
-        };
-        let layer = &mut self.layers[index];
-        let changed = layer.1 != status;
-        layer.1 = status.to_string();
-        layer.2 = current.unwrap_or(layer.2);
-        layer.3 = total.unwrap_or(layer.3);
-        if self.terminal {
-            let done: i64 = self.layers.iter().map(|l| l.2).sum();
-            let total: i64 = self.layers.iter().map(|l| l.3).sum();
-            let complete = self
-                .layers
-                .iter()
-                .filter(|l| l.1.contains("complete"))
-                .count();
-            eprint!(
-                "\r\x1b[Kpulling: {complete}/{} layers, {} / {} MB",
-                self.layers.len(),
-                done / 1_000_000,
-                total / 1_000_000
-            );
-            let _ = io::stderr().flush();
-        } else if changed {
-            eprintln!("pulling {id}: {status}");
-        }
-    }
-
-    fn line(&self, text: &str) {
-        if self.terminal {
-            eprint!("\r\x1b[K");
-        }
-        eprintln!("{text}");
-    }
-
-    fn finish(&self) {
-        if !self.quiet && self.terminal {
-            eprint!("\r\x1b[K");
         }
     }
 }

@@ -3,8 +3,7 @@
 //! locations it consults are fields of [`HostPaths`]. This module only reads.
 //!
 //! Environment variables read by toolbox:
-//! - `TOOLBOX_DOCKER_IMAGE`, `TOOLBOX_DOCKER_TAG`, `TOOLBOX_USER`, `TOOLBOX_DIRECTORY`,
-//!   `TOOLBOX_BIND`, `TOOLBOX_ENV`, `TOOLBOX_NAME`, `TOOLBOX_FLAGS`: settings (see `config`).
+//! - `TOOLBOX_*`: settings, one per entry of `config::KEYS`.
 //! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
 //! - `USER`, `SUDO_USER`, `SUDO_UID`: who invoked toolbox, for the toolbox name and
 //!   whose configuration files to trust.
@@ -13,6 +12,7 @@
 //! - `PATH`: where `systemd-nspawn` is looked up.
 //! - `DOCKER_HOST`: the Docker daemon to talk to (read by bollard).
 //! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
+//! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -26,6 +26,7 @@ pub const PATH: &str = "PATH";
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
 pub const SUDO_UID: &str = "SUDO_UID";
 pub const HOST_ROOT: &str = "HOST";
+pub const NO_COLOR: &str = "NO_COLOR";
 
 /// A snapshot of the environment variables toolbox may read.
 #[derive(Debug, Clone, Default)]

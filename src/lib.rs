@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod help;
 pub mod host;
 pub mod host_exec;
 pub mod lookup;
@@ -18,6 +19,7 @@ pub mod provision;
 pub mod session;
 pub mod sudo;
 pub mod sys;
+pub mod ui;
 pub mod unpack;
 
 use std::ffi::OsString;
@@ -63,6 +65,19 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         }
         Err(e) => return Err(usage_error(&e)),
     };
+    match &cli.action {
+        Some(Action::Completions { shell }) => {
+            help::completions(*shell, &mut std::io::stdout().lock())?;
+            return Ok(0);
+        }
+        Some(Action::Manpages { directory }) => {
+            for page in help::write_man_pages(directory)? {
+                println!("{}", page.display());
+            }
+            return Ok(0);
+        }
+        _ => {}
+    }
     // A normal user's run that will be re-run through sudo reads the settings twice; the
     // root run is the one that reports on them.
     let reruns_as_root = !sys::is_root()
@@ -73,7 +88,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         && !cli.options.dry_run;
     let ctx = Context::load(&cli.options, &args[1..], !reruns_as_root)?;
     match cli.action {
-        Some(Action::List { json }) => {
+        Some(Action::List { names: true, .. }) => {
+            // For scripts and completion: no daemon, no sizes.
+            for (name, _) in machine::toolboxes(&ctx.directory()?)? {
+                println!("{name}");
+            }
+            Ok(0)
+        }
+        Some(Action::List { json, .. }) => {
             manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.env, json)?;
             Ok(0)
         }
@@ -202,12 +224,12 @@ impl Context {
         };
         if report && !ctx.quiet() {
             for warning in &ctx.settings.warnings {
-                eprintln!("toolbox: warning: {warning}");
+                ui::warn(warning);
             }
         }
         if report && ctx.verbose() {
             for file in &ctx.settings.files_read {
-                eprintln!("toolbox: read settings from {}", file.display());
+                ui::say(format_args!("read settings from {}", file.display()));
             }
         }
         Ok(ctx)
@@ -236,7 +258,10 @@ impl Context {
         }
         let sudo = self.settings.words(config::SUDO)?;
         if self.verbose() {
-            eprintln!("toolbox: not root; re-running through `{}`", sudo.join(" "));
+            ui::say(format_args!(
+                "not root; re-running through `{}`",
+                sudo.join(" ")
+            ));
         }
         match sudo::reexec(&sudo, &self.args, &self.env)? {}
     }
@@ -284,18 +309,29 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
     };
     let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
     if ctx.verbose() {
-        eprintln!(
-            "toolbox: systemd {} at {}; {} storage",
+        ui::say(format_args!(
+            "systemd-nspawn {} at {} ({}); {} storage",
             nspawn.version,
             nspawn.program.display(),
+            nspawn.variant(launch.systemd_booted),
             plan.storage.name()
-        );
+        ));
+    }
+    if created && plan.payload == Payload::Shell && !ctx.quiet() {
+        let host = match plan.host_root() {
+            Some(root) => format!("the host's / is at {root}"),
+            None => "the host's / is not bound inside (see TOOLBOX_BIND)".to_string(),
+        };
+        ui::say(format_args!(
+            "entering `{}`: {host}; `exit` or Ctrl-D leaves",
+            plan.name
+        ));
     }
     match overlay {
         None => {
             start_session(ctx, &plan, &launch)?;
-            if ctx.verbose() {
-                eprintln!("toolbox: {invocation}");
+            if ctx.verbosity >= 2 {
+                ui::say(&invocation);
             }
             match invocation.exec()? {}
         }
@@ -361,15 +397,15 @@ fn enter_overlay(
         start_session(ctx, plan, launch)
     })();
     let status = mounted.and_then(|()| {
-        if ctx.verbose() {
-            eprintln!("toolbox: {invocation}");
+        if ctx.verbosity >= 2 {
+            ui::say(invocation);
         }
         invocation.run()
     });
     if let Err(e) = end_overlay_session(ctx, plan)
         && !ctx.quiet()
     {
-        eprintln!("toolbox: warning: {e:#}");
+        ui::warn(format_args!("{e:#}"));
     }
     status
 }
@@ -436,11 +472,11 @@ fn check_freshness(
     }
     if mode == "notify" {
         if !ctx.quiet() {
-            eprintln!(
-                "toolbox: image {} has changed since `{}` was built; run `toolbox update` to rebuild it",
+            ui::say(format_args!(
+                "image {} has changed since `{}` was built; run `toolbox update` to rebuild it",
                 target.image.reference(),
                 target.name
-            );
+            ));
         }
         return Ok(false);
     }
@@ -471,7 +507,7 @@ fn add_user(ctx: &Context, plan: &Plan) -> Result<()> {
     let groups = std::fs::read_to_string(&ctx.paths.group).unwrap_or_default();
     let group = gid.and_then(|gid| host::group_line(&groups, gid));
     if machine::add_user(&plan.root(), line, group)? && ctx.verbose() {
-        eprintln!("toolbox: added user {} to `{}`", plan.user, plan.name);
+        ui::say(format_args!("added user {} to `{}`", plan.user, plan.name));
     }
     Ok(())
 }

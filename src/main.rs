@@ -4,7 +4,7 @@ fn main() -> ExitCode {
     match toolbox::run(std::env::args_os()) {
         Ok(status) => ExitCode::from(status),
         Err(error) => {
-            eprintln!("toolbox: {error:#}");
+            toolbox::ui::error(format_args!("{error:#}"));
             ExitCode::from(toolbox::exit_status(&error))
         }
     }

@@ -17,6 +17,7 @@ use crate::overlay;
 use crate::plan::{ImageRef, Storage};
 use crate::provision::{self, Target, Updated};
 use crate::session;
+use crate::ui;
 
 /// How long `list` waits for the daemon before showing freshness as unknown.
 const LIST_DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
@@ -208,12 +209,12 @@ pub fn remove(
                 && let Err(e) = provision::remove_anchors(&path, env)
             {
                 // The toolbox is gone; what is left only keeps the image's layers.
-                eprintln!(
-                    "toolbox: warning: {e:#}; the anchor container {} of `{name}` keeps its \
+                ui::warn(format_args!(
+                    "{e:#}; the anchor container {} of `{name}` keeps its \
                      image; remove it with `docker rm {}`",
                     short_id(&overlay.anchor),
                     short_id(&overlay.anchor)
-                );
+                ));
             }
             Ok(())
         })();
@@ -221,7 +222,7 @@ pub fn remove(
             Ok(()) if !quiet => println!("removed {name}"),
             Ok(()) => {}
             Err(e) => {
-                eprintln!("toolbox: cannot remove `{name}`: {e:#}");
+                ui::error(format_args!("cannot remove `{name}`: {e:#}"));
                 first_error.get_or_insert(e);
             }
         }

@@ -101,6 +101,30 @@ fn write_cache(cache: &Path, text: &str) -> std::io::Result<()> {
     })
 }
 
+impl Nspawn {
+    /// How this systemd-nspawn is driven, for `-v`.
+    pub fn variant(&self, systemd_booted: bool) -> String {
+        let share = if self.version >= SHARE_SYSTEM_ENV_SINCE {
+            "namespaces shared with SYSTEMD_NSPAWN_SHARE_SYSTEM=1"
+        } else {
+            "namespaces shared with --share-system"
+        };
+        let register = if systemd_booted {
+            "registered with systemd-machined"
+        } else {
+            "not registered: systemd is not PID 1"
+        };
+        let console = if self.version >= AUTOPIPE_SINCE {
+            "--console=autopipe"
+        } else if self.version >= PIPE_SINCE {
+            "--console=pipe off a terminal"
+        } else {
+            "default console"
+        };
+        format!("{share}, {register}, {console}")
+    }
+}
+
 /// The number in the first line of `systemd-nspawn --version`: `systemd 252 (252.39-1)`.
 pub fn parse_version(output: &str) -> Option<u32> {
     let line = output.lines().next()?;

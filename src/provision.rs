@@ -14,6 +14,8 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
@@ -30,11 +32,14 @@ use crate::machine::{self, Metadata, State};
 use crate::overlay::{self, Unusable};
 use crate::plan::{ImageRef, Plan, Storage};
 use crate::sys;
+use crate::ui;
 use crate::unpack;
 
 /// Chunks of the export stream in flight between the daemon and the unpacker: bounded,
 /// so memory stays flat whatever the image size.
 const CHANNEL_CHUNKS: usize = 32;
+/// How often unpacking progress is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The creation was stopped by a signal; toolbox exits with 128 + the signal number.
 #[derive(Debug)]
@@ -236,11 +241,11 @@ impl Provisioner {
             .context("cannot start the async runtime")?;
         let engine = runtime.block_on(Docker::connect(env))?;
         if verbose {
-            eprintln!(
-                "toolbox: Docker daemon at {} (API {})",
+            ui::say(format_args!(
+                "Docker daemon at {} (API {})",
                 engine.address,
                 engine.api_version()
-            );
+            ));
         }
         let signals = runtime.block_on(async { Signals::catch() })?;
         Ok(Provisioner {
@@ -278,7 +283,9 @@ impl Provisioner {
             match self.build_overlay(target, image) {
                 Err(e) if e.is::<Unusable>() && !target.storage_demanded => {
                     if !self.quiet {
-                        eprintln!("toolbox: {e}; copying the image instead of mounting it");
+                        ui::say(format_args!(
+                            "{e}; copying the image instead of mounting it"
+                        ));
                     }
                 }
                 Err(e) if e.is::<Unusable>() => {
@@ -345,11 +352,11 @@ impl Provisioner {
             unmounted?;
             let reference = target.image.reference();
             if !self.quiet {
-                eprintln!(
-                    "toolbox: creating `{}` over the layers of {reference} ({})",
+                ui::say(format_args!(
+                    "creating `{}` over the layers of {reference} ({})",
                     target.name,
                     short_id(&image.id)
-                );
+                ));
             }
             // The anchor names the image by ID: the tag may move, the layers may not.
             let labels = HashMap::from([(LABEL_ANCHOR.to_string(), path.display().to_string())]);
@@ -488,10 +495,10 @@ async fn create<E: Engine>(
     report: Report,
 ) -> Result<()> {
     if !report.quiet {
-        eprintln!(
-            "toolbox: creating `{name}` from {reference} ({})",
+        ui::say(format_args!(
+            "creating `{name}` from {reference} ({})",
             short_id(image_id)
-        );
+        ));
     }
     let labels = HashMap::from([
         (LABEL_TOOLBOX.to_string(), name.to_string()),
@@ -501,17 +508,17 @@ async fn create<E: Engine>(
     // export below, so the container, once created, is always removed.
     let container = engine.create_container(reference, labels).await?;
     let started = Instant::now();
-    let copied = export_into(engine, &container, partial, signals).await;
+    let copied = export_into(engine, &container, partial, signals, report.quiet).await;
     let removed = engine.remove_container(&container).await;
     let stats = copied?;
     removed?;
     if !report.quiet {
-        eprintln!(
-            "toolbox: unpacked {} entries, {} MB in {:.1} s",
+        ui::say(format_args!(
+            "unpacked {} entries, {} MB in {:.1} s",
             stats.entries,
             stats.bytes / 1_000_000,
             started.elapsed().as_secs_f64()
-        );
+        ));
     }
     let metadata = Metadata {
         image: reference.to_string(),
@@ -522,10 +529,10 @@ async fn create<E: Engine>(
     let flushing = Instant::now();
     machine::complete(partial, &metadata)?;
     if report.verbose {
-        eprintln!(
-            "toolbox: completed and flushed to disk in {:.2} s",
+        ui::say(format_args!(
+            "completed and flushed to disk in {:.2} s",
             flushing.elapsed().as_secs_f64()
-        );
+        ));
     }
     Ok(())
 }
@@ -540,14 +547,14 @@ async fn find_image<E: Engine>(
     let local = engine.image(&reference).await?;
     match (&local, always_pull) {
         (Some(found), false) => return Ok(found.clone()),
-        (None, _) if !quiet => eprintln!("toolbox: image {reference} is not here; pulling it"),
+        (None, _) if !quiet => ui::say(format_args!("image {reference} is not here; pulling it")),
         _ => {}
     }
     if let Err(e) = engine.pull(image, quiet).await {
         match local {
             Some(found) => {
                 if !quiet {
-                    eprintln!("toolbox: warning: {e:#}; using the local image");
+                    ui::warn(format_args!("{e:#}; using the local image"));
                 }
                 return Ok(found);
             }
@@ -560,35 +567,51 @@ async fn find_image<E: Engine>(
         .ok_or_else(|| anyhow!("image `{reference}` is still missing after the pull"))
 }
 
-/// Streams the container's export into the unpacker running on a blocking thread. The
-/// unpacker has always finished when this returns, even when a signal cut the export
-/// short, so the partial tree can be removed safely.
+/// Streams the container's export into the unpacker running on a blocking thread,
+/// showing progress unless `quiet`. The unpacker has always finished when this returns,
+/// even when a signal cut the export short, so the partial tree can be removed safely.
 async fn export_into<E: Engine>(
     engine: &E,
     container: &str,
     partial: &Path,
     signals: &mut Signals,
+    quiet: bool,
 ) -> Result<unpack::Stats> {
     let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let target: PathBuf = partial.to_path_buf();
     let options = unpack::Options::for_this_host();
-    let unpacker = tokio::task::spawn_blocking(move || {
-        unpack::unpack(
-            ChannelReader {
+    let counters = Arc::new(unpack::Progress::default());
+    let unpacker = tokio::task::spawn_blocking({
+        let counters = Arc::clone(&counters);
+        move || {
+            let reader = ChannelReader {
                 receiver,
                 chunk: Bytes::new(),
-            },
-            &target,
-            options,
-        )
+            };
+            unpack::unpack_watched(reader, &target, options, &counters)
+        }
     });
+    let mut progress = ui::UnpackProgress::new(ui::Progress::new(quiet));
+    let show = async {
+        let mut every = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            every.tick().await;
+            progress.update(
+                counters.bytes.load(Ordering::Relaxed),
+                counters.entries.load(Ordering::Relaxed),
+            );
+        }
+    };
     let exported = tokio::select! {
         exported = engine.export(container, &sender) => exported,
         interrupted = signals.recv() => Err(interrupted.into()),
+        never = show => match never {},
     };
     // Dropping the sender ends the stream, and the unpacker with it.
     drop(sender);
-    let unpacked = unpacker.await.context("the unpacker thread failed")?;
+    let unpacked = unpacker.await;
+    progress.finish();
+    let unpacked = unpacked.context("the unpacker thread failed")?;
     // A truncated export makes the unpacker fail too, so the export's own error is the
     // one worth reporting; when the unpacker stopped first (a refused entry), its error
     // explains why.

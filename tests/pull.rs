@@ -61,7 +61,7 @@ fn a_missing_image_is_pulled_with_progress() {
     assert!(
         stderr
             .lines()
-            .any(|l| l.starts_with("pulling ") && l.ends_with(": Pull complete")),
+            .any(|l| l.starts_with("toolbox: pulling ") && l.ends_with(": Pull complete")),
         "no per-layer progress: {stderr}"
     );
     assert!(

@@ -24,6 +24,8 @@ pub struct Key {
     pub default: &'static str,
     /// Whether the value is a list of words split like a shell command line.
     pub words: bool,
+    /// What it means, one paragraph (for toolbox.conf(5)).
+    pub doc: &'static str,
 }
 
 pub const IMAGE: &str = "TOOLBOX_DOCKER_IMAGE";
@@ -45,61 +47,73 @@ pub const KEYS: &[Key] = &[
         name: IMAGE,
         default: "fedora",
         words: false,
+        doc: "Image the toolbox is built from; it may carry its own `:tag` or `@digest`.",
     },
     Key {
         name: TAG,
         default: "latest",
         words: false,
+        doc: "Tag used when the image has none.",
     },
     Key {
         name: USER,
         default: "root",
         words: false,
+        doc: "User inside the toolbox. A user the toolbox lacks but the host has is added with the host's UID, GID, home and shell.",
     },
     Key {
         name: DIRECTORY,
         default: "/var/lib/toolbox",
         words: false,
+        doc: "Where toolboxes live; an absolute path.",
     },
     Key {
         name: BIND,
         default: "--bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run",
         words: true,
+        doc: "systemd-nspawn bind options, split into words like a shell command line (quotes respected).",
     },
     Key {
         name: ENV,
         default: "",
         words: true,
+        doc: "systemd-nspawn `--setenv=` options (any systemd-nspawn option is accepted).",
     },
     Key {
         name: NAME,
         default: "",
         words: false,
+        doc: "Toolbox name instead of IMAGE-TAG; the toolbox directory is `${USER}-${TOOLBOX_NAME}`.",
     },
     Key {
         name: FLAGS,
         default: "",
         words: true,
+        doc: "Any other systemd-nspawn options, placed before the binds.",
     },
     Key {
         name: UPDATE,
         default: "notify",
         words: false,
+        doc: "On entering an existing toolbox: `notify` says when its image changed since it was built, `auto` rebuilds it first, `never` contacts no daemon.",
     },
     Key {
         name: UPDATE_INTERVAL,
         default: "600",
         words: false,
+        doc: "Seconds between two such checks of one toolbox.",
     },
     Key {
         name: SUDO,
         default: "sudo",
         words: true,
+        doc: "How a normal user becomes root: toolbox re-runs itself through this command.",
     },
     Key {
         name: STORAGE,
         default: "copy",
         words: false,
+        doc: "How a new toolbox holds its image: `copy` unpacks it into the toolbox directory; `overlay` mounts the Docker daemon's overlay2 layers under the toolbox's own upper directory, and falls back to `copy`, saying why, where that cannot work.",
     },
 ];
 

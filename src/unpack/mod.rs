@@ -29,7 +29,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex};
 
@@ -66,6 +66,14 @@ pub struct Stats {
     pub bytes: u64,
 }
 
+/// Counters another thread may read while an archive is being unpacked: entries read and
+/// bytes of file data so far.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
 /// Why an unpack failed. Always names the entry when one is at fault.
 #[derive(Debug)]
 pub struct Error {
@@ -96,6 +104,16 @@ const QUEUE: usize = 4;
 
 /// Unpacks `archive` into the existing, empty directory `target`.
 pub fn unpack(archive: impl Read, target: &Path, options: Options) -> Result<Stats, Error> {
+    unpack_watched(archive, target, options, &Progress::default())
+}
+
+/// [`unpack`], keeping `progress` up to date as it goes.
+pub fn unpack_watched(
+    archive: impl Read,
+    target: &Path,
+    options: Options,
+    progress: &Progress,
+) -> Result<Stats, Error> {
     let stream_error = |source| Error {
         entry: None,
         source,
@@ -119,6 +137,7 @@ pub fn unpack(archive: impl Read, target: &Path, options: Options) -> Result<Sta
             parents: HashSet::new(),
             directories: Vec::new(),
             stats: Stats::default(),
+            progress,
             buffer: vec![0; BLOCK],
         };
         let read = reader.read_all(archive);
@@ -323,6 +342,7 @@ struct Reader<'a> {
     /// Directories whose mode, owner and time are applied once everything is written.
     directories: Vec<Directory>,
     stats: Stats,
+    progress: &'a Progress,
     buffer: Vec<u8>,
 }
 
@@ -344,6 +364,11 @@ impl Reader<'_> {
                 entry: Some(printable(&name)),
                 source,
             })?;
+            let progress = self.progress;
+            progress
+                .entries
+                .store(self.stats.entries, Ordering::Relaxed);
+            progress.bytes.store(self.stats.bytes, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -1,0 +1,185 @@
+//! toolbox driven as a person drives it: in a real pseudo-terminal (tmux), a first entry
+//! into a new toolbox, a prompt, a command typed and its output read off the screen,
+//! Ctrl-C interrupting a command but not the shell, `exit`, and the terminal left as it was.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A tmux server on its own socket, killed when dropped.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn start(socket: &Path, script: &Path) -> Tmux {
+        let tmux = Tmux {
+            socket: socket.to_path_buf(),
+        };
+        let out = tmux
+            .command()
+            .args(["new-session", "-d", "-x", "160", "-y", "50", "sh"])
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        tmux
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.arg("-S").arg(&self.socket);
+        command
+    }
+
+    fn screen(&self) -> String {
+        self.capture(&[])
+    }
+
+    /// The screen with its colours, as escape sequences.
+    fn screen_in_colour(&self) -> String {
+        self.capture(&["-e"])
+    }
+
+    fn capture(&self, extra: &[&str]) -> String {
+        let out = self
+            .command()
+            .args(["capture-pane", "-p", "-J", "-S", "-200"])
+            .args(extra)
+            .output()
+            .unwrap();
+        stdout(&out)
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let out = self.command().arg("send-keys").args(keys).output().unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let screen = self.screen();
+            if done(&screen) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; the screen:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.command().arg("kill-server").output();
+    }
+}
+
+/// Lines of the screen that are exactly `text` (output, not the echo of a typed command).
+fn output_lines(screen: &str, text: &str) -> usize {
+    screen
+        .lines()
+        .filter(|line| line.trim_end() == text)
+        .count()
+}
+
+#[test]
+fn a_shell_in_a_real_terminal() {
+    let Some(t) = TestEnv::new("terminal", DEBIAN_IMAGE) else {
+        return;
+    };
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("TOOLBOX_E2E").as_deref() != Ok("required"),
+            "TOOLBOX_E2E=required but tmux is missing (scripts/setup-host installs it)"
+        );
+        eprintln!("skipped a_shell_in_a_real_terminal: tmux is missing");
+        return;
+    }
+    let script = t.root.join("session.sh");
+    fs::write(
+        &script,
+        format!(
+            "cd /\n\
+             {bin} --bogus-colour\n\
+             NO_COLOR=1 {bin} --bogus-plain\n\
+             env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester \
+             TOOLBOX_DIRECTORY={dir} TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} {bin}\n\
+             echo \"toolbox exited $?\"\n\
+             stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e -echo -e icanon -e -icanon | \
+             tr '\\n' ' ' | sed 's/^/terminal: /'\n\
+             echo\n\
+             sleep 600\n",
+            home = t.home.display(),
+            dir = t.toolboxes.display(),
+            image = t.image,
+            name = t.name,
+            bin = env!("CARGO_BIN_EXE_toolbox"),
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux::start(&t.root.join("tmux.sock"), &script);
+
+    // A first entry creates the toolbox, says where the host is and how to leave, and
+    // leaves no progress bar behind on the screen.
+    tmux.wait_for("the prompt", |s| {
+        s.lines()
+            .any(|l| l.starts_with("root@") && l.ends_with("# "))
+            || s.lines()
+                .any(|l| l.starts_with("root@") && l.ends_with('#'))
+    });
+    let screen = tmux.screen();
+    assert!(
+        screen.contains(&format!(
+            "toolbox: entering `{}`: the host's / is at /media/root; `exit` or Ctrl-D leaves",
+            t.toolbox_name()
+        )),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("unpacking "),
+        "progress left on screen:\n{screen}"
+    );
+
+    // Errors are red on a terminal, unless NO_COLOR is set.
+    let coloured = tmux.screen_in_colour();
+    let line = |flag: &str| {
+        coloured
+            .lines()
+            .find(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("no error about {flag}:\n{coloured}"))
+            .to_string()
+    };
+    assert!(line("--bogus-colour").contains("31m"), "{coloured}");
+    assert!(!line("--bogus-plain").contains('\x1b'), "{coloured}");
+
+    tmux.keys(&["echo $((6 * 7))-ok", "Enter"]);
+    tmux.wait_for("the command's output", |s| output_lines(s, "42-ok") == 1);
+
+    tmux.keys(&["sleep 60; echo not-interrupted", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after-ctrl-c", "Enter"]);
+    tmux.wait_for("the shell to survive Ctrl-C", |s| {
+        output_lines(s, "after-ctrl-c") == 1
+    });
+    assert!(!tmux.screen().contains("\nnot-interrupted"));
+
+    tmux.keys(&["exit", "Enter"]);
+    tmux.wait_for("toolbox to exit", |s| s.contains("toolbox exited 0"));
+    tmux.wait_for("the terminal's modes", |s| s.contains("terminal: "));
+    let screen = tmux.screen();
+    let modes = screen
+        .lines()
+        .find(|l| l.starts_with("terminal: "))
+        .unwrap()
+        .to_string();
+    assert_eq!(modes.trim_end(), "terminal: icanon echo", "{screen}");
+}
