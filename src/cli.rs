@@ -226,20 +226,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Erro
 
 /// Whether `arg` is an option that takes the next word as its value (`--image debian`).
 fn value_expected(arg: &OsString) -> bool {
-    let Some(arg) = arg.to_str() else {
-        return false;
-    };
-    command().get_arguments().any(|option| {
-        option.get_action().takes_values()
-            && (option
-                .get_long()
-                .is_some_and(|long| arg.strip_prefix("--") == Some(long))
-                || option.get_short().is_some_and(|short| {
-                    arg.strip_prefix('-').is_some_and(|rest| {
-                        rest.len() == short.len_utf8() && rest.starts_with(short)
-                    })
-                }))
-    })
+    value_options().iter().any(|option| arg == option.as_str())
+}
+
+/// The options that take a value, as they are written on the command line (`--image`, `-c`).
+pub fn value_options() -> Vec<String> {
+    let mut options = Vec::new();
+    for arg in command().get_arguments() {
+        if !arg.get_action().takes_values() {
+            continue;
+        }
+        options.extend(arg.get_long().map(|long| format!("--{long}")));
+        options.extend(arg.get_short().map(|short| format!("-{short}")));
+    }
+    options
 }
 
 #[cfg(test)]

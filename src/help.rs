@@ -28,7 +28,7 @@ pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
     clap_complete::generate(generator, &mut command, "toolbox", &mut script);
     let script = String::from_utf8_lossy(&script);
     let script = match shell {
-        Shell::Bash => format!("{script}{}", bash_names(&value_options())),
+        Shell::Bash => format!("{script}{}", bash_names(&cli::value_options())),
         Shell::Zsh => zsh_names(&script),
         Shell::Fish => format!(
             "{script}complete -c toolbox -n \"__fish_seen_subcommand_from {}\" -f \
@@ -37,19 +37,6 @@ pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
         ),
     };
     out.write_all(script.as_bytes())
-}
-
-/// The options that take a value, as they are written on the command line.
-fn value_options() -> Vec<String> {
-    let mut options = Vec::new();
-    for arg in cli::command().get_arguments() {
-        if !arg.get_action().takes_values() {
-            continue;
-        }
-        options.extend(arg.get_long().map(|long| format!("--{long}")));
-        options.extend(arg.get_short().map(|short| format!("-{short}")));
-    }
-    options
 }
 
 /// A bash completion function in front of clap's `_toolbox`: after `rm` or `update` it

@@ -101,7 +101,8 @@ pub fn ensure(target: &Target, env: &Env, quiet: bool, verbose: bool) -> Result<
     let partial = provisioner.build(target, &image)?;
     if let Err(e) = machine::install(&partial, &path) {
         // Best effort: the error matters more than a failed cleanup, and the next
-        // creation removes any leftover partial tree anyway.
+        // creation removes any leftover partial tree and anchor anyway.
+        provisioner.forget_new_anchor(&partial);
         let _ = fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -127,8 +128,9 @@ pub enum Updated {
 /// when `--storage` demands the other mode. The new tree is built beside the old one and
 /// swapped in atomically; the old tree (and its anchor) is removed only after the swap.
 /// `prepare` runs under the toolbox's lock just before the swap: it deals with running
-/// sessions, unmounts, and returns the mount lock, held over the swap. A pull that fails while the image is local updates from the local image,
-/// with a warning. `recorded` is `None` for an adopted CoreOS tree.
+/// sessions, unmounts, and returns the mount lock, held over the swap. A pull that fails
+/// while the image is local updates from the local image, with a warning. `recorded` is
+/// `None` for an adopted CoreOS tree.
 pub fn update(
     target: &Target,
     recorded: Option<&Metadata>,
