@@ -298,8 +298,8 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
     ctx.become_root()?;
     let target = Target::of(&plan);
     // A toolbox with metadata is complete: nothing to create, nothing to ask a daemon.
-    let created = metadata.is_none()
-        && provision::ensure(&target, &ctx.env, ctx.quiet(), ctx.verbose())?;
+    let created =
+        metadata.is_none() && provision::ensure(&target, &ctx.env, ctx.quiet(), ctx.verbose())?;
     let rebuilt = !created && check_freshness(ctx, &target, metadata.as_ref())?;
     if created || rebuilt {
         metadata = existing_metadata(&plan.path())?;
