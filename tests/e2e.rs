@@ -309,3 +309,45 @@ fn debian_tools_attach_to_host_processes() {
     assert_eq!(stdout(&su).trim(), "4755 root", "{}", describe(&su));
     assert!(t.containers().is_empty());
 }
+
+#[test]
+fn verbosity_says_what_and_why() {
+    let Some(t) = TestEnv::new("verbosity", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let rc = t.home.join(".toolboxrc");
+    fs::write(&rc, "TOOLBOX_ENV=\"--setenv=EDITOR=vi\"\n").unwrap();
+    let out = t.run(["-v", "true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let lines = toolbox_lines(&out);
+    let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(
+        has(&format!("toolbox: read settings from {}", rc.display())),
+        "{lines:?}"
+    );
+    assert!(has("toolbox: Docker daemon at unix://"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("(API 1.")), "{lines:?}");
+    assert!(has("toolbox: systemd-nspawn "), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("copy storage")),
+        "{lines:?}"
+    );
+    assert!(
+        !has("toolbox: SYSTEMD_NSPAWN_"),
+        "-v leaves the command out: {lines:?}"
+    );
+
+    let out = t.run(["-vv", "true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let command = toolbox_lines(&out)
+        .into_iter()
+        .find(|l| l.starts_with("toolbox: SYSTEMD_NSPAWN_"))
+        .unwrap_or_else(|| panic!("-vv prints the command: {}", describe(&out)));
+    assert!(command.contains(" --directory=") && command.contains("--setenv=EDITOR=vi"));
+
+    // Quiet: a creation says nothing at all.
+    let out = t.run(["-q", "--name", "quiet", "true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(t.toolboxes.join("tester-quiet").exists());
+    assert!(toolbox_lines(&out).is_empty(), "{}", describe(&out));
+}
