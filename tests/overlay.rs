@@ -381,3 +381,56 @@ fn upper_layers_hide_what_lower_layers_hold() {
     let out = t.run(["rm", "--all"]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
 }
+
+// A creation killed outright leaves an anchor container and a partial directory, maybe with
+// its overlay still mounted; the next creation removes all three before building.
+#[test]
+fn a_killed_creation_is_cleaned_up_by_the_next() {
+    let Some(t) = TestEnv::new("overlay_killed", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let label = format!("toolbox.anchor={}", t.tree().display());
+    let stale_anchor = docker(&["create", "--label", &label, BUSYBOX_IMAGE, "/bin/true"]);
+    let partial = t
+        .toolboxes
+        .join(format!(".{}.partial-999999", t.toolbox_name()));
+    for dir in ["upper", "work", "root"] {
+        fs::create_dir_all(partial.join(dir)).unwrap();
+    }
+    let layer = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.GraphDriver.Data.UpperDir}}",
+        BUSYBOX_IMAGE,
+    ]);
+    let options = format!(
+        "lowerdir={layer},upperdir={},workdir={}",
+        partial.join("upper").display(),
+        partial.join("work").display()
+    );
+    let out = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(partial.join("root"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let out = run(&t, &["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!partial.exists(), "the stale partial directory is removed");
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    let anchors = anchors(&t);
+    assert_eq!(anchors.len(), 1, "{anchors:?}");
+    assert!(
+        !anchors[0].starts_with(&stale_anchor),
+        "the stale anchor is removed"
+    );
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&partial.display().to_string()),
+        "the stale mount is gone"
+    );
+    let out = t.run(["rm", "--all"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+}
