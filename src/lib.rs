@@ -416,10 +416,31 @@ fn enter_overlay(
 fn end_overlay_session(ctx: &Context, plan: &Plan) -> Result<()> {
     let _lock = machine::lock_for_mount(&plan.directory, &plan.name)?;
     session::end(&plan.directory, &plan.name)?;
-    if session::live(&plan.directory, &ctx.paths.proc, &plan.name)?.is_empty() {
-        overlay::unmount(&plan.path())?;
+    if !session::live(&plan.directory, &ctx.paths.proc, &plan.name)?.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let path = plan.path();
+    let lingering = overlay::processes(&path, &ctx.paths.proc)?;
+    if lingering.is_empty() {
+        overlay::unmount(&path)
+    } else {
+        if ctx.verbose() {
+            ui::say(format_args!(
+                "`{}` stays mounted: processes started in it still run (PID {})",
+                plan.name,
+                pid_list(&lingering)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PIDs for a message: `12, 345`.
+pub fn pid_list(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed

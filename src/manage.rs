@@ -157,11 +157,7 @@ fn settle_sessions(directory: &Path, proc_root: &Path, name: &str, force: bool) 
         bail!(
             "toolbox `{name}` has {} running session(s) (PID {}); use --force to stop them",
             sessions.len(),
-            sessions
-                .iter()
-                .map(|s| s.pid.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::pid_list(&sessions.iter().map(|s| s.pid).collect::<Vec<_>>())
         );
     }
     session::stop(directory, proc_root, name, STOP_GRACE)
@@ -177,8 +173,31 @@ fn quiesce(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Resul
     if !session::live(directory, proc_root, name)?.is_empty() {
         bail!("a session of toolbox `{name}` started meanwhile; try again");
     }
-    overlay::unmount(&directory.join(name))?;
+    let path = directory.join(name);
+    let lingering = overlay::processes(&path, proc_root)?;
+    if !lingering.is_empty() {
+        if !force {
+            bail!(
+                "processes started in toolbox `{name}` still run (PID {}); stop them or use --force",
+                crate::pid_list(&lingering)
+            );
+        }
+        stop_processes(&path, proc_root)?;
+    }
+    overlay::unmount(&path)?;
     Ok(lock)
+}
+
+/// Ends processes left running in an overlay toolbox, as sessions are ended.
+fn stop_processes(path: &Path, proc_root: &Path) -> Result<()> {
+    let left = session::terminate(|| overlay::processes(path, proc_root), STOP_GRACE)?;
+    anyhow::ensure!(
+        left.is_empty(),
+        "processes {} in {} did not stop",
+        crate::pid_list(&left),
+        path.display()
+    );
+    Ok(())
 }
 
 /// `toolbox rm`: removes each toolbox, refusing ones with running sessions unless `force`,

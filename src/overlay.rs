@@ -10,7 +10,7 @@ use std::ffi::CString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -198,6 +198,36 @@ pub fn unmount(toolbox: &Path) -> Result<()> {
             anyhow::Error::new(e).context(format!("cannot unmount {}", root.display()))
         }
     })
+}
+
+/// Processes whose root directory is the mounted overlay of the toolbox in `toolbox`:
+/// during a session its payload; after the last session, processes started inside that
+/// still run (the host's PID namespace is shared, so nothing ends them with the session).
+/// They hold the overlay's filesystem in their own mount namespace, so it must stay
+/// mounted for the next session rather than be mounted a second time over the same
+/// `upper/`. Empty when the toolbox is not mounted.
+pub fn processes(toolbox: &Path, proc_root: &Path) -> Result<Vec<i32>> {
+    if !is_mounted(toolbox)? {
+        return Ok(Vec::new());
+    }
+    let root = root(toolbox);
+    let device = fs::metadata(&root)
+        .with_context(|| format!("cannot inspect {}", root.display()))?
+        .dev();
+    let entries =
+        fs::read_dir(proc_root).with_context(|| format!("cannot list {}", proc_root.display()))?;
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // `/proc/PID/root` leads to the process's root directory, in its own namespace.
+        if fs::metadata(entry.path().join("root")).is_ok_and(|m| m.dev() == device) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// Disk space an overlay toolbox uses: its own directories, not the image's layers.

@@ -111,27 +111,41 @@ pub fn forget(directory: &Path, name: &str) -> Result<()> {
 /// Ends sessions: SIGTERM to each systemd-nspawn (which then kills its payload), and
 /// SIGKILL to any still there after `grace`.
 pub fn stop(directory: &Path, proc_root: &Path, name: &str, grace: Duration) -> Result<()> {
-    let sessions = live(directory, proc_root, name)?;
-    for session in &sessions {
-        crate::sys::signal(session.pid, rustix::process::Signal::TERM);
+    let running = || {
+        Ok(live(directory, proc_root, name)?
+            .iter()
+            .map(|s| s.pid)
+            .collect())
+    };
+    let left = terminate(running, grace)?;
+    anyhow::ensure!(
+        left.is_empty(),
+        "sessions {left:?} of `{name}` did not stop"
+    );
+    Ok(())
+}
+
+/// Ends the processes `running` lists: SIGTERM to each, SIGKILL to those still listed
+/// after `grace`; returns any listed even then.
+pub fn terminate(
+    mut running: impl FnMut() -> Result<Vec<i32>>,
+    grace: Duration,
+) -> Result<Vec<i32>> {
+    for pid in running()? {
+        crate::sys::signal(pid, rustix::process::Signal::TERM);
     }
     let deadline = Instant::now() + grace;
     loop {
-        let left = live(directory, proc_root, name)?;
+        let left = running()?;
         if left.is_empty() {
-            return Ok(());
+            return Ok(left);
         }
         if Instant::now() >= deadline {
-            for session in &left {
-                crate::sys::signal(session.pid, rustix::process::Signal::KILL);
+            for pid in left {
+                crate::sys::signal(pid, rustix::process::Signal::KILL);
             }
             std::thread::sleep(Duration::from_millis(200));
-            let left = live(directory, proc_root, name)?;
-            anyhow::ensure!(
-                left.is_empty(),
-                "sessions {left:?} of `{name}` did not stop"
-            );
-            return Ok(());
+            return running();
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -434,3 +434,54 @@ fn a_killed_creation_is_cleaned_up_by_the_next() {
     let out = t.run(["rm", "--all"]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
 }
+
+// A process started in a session and left running (the host's PID namespace is shared, so
+// nothing ends it with its session) still uses the overlay: the toolbox stays mounted and
+// the next session shares that mount instead of mounting the same upper directory twice;
+// `rm` refuses while it runs and `rm --force` ends it.
+#[test]
+fn processes_left_running_keep_the_mount() {
+    let Some(t) = TestEnv::new("overlay_lingering", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let marker = "sleep 4242";
+    let out = run(
+        &t,
+        &[
+            "sh",
+            "-c",
+            &format!("setsid {marker} </dev/null >/dev/null 2>&1 & echo started"),
+        ],
+    );
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let lingering = || {
+        Command::new("pgrep")
+            .args(["-f", "-x", marker])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(lingering(), "the background process did not start");
+    assert_eq!(mounts(&t), 1, "kept mounted for the process left running");
+
+    let out = run(&t, &["sh", "-c", "echo again > /again; cat /again"]);
+    assert_eq!(stdout(&out), "again\n", "{}", describe(&out));
+    assert_eq!(mounts(&t), 1, "one mount, shared");
+
+    let out = t.run(["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still run"),
+        "{}",
+        describe(&out)
+    );
+    assert!(t.tree().exists());
+
+    let out = t.run(["rm", "--force", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!lingering(), "rm --force ends it");
+    assert_eq!(mounts(&t), 0);
+    assert!(!t.tree().exists());
+    assert!(anchors(&t).is_empty());
+}
