@@ -380,17 +380,17 @@ fn enter_overlay(
     let mounted = (|| {
         let _lock = machine::lock_for_mount(&plan.directory, &plan.name)?;
         // `rm` or `update` may have replaced it while this run waited for the lock.
-        match existing_metadata(&path)?.and_then(|m| m.overlay) {
-            Some(current) if current == *overlay => {}
+        let image = match existing_metadata(&path)? {
+            Some(current) if current.overlay.as_ref() == Some(overlay) => current.image,
             _ => bail!(
                 "toolbox `{}` was removed or rebuilt while starting; run toolbox again",
                 plan.name
             ),
-        }
+        };
         if let Some(missing) = overlay::missing_layer(&overlay.layers) {
             return Err(overlay::LayersGone {
                 name: plan.name.clone(),
-                image: plan.image.reference(),
+                image,
                 missing: missing.to_path_buf(),
             }
             .into());
@@ -428,19 +428,11 @@ fn end_overlay_session(ctx: &Context, plan: &Plan) -> Result<()> {
             ui::say(format_args!(
                 "`{}` stays mounted: processes started in it still run (PID {})",
                 plan.name,
-                pid_list(&lingering)
+                ui::pid_list(&lingering)
             ));
         }
         Ok(())
     }
-}
-
-/// PIDs for a message: `12, 345`.
-pub fn pid_list(pids: &[i32]) -> String {
-    pids.iter()
-        .map(i32::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed

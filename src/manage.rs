@@ -157,7 +157,7 @@ fn settle_sessions(directory: &Path, proc_root: &Path, name: &str, force: bool) 
         bail!(
             "toolbox `{name}` has {} running session(s) (PID {}); use --force to stop them",
             sessions.len(),
-            crate::pid_list(&sessions.iter().map(|s| s.pid).collect::<Vec<_>>())
+            ui::pid_list(&sessions.iter().map(|s| s.pid).collect::<Vec<_>>())
         );
     }
     session::stop(directory, proc_root, name, STOP_GRACE)
@@ -179,7 +179,7 @@ fn quiesce(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Resul
         if !force {
             bail!(
                 "processes started in toolbox `{name}` still run (PID {}); stop them or use --force",
-                crate::pid_list(&lingering)
+                ui::pid_list(&lingering)
             );
         }
         stop_processes(&path, proc_root)?;
@@ -194,7 +194,7 @@ fn stop_processes(path: &Path, proc_root: &Path) -> Result<()> {
     anyhow::ensure!(
         left.is_empty(),
         "processes {} in {} did not stop",
-        crate::pid_list(&left),
+        ui::pid_list(&left),
         path.display()
     );
     Ok(())

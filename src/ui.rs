@@ -50,6 +50,14 @@ pub fn error(message: impl Display) {
     }
 }
 
+/// PIDs for a message: `12, 345`.
+pub fn pid_list(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where progress goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {

@@ -137,26 +137,38 @@ fn overlay_writes_persist_and_sessions_share_one_mount() {
     assert_eq!(stdout(&out), "second\n");
     assert_eq!(mounts(&t), 0, "the last session unmounts");
 
-    // A session whose toolbox process is killed outright ends with it; the next session
-    // reuses the mount it left and unmounts after itself.
-    let mut killed = overlay(&t).args(["sleep", "120"]).spawn().unwrap();
+    // A session whose toolbox process is killed outright loses its systemd-nspawn with it.
+    // Its payload, in the host's PID namespace, runs on (as when the systemd-nspawn that
+    // toolbox execs for a copy toolbox is killed): the mount stays for it, the next session
+    // shares that mount, and once the payload has ended a session unmounts after itself.
+    let mut killed = overlay(&t).args(["sleep", "1210"]).spawn().unwrap();
     wait_for("the session to start", || list_row(&t)["sessions"] == 1);
-    let machine = format!("--machine=tester-overlay-sessions-{}", killed.id());
-    let nspawn_runs = || {
+    let running = |pattern: &str| {
         Command::new("pgrep")
-            .args(["-f", "--", &machine])
+            .args(["-f", "--", pattern])
             .stdout(Stdio::null())
             .status()
             .unwrap()
             .success()
     };
-    assert!(nspawn_runs(), "the session's systemd-nspawn is not running");
+    let machine = format!("--machine=tester-overlay-sessions-{}", killed.id());
+    assert!(
+        running(&machine),
+        "the session's systemd-nspawn is not running"
+    );
     killed.kill().unwrap();
     killed.wait().unwrap();
-    wait_for("systemd-nspawn to die with toolbox", || !nspawn_runs());
+    wait_for("systemd-nspawn to die with toolbox", || !running(&machine));
     assert_eq!(mounts(&t), 1);
     let out = run(&t, &["cat", "/kept"]);
     assert_eq!(stdout(&out), "one\n", "{}", describe(&out));
+    if running("^sleep 1210$") {
+        assert_eq!(mounts(&t), 1, "kept mounted for the orphaned payload");
+        let _ = Command::new("pkill").args(["-f", "^sleep 1210$"]).status();
+        wait_for("the orphaned payload to end", || !running("^sleep 1210$"));
+        let out = run(&t, &["true"]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+    }
     assert_eq!(mounts(&t), 0);
 
     // `rm --force` stops a running session, which unmounts as it ends.
