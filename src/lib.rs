@@ -304,11 +304,10 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
     if created || rebuilt {
         metadata = existing_metadata(&plan.path())?;
     }
+    plan.storage = metadata
+        .as_ref()
+        .map_or(plan::Storage::Copy, machine::Metadata::storage);
     let overlay = metadata.and_then(|m| m.overlay);
-    plan.storage = match overlay {
-        Some(_) => plan::Storage::Overlay,
-        None => plan::Storage::Copy,
-    };
     let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
     if ctx.verbose() {
         ui::say(format_args!(

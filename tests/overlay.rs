@@ -39,6 +39,16 @@ fn anchors(t: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+/// Whether a process whose command line matches `pattern` (pgrep -f) runs.
+fn running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", "--", pattern])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
 fn metadata(t: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap()
 }
@@ -143,14 +153,6 @@ fn overlay_writes_persist_and_sessions_share_one_mount() {
     // shares that mount, and once the payload has ended a session unmounts after itself.
     let mut killed = overlay(&t).args(["sleep", "1210"]).spawn().unwrap();
     wait_for("the session to start", || list_row(&t)["sessions"] == 1);
-    let running = |pattern: &str| {
-        Command::new("pgrep")
-            .args(["-f", "--", pattern])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
     let machine = format!("--machine=tester-overlay-sessions-{}", killed.id());
     assert!(
         running(&machine),
@@ -466,14 +468,8 @@ fn processes_left_running_keep_the_mount() {
         ],
     );
     assert_eq!(status(&out), 0, "{}", describe(&out));
-    let lingering = || {
-        Command::new("pgrep")
-            .args(["-f", "-x", marker])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
+    let pattern = format!("^{marker}$");
+    let lingering = || running(&pattern);
     assert!(lingering(), "the background process did not start");
     assert_eq!(mounts(&t), 1, "kept mounted for the process left running");
 
