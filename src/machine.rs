@@ -176,6 +176,24 @@ pub fn make_partial(directory: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Makes a partial tree for toolbox `name` and has `fill` build it. If `fill` fails, the
+/// partial tree is removed (unmounted first, if `fill` left it mounted) before the error is
+/// returned: a failed creation leaves nothing in `directory`.
+pub fn build_partial(
+    directory: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let partial = make_partial(directory, name)?;
+    if let Err(e) = fill(&partial) {
+        // Best effort: the error matters more, and the next creation removes leftovers.
+        let _ = crate::overlay::unmount(&partial);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    Ok(partial)
+}
+
 /// Completes a partial tree: [`prepare_tree`], then [`finish`].
 pub fn complete(partial: &Path, metadata: &Metadata) -> Result<()> {
     prepare_tree(partial)?;

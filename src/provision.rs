@@ -337,19 +337,16 @@ impl Provisioner {
     fn build_overlay(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         let path = target.path();
         overlay::check(image, self.engine.is_local(), &self.engine.address, &path)?;
-        let partial = machine::make_partial(&target.directory, &target.name)?;
-        let built = (|| {
-            overlay::make_dirs(&partial)?;
+        machine::build_partial(&target.directory, &target.name, |partial| {
+            overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
             // filesystem overlayfs cannot write to) means overlay storage does not work here.
-            overlay::mount(&partial, &image.layers).map_err(|e| {
-                match e.downcast::<Unusable>() {
-                    Ok(unusable) => unusable,
-                    Err(e) => Unusable(format!("{e:#}")),
-                }
+            overlay::mount(partial, &image.layers).map_err(|e| match e.downcast::<Unusable>() {
+                Ok(unusable) => unusable,
+                Err(e) => Unusable(format!("{e:#}")),
             })?;
-            let prepared = machine::prepare_tree(&overlay::root(&partial));
-            let unmounted = overlay::unmount(&partial);
+            let prepared = machine::prepare_tree(&overlay::root(partial));
+            let unmounted = overlay::unmount(partial);
             prepared?;
             unmounted?;
             let reference = target.image.reference();
@@ -374,17 +371,10 @@ impl Provisioner {
                     anchor: anchor.clone(),
                 }),
             };
-            machine::finish(&partial, &metadata).inspect_err(|_| {
+            machine::finish(partial, &metadata).inspect_err(|_| {
                 let _ = self.remove_container(&anchor);
             })
-        })();
-        if let Err(e) = built {
-            // Best effort, as for a copy: the next creation removes what is left.
-            let _ = overlay::unmount(&partial);
-            let _ = fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        Ok(partial)
+        })
     }
 
     /// Removes a container, as anchors are removed once their toolbox is gone.
@@ -404,7 +394,6 @@ impl Provisioner {
 
     /// A copy toolbox: the image's export unpacked into a partial tree.
     fn build_copy(&mut self, target: &Target, image_id: &str) -> Result<PathBuf> {
-        let partial = machine::make_partial(&target.directory, &target.name)?;
         let Provisioner {
             runtime,
             engine,
@@ -417,20 +406,17 @@ impl Provisioner {
             quiet: *quiet,
             verbose: *verbose,
         };
-        let created = runtime.block_on(create(
-            engine,
-            &reference,
-            &target.name,
-            image_id,
-            &partial,
-            signals,
-            report,
-        ));
-        if let Err(e) = created {
-            let _ = fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        Ok(partial)
+        machine::build_partial(&target.directory, &target.name, |partial| {
+            runtime.block_on(create(
+                engine,
+                &reference,
+                &target.name,
+                image_id,
+                partial,
+                signals,
+                report,
+            ))
+        })
     }
 
     fn check_signals(&mut self) -> Result<()> {
@@ -508,7 +494,11 @@ async fn create<E: Engine>(
     ]);
     // Not raced against signals: a signal arriving now waits in `signals` until the
     // export below, so the container, once created, is always removed.
-    let container = engine.create_container(reference, labels).await?;
+    // By ID, as recorded: the tag may have moved since it was inspected.
+    let container = engine
+        .create_container(image_id, labels)
+        .await
+        .with_context(|| format!("creating `{name}` from {reference}"))?;
     let started = Instant::now();
     let copied = export_into(engine, &container, partial, signals, report.quiet).await;
     let removed = engine.remove_container(&container).await;

@@ -219,9 +219,21 @@ fn work(creator: &Creator, pending: &Pending, jobs: Receiver<Job>) {
     }
 }
 
-/// A name for messages: invalid UTF-8 and control characters are escaped.
+/// Longest entry name quoted whole in a message; longer ones are cut in the middle.
+const NAME_IN_MESSAGES: usize = 160;
+
+/// A name for messages: invalid UTF-8 and control characters are escaped, and a very long
+/// name (a hostile archive's 8,000-byte path) keeps only its start and end, so the error
+/// stays one readable line.
 fn printable(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).escape_debug().to_string()
+    let text: Vec<char> = String::from_utf8_lossy(name).escape_debug().collect();
+    if text.len() <= NAME_IN_MESSAGES {
+        return text.into_iter().collect();
+    }
+    let half = NAME_IN_MESSAGES / 2;
+    let start: String = text[..half].iter().collect();
+    let end: String = text[text.len() - half..].iter().collect();
+    format!("{start}...({} characters)...{end}", text.len() - 2 * half)
 }
 
 /// The metadata an entry asks for.
@@ -398,17 +410,21 @@ impl Reader<'_> {
                 JobKind::Directory
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let size = entry.header().entry_size()?;
+                // The size the data really has: a PAX `size` record overrides the header's,
+                // so the header's cannot bound what is read into memory.
+                let size = entry.size();
                 if size > BLOCK as u64 || self.queues.is_empty() {
                     // Streamed here, in order with everything before it.
                     self.wait_for_workers()?;
-                    self.stats.bytes +=
+                    let written =
                         self.creator
                             .stream_file(&path, entry, &meta, &mut self.buffer)?;
-                    return Ok(());
+                    self.stats.bytes += written;
+                    return whole(written, size);
                 }
                 let mut data = Vec::with_capacity(size as usize);
                 entry.read_to_end(&mut data)?;
+                whole(data.len() as u64, size)?;
                 self.stats.bytes += data.len() as u64;
                 JobKind::File(data)
             }
@@ -748,6 +764,17 @@ impl Creator {
         )?;
         Ok(())
     }
+}
+
+/// An entry's data stops short at the end of the stream (a truncated archive, or a size
+/// record larger than the data): tar's reader then just returns less.
+fn whole(read: u64, size: u64) -> io::Result<()> {
+    if read < size {
+        return Err(invalid(format!(
+            "the archive ends inside this file ({read} of {size} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether opening a directory failed because a later entry replaced it.

@@ -36,6 +36,8 @@ impl Tar {
         header.set_gid(owner.1);
         header.set_mtime(1_600_000_000);
         header.set_size(body.len() as u64);
+        header.set_device_major(0).unwrap();
+        header.set_device_minor(0).unwrap();
         header.set_cksum();
         self.data.extend_from_slice(header.as_bytes());
         self.data.extend_from_slice(body);
@@ -511,4 +513,650 @@ fn owners_setuid_capabilities_and_nodes() {
     let fifo = fs::symlink_metadata(scene.target.join("fifo")).unwrap();
     assert!(fifo.file_type().is_fifo());
     assert_eq!((fifo.uid(), fifo.gid(), fifo.mode() & 0o777), (7, 8, 0o640));
+}
+
+/// The hostile-archive corpus: archives built to escape, confuse or exhaust the unpacker,
+/// each with the outcome it must have. Every case runs the way a creation does, through
+/// [`crate::machine::build_partial`] in a toolbox directory with a sentinel tree beside
+/// it, and must leave everything outside its partial tree as it was; a refused archive
+/// must leave no partial tree behind.
+mod corpus {
+    use super::*;
+
+    enum Expect {
+        /// Refused, with an error containing this text.
+        Refused(&'static str),
+        /// Unpacked; the check sees the finished tree and the scratch directory.
+        Contained(fn(&Path, &Path)),
+    }
+
+    struct Case {
+        name: &'static str,
+        archive: Vec<u8>,
+        expect: Expect,
+        needs_root: bool,
+    }
+
+    /// A scratch directory: `outside/secret` (the sentinel) and `toolboxes/` (where the
+    /// partial tree is made). Absolute names in the archives point into it.
+    fn scratch() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("outside")).unwrap();
+        fs::write(dir.path().join("outside/secret"), "untouched").unwrap();
+        fs::create_dir(dir.path().join("toolboxes")).unwrap();
+        dir
+    }
+
+    /// Every path under `dir` except beneath `skip`: type, size, mode, owner, links,
+    /// modification time, symlink target and content of small files.
+    fn snapshot(dir: &Path, skip: Option<&Path>) -> Vec<String> {
+        fn walk(dir: &Path, skip: Option<&Path>, out: &mut Vec<String>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if Some(path.as_path()) == skip {
+                    continue;
+                }
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let detail = if meta.is_file() {
+                    format!("{:?}", fs::read(&path).unwrap())
+                } else if meta.file_type().is_symlink() {
+                    fs::read_link(&path).unwrap().display().to_string()
+                } else {
+                    String::new()
+                };
+                // A directory's link count and time change as the partial tree comes and
+                // goes in `toolboxes`; its entries are listed instead.
+                let (links, time) = match meta.is_dir() {
+                    true => (0, 0),
+                    false => (meta.nlink(), meta.mtime()),
+                };
+                out.push(format!(
+                    "{} {:o} {} {}:{} {links} {time} {detail}",
+                    path.display(),
+                    meta.mode(),
+                    meta.len(),
+                    meta.uid(),
+                    meta.gid(),
+                ));
+                if meta.is_dir() {
+                    walk(&path, skip, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, skip, &mut out);
+        out.sort();
+        out
+    }
+
+    /// An absolute path inside the scratch directory, as a name an archive can carry.
+    fn at(scratch: &Path, rest: &str) -> String {
+        format!("{}/{rest}", scratch.display())
+    }
+
+    /// A GNU long-name ('L') or long-link ('K') record for the next entry.
+    fn gnu_long(tar: &mut Tar, kind: EntryType, value: &[u8]) {
+        let mut body = value.to_vec();
+        body.push(0);
+        tar.raw(b"././@LongLink", kind, 0o644, b"", &body, (0, 0));
+    }
+
+    /// A header declaring `size` bytes followed by only `present` of them.
+    fn lying_header(tar: &mut Tar, name: &[u8], size: u64, present: usize) {
+        let mut header = Header::new_ustar();
+        header.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_size(size);
+        header.set_cksum();
+        tar.data.extend_from_slice(header.as_bytes());
+        tar.data.extend(std::iter::repeat_n(b'x', present));
+    }
+
+    fn file_is(tree: &Path, path: &str, body: &[u8]) {
+        assert_eq!(fs::read(tree.join(path)).unwrap(), body, "{path}");
+    }
+
+    /// The corpus, built for the scratch directory at `s` (absolute names point into it).
+    fn cases(s: &Path) -> Vec<Case> {
+        let outside = at(s, "outside");
+        let secret = at(s, "outside/secret");
+        let mut cases = Vec::new();
+        let mut case = |name, archive: Vec<u8>, expect, needs_root| {
+            cases.push(Case {
+                name,
+                archive,
+                expect,
+                needs_root,
+            })
+        };
+        let tar = || Tar::default();
+
+        case(
+            "dot-dot file",
+            tar().file("../escape", b"x").bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "dot-dot deep inside",
+            tar().file("a/b/../../../escape", b"x").bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "dot-dot directory",
+            tar().dir("../newdir/", 0o755).bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "dot-dot hard link target",
+            tar().hardlink("x", "../outside/secret").bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "dot-dot symlink followed by a write",
+            tar()
+                .dir("outside/", 0o755)
+                .symlink("up", "../../outside")
+                .file("up/secret", b"owned")
+                .bytes(),
+            Expect::Contained(|tree, _| file_is(tree, "outside/secret", b"owned")),
+            false,
+        );
+        case(
+            "absolute file name",
+            tar().file(&at(s, "outside/abs"), b"x").bytes(),
+            Expect::Contained(|tree, s| {
+                let inside = tree.join(s.strip_prefix("/").unwrap()).join("outside/abs");
+                assert!(inside.is_file());
+            }),
+            false,
+        );
+        case(
+            "absolute symlink to a directory outside, written through",
+            tar()
+                .dir(&format!("{outside}/"), 0o755)
+                .symlink("abs", &outside)
+                .file("abs/secret", b"owned")
+                .bytes(),
+            Expect::Contained(|tree, s| {
+                let inside = tree
+                    .join(s.strip_prefix("/").unwrap())
+                    .join("outside/secret");
+                assert_eq!(fs::read(inside).unwrap(), b"owned");
+            }),
+            false,
+        );
+        case(
+            "symlink to / followed by entries beneath it",
+            tar()
+                .dir("etc/", 0o755)
+                .symlink("root", "/")
+                .file("root/etc/owned", b"owned")
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                file_is(tree, "etc/owned", b"owned");
+                assert!(!Path::new("/etc/owned").exists());
+            }),
+            false,
+        );
+        case(
+            "symlink to /etc followed by a replaced passwd",
+            tar()
+                .dir("etc/", 0o755)
+                .symlink("e", "/etc")
+                .file("e/passwd", b"root::0:0::/:/bin/sh\n")
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                file_is(tree, "etc/passwd", b"root::0:0::/:/bin/sh\n");
+                assert_ne!(fs::read("/etc/passwd").unwrap(), b"root::0:0::/:/bin/sh\n");
+            }),
+            false,
+        );
+        case(
+            "symlink to a missing directory outside, written through",
+            tar()
+                .symlink("gone", &at(s, "outside/newdir"))
+                .file("gone/file", b"x")
+                .bytes(),
+            Expect::Refused("symlink to a missing directory"),
+            false,
+        );
+        case(
+            "symlink replaced by a directory",
+            tar()
+                .symlink("x", &outside)
+                .dir("x/", 0o755)
+                .file("x/f", b"inside")
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                assert!(fs::symlink_metadata(tree.join("x")).unwrap().is_dir());
+                file_is(tree, "x/f", b"inside");
+            }),
+            false,
+        );
+        case(
+            "empty directory replaced by a symlink, written through",
+            tar()
+                .dir("outside/", 0o755)
+                .dir("y/", 0o755)
+                .symlink("y", "/outside")
+                .file("y/f", b"through")
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                assert!(
+                    fs::symlink_metadata(tree.join("y"))
+                        .unwrap()
+                        .file_type()
+                        .is_symlink()
+                );
+                file_is(tree, "outside/f", b"through");
+            }),
+            false,
+        );
+        case(
+            "last component symlink to the sentinel, overwritten",
+            tar()
+                .symlink("victim", &secret)
+                .file("victim", b"replaced")
+                .bytes(),
+            Expect::Contained(|tree, _| file_is(tree, "victim", b"replaced")),
+            false,
+        );
+        case(
+            "hard link to an absolute path outside",
+            tar().hardlink("h", &secret).bytes(),
+            Expect::Refused("hard link"),
+            false,
+        );
+        case(
+            "hard link through a symlink pointing outside",
+            tar()
+                .symlink("out", &outside)
+                .hardlink("h", "out/secret")
+                .bytes(),
+            Expect::Refused("hard link"),
+            false,
+        );
+        case(
+            "hard link to a symlink pointing outside",
+            tar().symlink("s", &secret).hardlink("h", "s").bytes(),
+            Expect::Contained(|tree, _| {
+                let h = fs::symlink_metadata(tree.join("h")).unwrap();
+                assert!(h.file_type().is_symlink());
+                assert_eq!(h.ino(), fs::symlink_metadata(tree.join("s")).unwrap().ino());
+            }),
+            false,
+        );
+        case(
+            "symlink loop written through",
+            tar()
+                .symlink("a", "b")
+                .symlink("b", "a")
+                .file("a/f", b"x")
+                .bytes(),
+            Expect::Refused("a/f"),
+            false,
+        );
+        case(
+            "duplicate entries",
+            tar()
+                .file("d", b"first")
+                .file("d", b"second")
+                .dir("e/", 0o755)
+                .file("e", b"file")
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                file_is(tree, "d", b"second");
+                file_is(tree, "e", b"file");
+            }),
+            false,
+        );
+        case(
+            "file replacing a directory with contents",
+            tar().file("full/keep", b"x").file("full", b"no").bytes(),
+            Expect::Refused("not empty"),
+            false,
+        );
+        case(
+            "restrictive directory entry after its files",
+            tar()
+                .file("locked/inside", b"data")
+                .dir("locked/", 0o000)
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                file_is(tree, "locked/inside", b"data");
+                let mode = fs::metadata(tree.join("locked")).unwrap().mode() & 0o7777;
+                assert_eq!(mode, 0o000);
+            }),
+            false,
+        );
+        let mut gnu = tar();
+        gnu_long(
+            &mut gnu,
+            EntryType::GNULongName,
+            format!("{}/../../../escape", "d".repeat(120)).as_bytes(),
+        );
+        gnu.file("short", b"x");
+        case(
+            "GNU long name that traverses",
+            gnu.bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        let mut gnu_link = tar();
+        gnu_long(
+            &mut gnu_link,
+            EntryType::GNULongLink,
+            format!("{}/../../../outside/secret", "d".repeat(120)).as_bytes(),
+        );
+        gnu_link.hardlink("h", "short");
+        case(
+            "GNU long link target that traverses",
+            gnu_link.bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "PAX path that traverses",
+            tar()
+                .pax(&[("path", b"../../outside/pax")])
+                .file("innocent", b"x")
+                .bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "PAX link path that traverses",
+            tar()
+                .file("t", b"x")
+                .pax(&[("linkpath", b"../../outside/secret")])
+                .hardlink("h", "t")
+                .bytes(),
+            Expect::Refused("`..`"),
+            false,
+        );
+        case(
+            "PAX size larger than the data",
+            tar()
+                .pax(&[("size", b"1073741824")])
+                .file("big", b"small")
+                .bytes(),
+            Expect::Refused("big"),
+            false,
+        );
+        case(
+            "PAX size smaller than the data",
+            tar()
+                .pax(&[("size", b"3")])
+                .file("short", &[b'y'; 700])
+                .bytes(),
+            Expect::Refused("archive"),
+            false,
+        );
+        let mut truncated = tar().file("whole", b"x").file("cut", &[7; 5000]).bytes();
+        truncated.truncate(512 + 512 + 512 + 1000);
+        case(
+            "truncated archive",
+            truncated,
+            Expect::Refused("cut"),
+            false,
+        );
+        let mut huge = tar();
+        lying_header(&mut huge, b"huge", 8 << 30, 4096);
+        case(
+            "huge declared size",
+            huge.data.clone(),
+            Expect::Refused("huge"),
+            false,
+        );
+        let deep: String = "d/".repeat(4096);
+        case(
+            "4096-deep nesting",
+            tar()
+                .pax(&[("path", format!("{deep}f").as_bytes())])
+                .file("deep", b"x")
+                .bytes(),
+            Expect::Refused("too long"),
+            false,
+        );
+        case(
+            "names with newlines, control characters and invalid UTF-8",
+            tar()
+                .raw(b"new\nline", EntryType::Regular, 0o644, b"", b"1", (0, 0))
+                .raw(
+                    b"bell\x07esc\x1b[31m",
+                    EntryType::Regular,
+                    0o644,
+                    b"",
+                    b"2",
+                    (0, 0),
+                )
+                .raw(
+                    b"latin\xe9\xff",
+                    EntryType::Regular,
+                    0o644,
+                    b"",
+                    b"3",
+                    (0, 0),
+                )
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                assert_eq!(
+                    fs::read(tree.join(OsStr::from_bytes(b"new\nline"))).unwrap(),
+                    b"1"
+                );
+                assert_eq!(
+                    fs::read(tree.join(OsStr::from_bytes(b"bell\x07esc\x1b[31m"))).unwrap(),
+                    b"2"
+                );
+                assert_eq!(
+                    fs::read(tree.join(OsStr::from_bytes(b"latin\xe9\xff"))).unwrap(),
+                    b"3"
+                );
+            }),
+            false,
+        );
+        case(
+            "refused entry named with control characters",
+            tar()
+                .raw(
+                    b"../\x1b[2Jgone\n",
+                    EntryType::Regular,
+                    0o644,
+                    b"",
+                    b"",
+                    (0, 0),
+                )
+                .bytes(),
+            Expect::Refused("\\u{1b}[2Jgone\\n"),
+            false,
+        );
+        case(
+            "setuid and setgid files owned by other users",
+            tar()
+                .raw(b"su", EntryType::Regular, 0o4755, b"", b"#!", (4321, 8765))
+                .raw(b"sg", EntryType::Regular, 0o2711, b"", b"#!", (0, 42))
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                let su = fs::metadata(tree.join("su")).unwrap();
+                assert_eq!(
+                    (su.uid(), su.gid(), su.mode() & 0o7777),
+                    (4321, 8765, 0o4755)
+                );
+                let sg = fs::metadata(tree.join("sg")).unwrap();
+                assert_eq!((sg.gid(), sg.mode() & 0o7777), (42, 0o2711));
+            }),
+            true,
+        );
+        case(
+            "device nodes and FIFOs",
+            tar()
+                .raw(b"disk", EntryType::Block, 0o660, b"", b"", (0, 6))
+                .raw(b"fifo", EntryType::Fifo, 0o600, b"", b"", (0, 0))
+                .bytes(),
+            Expect::Contained(|tree, _| {
+                assert!(
+                    fs::symlink_metadata(tree.join("disk"))
+                        .unwrap()
+                        .file_type()
+                        .is_block_device()
+                );
+                assert!(
+                    fs::symlink_metadata(tree.join("fifo"))
+                        .unwrap()
+                        .file_type()
+                        .is_fifo()
+                );
+            }),
+            true,
+        );
+        case(
+            "device node over the sentinel's path, through a symlink",
+            tar()
+                .symlink("out", &outside)
+                .raw(b"out/secret", EntryType::Char, 0o666, b"", b"", (0, 0))
+                .bytes(),
+            Expect::Refused("symlink to a missing directory"),
+            true,
+        );
+        case(
+            "archive root that is not a directory",
+            tar().file("./", b"x").bytes(),
+            Expect::Refused("archive root"),
+            false,
+        );
+        case(
+            "hard link to the archive root",
+            tar().hardlink("h", "/").bytes(),
+            Expect::Refused("archive root"),
+            false,
+        );
+        case(
+            "unsupported entry type",
+            tar()
+                .raw(b"label", EntryType::new(b'V'), 0o644, b"", b"", (0, 0))
+                .bytes(),
+            Expect::Refused("unsupported entry type"),
+            false,
+        );
+        cases
+    }
+
+    #[test]
+    fn every_hostile_archive_is_refused_or_contained() {
+        let root = sys::is_root();
+        let probe = scratch();
+        let total = cases(probe.path()).len();
+        assert!(total >= 25, "the corpus has only {total} cases");
+        let (mut refused, mut contained, mut skipped) = (0, 0, 0);
+        let mut failures = Vec::new();
+        for index in 0..total {
+            let dir = scratch();
+            let s = dir.path();
+            let case = cases(s).swap_remove(index);
+            if case.needs_root && !root {
+                assert!(have_root(), "{}", case.name);
+                skipped += 1;
+                continue;
+            }
+            let toolboxes = s.join("toolboxes");
+            let before = snapshot(s, None);
+            let options = Options {
+                preserve_owners: root,
+                workers: 2,
+            };
+            let built = crate::machine::build_partial(&toolboxes, "hostile", |partial| {
+                unpack(&case.archive[..], partial, options)?;
+                Ok(())
+            });
+            match (built, &case.expect) {
+                (Err(e), Expect::Refused(text)) => {
+                    let message = format!("{e:#}");
+                    assert!(
+                        message.contains(text),
+                        "{}: `{message}` lacks `{text}`",
+                        case.name
+                    );
+                    assert!(
+                        !message.contains('\n'),
+                        "{}: not one line: {message}",
+                        case.name
+                    );
+                    assert!(
+                        message.len() < 600,
+                        "{}: {} bytes: {message}",
+                        case.name,
+                        message.len()
+                    );
+                    assert_eq!(
+                        snapshot(s, None),
+                        before,
+                        "{}: something changed",
+                        case.name
+                    );
+                    assert_eq!(
+                        fs::read_dir(&toolboxes).unwrap().count(),
+                        0,
+                        "{}: partial tree left",
+                        case.name
+                    );
+                    refused += 1;
+                }
+                (Ok(partial), Expect::Contained(check)) => {
+                    assert_eq!(
+                        snapshot(s, Some(&partial)),
+                        before,
+                        "{}: something outside changed",
+                        case.name
+                    );
+                    check(&partial, s);
+                    contained += 1;
+                }
+                (outcome, _) => failures.push(format!(
+                    "{}: unexpected outcome {:?}",
+                    case.name,
+                    outcome.map(|_| ()).map_err(|e| format!("{e:#}"))
+                )),
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        // Read by scripts/reliability for docs/RELIABILITY.md.
+        println!(
+            "figure hostile-archives cases={total} refused={refused} contained={contained} skipped={skipped}"
+        );
+    }
+}
+
+/// Regression: a small file's data was read into memory by the header's size, which a PAX
+/// `size` record overrides, so one entry could make the unpacker hold any amount.
+#[test]
+fn a_pax_size_cannot_make_a_small_file_large_in_memory() {
+    const SIZE: u64 = 300 << 20;
+    let mut tar = Tar::default();
+    tar.pax(&[("size", SIZE.to_string().as_bytes())])
+        .file("big", b"tiny-head");
+    // The archive as the header promised it, then the PAX size's worth of data, lazily.
+    let head = tar.data[..tar.data.len() - 512].to_vec();
+    let data = io::repeat(0).take(SIZE);
+    let archive = (&head[..]).chain(data).chain(&[0u8; 1024][..]);
+    let scene = Scene::new();
+    let peak = || {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        usage.ru_maxrss
+    };
+    let before = peak();
+    let options = Options {
+        preserve_owners: false,
+        workers: 2,
+    };
+    unpack(archive, &scene.target, options).unwrap();
+    assert_eq!(fs::metadata(scene.target.join("big")).unwrap().len(), SIZE);
+    let grown_kib = peak() - before;
+    assert!(grown_kib < 64 << 10, "the unpacker grew by {grown_kib} KiB");
 }
