@@ -78,6 +78,11 @@ pub struct Options {
     #[arg(long, global = true)]
     pub dry_run: bool,
 
+    /// With --dry-run and -vv, print proxy passwords and secret-looking variables
+    /// (`*TOKEN*`, `*PASSWORD*`, ...) as they are instead of `***`
+    #[arg(long, global = true)]
+    pub show_secrets: bool,
+
     /// Say what is being done (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -174,6 +174,7 @@ struct Context {
     files: Vec<PathBuf>,
     settings: Settings,
     dry_run: bool,
+    show_secrets: bool,
     verbosity: i8,
     /// The arguments after the program name, to re-run them through sudo.
     args: Vec<OsString>,
@@ -219,6 +220,7 @@ impl Context {
             files,
             settings,
             dry_run: options.dry_run,
+            show_secrets: options.show_secrets,
             verbosity,
             args: args.to_vec(),
         };
@@ -233,6 +235,14 @@ impl Context {
             }
         }
         Ok(ctx)
+    }
+
+    /// A command as printed: secrets hidden unless `--show-secrets`.
+    fn shown(&self, command: &impl std::fmt::Display) -> String {
+        match self.show_secrets {
+            true => command.to_string(),
+            false => ui::redact(&command.to_string()),
+        }
     }
 
     fn quiet(&self) -> bool {
@@ -289,10 +299,8 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
         plan.storage = metadata.storage();
     }
     if ctx.dry_run {
-        println!(
-            "{}",
-            nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet())
-        );
+        let invocation = nspawn::invocation(&plan, &nspawn, &launch, ctx.quiet());
+        println!("{}", ctx.shown(&invocation));
         return Ok(0);
     }
     ctx.become_root()?;
@@ -332,7 +340,7 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
         None => {
             start_session(ctx, &plan, &launch)?;
             if ctx.verbosity >= 2 {
-                ui::say(&invocation);
+                ui::say(ctx.shown(&invocation));
             }
             match invocation.exec()? {}
         }
@@ -357,12 +365,22 @@ fn start_session(ctx: &Context, plan: &Plan, launch: &Launch) -> Result<()> {
         std::fs::write(&launch.marker, "")
             .with_context(|| format!("cannot create {}", launch.marker.display()))?;
     }
-    session::register(
+    let registered = session::register(
         &plan.directory,
         &ctx.paths.proc,
         &plan.name,
         &plan.session_machine_name(launch.session),
-    )
+    );
+    match registered {
+        // A full disk is when the toolbox is needed most: enter it anyway.
+        Err(e) if sys::is_no_space(&e) => {
+            ui::warn(format_args!(
+                "{e:#}; `toolbox list` and `rm` will not see this session"
+            ));
+            Ok(())
+        }
+        result => result,
+    }
 }
 
 /// A session of an overlay toolbox: mounted by the first session, shared by the ones that
@@ -399,7 +417,7 @@ fn enter_overlay(
     })();
     let status = mounted.and_then(|()| {
         if ctx.verbosity >= 2 {
-            ui::say(invocation);
+            ui::say(ctx.shown(invocation));
         }
         invocation.run()
     });

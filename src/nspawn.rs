@@ -27,6 +27,10 @@ const AUTOPIPE_SINCE: u32 = 248;
 /// systemd 242 added `--console=pipe`.
 const PIPE_SINCE: u32 = 242;
 
+/// The oldest systemd-nspawn toolbox drives: systemd 219 (CentOS 7, the oldest host the
+/// CoreOS-era toolbox ran on), which has every option toolbox passes.
+pub const OLDEST_SUPPORTED: u32 = 219;
+
 /// The `PATH` systemd-nspawn gives the payload (systemd 252; unchanged for years).
 pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -59,7 +63,7 @@ impl Nspawn {
             meta.mtime_nsec()
         );
         if let Some(version) = cached_version(cache, &identity) {
-            return Ok(Nspawn { program, version });
+            return supported(program, version);
         }
         let output = Command::new(&program)
             .arg("--version")
@@ -77,8 +81,18 @@ impl Nspawn {
             // A cache that cannot be written only costs the next start a few milliseconds.
             let _ = write_cache(cache, &format!("{identity} {version}\n"));
         }
-        Ok(Nspawn { program, version })
+        supported(program, version)
     }
+}
+
+fn supported(program: PathBuf, version: u32) -> Result<Nspawn> {
+    if version < OLDEST_SUPPORTED {
+        return Err(anyhow!(
+            "{} is from systemd {version}; toolbox needs systemd-nspawn from systemd {OLDEST_SUPPORTED} or newer",
+            program.display()
+        ));
+    }
+    Ok(Nspawn { program, version })
 }
 
 fn cached_version(cache: &Path, identity: &str) -> Option<u32> {

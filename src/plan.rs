@@ -2,7 +2,7 @@
 //! precedence rule is unit-tested here. Everything downstream takes a [`Plan`].
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -139,7 +139,7 @@ impl Plan {
             settings.setting(config::STORAGE).origin,
             config::Origin::Option(_)
         );
-        Ok(Plan {
+        let plan = Plan {
             image,
             name,
             directory,
@@ -150,7 +150,41 @@ impl Plan {
             payload,
             storage,
             storage_demanded,
-        })
+        };
+        plan.check_host_root_stays_visible(settings)?;
+        Ok(plan)
+    }
+
+    /// Refuses a mount that would cover the host's `/` inside the toolbox: one on the
+    /// directory it is bound at or on any directory above it (`--bind=/tmp/x:/media`
+    /// hides `/media/root`), from whichever word-valued setting it comes.
+    fn check_host_root_stays_visible(&self, settings: &Settings) -> Result<()> {
+        let Some(host_root) = self.host_root() else {
+            return Ok(());
+        };
+        let host_root = Path::new(&host_root);
+        for (key, words) in [
+            (config::BIND, &self.binds),
+            (config::ENV, &self.env),
+            (config::FLAGS, &self.flags),
+        ] {
+            for word in words {
+                let Some((source, destination)) = mount_of(word) else {
+                    continue;
+                };
+                let destination = Path::new(destination);
+                let covers = host_root.starts_with(destination)
+                    && (destination != host_root || source != Some("/"));
+                if covers {
+                    bail!(
+                        "{}: {key}: `{word}` would cover {}, where the host's `/` is bound; mount it elsewhere",
+                        settings.setting(key).origin,
+                        host_root.display()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The toolbox's directory: its tree (copy storage), or the directory holding the
@@ -186,6 +220,24 @@ impl Plan {
             let target = rest.split(':').next()?;
             (source == "/" && !target.is_empty()).then(|| target.to_string())
         })
+    }
+}
+
+/// The source (for binds) and destination inside the toolbox of a systemd-nspawn mount
+/// option: `--bind[-ro]=SRC[:DST[:OPTIONS]]`, `--tmpfs=DST[:OPTIONS]`,
+/// `--overlay[-ro]=...:DST`.
+fn mount_of(word: &str) -> Option<(Option<&str>, &str)> {
+    let (option, spec) = word.split_once('=')?;
+    match option {
+        "--bind" | "--bind-ro" => {
+            let mut parts = spec.split(':');
+            let source = parts.next()?;
+            let destination = parts.next().filter(|d| !d.is_empty()).unwrap_or(source);
+            Some((Some(source.trim_start_matches(['+', '-'])), destination))
+        }
+        "--tmpfs" => Some((None, spec.split(':').next()?)),
+        "--overlay" | "--overlay-ro" => Some((None, spec.rsplit(':').next()?)),
+        _ => None,
     }
 }
 
@@ -401,6 +453,43 @@ mod tests {
         let name = long.session_machine_name(4_194_304);
         assert_eq!(name.len(), 64);
         assert!(name.ends_with("-4194304"));
+    }
+
+    #[test]
+    fn mounts_covering_the_host_root_are_refused_with_their_origin() {
+        fn env_setting(key: &str, value: &str) -> Settings {
+            let mut s = Settings::default();
+            s.apply_environment(&Env::from_pairs([(key, value)]));
+            s
+        }
+        for (key, value) in [
+            (config::BIND, "--bind=/:/media/root --bind=/tmp/x:/media"),
+            (config::BIND, "--bind=/tmp/x:/media/root --bind=/:/media/root"),
+            (config::ENV, "--tmpfs=/media"),
+            (config::FLAGS, "--bind-ro=/srv:/"),
+            (config::FLAGS, "--overlay=/a:/b:/media"),
+        ] {
+            let err = Plan::resolve(&env_setting(key, value), "core", Payload::Shell).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("environment: {key}: `"))
+                    && err.to_string().ends_with(
+                        "would cover /media/root, where the host's `/` is bound; mount it elsewhere"
+                    ),
+                "{value}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("toolboxrc");
+        let mut s = Settings::default();
+        s.apply_file(&file, "\nTOOLBOX_BIND=\"$TOOLBOX_BIND --bind=/tmp:/media\"\n", &Env::default())
+            .unwrap();
+        let err = Plan::resolve(&s, "core", Payload::Shell).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{}:2: ", file.display())), "{err}");
+        // Beneath it, or elsewhere, is fine: the defaults bind /usr and /run beneath it.
+        for value in ["--bind=/srv:/media/root/srv", "--bind=/mnt --tmpfs=/srv/media"] {
+            let bind = format!("{} {value}", Settings::default().get(config::BIND));
+            Plan::resolve(&env_setting(config::BIND, &bind), "core", Payload::Shell).unwrap();
+        }
     }
 
     #[test]

@@ -281,6 +281,19 @@ impl Provisioner {
     /// Call with the toolbox's lock held. On failure nothing is left behind.
     fn build(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         self.clean_up(target)?;
+        self.build_somehow(target, image).map_err(|e| {
+            if sys::is_no_space(&e) {
+                let directory = target.directory.display();
+                e.context(format!("not enough space in {directory} for `{}`", target.name))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// [`Provisioner::build`] after the cleanup: overlay storage if asked for and
+    /// usable, else a copy.
+    fn build_somehow(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         if target.storage == Storage::Overlay {
             match self.build_overlay(target, image) {
                 Err(e) if e.is::<Unusable>() && !target.storage_demanded => {

@@ -77,6 +77,20 @@ pub fn process_exists(pid: i32) -> bool {
     }
 }
 
+/// Whether `error` comes from a full filesystem (or an exhausted quota).
+pub fn is_no_space(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<io::Error>()
+            .or_else(|| cause.downcast_ref::<crate::unpack::Error>().map(|e| e.io()));
+        io.is_some_and(|e| {
+            [Errno::NOSPC, Errno::DQUOT]
+                .iter()
+                .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+        })
+    })
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

@@ -32,8 +32,10 @@ pub fn say(message: impl Display) {
     eprintln!("toolbox: {message}");
 }
 
-/// Something wrong that does not stop toolbox: `toolbox: warning: MESSAGE`.
+/// Something wrong that does not stop toolbox: `toolbox: warning: MESSAGE`, secrets
+/// hidden ([`redact`]).
 pub fn warn(message: impl Display) {
+    let message = redact(&message.to_string());
     if colour() {
         eprintln!("toolbox: \x1b[1;33mwarning:\x1b[0m {message}");
     } else {
@@ -41,8 +43,9 @@ pub fn warn(message: impl Display) {
     }
 }
 
-/// Why toolbox stopped, on one line: `toolbox: MESSAGE`.
+/// Why toolbox stopped, on one line: `toolbox: MESSAGE`, secrets hidden ([`redact`]).
 pub fn error(message: impl Display) {
+    let message = redact(&message.to_string());
     if colour() {
         eprintln!("\x1b[1;31mtoolbox:\x1b[0m {message}");
     } else {
@@ -258,6 +261,118 @@ impl UnpackProgress {
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Stands for a hidden secret in what toolbox prints.
+pub const HIDDEN: &str = "***";
+
+/// Parts of a variable's name that mark its value as a secret.
+const SECRET_NAMES: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "API_KEY",
+    "APIKEY",
+    "ACCESS_KEY",
+    "PRIVATE_KEY",
+];
+
+/// `text` with secrets hidden, for messages and printed commands: the password (or lone
+/// token) in a URL's `user:password@` part (proxy settings, `DOCKER_HOST`), and the value
+/// in `NAME=value` when the name looks like a secret's (`--setenv=API_TOKEN=...`).
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme_end) = rest.find("://") {
+        let (before, after) = rest.split_at(scheme_end + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '\'' || c.is_whitespace())
+            .unwrap_or(after.len());
+        match after[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &after[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => out.push_str(&format!("{user}:{HIDDEN}")),
+                    None => out.push_str(HIDDEN),
+                }
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    hide_secret_values(&out)
+}
+
+/// `NAME=value` words whose name looks like a secret's, with the value hidden. Words are
+/// split at spaces outside single quotes, as printed commands quote them.
+fn hide_secret_values(text: &str) -> String {
+    let mut words = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                words.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    words.push(&text[start..]);
+    let hidden: Vec<String> = words.into_iter().map(hide_if_secret).collect();
+    hidden.join(" ")
+}
+
+fn hide_if_secret(word: &str) -> String {
+    let quoted = word.len() > 1 && word.starts_with('\'') && word.ends_with('\'');
+    let inner = if quoted { &word[1..word.len() - 1] } else { word };
+    let assignment = inner.strip_prefix("--setenv=").unwrap_or(inner);
+    let Some((name, _)) = assignment.split_once('=') else {
+        return word.to_string();
+    };
+    let upper = name.to_ascii_uppercase();
+    if !SECRET_NAMES.iter().any(|part| upper.contains(part)) {
+        return word.to_string();
+    }
+    let kept = &inner[..inner.len() - assignment.len() + name.len() + 1];
+    match quoted {
+        true => format!("'{kept}{HIDDEN}'"),
+        false => format!("{kept}{HIDDEN}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hidden() {
+        for (text, shown) in [
+            (
+                "--setenv=https_proxy=http://alice:s3cret@proxy:3128/",
+                "--setenv=https_proxy=http://alice:***@proxy:3128/",
+            ),
+            (
+                "cannot reach tcp://tok3n@docker.example:2376 now",
+                "cannot reach tcp://***@docker.example:2376 now",
+            ),
+            (
+                "'--setenv=GITHUB_TOKEN=ghp abc' --setenv=DB_PASSWORD=x --setenv=PATH=/bin",
+                "'--setenv=GITHUB_TOKEN=***' --setenv=DB_PASSWORD=*** --setenv=PATH=/bin",
+            ),
+            (
+                "http://proxy:3128 and https://user@host/x: plain",
+                "http://proxy:3128 and https://***@host/x: plain",
+            ),
+            ("no secrets here = fine", "no secrets here = fine"),
+        ] {
+            assert_eq!(redact(text), shown, "{text}");
         }
     }
 }

@@ -117,6 +117,26 @@ pub const KEYS: &[Key] = &[
     },
 ];
 
+/// The largest configuration file toolbox reads: a few assignments need a few hundred
+/// bytes, and a file of any length would be held in memory whole.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// A file's bytes, refusing one larger than [`MAX_FILE`].
+fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(io::Error::other(format!(
+            "it is larger than {} KiB, which no toolbox configuration needs",
+            MAX_FILE >> 10
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Refuses a file that someone other than root and `uid` could change.
 fn check_writers(path: &Path, uid: u32) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -237,16 +257,32 @@ impl Settings {
             if let Some(uid) = on_behalf_of {
                 check_writers(path, uid)?;
             }
-            let text = match std::fs::read(path) {
-                Ok(bytes) => String::from_utf8(bytes)
-                    .map_err(|_| anyhow::anyhow!("{}: is not UTF-8 text", path.display()))?,
+            let bytes = match read_limited(path) {
+                Ok(bytes) => bytes,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
             };
-            settings.apply_file(path, &text, env)?;
+            settings.apply_bytes(path, &bytes, env)?;
         }
         settings.apply_environment(env);
         Ok(settings)
+    }
+
+    /// Merges one file's assignments from its raw bytes: text that is not UTF-8 or holds a
+    /// NUL byte is refused, naming the line.
+    pub fn apply_bytes(&mut self, path: &Path, bytes: &[u8], env: &Env) -> Result<()> {
+        let line_at = |offset: usize| 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: is not UTF-8 text",
+                path.display(),
+                line_at(e.valid_up_to())
+            )
+        })?;
+        if let Some(nul) = bytes.iter().position(|&b| b == 0) {
+            bail!("{}:{}: contains a NUL byte", path.display(), line_at(nul));
+        }
+        self.apply_file(path, text, env)
     }
 
     /// Merges one file's assignments. `$NAME` sees earlier assignments first, then the
@@ -438,8 +474,58 @@ mod tests {
         let err = Settings::load(std::slice::from_ref(&binary), &Env::default(), None).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            format!("{}: is not UTF-8 text", binary.display())
+            format!("{}:1: is not UTF-8 text", binary.display())
         );
+    }
+
+    /// Hostile files: each is an error naming file and line, or a documented result.
+    #[test]
+    fn hostile_files_fail_with_file_and_line_or_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let loaded = Settings::load(std::slice::from_ref(&path), &Env::default(), None);
+            (path, loaded.map_err(|e| format!("{e:#}")))
+        };
+        let mut cases = 0;
+        let mut refused = |name: &str, bytes: &[u8], expected: &str| {
+            let (path, loaded) = load(name, bytes);
+            let error = loaded.expect_err(name);
+            assert_eq!(error, format!("{}{expected}", path.display()), "{name}");
+            cases += 1;
+        };
+        refused("invalid-utf8", b"A=1\nB=2\nTOOLBOX_USER=\xc3\x28\n", ":3: is not UTF-8 text");
+        refused("nul", b"A=1\nTOOLBOX_USER=ro\0ot\n", ":2: contains a NUL byte");
+        // Each line doubles A: without a bound, 40 lines ask for a terabyte.
+        let doubling = format!("A=x\n{}", "A=$A$A\n".repeat(40));
+        refused(
+            "doubling",
+            doubling.as_bytes(),
+            ":21: `$A` makes this file's expansions exceed 1024 KiB; values that refer to themselves grow without end",
+        );
+        let (path, loaded) = load("huge", &vec![b'#'; MAX_FILE as usize + 1]);
+        assert_eq!(
+            loaded.unwrap_err(),
+            format!(
+                "cannot read {}: it is larger than 1024 KiB, which no toolbox configuration needs",
+                path.display()
+            )
+        );
+        cases += 1;
+        // A line just under the size bound is read whole.
+        let long = format!("TOOLBOX_ENV='--setenv=X={}'\n", "y".repeat(MAX_FILE as usize - 64));
+        let settings = load("long-line", long.as_bytes()).1.unwrap();
+        assert_eq!(settings.get(ENV).len(), MAX_FILE as usize - 64 + "--setenv=X=".len());
+        // References are expanded once, when assigned, from earlier values: a value that
+        // names itself or a later one does not recurse.
+        let settings = load("self", b"TOOLBOX_NAME=$TOOLBOX_NAME-x\nA=$B\nB=$A\nTOOLBOX_USER=u$A$B\n")
+            .1
+            .unwrap();
+        assert_eq!(settings.get(NAME), "-x");
+        assert_eq!(settings.get(USER), "u");
+        cases += 3;
+        println!("figure hostile-config cases={cases}");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub fn split_words(text: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// The most text `$NAME` expansions may produce in one file. Values refer to earlier ones,
+/// so `A=$A$A` repeated doubles a value per line: this bounds the memory a file can ask for.
+pub const MAX_EXPANDED: usize = 1 << 20;
+
 /// Answers `$NAME` for names a text has not assigned itself.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -95,6 +99,8 @@ struct Lexer<'a> {
     /// Assignments made so far by this text, latest value per name.
     local: Vec<(String, String)>,
     referenced: HashSet<String>,
+    /// Bytes produced by expansions so far, against [`MAX_EXPANDED`].
+    expanded: usize,
 }
 
 fn is_name_start(c: char) -> bool {
@@ -118,6 +124,7 @@ impl<'a> Lexer<'a> {
             lookup,
             local: Vec::new(),
             referenced: HashSet::new(),
+            expanded: 0,
         }
     }
 
@@ -272,7 +279,7 @@ impl<'a> Lexer<'a> {
             )
         {
             self.bump();
-            value.push_str(&self.variable("HOME"));
+            value.push_str(&self.variable("HOME")?);
         }
         value.push_str(&self.word(Stop::Blank)?);
         Ok(value)
@@ -398,7 +405,7 @@ impl<'a> Lexer<'a> {
                     return self.error(line, "`${` must be followed by a variable name");
                 }
                 let name = self.name();
-                let value = self.variable(&name);
+                let value = self.variable(&name)?;
                 match self.peek() {
                     None => self.error(line, "unterminated `${`"),
                     Some('}') => {
@@ -425,7 +432,7 @@ impl<'a> Lexer<'a> {
             }
             Some(c) if is_name_start(c) => {
                 let name = self.name();
-                Ok(self.variable(&name))
+                self.variable(&name)
             }
             Some(c) if c.is_ascii_digit() || "@*#?$!-".contains(c) => self.error(
                 line,
@@ -448,14 +455,26 @@ impl<'a> Lexer<'a> {
         self.local_value(name).is_some() || self.lookup.and_then(|lookup| lookup(name)).is_some()
     }
 
-    fn variable(&mut self, name: &str) -> String {
+    fn variable(&mut self, name: &str) -> Result<String, SyntaxError> {
         self.referenced.insert(name.to_string());
-        if let Some(value) = self.local_value(name) {
-            return value.clone();
+        let value = match self.local_value(name) {
+            Some(value) => value.clone(),
+            None => self
+                .lookup
+                .and_then(|lookup| lookup(name))
+                .unwrap_or_default(),
+        };
+        self.expanded += value.len();
+        if self.expanded > MAX_EXPANDED {
+            return self.error(
+                self.line,
+                format!(
+                    "`${name}` makes this file's expansions exceed {} KiB; values that refer to themselves grow without end",
+                    MAX_EXPANDED >> 10
+                ),
+            );
         }
-        self.lookup
-            .and_then(|lookup| lookup(name))
-            .unwrap_or_default()
+        Ok(value)
     }
 }
 
