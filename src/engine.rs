@@ -64,10 +64,10 @@ pub trait Engine {
     async fn image(&self, reference: &str) -> Result<Option<Image>>;
     /// Pulls an image, reporting progress on stderr unless `quiet`.
     async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()>;
-    /// Creates (never starts) a container of `reference` and returns its ID.
+    /// Creates (never starts) a container of image `image_id` and returns its ID.
     async fn create_container(
         &self,
-        reference: &str,
+        image_id: &str,
         labels: HashMap<String, String>,
     ) -> Result<String>;
     /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
@@ -198,11 +198,11 @@ impl Engine for Docker {
 
     async fn create_container(
         &self,
-        reference: &str,
+        image_id: &str,
         labels: HashMap<String, String>,
     ) -> Result<String> {
         let body = ContainerCreateBody {
-            image: Some(reference.to_string()),
+            image: Some(image_id.to_string()),
             // Never started; an imported image has no command of its own and the API wants one.
             cmd: Some(vec!["/bin/true".to_string()]),
             labels: Some(labels),
@@ -214,7 +214,8 @@ impl Engine for Docker {
             .await
             .map_err(|e| {
                 anyhow!(
-                    "cannot create a container of `{reference}`: {}",
+                    "cannot create a container of image {}: {}",
+                    short_id(image_id),
                     daemon_message(&e)
                 )
             })?;
@@ -224,8 +225,12 @@ impl Engine for Docker {
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
         let mut stream = self.client.export_container(container);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|e| anyhow!("exporting the container failed: {}", daemon_message(&e)))?;
+            let chunk = chunk.map_err(|e| {
+                anyhow!(
+                    "the export stopped (is the Docker daemon still running?): {}",
+                    daemon_message(&e)
+                )
+            })?;
             sink.send(chunk).await.map_err(|_| SinkClosed)?;
         }
         Ok(())

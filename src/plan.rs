@@ -464,14 +464,18 @@ mod tests {
         }
         for (key, value) in [
             (config::BIND, "--bind=/:/media/root --bind=/tmp/x:/media"),
-            (config::BIND, "--bind=/tmp/x:/media/root --bind=/:/media/root"),
+            (
+                config::BIND,
+                "--bind=/tmp/x:/media/root --bind=/:/media/root",
+            ),
             (config::ENV, "--tmpfs=/media"),
             (config::FLAGS, "--bind-ro=/srv:/"),
             (config::FLAGS, "--overlay=/a:/b:/media"),
         ] {
             let err = Plan::resolve(&env_setting(key, value), "core", Payload::Shell).unwrap_err();
             assert!(
-                err.to_string().starts_with(&format!("environment: {key}: `"))
+                err.to_string()
+                    .starts_with(&format!("environment: {key}: `"))
                     && err.to_string().ends_with(
                         "would cover /media/root, where the host's `/` is bound; mount it elsewhere"
                     ),
@@ -481,12 +485,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("toolboxrc");
         let mut s = Settings::default();
-        s.apply_file(&file, "\nTOOLBOX_BIND=\"$TOOLBOX_BIND --bind=/tmp:/media\"\n", &Env::default())
-            .unwrap();
+        s.apply_file(
+            &file,
+            "\nTOOLBOX_BIND=\"$TOOLBOX_BIND --bind=/tmp:/media\"\n",
+            &Env::default(),
+        )
+        .unwrap();
         let err = Plan::resolve(&s, "core", Payload::Shell).unwrap_err();
-        assert!(err.to_string().starts_with(&format!("{}:2: ", file.display())), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2: ", file.display())),
+            "{err}"
+        );
         // Beneath it, or elsewhere, is fine: the defaults bind /usr and /run beneath it.
-        for value in ["--bind=/srv:/media/root/srv", "--bind=/mnt --tmpfs=/srv/media"] {
+        for value in [
+            "--bind=/srv:/media/root/srv",
+            "--bind=/mnt --tmpfs=/srv/media",
+        ] {
             let bind = format!("{} {value}", Settings::default().get(config::BIND));
             Plan::resolve(&env_setting(config::BIND, &bind), "core", Payload::Shell).unwrap();
         }

@@ -284,7 +284,10 @@ impl Provisioner {
         self.build_somehow(target, image).map_err(|e| {
             if sys::is_no_space(&e) {
                 let directory = target.directory.display();
-                e.context(format!("not enough space in {directory} for `{}`", target.name))
+                e.context(format!(
+                    "not enough space in {directory} for `{}`",
+                    target.name
+                ))
             } else {
                 e
             }

@@ -331,7 +331,11 @@ fn hide_secret_values(text: &str) -> String {
 
 fn hide_if_secret(word: &str) -> String {
     let quoted = word.len() > 1 && word.starts_with('\'') && word.ends_with('\'');
-    let inner = if quoted { &word[1..word.len() - 1] } else { word };
+    let inner = if quoted {
+        &word[1..word.len() - 1]
+    } else {
+        word
+    };
     let assignment = inner.strip_prefix("--setenv=").unwrap_or(inner);
     let Some((name, _)) = assignment.split_once('=') else {
         return word.to_string();

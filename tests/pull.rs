@@ -22,6 +22,7 @@ fn image(corrupt_layer: bool) -> (Registry, String, String) {
             ("etc/tag".into(), 0o644, tag.clone().into_bytes()),
         ],
         corrupt_layer,
+        stall_layer: false,
     });
     let repository = format!("{}/toolbox-test/pulled", registry.address);
     (registry, repository, tag)

@@ -495,8 +495,16 @@ mod tests {
             assert_eq!(error, format!("{}{expected}", path.display()), "{name}");
             cases += 1;
         };
-        refused("invalid-utf8", b"A=1\nB=2\nTOOLBOX_USER=\xc3\x28\n", ":3: is not UTF-8 text");
-        refused("nul", b"A=1\nTOOLBOX_USER=ro\0ot\n", ":2: contains a NUL byte");
+        refused(
+            "invalid-utf8",
+            b"A=1\nB=2\nTOOLBOX_USER=\xc3\x28\n",
+            ":3: is not UTF-8 text",
+        );
+        refused(
+            "nul",
+            b"A=1\nTOOLBOX_USER=ro\0ot\n",
+            ":2: contains a NUL byte",
+        );
         // Each line doubles A: without a bound, 40 lines ask for a terabyte.
         let doubling = format!("A=x\n{}", "A=$A$A\n".repeat(40));
         refused(
@@ -514,14 +522,23 @@ mod tests {
         );
         cases += 1;
         // A line just under the size bound is read whole.
-        let long = format!("TOOLBOX_ENV='--setenv=X={}'\n", "y".repeat(MAX_FILE as usize - 64));
+        let long = format!(
+            "TOOLBOX_ENV='--setenv=X={}'\n",
+            "y".repeat(MAX_FILE as usize - 64)
+        );
         let settings = load("long-line", long.as_bytes()).1.unwrap();
-        assert_eq!(settings.get(ENV).len(), MAX_FILE as usize - 64 + "--setenv=X=".len());
+        assert_eq!(
+            settings.get(ENV).len(),
+            MAX_FILE as usize - 64 + "--setenv=X=".len()
+        );
         // References are expanded once, when assigned, from earlier values: a value that
         // names itself or a later one does not recurse.
-        let settings = load("self", b"TOOLBOX_NAME=$TOOLBOX_NAME-x\nA=$B\nB=$A\nTOOLBOX_USER=u$A$B\n")
-            .1
-            .unwrap();
+        let settings = load(
+            "self",
+            b"TOOLBOX_NAME=$TOOLBOX_NAME-x\nA=$B\nB=$A\nTOOLBOX_USER=u$A$B\n",
+        )
+        .1
+        .unwrap();
         assert_eq!(settings.get(NAME), "-x");
         assert_eq!(settings.get(USER), "u");
         cases += 3;

@@ -355,24 +355,77 @@ impl VfsDaemon {
             .tempdir()
             .unwrap();
         let host = format!("unix://{}/docker.sock", dir.path().display());
-        let log = fs::File::create(dir.path().join("dockerd.log")).unwrap();
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        let child = Command::new("dockerd")
+        let child = Self::spawn(dir.path(), &host);
+        let daemon = VfsDaemon { dir, child, host };
+        daemon.wait_until_up();
+        daemon
+    }
+
+    fn spawn(dir: &Path, host: &str) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
+        let path = |name: &str| dir.join(name).display().to_string();
+        Command::new("dockerd")
             .args(["--storage-driver=vfs", "--bridge=none", "--iptables=false"])
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
-            .args(["--pidfile", &path("dockerd.pid"), "-H", &host])
+            .args(["--pidfile", &path("dockerd.pid"), "-H", host])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("cannot start a second dockerd");
-        let daemon = VfsDaemon { dir, child, host };
-        wait_for("the vfs dockerd to answer", || {
+            .expect("cannot start a second dockerd")
+    }
+
+    fn wait_until_up(&self) {
+        let answers = || {
             Command::new("docker")
-                .args(["-H", &daemon.host, "version"])
+                .args(["-H", &self.host, "version"])
                 .output()
                 .is_ok_and(|out| out.status.success())
-        });
-        daemon
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers() {
+            if Instant::now() > deadline {
+                let log = fs::read_to_string(self.dir.path().join("dockerd.log"));
+                let log = log.unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                panic!("the vfs dockerd does not answer: {tail:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the daemon outright (SIGKILL) with the containerd it started, as a crash of
+    /// its service does.
+    pub fn kill(&mut self) {
+        let daemon = self.child.id();
+        let children: Vec<i32> = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                toolbox::sys::proc_stat(Path::new("/proc"), pid).is_some_and(|s| s.parent == daemon)
+            })
+            .map(|pid| pid as i32)
+            .collect();
+        let _ = self.child.kill();
+        for pid in children {
+            toolbox::sys::signal(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again on the same socket and data root, as after a crash. The
+    /// dead daemon's pid files go first: its containerd, orphaned, may stay a zombie
+    /// where PID 1 does not reap (as on this test machine), and dockerd would take that
+    /// PID for a live containerd and wait for it forever.
+    pub fn restart(&mut self) {
+        let _ = fs::remove_file(self.dir.path().join("dockerd.pid"));
+        let _ = fs::remove_file(self.dir.path().join("exec/containerd/containerd.pid"));
+        self.child = Self::spawn(self.dir.path(), &self.host);
+        self.wait_until_up();
     }
 
     /// Runs the docker client against this daemon; it must succeed.
@@ -390,6 +443,9 @@ impl Drop for VfsDaemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // dockerd bind-mounts its data root on itself; a killed one leaves that mount.
+        let data = self.dir.path().join("data");
+        let _ = Command::new("umount").arg("-l").arg(&data).output();
         let _ = fs::remove_dir_all(self.dir.path());
     }
 }

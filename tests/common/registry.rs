@@ -26,6 +26,8 @@ pub struct Image {
     pub files: Vec<(String, u32, Vec<u8>)>,
     /// Serve a layer whose bytes do not match its digest: the pull fails mid-stream.
     pub corrupt_layer: bool,
+    /// Send half the layer, then nothing for minutes: the pull hangs mid-download.
+    pub stall_layer: bool,
 }
 
 impl Registry {
@@ -94,6 +96,9 @@ impl Registry {
             format!("{base}/blobs/{}", digest(&layer)),
             ("application/octet-stream".into(), served_layer),
         );
+        let stalled = image
+            .stall_layer
+            .then(|| format!("{base}/blobs/{}", digest(&layer)));
         let routes = Arc::new(routes);
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -101,8 +106,9 @@ impl Registry {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let routes = Arc::clone(&routes);
+                let stalled = stalled.clone();
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &routes);
+                    let _ = handle(stream, &routes, stalled.as_deref());
                 });
             }
         });
@@ -113,6 +119,7 @@ impl Registry {
 fn handle(
     mut stream: TcpStream,
     routes: &HashMap<String, (String, Vec<u8>)>,
+    stalled: Option<&str>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -147,6 +154,11 @@ fn handle(
          Docker-Distribution-Api-Version: registry/2.0\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    if method != "HEAD" && stalled == Some(path) {
+        stream.write_all(&body[..body.len() / 2])?;
+        stream.flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(300));
+    }
     if method != "HEAD" {
         stream.write_all(body)?;
     }

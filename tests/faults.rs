@@ -1,0 +1,670 @@
+//! Faults, end to end: toolbox killed with SIGKILL at many points of a creation, an update
+//! and a removal; interrupted by SIGINT and SIGTERM while pulling, exporting and
+//! unpacking; a toolbox directory on a full filesystem; daemons that are stopped, missing,
+//! forbidden, killed mid-export or lose the image between inspect and create; a missing or
+//! too old systemd-nspawn; secrets kept out of what toolbox prints. After each fault the
+//! toolbox is the old one, the new one or absent (never a half tree under its name), and
+//! the next run after the fault is fixed succeeds and leaves nothing behind.
+//!
+//! Lines starting `figure ` are read by scripts/reliability for docs/RELIABILITY.md.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::registry::{Image, Registry};
+use common::*;
+
+/// An image with 4,000 small files under `/data`, built locally from the busybox test
+/// image: its creation takes long enough to be stopped at many points.
+const FAULTS_IMAGE: &str = "toolbox-faults:4k";
+const DATA_FILES: usize = 4000;
+
+/// A test environment for the faults image, built on first use; `None` when the e2e
+/// prerequisites are missing and not required.
+fn faults_env(name: &str) -> Option<TestEnv> {
+    let mut t = TestEnv::new(name, BUSYBOX_IMAGE)?;
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let present = Command::new("docker")
+            .args(["image", "inspect", FAULTS_IMAGE])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if present {
+            return;
+        }
+        let dockerfile = format!(
+            "FROM {BUSYBOX_IMAGE}\nRUN mkdir /data && i=0 && while [ $i -lt {DATA_FILES} ]; \
+             do echo $i > /data/f$i; i=$((i+1)); done\n"
+        );
+        let mut build = Command::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--network=none", "-q", "-t", FAULTS_IMAGE, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        build
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(dockerfile.as_bytes())
+            .unwrap();
+        let out = build.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "cannot build {FAULTS_IMAGE}: {}",
+            describe(&out)
+        );
+    });
+    t.image = FAULTS_IMAGE.into();
+    Some(t)
+}
+
+/// Where a creation is when it is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Point {
+    /// The export container exists; nothing is unpacked yet, or little.
+    ContainerCreated,
+    /// At least this many of `/data`'s files are unpacked.
+    Unpacked(usize),
+    /// The metadata is written: only the flush and the rename remain.
+    Completed,
+}
+
+/// The partial tree being built for `t`'s toolbox, if there is one.
+fn partial(t: &TestEnv) -> Option<PathBuf> {
+    let prefix = format!(".{}.partial-", t.toolbox_name());
+    fs::read_dir(&t.toolboxes).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        (name.starts_with(&prefix) && !name.contains("removing")).then(|| e.path())
+    })
+}
+
+fn unpacked(partial: &Path) -> usize {
+    fs::read_dir(partial.join("data")).map_or(0, |entries| entries.count())
+}
+
+/// Waits until `child` reaches `point`; false if it ended first.
+fn reach(t: &TestEnv, child: &mut Child, point: Point) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reached = match point {
+            Point::ContainerCreated => !t.containers().is_empty(),
+            Point::Unpacked(n) => partial(t).is_some_and(|p| unpacked(&p) >= n),
+            Point::Completed => {
+                partial(t).is_some_and(|p| p.join(toolbox::machine::METADATA).exists())
+            }
+        };
+        if reached {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "{point:?} never came");
+        if !matches!(point, Point::Completed) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn kill_9(child: &mut Child) {
+    toolbox::sys::signal(child.id() as i32, rustix::process::Signal::KILL);
+    child.wait().unwrap();
+}
+
+/// The toolbox under its real name is absent or whole.
+fn assert_absent_or_whole(t: &TestEnv, when: &str) {
+    let tree = t.tree();
+    assert!(
+        !tree.exists() || tree.join(toolbox::machine::METADATA).exists(),
+        "{when}: a half tree under the real name"
+    );
+}
+
+/// The next run creates (or keeps) a working toolbox and leaves nothing behind.
+fn assert_next_run_is_clean(t: &TestEnv, when: &str) {
+    let out = t.run(["cat", "/data/f3999"]);
+    assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+    assert_eq!(stdout(&out), "3999\n", "{when}");
+    assert!(t.leftovers().is_empty(), "{when}: left {:?}", t.leftovers());
+    assert!(
+        t.containers().is_empty(),
+        "{when}: containers {:?}",
+        t.containers()
+    );
+}
+
+/// Twenty points spread over a creation: the container made, every 1/19th of the
+/// files, and the metadata written.
+fn twenty_points() -> Vec<Point> {
+    let mut points = vec![Point::ContainerCreated];
+    points.extend((1..=18).map(|k| Point::Unpacked(k * DATA_FILES / 19)));
+    points.push(Point::Completed);
+    points
+}
+
+#[test]
+fn sigkill_at_twenty_points_of_a_creation() {
+    let Some(t) = faults_env("kill_points") else {
+        return;
+    };
+    let mut hit = 0;
+    for (i, point) in twenty_points().into_iter().enumerate() {
+        let when = format!("kill {i} at {point:?}");
+        // The moment between the metadata and the rename is short: try it a few times.
+        for _attempt in 0..5 {
+            let mut child = t
+                .command()
+                .arg("true")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let reached = reach(&t, &mut child, point);
+            kill_9(&mut child);
+            assert_absent_or_whole(&t, &when);
+            if reached && !t.tree().exists() {
+                hit += 1;
+                break;
+            }
+            // Finished before the kill: start over.
+            fs::remove_dir_all(t.tree()).ok();
+        }
+        assert_next_run_is_clean(&t, &when);
+        let out = t.run(["rm", &t.toolbox_name()]);
+        assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+    }
+    assert!(hit >= 19, "only {hit} of 20 kills landed before the rename");
+    println!("figure kill-creation points=20 landed={hit} recovered=20");
+}
+
+#[test]
+fn sigkill_during_update_and_rm() {
+    let Some(mut t) = faults_env("kill_update_rm") else {
+        return;
+    };
+    let tag = Tag::new("kill-update-rm", BUSYBOX_IMAGE);
+    t.image = tag.0.clone();
+    let mut cases = 0;
+    for point in [
+        Point::ContainerCreated,
+        Point::Unpacked(DATA_FILES / 4),
+        Point::Unpacked(DATA_FILES / 2),
+        Point::Unpacked(3 * DATA_FILES / 4),
+        Point::Completed,
+    ] {
+        let when = format!("update killed at {point:?}");
+        tag.point_at(BUSYBOX_IMAGE);
+        assert_eq!(status(&t.run(["rm", "--force", "--all"])), 0);
+        assert_eq!(status(&t.run(["true"])), 0);
+        fs::write(t.tree().join("mine"), "old").unwrap();
+        tag.point_at(FAULTS_IMAGE);
+        let mut update = t
+            .command()
+            .arg("update")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        reach(&t, &mut update, point);
+        kill_9(&mut update);
+        // The old toolbox or the new one, whole.
+        let meta = fs::read_to_string(t.tree().join(toolbox::machine::METADATA)).unwrap();
+        let is_new = t.tree().join("data").exists();
+        assert_eq!(t.tree().join("mine").exists(), !is_new, "{when}: {meta}");
+        let out = t.run(["update"]);
+        assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+        assert_next_run_is_clean(&t, &when);
+        cases += 1;
+    }
+
+    // rm: the tree is renamed aside first, so a kill leaves it whole or gone.
+    for fraction in [0, 2, 4] {
+        let when = format!("rm killed after {fraction}/4 of the deletion");
+        if !t.tree().exists() {
+            assert_eq!(status(&t.run(["true"])), 0);
+        }
+        let mut rm = t
+            .command()
+            .args(["rm", &t.toolbox_name()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let aside = format!(".{}.partial-removing-{}", t.toolbox_name(), rm.id());
+        let aside = t.toolboxes.join(aside);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rm.try_wait().unwrap().is_none()
+            && !(aside.exists() && unpacked(&aside) <= DATA_FILES * (4 - fraction) / 4)
+        {
+            assert!(Instant::now() < deadline, "{when}: never started");
+        }
+        kill_9(&mut rm);
+        assert_absent_or_whole(&t, &when);
+        assert_next_run_is_clean(&t, &when);
+        cases += 1;
+    }
+    println!("figure kill-update-rm cases={cases} recovered={cases}");
+}
+
+/// Runs toolbox until `point`, sends `signal`, and checks the outcome: exit 128+N, the
+/// toolbox not created, no container and no partial tree left.
+fn interrupt(t: &TestEnv, point: Option<Point>, signal: rustix::process::Signal) {
+    let mut child = t
+        .command()
+        .arg("true")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    match point {
+        Some(point) => assert!(reach(t, &mut child, point), "{point:?} never came"),
+        // Pulling: the daemon has the layer half downloaded and waits for the rest.
+        None => std::thread::sleep(Duration::from_secs(2)),
+    }
+    toolbox::sys::signal(child.id() as i32, signal);
+    let out = child.wait_with_output().unwrap();
+    let number = signal.as_raw();
+    let when = format!("signal {number} at {point:?}");
+    assert_eq!(status(&out), 128 + number, "{when}: {}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out).last().cloned(),
+        Some(format!("toolbox: interrupted by signal {number}")),
+        "{when}"
+    );
+    assert!(!t.tree().exists(), "{when}");
+    assert!(t.leftovers().is_empty(), "{when}: {:?}", t.leftovers());
+    assert!(t.containers().is_empty(), "{when}: {:?}", t.containers());
+}
+
+#[test]
+fn sigint_and_sigterm_during_pull_export_and_unpack() {
+    use rustix::process::Signal;
+    let Some(t) = faults_env("interrupt") else {
+        return;
+    };
+    let mut cases = 0;
+    for signal in [Signal::INT, Signal::TERM] {
+        for point in [Point::ContainerCreated, Point::Unpacked(DATA_FILES / 2)] {
+            interrupt(&t, Some(point), signal);
+            cases += 1;
+        }
+    }
+    assert_next_run_is_clean(&t, "after the interruptions");
+
+    let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
+    for signal in [Signal::INT, Signal::TERM] {
+        let tag = format!("stalled-{}-{}", std::process::id(), signal.as_raw());
+        let registry = Registry::serve(Image {
+            repository: "toolbox-test/stalled".into(),
+            tag: tag.clone(),
+            files: vec![
+                ("bin/busybox".into(), 0o755, busybox.clone()),
+                ("etc/tag".into(), 0o644, tag.clone().into_bytes()),
+            ],
+            corrupt_layer: false,
+            stall_layer: true,
+        });
+        let Some(mut pulling) = TestEnv::pulling("interrupt_pull", BUSYBOX_IMAGE) else {
+            return;
+        };
+        pulling.image = format!("{}/toolbox-test/stalled:{tag}", registry.address);
+        interrupt(&pulling, None, signal);
+        cases += 1;
+    }
+    println!("figure interrupt cases={cases} clean={cases}");
+}
+
+/// A size-limited tmpfs mounted for a test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: PathBuf, size: &str) -> SmallFs {
+        fs::create_dir_all(&at).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "toolbox-test"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot mount a tmpfs at {}", at.display());
+        SmallFs(at)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_filesystem_fails_cleanly_and_existing_toolboxes_still_start() {
+    let Some(mut t) = faults_env("full_disk") else {
+        return;
+    };
+    let small = SmallFs::mount(t.root.join("small"), "6m");
+    t.toolboxes = small.0.clone();
+    let busybox = TestEnv::new("full_disk_busybox", BUSYBOX_IMAGE).unwrap();
+    let existing = |args: &[&str]| {
+        busybox
+            .command()
+            .env("TOOLBOX_DIRECTORY", &small.0)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(status(&existing(&["true"])), 0);
+
+    // 4,000 files take a page each on tmpfs: 16 MB do not fit in 6.
+    let out = t.run(["-q", "true"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let lines = toolbox_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    let expected = format!(
+        "toolbox: not enough space in {} for `{}`: ",
+        small.0.display(),
+        t.toolbox_name()
+    );
+    assert!(lines[0].starts_with(&expected), "{}", lines[0]);
+    assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
+    assert!(!t.tree().exists());
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    assert!(t.containers().is_empty(), "{:?}", t.containers());
+
+    // Fill it to the last byte: the existing toolbox still starts.
+    let mut filler = fs::File::create(small.0.join("filler")).unwrap();
+    while filler.write_all(&[0; 65536]).is_ok() {}
+    drop(filler);
+    let out = existing(&["echo", "still here"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "still here\n");
+    println!("figure full-disk cases=2 clean=2");
+}
+
+/// Runs toolbox quietly against `docker_host`, expecting exit 125 and one line, the error
+/// (nothing else is said with `-q`); returns the line.
+fn one_line_failure(t: &TestEnv, docker_host: &str, when: &str) -> String {
+    let out = t
+        .command()
+        .env("DOCKER_HOST", docker_host)
+        .args(["-q", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{when}: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "{when}: {stderr}");
+    assert!(!t.tree().exists(), "{when}");
+    assert!(t.leftovers().is_empty(), "{when}: {:?}", t.leftovers());
+    stderr.trim_end().to_string()
+}
+
+#[test]
+fn broken_daemons_give_one_line_and_125() {
+    let Some(t) = faults_env("broken_daemons") else {
+        return;
+    };
+    let sockets = t.root.join("sockets");
+    fs::create_dir(&sockets).unwrap();
+    fs::set_permissions(&sockets, fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Missing: no socket at all.
+    let missing = sockets.join("missing.sock");
+    let host = format!("unix://{}", missing.display());
+    let line = one_line_failure(&t, &host, "missing socket");
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+
+    // Stopped: the socket file is there, nothing listens.
+    let stopped = sockets.join("stopped.sock");
+    drop(UnixListener::bind(&stopped).unwrap());
+    let host = format!("unix://{}", stopped.display());
+    let line = one_line_failure(&t, &host, "stopped daemon");
+    assert!(line.contains(&stopped.display().to_string()), "{line}");
+
+    // No permission: a socket only another user may use, and toolbox without the
+    // capability that lets root ignore file permissions.
+    let forbidden = sockets.join("forbidden.sock");
+    let _listener = UnixListener::bind(&forbidden).unwrap();
+    fs::set_permissions(&forbidden, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&forbidden, Some(65534), Some(65534)).unwrap();
+    let wrapped = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-all",
+        ])
+        .arg(env!("CARGO_BIN_EXE_toolbox"))
+        .arg("true")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &t.home)
+        .env("USER", "tester")
+        .env("TOOLBOX_DIRECTORY", &t.toolboxes)
+        .env("TOOLBOX_DOCKER_IMAGE", &t.image)
+        .env("TOOLBOX_NAME", &t.name)
+        .env("DOCKER_HOST", format!("unix://{}", forbidden.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(status(&wrapped), 125, "{}", describe(&wrapped));
+    let stderr = String::from_utf8_lossy(&wrapped.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+
+    // After each fault is fixed (the real daemon), the next run succeeds.
+    assert_next_run_is_clean(&t, "after the daemon faults");
+    println!("figure broken-daemon kind=socket cases=3 one-line=3");
+}
+
+#[test]
+fn a_daemon_killed_mid_export_then_restarted() {
+    let Some(mut t) = faults_env("daemon_killed") else {
+        return;
+    };
+    let mut daemon = VfsDaemon::start();
+    let mut saved = Command::new("docker")
+        .args(["save", FAULTS_IMAGE])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let loaded = Command::new("docker")
+        .args(["-H", &daemon.host, "load", "-q"])
+        .stdin(saved.stdout.take().unwrap())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(saved.wait().unwrap().success() && loaded.success());
+    let mut child = t
+        .command()
+        .env("DOCKER_HOST", &daemon.host)
+        .arg("true")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(reach(&t, &mut child, Point::Unpacked(DATA_FILES / 4)));
+    daemon.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    // The creation's own lines, then one error line.
+    let lines = toolbox_lines(&out);
+    let error = lines.last().unwrap();
+    assert!(error.contains("export"), "{}", describe(&out));
+    println!("killed mid-export: {error}");
+    assert!(!t.tree().exists());
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+
+    daemon.restart();
+    t.image = FAULTS_IMAGE.into();
+    let out = t
+        .command()
+        .env("DOCKER_HOST", &daemon.host)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let left = daemon.docker(&["ps", "-a", "-q", "--filter", "label=toolbox.name"]);
+    assert!(
+        left.trim().is_empty(),
+        "containers left in the daemon: {left}"
+    );
+    println!("figure broken-daemon kind=killed-mid-export cases=1 recovered=1");
+}
+
+/// A proxy in front of the real daemon that removes `image` just before forwarding the
+/// request that creates a container: the image vanishes between inspect and create.
+fn proxy_removing_image_before_create(at: &Path, image: String) {
+    let listener = UnixListener::bind(at).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let image = image.clone();
+            std::thread::spawn(move || {
+                let daemon = UnixStream::connect("/var/run/docker.sock").unwrap();
+                let (mut client_in, mut daemon_out) =
+                    (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buffer = [0; 65536];
+                    while let Ok(n) = client_in.read(&mut buffer) {
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buffer[..n];
+                        if chunk.starts_with(b"POST ")
+                            && String::from_utf8_lossy(chunk).contains("/containers/create")
+                        {
+                            docker(&["rmi", "-f", &image]);
+                        }
+                        if daemon_out.write_all(chunk).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = daemon_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut daemon_in, mut client_out) = (daemon, client);
+                let _ = std::io::copy(&mut daemon_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
+#[test]
+fn an_image_removed_between_inspect_and_create() {
+    let Some(mut t) = TestEnv::new("image_vanishes", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let vanishing = format!("toolbox-vanishing:{}", std::process::id());
+    docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
+    t.image = vanishing.clone();
+    let socket = t.root.join("proxy.sock");
+    proxy_removing_image_before_create(&socket, vanishing.clone());
+    let line = one_line_failure(
+        &t,
+        &format!("unix://{}", socket.display()),
+        "image removed before create",
+    );
+    assert!(line.contains("No such image"), "{line}");
+    assert!(line.contains(&vanishing), "{line}");
+    assert!(t.containers().is_empty());
+
+    // Fixed: the image is back, and the daemon is reached directly.
+    docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
+    let out = t.run(["busybox", "cat", "/etc/marker"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "vanishing");
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &vanishing])
+        .output();
+    println!("figure broken-daemon kind=image-removed cases=1 one-line=1");
+}
+
+#[test]
+fn a_missing_or_too_old_systemd_nspawn_is_named() {
+    let Some(t) = TestEnv::new("nspawn_versions", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let empty = t.root.join("empty-path");
+    fs::create_dir(&empty).unwrap();
+    let out = t
+        .command()
+        .env("PATH", &empty)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        ["toolbox: systemd-nspawn not found on PATH; install it (Debian: systemd-container)"]
+    );
+
+    let old = t.root.join("old-path");
+    fs::create_dir(&old).unwrap();
+    let fake = old.join("systemd-nspawn");
+    fs::write(&fake, "#!/bin/sh\necho 'systemd 215'\necho '+PAM'\n").unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", old.display());
+    let out = t.command().env("PATH", path).arg("true").output().unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [format!(
+            "toolbox: {} is from systemd 215; toolbox needs systemd-nspawn from systemd 219 or newer",
+            fake.display()
+        )]
+    );
+    println!("figure nspawn cases=2 named=2");
+}
+
+#[test]
+fn secrets_stay_out_of_errors_and_dry_runs() {
+    let Some(t) = TestEnv::new("secrets", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let dry_run = |show: bool| {
+        let mut command = t.command();
+        command
+            .env("https_proxy", "http://alice:pr0xy-pass@proxy:3128")
+            .env(
+                "TOOLBOX_ENV",
+                "--setenv=API_TOKEN=t0ken-value --setenv=PLAIN=shown",
+            )
+            .arg("--dry-run");
+        if show {
+            command.arg("--show-secrets");
+        }
+        command.arg("true").output().unwrap()
+    };
+    let out = dry_run(false);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let printed = stdout(&out);
+    assert!(
+        !printed.contains("pr0xy-pass") && !printed.contains("t0ken-value"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("--setenv=https_proxy=http://alice:***@proxy:3128"),
+        "{printed}"
+    );
+    assert!(printed.contains("--setenv=API_TOKEN=***") && printed.contains("PLAIN=shown"));
+    let printed = stdout(&dry_run(true));
+    assert!(
+        printed.contains("pr0xy-pass") && printed.contains("t0ken-value"),
+        "{printed}"
+    );
+
+    let out = t
+        .command()
+        .env("DOCKER_HOST", "tcp://bob:d0cker-pass@127.0.0.1:1")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("d0cker-pass"), "{stderr}");
+    println!("figure secrets cases=3 hidden=3");
+}
