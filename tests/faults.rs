@@ -389,11 +389,12 @@ fn a_full_filesystem_fails_cleanly_and_existing_toolboxes_still_start() {
     println!("figure full-disk cases=2 clean=2");
 }
 
-/// Runs toolbox quietly against `docker_host`, expecting exit 125 and one line, the error
-/// (nothing else is said with `-q`); returns the line.
-fn one_line_failure(t: &TestEnv, docker_host: &str, when: &str) -> String {
+/// Runs toolbox quietly with `DOCKER_HOST` set to `docker_host`, through `wrapper` (see
+/// [`TestEnv::command_through`]), expecting exit 125 and one line, the error (nothing else
+/// is said with `-q`); returns the line.
+fn one_line_failure(t: &TestEnv, wrapper: &[&str], docker_host: &str, when: &str) -> String {
     let out = t
-        .command()
+        .command_through(wrapper)
         .env("DOCKER_HOST", docker_host)
         .args(["-q", "true"])
         .output()
@@ -418,14 +419,14 @@ fn broken_daemons_give_one_line_and_125() {
     // Missing: no socket at all.
     let missing = sockets.join("missing.sock");
     let host = format!("unix://{}", missing.display());
-    let line = one_line_failure(&t, &host, "missing socket");
+    let line = one_line_failure(&t, &[], &host, "missing socket");
     assert!(line.contains(&missing.display().to_string()), "{line}");
 
     // Stopped: the socket file is there, nothing listens.
     let stopped = sockets.join("stopped.sock");
     drop(UnixListener::bind(&stopped).unwrap());
     let host = format!("unix://{}", stopped.display());
-    let line = one_line_failure(&t, &host, "stopped daemon");
+    let line = one_line_failure(&t, &[], &host, "stopped daemon");
     assert!(line.contains(&stopped.display().to_string()), "{line}");
 
     // No permission: a socket only another user may use, and toolbox without the
@@ -434,28 +435,14 @@ fn broken_daemons_give_one_line_and_125() {
     let _listener = UnixListener::bind(&forbidden).unwrap();
     fs::set_permissions(&forbidden, fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&forbidden, Some(65534), Some(65534)).unwrap();
-    let wrapped = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-all",
-        ])
-        .arg(env!("CARGO_BIN_EXE_toolbox"))
-        .arg("true")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &t.home)
-        .env("USER", "tester")
-        .env("TOOLBOX_DIRECTORY", &t.toolboxes)
-        .env("TOOLBOX_DOCKER_IMAGE", &t.image)
-        .env("TOOLBOX_NAME", &t.name)
-        .env("DOCKER_HOST", format!("unix://{}", forbidden.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(status(&wrapped), 125, "{}", describe(&wrapped));
-    let stderr = String::from_utf8_lossy(&wrapped.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("ermission denied"), "{stderr}");
+    let without_dac_override = [
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-all",
+    ];
+    let host = format!("unix://{}", forbidden.display());
+    let line = one_line_failure(&t, &without_dac_override, &host, "socket not allowed");
+    assert!(line.contains("Permission denied"), "{line}");
 
     // After each fault is fixed (the real daemon), the next run succeeds.
     assert_next_run_is_clean(&t, "after the daemon faults");
@@ -565,6 +552,7 @@ fn an_image_removed_between_inspect_and_create() {
     proxy_removing_image_before_create(&socket, vanishing.clone());
     let line = one_line_failure(
         &t,
+        &[],
         &format!("unix://{}", socket.display()),
         "image removed before create",
     );

@@ -187,51 +187,6 @@ fn update_rebuilds_when_the_image_changes() {
 }
 
 #[test]
-fn a_killed_update_keeps_the_old_toolbox() {
-    let Some(mut t) = TestEnv::new("killed_update", DEBIAN_IMAGE) else {
-        return;
-    };
-    let tag = Tag::new("killed-update", BUSYBOX_IMAGE);
-    t.image = tag.0.clone();
-    assert_eq!(status(&t.run(["true"])), 0);
-    fs::write(t.tree().join("root/mine"), "kept").unwrap();
-    tag.point_at(DEBIAN_IMAGE);
-
-    let mut update = t
-        .command()
-        .arg("update")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let prefix = format!(".{}.partial-", t.toolbox_name());
-    wait_for("the update to start unpacking", || {
-        fs::read_dir(&t.toolboxes).unwrap().flatten().any(|e| {
-            e.file_name().to_string_lossy().starts_with(&prefix)
-                && e.path().join("usr/bin").exists()
-        })
-    });
-    update.kill().unwrap();
-    update.wait().unwrap();
-
-    let out = t.run(["cat", "/root/mine"]);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert_eq!(stdout(&out), "kept", "the old toolbox must be intact");
-
-    let out = t.run(["update"]);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
-    assert!(
-        t.tree().join("usr/bin/gdb").exists(),
-        "the new tree is the Debian one"
-    );
-    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
-    assert!(
-        t.containers().is_empty(),
-        "the killed update's container must be cleaned up"
-    );
-}
-
-#[test]
 fn host_exec_and_markers() {
     let Some(t) = TestEnv::new("host_exec", BUSYBOX_IMAGE) else {
         return;

@@ -103,7 +103,21 @@ impl TestEnv {
 
     /// The toolbox binary with a clean environment pointing at this test's directories.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_toolbox"));
+        self.command_through(&[])
+    }
+
+    /// [`TestEnv::command`] run through `wrapper` (a program and its arguments, which
+    /// then runs toolbox), or directly when `wrapper` is empty.
+    pub fn command_through(&self, wrapper: &[&str]) -> Command {
+        let toolbox = env!("CARGO_BIN_EXE_toolbox");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(toolbox);
+                command
+            }
+            None => Command::new(toolbox),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
