@@ -281,7 +281,7 @@ impl Provisioner {
     /// Call with the toolbox's lock held. On failure nothing is left behind.
     fn build(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         self.clean_up(target)?;
-        self.build_somehow(target, image).map_err(|e| {
+        self.build_in_chosen_storage(target, image).map_err(|e| {
             if sys::is_no_space(&e) {
                 let directory = target.directory.display();
                 e.context(format!(
@@ -296,7 +296,7 @@ impl Provisioner {
 
     /// [`Provisioner::build`] after the cleanup: overlay storage if asked for and
     /// usable, else a copy.
-    fn build_somehow(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
+    fn build_in_chosen_storage(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         if target.storage == Storage::Overlay {
             match self.build_overlay(target, image) {
                 Err(e) if e.is::<Unusable>() && !target.storage_demanded => {
