@@ -310,13 +310,17 @@ pub fn redact(text: &str) -> String {
 }
 
 /// `NAME=value` words whose name looks like a secret's, with the value hidden. Words are
-/// split at spaces outside single quotes, as printed commands quote them.
+/// split at spaces outside single quotes, as printed commands quote them: a quote opens
+/// at the start of a word and closes before a space or the end (so the apostrophe in
+/// "host's" opens nothing).
 fn hide_secret_values(text: &str) -> String {
     let mut words = Vec::new();
     let (mut start, mut quoted) = (0, false);
+    let bytes = text.as_bytes();
     for (i, c) in text.char_indices() {
         match c {
-            '\'' => quoted = !quoted,
+            '\'' if !quoted && i == start => quoted = true,
+            '\'' if quoted && matches!(bytes.get(i + 1), None | Some(b' ')) => quoted = false,
             ' ' if !quoted => {
                 words.push(&text[start..i]);
                 start = i + 1;
@@ -375,6 +379,10 @@ mod tests {
                 "http://proxy:3128 and https://***@host/x: plain",
             ),
             ("no secrets here = fine", "no secrets here = fine"),
+            (
+                "the host's `/` and API_TOKEN=abc kept apart",
+                "the host's `/` and API_TOKEN=*** kept apart",
+            ),
         ] {
             assert_eq!(redact(text), shown, "{text}");
         }
