@@ -74,6 +74,11 @@ pub struct Options {
     #[arg(long, global = true, value_name = "MODE")]
     pub storage: Option<String>,
 
+    /// Container engine to create toolboxes with: docker, podman or auto
+    /// [TOOLBOX_ENGINE; default: auto]
+    #[arg(long, global = true, value_name = "ENGINE")]
+    pub engine: Option<String>,
+
     /// Print the systemd-nspawn command and environment; change nothing, contact no daemon
     #[arg(long, global = true)]
     pub dry_run: bool,

@@ -3,7 +3,7 @@
 //! a toolbox talk to an engine; entering one never does.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::errors::Error as BollardError;
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::host::{DOCKER_HOST, Env};
+use crate::host::{CONTAINER_HOST, DOCKER_HOST, Env, XDG_RUNTIME_DIR};
 use crate::plan::ImageRef;
 use crate::ui;
 
@@ -84,27 +84,176 @@ pub trait Engine {
     fn is_local(&self) -> bool;
 }
 
+/// Which engine toolbox talks to (`TOOLBOX_ENGINE`, `--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Docker,
+    Podman,
+    /// `DOCKER_HOST` if set, else the Docker socket if it answers, else Podman's.
+    Auto,
+}
+
+impl Choice {
+    pub fn parse(text: &str) -> Option<Choice> {
+        match text {
+            "docker" => Some(Choice::Docker),
+            "podman" => Some(Choice::Podman),
+            "auto" => Some(Choice::Auto),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach the engine: the choice and the environment that locates it.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub choice: Choice,
+    pub env: Env,
+    /// Where the engines' sockets are looked for.
+    pub sockets: Sockets,
+}
+
+/// The local sockets engines listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sockets {
+    /// Docker's: `/var/run/docker.sock`.
+    pub docker: PathBuf,
+    /// Podman's, in order: the user's `$XDG_RUNTIME_DIR/podman/podman.sock`, then the
+    /// system's `/run/podman/podman.sock` (where bollard and the podman client look).
+    pub podman: Vec<PathBuf>,
+}
+
+impl Sockets {
+    pub fn for_host(env: &Env) -> Sockets {
+        let mut podman = Vec::new();
+        if let Some(runtime) = env.non_empty(XDG_RUNTIME_DIR) {
+            podman.push(Path::new(runtime).join("podman/podman.sock"));
+        }
+        podman.push(PathBuf::from("/run/podman/podman.sock"));
+        Sockets {
+            docker: PathBuf::from("/var/run/docker.sock"),
+            podman,
+        }
+    }
+}
+
+/// An engine's address (as `DOCKER_HOST` writes it) and which engine it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: String,
+    pub podman: bool,
+}
+
+impl Endpoint {
+    /// What the engine is called in messages.
+    pub fn name(&self) -> &'static str {
+        match self.podman {
+            true => "Podman",
+            false => "the Docker daemon",
+        }
+    }
+
+    fn unix(socket: &Path, podman: bool) -> Endpoint {
+        Endpoint {
+            address: format!("unix://{}", socket.display()),
+            podman,
+        }
+    }
+}
+
+/// Whether something accepts connections on the Unix socket at `path`.
+fn answers(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+impl Access {
+    /// Where the chosen engine is. `docker`: `DOCKER_HOST`, else Docker's socket.
+    /// `podman`: `CONTAINER_HOST` (Podman's own variable), else the first Podman socket
+    /// that answers, or that exists. `auto`: `DOCKER_HOST` if set, else Docker's socket if
+    /// it answers, else `CONTAINER_HOST`, else a Podman socket that answers.
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        let env = &self.env;
+        let docker_host = env.non_empty(DOCKER_HOST).map(|host| Endpoint {
+            address: host.to_string(),
+            podman: false,
+        });
+        let container_host = env.non_empty(CONTAINER_HOST).map(|host| Endpoint {
+            address: host.to_string(),
+            podman: true,
+        });
+        let podman_answering = || {
+            self.sockets
+                .podman
+                .iter()
+                .find(|socket| answers(socket))
+                .map(|socket| Endpoint::unix(socket, true))
+        };
+        let tried = || {
+            let mut sockets = vec![self.sockets.docker.display().to_string()];
+            sockets.extend(self.sockets.podman.iter().map(|s| s.display().to_string()));
+            sockets.join(", ")
+        };
+        match self.choice {
+            Choice::Docker => {
+                Ok(docker_host.unwrap_or_else(|| Endpoint::unix(&self.sockets.docker, false)))
+            }
+            Choice::Podman => container_host
+                .or_else(podman_answering)
+                .or_else(|| {
+                    let socket = self.sockets.podman.iter().find(|s| s.exists())?;
+                    Some(Endpoint::unix(socket, true))
+                })
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no Podman socket at {}; start one (`systemctl start podman.socket`, or `podman system service --time=0`) or set CONTAINER_HOST",
+                        self.sockets
+                            .podman
+                            .iter()
+                            .map(|s| s.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )
+                }),
+            Choice::Auto => docker_host
+                .or_else(|| {
+                    answers(&self.sockets.docker)
+                        .then(|| Endpoint::unix(&self.sockets.docker, false))
+                })
+                .or(container_host)
+                .or_else(podman_answering)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no container engine answers (tried {}); start dockerd or Podman's service, or set DOCKER_HOST",
+                        tried()
+                    )
+                }),
+        }
+    }
+}
+
 /// A Docker Engine API daemon (Docker, or Podman's compatible service).
 pub struct Docker {
     client: bollard::Docker,
-    /// Where the daemon is, for messages.
-    pub address: String,
+    /// Where the engine is and which it is.
+    pub endpoint: Endpoint,
 }
 
 impl Docker {
-    /// Connects as the `docker` client would (`DOCKER_HOST`, else the local socket) and
-    /// agrees on an API version: bollard 0.21 otherwise assumes a newer API than Docker
-    /// 20.10 (API 1.41) speaks.
-    pub async fn connect(env: &Env) -> Result<Docker> {
-        let address = env
-            .non_empty(DOCKER_HOST)
-            .unwrap_or("unix:///var/run/docker.sock")
-            .to_string();
-        let unreachable =
-            || format!("cannot reach the Docker daemon at `{address}`; is dockerd running?");
-        let client = bollard::Docker::connect_with_defaults().with_context(unreachable)?;
+    /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
+    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
+    pub async fn connect(access: &Access) -> Result<Docker> {
+        let endpoint = access.endpoint()?;
+        let address = endpoint.address.clone();
+        let unreachable = || {
+            let hint = match endpoint.podman {
+                true => "is its service running?",
+                false => "is dockerd running?",
+            };
+            format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
+        };
+        let client = bollard::Docker::connect_with_host(&address).with_context(unreachable)?;
         let client = client.negotiate_version().await.with_context(unreachable)?;
-        Ok(Docker { client, address })
+        Ok(Docker { client, endpoint })
     }
 
     pub fn api_version(&self) -> String {
@@ -259,7 +408,8 @@ impl Engine for Docker {
     }
 
     fn is_local(&self) -> bool {
-        self.address.starts_with("unix://") || self.address.starts_with('/')
+        let address = &self.endpoint.address;
+        address.starts_with("unix://") || address.starts_with('/')
     }
 
     async fn remove_container(&self, container: &str) -> Result<()> {
@@ -275,5 +425,112 @@ impl Engine for Docker {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// Sockets in a scratch directory: Docker's, the user's Podman and the system's Podman.
+    fn sockets(dir: &Path) -> Sockets {
+        Sockets {
+            docker: dir.join("docker.sock"),
+            podman: vec![dir.join("user-podman.sock"), dir.join("podman.sock")],
+        }
+    }
+
+    fn endpoint(choice: Choice, env: &[(&str, &str)], dir: &Path) -> Result<Endpoint> {
+        Access {
+            choice,
+            env: Env::from_pairs(env.iter().copied()),
+            sockets: sockets(dir),
+        }
+        .endpoint()
+    }
+
+    fn unix(dir: &Path, name: &str, podman: bool) -> Endpoint {
+        Endpoint::unix(&dir.join(name), podman)
+    }
+
+    #[test]
+    fn engines_are_found_as_each_choice_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let docker_host = [("DOCKER_HOST", "tcp://10.0.0.1:2375")];
+        let tcp = Endpoint {
+            address: "tcp://10.0.0.1:2375".into(),
+            podman: false,
+        };
+
+        // Nothing listens anywhere.
+        assert_eq!(
+            endpoint(Choice::Docker, &[], dir).unwrap(),
+            unix(dir, "docker.sock", false)
+        );
+        assert_eq!(endpoint(Choice::Docker, &docker_host, dir).unwrap(), tcp);
+        let err = endpoint(Choice::Podman, &[], dir).unwrap_err().to_string();
+        assert!(err.starts_with("no Podman socket at "), "{err}");
+        let err = endpoint(Choice::Auto, &[], dir).unwrap_err().to_string();
+        assert!(
+            err.starts_with("no container engine answers (tried "),
+            "{err}"
+        );
+        assert_eq!(endpoint(Choice::Auto, &docker_host, dir).unwrap(), tcp);
+
+        // Only the system's Podman socket answers; Docker's is stale (a stopped daemon).
+        drop(UnixListener::bind(dir.join("docker.sock")).unwrap());
+        let _podman = UnixListener::bind(dir.join("podman.sock")).unwrap();
+        let podman = unix(dir, "podman.sock", true);
+        assert_eq!(endpoint(Choice::Auto, &[], dir).unwrap(), podman);
+        assert_eq!(endpoint(Choice::Podman, &[], dir).unwrap(), podman);
+        assert_eq!(
+            endpoint(Choice::Docker, &[], dir).unwrap(),
+            unix(dir, "docker.sock", false)
+        );
+        let container_host = [("CONTAINER_HOST", "unix:///elsewhere/podman.sock")];
+        let elsewhere = Endpoint {
+            address: "unix:///elsewhere/podman.sock".into(),
+            podman: true,
+        };
+        assert_eq!(
+            endpoint(Choice::Podman, &container_host, dir).unwrap(),
+            elsewhere
+        );
+        assert_eq!(
+            endpoint(Choice::Auto, &container_host, dir).unwrap(),
+            elsewhere
+        );
+
+        // The user's Podman socket comes first; a live Docker socket wins in auto.
+        let _user = UnixListener::bind(dir.join("user-podman.sock")).unwrap();
+        assert_eq!(
+            endpoint(Choice::Podman, &[], dir).unwrap(),
+            unix(dir, "user-podman.sock", true)
+        );
+        std::fs::remove_file(dir.join("docker.sock")).unwrap();
+        let _docker = UnixListener::bind(dir.join("docker.sock")).unwrap();
+        assert_eq!(
+            endpoint(Choice::Auto, &container_host, dir).unwrap(),
+            unix(dir, "docker.sock", false)
+        );
+    }
+
+    #[test]
+    fn podman_sockets_follow_the_runtime_directory() {
+        let env = Env::from_pairs([("XDG_RUNTIME_DIR", "/run/user/1000")]);
+        assert_eq!(
+            Sockets::for_host(&env).podman,
+            [
+                PathBuf::from("/run/user/1000/podman/podman.sock"),
+                PathBuf::from("/run/podman/podman.sock")
+            ]
+        );
+        assert_eq!(
+            Sockets::for_host(&Env::default()).podman,
+            [PathBuf::from("/run/podman/podman.sock")]
+        );
     }
 }

@@ -10,7 +10,9 @@
 //! - `http_proxy`, `https_proxy`, `no_proxy` and their upper-case forms: passed through
 //!   sudo and into toolboxes.
 //! - `PATH`: where `systemd-nspawn` is looked up.
-//! - `DOCKER_HOST`: the Docker daemon to talk to (read by bollard).
+//! - `DOCKER_HOST`: the Docker daemon to talk to.
+//! - `CONTAINER_HOST`: the Podman service to talk to (Podman's own variable).
+//! - `XDG_RUNTIME_DIR`: where a user's Podman socket is (`podman/podman.sock` in it).
 //! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
 //! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
 
@@ -24,6 +26,8 @@ pub const USER: &str = "USER";
 pub const SUDO_USER: &str = "SUDO_USER";
 pub const PATH: &str = "PATH";
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
+pub const CONTAINER_HOST: &str = "CONTAINER_HOST";
+pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 pub const SUDO_UID: &str = "SUDO_UID";
 pub const HOST_ROOT: &str = "HOST";
 pub const NO_COLOR: &str = "NO_COLOR";

@@ -31,6 +31,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cli::{Action, Options};
 use crate::config::Settings;
+use crate::engine::Access;
 use crate::host::{Env, HostPaths, Invoker};
 use crate::lookup::CommandError;
 use crate::machine::State;
@@ -96,7 +97,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             Ok(0)
         }
         Some(Action::List { json, .. }) => {
-            manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.env, json)?;
+            manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.access, json)?;
             Ok(0)
         }
         Some(Action::Rm { names, all, force }) => {
@@ -116,7 +117,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             manage::remove(
                 &directory,
                 &ctx.paths.proc,
-                &ctx.env,
+                &ctx.access,
                 &names,
                 force,
                 ctx.quiet(),
@@ -148,7 +149,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             manage::update(
                 &target,
                 &ctx.paths.proc,
-                &ctx.env,
+                &ctx.access,
                 force,
                 ctx.quiet(),
                 ctx.verbose(),
@@ -175,6 +176,8 @@ struct Context {
     settings: Settings,
     dry_run: bool,
     show_secrets: bool,
+    /// How to reach the container engine, when one is needed.
+    access: Access,
     verbosity: i8,
     /// The arguments after the program name, to re-run them through sudo.
     args: Vec<OsString>,
@@ -196,6 +199,7 @@ impl Context {
             (config::NAME, "--name", options.name.clone()),
             (config::USER, "--user", options.user.clone()),
             (config::STORAGE, "--storage", options.storage.clone()),
+            (config::ENGINE, "--engine", options.engine.clone()),
             (
                 config::DIRECTORY,
                 "--directory",
@@ -212,7 +216,21 @@ impl Context {
         } else {
             options.verbose.min(2) as i8
         };
+        let engine = settings.setting(config::ENGINE);
+        let choice = engine::Choice::parse(&engine.value).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: TOOLBOX_ENGINE must be docker, podman or auto, not `{}`",
+                engine.origin,
+                engine.value
+            )
+        })?;
+        let access = Access {
+            choice,
+            sockets: engine::Sockets::for_host(&env),
+            env: env.clone(),
+        };
         let ctx = Context {
+            access,
             env,
             paths,
             passwd,
@@ -307,7 +325,7 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
     let target = Target::of(&plan);
     // A toolbox with metadata is complete: nothing to create, nothing to ask a daemon.
     let created =
-        metadata.is_none() && provision::ensure(&target, &ctx.env, ctx.quiet(), ctx.verbose())?;
+        metadata.is_none() && provision::ensure(&target, &ctx.access, ctx.quiet(), ctx.verbose())?;
     let rebuilt = !created && check_freshness(ctx, &target, metadata.as_ref())?;
     if created || rebuilt {
         metadata = existing_metadata(&plan.path())?;
@@ -492,7 +510,7 @@ fn check_freshness(
     let changed = provision::image_changed(
         &target.image,
         &metadata.image_id,
-        &ctx.env,
+        &ctx.access,
         FRESHNESS_TIMEOUT,
     );
     if changed.is_some() {
@@ -517,7 +535,7 @@ fn check_freshness(
     let updated = manage::update(
         target,
         &ctx.paths.proc,
-        &ctx.env,
+        &ctx.access,
         false,
         ctx.quiet(),
         ctx.verbose(),

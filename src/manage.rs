@@ -10,8 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::engine::short_id;
-use crate::host::Env;
+use crate::engine::{Access, short_id};
 use crate::machine::{self, State};
 use crate::overlay;
 use crate::plan::{ImageRef, Storage};
@@ -44,7 +43,7 @@ pub struct Row {
 }
 
 /// The rows for every toolbox in `directory`.
-pub fn rows(directory: &Path, proc_root: &Path, env: &Env) -> Result<Vec<Row>> {
+pub fn rows(directory: &Path, proc_root: &Path, access: &Access) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (name, state) in machine::toolboxes(directory)? {
         let path = directory.join(&name);
@@ -54,7 +53,7 @@ pub fn rows(directory: &Path, proc_root: &Path, env: &Env) -> Result<Vec<Row>> {
         };
         let image_changed = metadata.as_ref().and_then(|m| {
             let image = ImageRef::parse(&m.image, "latest").ok()?;
-            provision::image_changed(&image, &m.image_id, env, LIST_DAEMON_TIMEOUT)
+            provision::image_changed(&image, &m.image_id, access, LIST_DAEMON_TIMEOUT)
         });
         let storage = metadata.as_ref().map_or(Storage::Copy, |m| m.storage());
         rows.push(Row {
@@ -76,8 +75,8 @@ pub fn rows(directory: &Path, proc_root: &Path, env: &Env) -> Result<Vec<Row>> {
 }
 
 /// `toolbox list`: a table, or JSON for scripts.
-pub fn list(directory: &Path, proc_root: &Path, env: &Env, json: bool) -> Result<()> {
-    let rows = rows(directory, proc_root, env)?;
+pub fn list(directory: &Path, proc_root: &Path, access: &Access, json: bool) -> Result<()> {
+    let rows = rows(directory, proc_root, access)?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -206,7 +205,7 @@ fn stop_processes(path: &Path, proc_root: &Path) -> Result<()> {
 pub fn remove(
     directory: &Path,
     proc_root: &Path,
-    env: &Env,
+    access: &Access,
     names: &[String],
     force: bool,
     quiet: bool,
@@ -225,7 +224,7 @@ pub fn remove(
             session::forget(directory, name)?;
             machine::remove_partials(directory, name)?;
             if let Some(overlay) = overlay
-                && let Err(e) = provision::remove_anchors(&path, env)
+                && let Err(e) = provision::remove_anchors(&path, access)
             {
                 // The toolbox is gone; what is left only keeps the image's layers.
                 ui::warn(format_args!(
@@ -258,7 +257,7 @@ pub fn remove(
 pub fn update(
     target: &Target,
     proc_root: &Path,
-    env: &Env,
+    access: &Access,
     force: bool,
     quiet: bool,
     verbose: bool,
@@ -282,7 +281,14 @@ pub fn update(
     }
     let target = &target;
     let mut prepare = || quiesce(&target.directory, proc_root, &target.name, force);
-    let updated = provision::update(target, recorded.as_ref(), env, quiet, verbose, &mut prepare)?;
+    let updated = provision::update(
+        target,
+        recorded.as_ref(),
+        access,
+        quiet,
+        verbose,
+        &mut prepare,
+    )?;
     if !quiet {
         match &updated {
             Updated::UpToDate { image_id } => writeln!(

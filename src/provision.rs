@@ -25,9 +25,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
+    Access, Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
 };
-use crate::host::Env;
 use crate::machine::{self, Metadata, State};
 use crate::overlay::{self, Unusable};
 use crate::plan::{ImageRef, Plan, Storage};
@@ -84,14 +83,14 @@ impl Target {
 /// Makes sure the toolbox exists, creating it if needed; returns whether it was created.
 /// A toolbox that is already there (or a CoreOS tree to adopt) is left as it is, without
 /// contacting any daemon.
-pub fn ensure(target: &Target, env: &Env, quiet: bool, verbose: bool) -> Result<bool> {
+pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> Result<bool> {
     let path = target.path();
     if ready(&path)? {
         return Ok(false);
     }
     // The daemon is reached and the image found before anything is written, so an
     // unreachable daemon or a failed pull leaves the toolbox directory as it was.
-    let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
+    let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
     let image = provisioner.image(&target.image, false)?;
     let _lock = machine::lock_for_create(&target.directory, &target.name)?;
     // Another toolbox process may have created it while this one waited for the lock.
@@ -134,12 +133,12 @@ pub enum Updated {
 pub fn update(
     target: &Target,
     recorded: Option<&Metadata>,
-    env: &Env,
+    access: &Access,
     quiet: bool,
     verbose: bool,
     prepare: &mut dyn FnMut() -> Result<machine::Lock>,
 ) -> Result<Updated> {
-    let mut provisioner = Provisioner::connect(env, quiet, verbose)?;
+    let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
     let image = provisioner.image(&target.image, true)?;
     let current = recorded.is_some_and(|recorded| {
         let layers_kept = match &recorded.overlay {
@@ -177,13 +176,13 @@ pub fn update(
 
 /// Removes the anchor containers of the toolbox at `path`, which is gone: the daemon may
 /// then delete the image's layers.
-pub fn remove_anchors(path: &Path, env: &Env) -> Result<()> {
+pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let engine = Docker::connect(env).await?;
+        let engine = Docker::connect(access).await?;
         let value = path.display().to_string();
         for (anchor, _) in engine.labelled_containers(LABEL_ANCHOR, &value).await? {
             engine.remove_container(&anchor).await?;
@@ -197,7 +196,7 @@ pub fn remove_anchors(path: &Path, env: &Env) -> Result<()> {
 pub fn image_changed(
     image: &ImageRef,
     recorded_id: &str,
-    env: &Env,
+    access: &Access,
     timeout: Duration,
 ) -> Option<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -206,7 +205,7 @@ pub fn image_changed(
         .ok()?;
     runtime.block_on(async {
         let ask = async {
-            let engine = Docker::connect(env).await.ok()?;
+            let engine = Docker::connect(access).await.ok()?;
             Some(engine.image(&image.reference()).await.ok()??.id)
         };
         let id = tokio::time::timeout(timeout, ask).await.ok()??;
@@ -236,16 +235,17 @@ struct Provisioner {
 }
 
 impl Provisioner {
-    fn connect(env: &Env, quiet: bool, verbose: bool) -> Result<Provisioner> {
+    fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        let engine = runtime.block_on(Docker::connect(env))?;
+        let engine = runtime.block_on(Docker::connect(access))?;
         if verbose {
             ui::say(format_args!(
-                "Docker daemon at {} (API {})",
-                engine.address,
+                "{} at {} (API {})",
+                engine.endpoint.name(),
+                engine.endpoint.address,
                 engine.api_version()
             ));
         }
@@ -352,7 +352,12 @@ impl Provisioner {
     /// overlay storage cannot work here, before anything is left in the daemon.
     fn build_overlay(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         let path = target.path();
-        overlay::check(image, self.engine.is_local(), &self.engine.address, &path)?;
+        overlay::check(
+            image,
+            self.engine.is_local(),
+            &self.engine.endpoint.address,
+            &path,
+        )?;
         machine::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a

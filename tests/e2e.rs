@@ -325,7 +325,7 @@ fn verbosity_says_what_and_why() {
         has(&format!("toolbox: read settings from {}", rc.display())),
         "{lines:?}"
     );
-    assert!(has("toolbox: Docker daemon at unix://"), "{lines:?}");
+    assert!(has("toolbox: the Docker daemon at unix://"), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("(API 1.")), "{lines:?}");
     assert!(has("toolbox: systemd-nspawn "), "{lines:?}");
     assert!(

@@ -40,6 +40,7 @@ pub const UPDATE: &str = "TOOLBOX_UPDATE";
 pub const UPDATE_INTERVAL: &str = "TOOLBOX_UPDATE_INTERVAL";
 pub const SUDO: &str = "TOOLBOX_SUDO";
 pub const STORAGE: &str = "TOOLBOX_STORAGE";
+pub const ENGINE: &str = "TOOLBOX_ENGINE";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -114,6 +115,12 @@ pub const KEYS: &[Key] = &[
         default: "copy",
         words: false,
         doc: "How a new toolbox holds its image: `copy` unpacks it into the toolbox directory; `overlay` mounts the Docker daemon's overlay2 layers under the toolbox's own upper directory, and falls back to `copy`, saying why, where that cannot work.",
+    },
+    Key {
+        name: ENGINE,
+        default: "auto",
+        words: false,
+        doc: "Container engine toolboxes are created with: `docker` (`DOCKER_HOST`, else /var/run/docker.sock), `podman` (`CONTAINER_HOST`, else Podman's socket, `$XDG_RUNTIME_DIR/podman/podman.sock` or /run/podman/podman.sock), or `auto`: `DOCKER_HOST` if set, else Docker's socket if it answers, else Podman's. Entering an existing toolbox needs no engine.",
     },
 ];
 

@@ -1,0 +1,221 @@
+//! Podman, end to end: toolboxes created through Podman's Docker-compatible service alone
+//! (`podman system service` on a socket of the test's own; `DOCKER_HOST` points nowhere,
+//! so dockerd cannot be what answers), from an image loaded with `podman import` and from
+//! one Podman pulls from a registry the test serves on 127.0.0.1.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::registry::{Image, Registry};
+use common::*;
+
+/// `podman system service` on its own socket, with a registries.conf that lets it pull
+/// over plain HTTP from the loopback registries tests serve; stopped when dropped.
+struct PodmanService {
+    dir: tempfile::TempDir,
+    child: Child,
+    host: String,
+}
+
+impl PodmanService {
+    fn start(insecure_registry: Option<&str>) -> PodmanService {
+        let dir = tempfile::Builder::new()
+            .prefix("toolbox-podman-")
+            .tempdir()
+            .unwrap();
+        let host = format!("unix://{}/podman.sock", dir.path().display());
+        let registries = dir.path().join("registries.conf");
+        let insecure = insecure_registry
+            .map(|r| format!("[[registry]]\nlocation = \"{r}\"\ninsecure = true\n"))
+            .unwrap_or_default();
+        fs::write(
+            &registries,
+            format!("unqualified-search-registries = []\n{insecure}"),
+        )
+        .unwrap();
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0", &host])
+            .env("CONTAINERS_REGISTRIES_CONF", &registries)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start podman system service");
+        let socket = dir.path().join("podman.sock");
+        wait_for("Podman's service to listen", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        PodmanService { dir, child, host }
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(self.dir.path());
+    }
+}
+
+/// A test environment whose toolbox talks to Podman only, or `None` when the
+/// prerequisites are missing and not required.
+fn podman_env(name: &str) -> Option<TestEnv> {
+    let t = TestEnv::new(name, BUSYBOX_IMAGE)?;
+    let image = Command::new("podman")
+        .args(["image", "exists", BUSYBOX_IMAGE])
+        .status();
+    if !image.is_ok_and(|s| s.success()) {
+        let reason = "Podman or its busybox image is missing; run scripts/setup-host and \
+                      scripts/build-images podman";
+        assert_ne!(
+            std::env::var("TOOLBOX_E2E").as_deref(),
+            Ok("required"),
+            "TOOLBOX_E2E=required but {reason}"
+        );
+        eprintln!("skipped {name}: {reason}");
+        return None;
+    }
+    Some(t)
+}
+
+fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman").args(args).output().unwrap();
+    assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// Runs toolbox with Podman as its engine.
+fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
+    t.command()
+        .env("TOOLBOX_ENGINE", "podman")
+        .env("CONTAINER_HOST", &service.host)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn recorded_id(tree: &Path) -> String {
+    let metadata = fs::read_to_string(tree.join(toolbox::machine::METADATA)).unwrap();
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+    metadata["image_id"].as_str().unwrap().to_string()
+}
+
+fn podman_containers(t: &TestEnv) -> String {
+    let filter = format!("label=toolbox.name={}", t.toolbox_name());
+    podman(&["ps", "-a", "-q", "--filter", &filter])
+}
+
+#[test]
+fn podman_alone_creates_a_toolbox_from_an_imported_image() {
+    let Some(t) = podman_env("podman_import") else {
+        return;
+    };
+    let service = PodmanService::start(None);
+    let run = |args: &[&str]| run_with(&t, &service, args);
+    let out = run(&["-v", "true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("toolbox: Podman at {} (API", service.host)),
+        "{said}"
+    );
+    assert_sees_the_host(&run);
+    assert_statuses_come_back(&run);
+
+    // Podman's own ID for its `localhost/` image, reached by the short name.
+    let id = podman(&["image", "inspect", "--format", "{{.Id}}", BUSYBOX_IMAGE]);
+    assert_eq!(recorded_id(&t.tree()), format!("sha256:{id}"));
+    assert_eq!(podman_containers(&t), "", "a container was left in Podman");
+
+    // The fully qualified name a Podman user sees is the same image.
+    let qualified = TestEnv::new("podman_qualified", BUSYBOX_IMAGE).unwrap();
+    let out = qualified
+        .command()
+        .env("TOOLBOX_ENGINE", "podman")
+        .env("CONTAINER_HOST", &service.host)
+        .env("TOOLBOX_DOCKER_IMAGE", format!("localhost/{BUSYBOX_IMAGE}"))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(recorded_id(&qualified.tree()), format!("sha256:{id}"));
+
+    // Overlay storage cannot use containers/storage's layers: it says so and copies.
+    let overlay = TestEnv::new("podman_overlay", BUSYBOX_IMAGE).unwrap();
+    let out = overlay
+        .command()
+        .env("TOOLBOX_ENGINE", "podman")
+        .env("CONTAINER_HOST", &service.host)
+        .env("TOOLBOX_STORAGE", "overlay")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.ends_with("copying the image instead of mounting it")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn podman_pulls_a_missing_image() {
+    let Some(mut t) = podman_env("podman_pull") else {
+        return;
+    };
+    let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
+    let tag = format!("podman-{}", std::process::id());
+    let registry = Registry::serve(Image {
+        repository: "toolbox-test/podman".into(),
+        tag: tag.clone(),
+        files: vec![
+            ("usr/bin/busybox".into(), 0o755, busybox),
+            ("etc/tag".into(), 0o644, tag.clone().into_bytes()),
+        ],
+        corrupt_layer: false,
+        stall_layer: false,
+    });
+    let service = PodmanService::start(Some(&registry.address));
+    let reference = format!("{}/toolbox-test/podman:{tag}", registry.address);
+    t.image = reference.clone();
+    let out = run_with(&t, &service, &["busybox", "cat", "/etc/tag"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), tag);
+    let id = podman(&["image", "inspect", "--format", "{{.Id}}", &reference]);
+    assert_eq!(recorded_id(&t.tree()), format!("sha256:{id}"));
+    assert_eq!(podman_containers(&t), "");
+    let _ = Command::new("podman")
+        .args(["rmi", "-f", &reference])
+        .output();
+}
+
+#[test]
+fn podman_chosen_without_a_socket_says_how_to_start_one() {
+    let Some(t) = podman_env("podman_missing") else {
+        return;
+    };
+    let out = t
+        .command()
+        .args(["--engine", "podman", "true"])
+        .env("XDG_RUNTIME_DIR", t.root.join("runtime"))
+        .output()
+        .unwrap();
+    if Path::new("/run/podman/podman.sock").exists() {
+        eprintln!("skipped the error check: this host runs Podman's system socket");
+        return;
+    }
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [format!(
+            "toolbox: no Podman socket at {}/runtime/podman/podman.sock or /run/podman/podman.sock; \
+             start one (`systemctl start podman.socket`, or `podman system service --time=0`) or set CONTAINER_HOST",
+            t.root.display()
+        )]
+    );
+}
