@@ -150,6 +150,22 @@ Examples:
         #[arg(short, long)]
         force: bool,
     },
+    /// Create a toolbox from an image archive, with no container engine
+    #[command(after_help = "\
+Reads `docker save` archives (legacy and OCI layouts), OCI image layouts (a directory or a
+tar), and root filesystem tarballs, each compressed with gzip or not; the kind is told from
+the content. Layers are checked against their digests. The toolbox is named after the
+image (repository-tag), or the file, unless --name is given.
+
+Examples:
+  docker save debian:bookworm | toolbox import -
+  toolbox import debian.tar --name debian
+  toolbox import rootfs.tar.gz --name mine   then `toolbox --name mine` enters it")]
+    Import {
+        /// The archive, an OCI layout directory, or `-` for standard input
+        #[arg(value_name = "FILE")]
+        archive: PathBuf,
+    },
     /// Rebuild a toolbox when its image has changed
     #[command(after_help = "\
 Examples:

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod help;
 pub mod host;
 pub mod host_exec;
+pub mod import;
 pub mod lookup;
 pub mod machine;
 pub mod manage;
@@ -155,6 +156,38 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                 ctx.verbose(),
                 report,
             )?;
+            Ok(0)
+        }
+        Some(Action::Import { archive }) => {
+            ctx.become_root()?;
+            let directory = ctx.directory()?;
+            let given = ctx.settings.get(config::NAME).to_string();
+            let imported = import::create(&archive, &directory, |reference| {
+                let name = match (given.as_str(), reference) {
+                    ("", Some(reference)) => {
+                        let image = plan::ImageRef::parse(reference, "latest")?;
+                        format!("{}-{}", image.repository, image.tag)
+                    }
+                    ("", None) => archive_stem(&archive).ok_or_else(|| {
+                        anyhow::anyhow!("`{}` names no image; give --name", archive.display())
+                    })?,
+                    (given, _) => given.to_string(),
+                };
+                plan::toolbox_dir_name(&ctx.invoker.name, &name)
+            })?;
+            if !ctx.quiet() {
+                let id = match imported.image_id.as_str() {
+                    "" => String::new(),
+                    id => format!(" ({})", engine::short_id(id)),
+                };
+                ui::say(format_args!(
+                    "imported `{}` from {}{id}: {} entries, {} MB",
+                    imported.name,
+                    imported.image,
+                    imported.stats.entries,
+                    imported.stats.bytes / 1_000_000
+                ));
+            }
             Ok(0)
         }
         Some(Action::Config { path }) => {
@@ -366,6 +399,16 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
     }
 }
 
+/// A toolbox name from an archive's file name: `debian.tar.gz` gives `debian`.
+fn archive_stem(archive: &Path) -> Option<String> {
+    let name = archive.file_name()?.to_str()?;
+    let stem = [".tar.gz", ".tgz", ".tar", ".gz"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    (!stem.is_empty() && name != "-").then(|| stem.to_string())
+}
+
 /// The metadata of the complete toolbox at `path`, if there is one.
 fn existing_metadata(path: &Path) -> Result<Option<machine::Metadata>> {
     match machine::state(path)? {
@@ -495,7 +538,8 @@ fn check_freshness(
             "{origin}: TOOLBOX_UPDATE_INTERVAL must be a number of seconds, not `{interval}`"
         )
     })?;
-    let Some(metadata) = metadata else {
+    // An imported toolbox's image is in no engine.
+    let Some(metadata) = metadata.filter(|m| m.imported_from.is_none()) else {
         return Ok(false);
     };
     let stamp = target.directory.join(format!(".{}.checked", target.name));

@@ -34,6 +34,10 @@ pub struct Metadata {
     /// directories instead of the tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<Overlay>,
+    /// Present for a toolbox made by `toolbox import`: the archive it came from. No
+    /// engine has its image, so it is not updated from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 impl Metadata {
@@ -446,6 +450,7 @@ mod tests {
             image_id: "sha256:1".into(),
             created: "2026-01-01T00:00:00Z".into(),
             overlay: None,
+            imported_from: None,
         }
     }
 

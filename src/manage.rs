@@ -273,6 +273,14 @@ pub fn update(
             target.directory.display()
         ),
     };
+    if let Some(from) = recorded.as_ref().and_then(|r| r.imported_from.as_ref()) {
+        bail!(
+            "`{}` was imported from {from}, which no engine updates; import it again \
+             (`toolbox rm {}`, then `toolbox import`)",
+            target.name,
+            target.name
+        );
+    }
     let mut target = target.clone();
     if let Some(recorded) = &recorded
         && !target.storage_demanded

@@ -391,6 +391,7 @@ impl Provisioner {
                     layers: image.layers.clone(),
                     anchor: anchor.clone(),
                 }),
+                imported_from: None,
             };
             machine::finish(partial, &metadata).inspect_err(|_| {
                 let _ = self.remove_container(&anchor);
@@ -538,6 +539,7 @@ async fn create<E: Engine>(
         image_id: image_id.to_string(),
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         overlay: None,
+        imported_from: None,
     };
     let flushing = Instant::now();
     machine::complete(partial, &metadata)?;

@@ -121,6 +121,24 @@ pub fn unpack_watched(
     options: Options,
     progress: &Progress,
 ) -> Result<Stats, Error> {
+    run(archive, target, options, progress, false)
+}
+
+/// Applies an image layer (a tar of changes) over the tree at `target`, as container
+/// engines do: `.wh.NAME` removes `NAME` from the layers below, `.wh..wh..opq` empties its
+/// directory of what the layers below put there, and an entry replaces whatever is at its
+/// path, a directory and its contents included. The same containment rules hold.
+pub fn apply_layer(archive: impl Read, target: &Path, options: Options) -> Result<Stats, Error> {
+    run(archive, target, options, &Progress::default(), true)
+}
+
+fn run(
+    archive: impl Read,
+    target: &Path,
+    options: Options,
+    progress: &Progress,
+    layer: bool,
+) -> Result<Stats, Error> {
     let stream_error = |source| Error {
         entry: None,
         source,
@@ -146,6 +164,8 @@ pub fn unpack_watched(
             stats: Stats::default(),
             progress,
             buffer: vec![0; BLOCK],
+            layer,
+            entered: HashSet::new(),
         };
         let read = reader.read_all(archive);
         // Closing the queues ends the workers; wait for them before looking at errors.
@@ -363,6 +383,11 @@ struct Reader<'a> {
     stats: Stats,
     progress: &'a Progress,
     buffer: Vec<u8>,
+    /// Applying an image layer over lower ones (see [`apply_layer`]).
+    layer: bool,
+    /// With `layer`: every path this layer's entries named, and their parents, which an
+    /// opaque marker keeps.
+    entered: HashSet<Vec<u8>>,
 }
 
 impl Reader<'_> {
@@ -407,6 +432,32 @@ impl Reader<'_> {
             }
             self.directories.push(Directory { path, meta });
             return Ok(());
+        }
+        if self.layer {
+            let (parent, last) = split_last(&path);
+            if let Some(hidden) = last.strip_prefix(WHITEOUT) {
+                // Markers never appear in the tree; they act on what the layers below left.
+                self.wait_for_workers()?;
+                return match hidden {
+                    OPAQUE => self.creator.make_opaque(parent, &self.entered),
+                    // Other `.wh..wh.` names are aufs bookkeeping with no meaning here.
+                    _ if hidden.starts_with(WHITEOUT) => Ok(()),
+                    b"" | b"." | b".." => Err(invalid("a whiteout must name an entry")),
+                    _ => self.creator.remove_all_at(parent, hidden),
+                };
+            }
+            for (i, &b) in path.iter().enumerate() {
+                if b == b'/' {
+                    self.entered.insert(path[..i].to_vec());
+                }
+            }
+            self.entered.insert(path.clone());
+            if kind != EntryType::Directory && self.creator.is_directory(&path)? {
+                // A lower layer's directory, contents and all, gives way to this entry.
+                self.wait_for_workers()?;
+                let (parent, last) = split_last(&path);
+                self.creator.remove_all_at(parent, last)?;
+            }
         }
         let job_kind = match kind {
             EntryType::Directory => {
@@ -692,6 +743,52 @@ impl Creator {
         Ok(dir)
     }
 
+    /// Whether `path` is a directory in the tree (not a symlink to one).
+    fn is_directory(&self, path: &[u8]) -> io::Result<bool> {
+        let (parent, last) = split_last(path);
+        let parent =
+            match sys::open_in_root(&self.root, parent, OFlags::PATH | OFlags::DIRECTORY, 0) {
+                Ok(parent) => parent,
+                Err(e) if is_replaced(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+        match rfs::statat(&parent, OsStr::from_bytes(last), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes `name` in directory `parent` (a path in the tree) with everything beneath
+    /// it; nothing there is fine.
+    fn remove_all_at(&self, parent: &[u8], name: &[u8]) -> io::Result<()> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY;
+        match sys::open_in_root(&self.root, parent, flags, 0) {
+            Ok(parent) => remove_all(&parent, OsStr::from_bytes(name)),
+            Err(e) if is_replaced(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Empties directory `path` of what lower layers put there: every child that is not
+    /// in `entered` (named by this layer's entries, or holding them).
+    fn make_opaque(&self, path: &[u8], entered: &HashSet<Vec<u8>>) -> io::Result<()> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        let dir = match sys::open_in_root(&self.root, path, flags, 0) {
+            Ok(dir) => dir,
+            Err(e) if is_replaced(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for name in child_names(&dir)? {
+            let child = join(&[path, &name]);
+            let child = child.strip_prefix(b"/").unwrap_or(&child);
+            if !entered.contains(child) {
+                remove_all(&dir, OsStr::from_bytes(&name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes a directory, keeping one that is already there and replacing anything else.
     fn make_dir(&self, parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
         match rfs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
@@ -771,6 +868,43 @@ impl Creator {
         )?;
         Ok(())
     }
+}
+
+/// The prefix of whiteout markers in image layers (the OCI image spec's, from aufs).
+const WHITEOUT: &[u8] = b".wh.";
+/// After [`WHITEOUT`]: the marker that makes its directory opaque.
+const OPAQUE: &[u8] = b".wh..opq";
+
+/// The names in an open directory, without `.` and `..`.
+fn child_names(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in rfs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if name != b"." && name != b".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `name` in `parent` and, for a directory, everything beneath it, never following
+/// a symlink.
+fn remove_all(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    match rfs::unlinkat(parent, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let dir = rfs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in child_names(&dir)? {
+        remove_all(&dir, OsStr::from_bytes(&child))?;
+    }
+    Ok(rfs::unlinkat(parent, name, AtFlags::REMOVEDIR)?)
 }
 
 /// An entry's data stops short at the end of the stream (a truncated archive, or a size

@@ -1160,3 +1160,70 @@ fn a_pax_size_cannot_make_a_small_file_large_in_memory() {
     let grown_kib = peak() - before;
     assert!(grown_kib < 64 << 10, "the unpacker grew by {grown_kib} KiB");
 }
+
+/// Layers over layers: whiteouts, opaque directories and replacements act on the layers
+/// below as engines apply them, and stay inside the tree.
+#[test]
+fn layers_apply_whiteouts_opaque_directories_and_replacements() {
+    let scene = Scene::new();
+    let options = Options {
+        preserve_owners: sys::is_root(),
+        workers: 2,
+    };
+    let apply = |tar: &Tar| apply_layer(&tar.bytes()[..], &scene.target, options);
+    let outside = scene.parent.join("outside");
+    let mut lower = Tar::default();
+    lower
+        .dir("etc/", 0o755)
+        .file("etc/gone", b"x")
+        .dir("opt/", 0o755)
+        .dir("opt/tree/", 0o755)
+        .file("opt/tree/deep", b"x")
+        .dir("opaque/", 0o755)
+        .file("opaque/old", b"x")
+        .dir("opaque/olddir/", 0o755)
+        .file("opaque/olddir/f", b"x")
+        .dir("becomes-file/", 0o755)
+        .file("becomes-file/inner", b"x")
+        .file("becomes-dir", b"x")
+        .symlink("out", outside.to_str().unwrap());
+    apply(&lower).unwrap();
+    let before = scene.outside();
+
+    let mut upper = Tar::default();
+    upper
+        .file("etc/.wh.gone", b"")
+        .file("opt/.wh.tree", b"")
+        .dir("opaque/", 0o750)
+        .file("opaque/new", b"kept")
+        .file("opaque/.wh..wh..opq", b"")
+        .file("becomes-file", b"now a file")
+        .dir("becomes-dir/", 0o755)
+        .file("becomes-dir/f", b"inside")
+        .file("out/.wh.secret", b"")
+        .file(".wh..wh.plnk", b"")
+        .file("etc/.wh.never-there", b"");
+    apply(&upper).unwrap();
+    assert_eq!(scene.outside(), before, "a whiteout reached outside");
+    let t = &scene.target;
+    assert!(!t.join("etc/gone").exists() && t.join("etc").is_dir());
+    assert!(!t.join("opt/tree").exists() && t.join("opt").is_dir());
+    let mut opaque: Vec<_> = fs::read_dir(t.join("opaque"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    opaque.sort();
+    assert_eq!(opaque, ["new"]);
+    assert_eq!(fs::read(t.join("opaque/new")).unwrap(), b"kept");
+    assert_eq!(fs::read(t.join("becomes-file")).unwrap(), b"now a file");
+    assert_eq!(fs::read(t.join("becomes-dir/f")).unwrap(), b"inside");
+    assert!(!t.join(".wh..wh.plnk").exists() && !t.join("etc/.wh.gone").exists());
+
+    for (name, expected) in [("a/.wh...", "whiteout"), ("../.wh.x", "`..`")] {
+        let mut bad = Tar::default();
+        bad.file(name, b"");
+        let err = apply(&bad).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    assert_eq!(scene.outside(), before);
+}

@@ -1,0 +1,212 @@
+use std::io::Write;
+
+use super::*;
+
+/// A tar of `(name, contents)` files, built with the tar crate.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_size(contents.len() as u64);
+        header.set_mtime(1_600_000_000);
+        header.set_cksum();
+        builder.append_data(&mut header, name, *contents).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// A legacy `docker save` archive of two layers: the second deletes `etc/gone` and makes
+/// `opt` opaque. `corrupt` flips a byte of the second layer after its digest was taken.
+fn docker_save(corrupt: bool) -> (Vec<u8>, String) {
+    let lower = tar_of(&[
+        ("etc/gone", b"x"),
+        ("etc/kept", b"kept"),
+        ("opt/old", b"old"),
+    ]);
+    let mut upper = tar_of(&[
+        ("etc/.wh.gone", b""),
+        ("opt/.wh..wh..opq", b""),
+        ("opt/new", b"new"),
+    ]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&lower), sha256(&upper)]},
+    }))
+    .unwrap();
+    let id = sha256(&config);
+    if corrupt {
+        // The last `new` is the file's data, after its header.
+        let at = upper.windows(3).rposition(|w| w == b"new").unwrap();
+        upper[at] = b'N';
+    }
+    let hex = id.strip_prefix("sha256:").unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("{hex}.json"),
+        "RepoTags": ["example/layered:v1"],
+        "Layers": ["aaaa/layer.tar", "bbbb/layer.tar"],
+    }]))
+    .unwrap();
+    let lower_dir = format!("{}/layer.tar", "a".repeat(64));
+    let archive = tar_of(&[
+        (&lower_dir, &lower),
+        ("aaaa/layer.tar", &lower),
+        ("bbbb/layer.tar", &upper),
+        (&format!("{hex}.json"), &config),
+        ("manifest.json", &manifest),
+    ]);
+    (archive, id)
+}
+
+fn import_file(bytes: &[u8]) -> (tempfile::TempDir, Result<(ImageInfo, PathBuf)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    fs::write(&input, bytes).unwrap();
+    let target = dir.path().join("tree");
+    fs::create_dir(&target).unwrap();
+    let result = (|| {
+        let Archive::Image(image, source) = open(&input, &dir.path().join("spool"))? else {
+            bail!("not an image");
+        };
+        apply(
+            &image,
+            &source,
+            &target,
+            unpack::Options {
+                preserve_owners: false,
+                workers: 2,
+            },
+        )?;
+        Ok((image, target.clone()))
+    })();
+    (dir, result)
+}
+
+#[test]
+fn a_docker_save_archive_is_applied_layer_by_layer() {
+    let (archive, id) = docker_save(false);
+    for bytes in [archive.clone(), gzip(&archive)] {
+        let (_dir, result) = import_file(&bytes);
+        let (image, tree) = result.unwrap();
+        assert_eq!(image.id, id);
+        assert_eq!(image.reference.as_deref(), Some("example/layered:v1"));
+        assert!(!tree.join("etc/gone").exists());
+        assert_eq!(fs::read(tree.join("etc/kept")).unwrap(), b"kept");
+        assert!(!tree.join("opt/old").exists());
+        assert_eq!(fs::read(tree.join("opt/new")).unwrap(), b"new");
+    }
+}
+
+#[test]
+fn a_layer_that_does_not_match_its_digest_is_refused() {
+    let (archive, _) = docker_save(true);
+    let (_dir, result) = import_file(&archive);
+    let error = format!("{:#}", result.unwrap_err());
+    assert!(
+        error.contains("layer 2 (`bbbb/layer.tar`), uncompressed, does not match its digest"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_oci_layout_with_gzip_layers_is_read() {
+    let layer = tar_of(&[("usr/bin/tool", b"tool")]);
+    let blob = gzip(&layer);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&blob), "size": blob.len()}],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&manifest),
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "localhost/tool:1"},
+        }],
+    }))
+    .unwrap();
+    let path = |digest: String| blob_path(&digest).unwrap();
+    let archive = tar_of(&[
+        (&path(sha256(&blob)), &blob),
+        (&path(sha256(&config)), &config),
+        (&path(sha256(&manifest)), &manifest),
+        ("index.json", &index),
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+    ]);
+    let (_dir, result) = import_file(&archive);
+    let (image, tree) = result.unwrap();
+    assert_eq!(image.id, sha256(&config));
+    assert_eq!(image.reference.as_deref(), Some("localhost/tool:1"));
+    assert_eq!(fs::read(tree.join("usr/bin/tool")).unwrap(), b"tool");
+
+    // The same layout as a directory; a blob name that climbs out is refused.
+    let dir = tempfile::tempdir().unwrap();
+    tar::Archive::new(&archive[..]).unpack(dir.path()).unwrap();
+    let Archive::Image(image, source) = open(dir.path(), &dir.path().join("spool")).unwrap() else {
+        panic!("not an image");
+    };
+    assert_eq!(image.id, sha256(&config));
+    let err = source.open("blobs/../../etc/passwd").err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "refusing the blob name `blobs/../../etc/passwd`"
+    );
+}
+
+#[test]
+fn root_filesystems_are_told_from_image_archives() {
+    let rootfs = tar_of(&[("./etc/os-release", b"ID=x\n"), ("usr/bin/a", b"a")]);
+    let (archive, _) = docker_save(false);
+    assert!(!is_image_archive(&rootfs[..512]));
+    assert!(is_image_archive(&archive[..512]));
+    let podman = tar_of(&[(&format!("{}.tar", "0f".repeat(32)), b"layer")]);
+    assert!(is_image_archive(&podman[..512]));
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rootfs.tar.gz");
+    fs::write(&input, gzip(&rootfs)).unwrap();
+    let Archive::RootFs(reader) = open(&input, &dir.path().join("spool")).unwrap() else {
+        panic!("a root filesystem taken for an image");
+    };
+    let target = dir.path().join("tree");
+    fs::create_dir(&target).unwrap();
+    let options = unpack::Options {
+        preserve_owners: false,
+        workers: 2,
+    };
+    unpack::unpack(reader, &target, options).unwrap();
+    assert_eq!(fs::read(target.join("usr/bin/a")).unwrap(), b"a");
+    assert!(
+        !dir.path().join("spool").exists(),
+        "a root filesystem needs no copy"
+    );
+}
+
+#[test]
+fn digests_and_names() {
+    let hex = "ab".repeat(32);
+    assert_eq!(
+        named_digest(&format!("blobs/sha256/{hex}")),
+        Some(format!("sha256:{hex}"))
+    );
+    assert_eq!(
+        named_digest(&format!("{hex}.json")),
+        Some(format!("sha256:{hex}"))
+    );
+    assert_eq!(named_digest("aaaa/layer.tar"), None);
+    assert!(blob_path("sha512:00").is_err());
+    assert!(blob_path("sha256:../../x").is_err());
+}

@@ -1,0 +1,240 @@
+//! `toolbox import`, end to end: toolboxes from `docker save` archives (a file, and
+//! standard input), root filesystem tarballs and corrupt archives, with no engine
+//! contacted (`DOCKER_HOST` points nowhere). An imported Debian image, single-layer and
+//! built in three layers with deletions and an opaque directory, gives the same tree as the
+//! engine's export path.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// Runs `toolbox import` with no engine reachable; `stdin` is piped from `feed` if given.
+fn import(t: &TestEnv, args: &[&str], feed: Option<&Path>) -> Output {
+    let mut command = t.command();
+    // Named by `--name` or after the archive, not by the harness's TOOLBOX_NAME.
+    command
+        .env_remove("TOOLBOX_NAME")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("TOOLBOX_ENGINE", "docker")
+        .arg("import")
+        .args(args);
+    if let Some(feed) = feed {
+        command.stdin(fs::File::open(feed).unwrap());
+    }
+    command.output().unwrap()
+}
+
+/// `docker save IMAGE` into the test's directory.
+fn save(t: &TestEnv, image: &str, name: &str) -> PathBuf {
+    let path = t.root.join(name);
+    docker(&["save", "-o", path.to_str().unwrap(), image]);
+    path
+}
+
+/// The tree of a toolbox, without what only one way of making it, or entering it, adds:
+/// toolbox's metadata, the empty files `docker export` puts where the container's mounts
+/// go, and the mount points the first entry creates (systemd-nspawn's and `host-exec`).
+fn tree_listing(tree: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut listing = listing(tree);
+    for not_the_image in [
+        ".toolbox.json",
+        ".dockerenv",
+        "dev/console",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/resolv.conf",
+        "etc/mtab",
+        "media/root",
+        "usr/local/bin/host-exec",
+        "var/log/journal",
+    ] {
+        listing.remove(not_the_image);
+    }
+    listing
+}
+
+fn assert_same_tree(exported: &Path, imported: &Path) {
+    let (exported, imported) = (tree_listing(exported), tree_listing(imported));
+    assert!(exported.len() > 100, "only {} paths", exported.len());
+    let differing: Vec<_> = exported
+        .iter()
+        .filter(|(path, line)| imported.get(*path) != Some(line))
+        .map(|(path, line)| format!("{path}: export {line}, import {:?}", imported.get(path)))
+        .chain(
+            imported
+                .keys()
+                .filter(|path| !exported.contains_key(*path))
+                .map(|path| format!("{path}: only imported")),
+        )
+        .take(10)
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+}
+
+fn image_id(image: &str) -> String {
+    docker(&["image", "inspect", "--format", "{{.Id}}", image])
+}
+
+fn recorded(tree: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(tree.join(toolbox::machine::METADATA)).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_saved_debian_image_imports_as_the_export_path_makes_it() {
+    let Some(t) = TestEnv::new("import_debian", DEBIAN_IMAGE) else {
+        return;
+    };
+    // The export path, through the engine.
+    let out = t.run(["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+
+    // The same image, saved, and imported from standard input with no engine.
+    let archive = save(&t, DEBIAN_IMAGE, "debian.tar");
+    let out = import(&t, &["-", "--name", "imported"], Some(&archive));
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let imported = t.toolboxes.join("tester-imported");
+    assert_same_tree(&t.tree(), &imported);
+    assert_eq!(recorded(&imported)["image_id"], image_id(DEBIAN_IMAGE));
+    assert_eq!(recorded(&imported)["imported_from"], "standard input");
+
+    // It is entered like any toolbox, and the tools attach to the host.
+    let out = t
+        .command()
+        .args(["--name", "imported", "strace", "-V"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let out = t.run(["--name", "imported", "update"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)[0].contains("was imported from standard input"),
+        "{}",
+        describe(&out)
+    );
+    let leftovers: Vec<_> = fs::read_dir(&t.toolboxes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.starts_with(".import-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_three_layer_image_with_deletions_imports_as_the_export_path_makes_it() {
+    let Some(mut t) = TestEnv::new("import_layers", DEBIAN_IMAGE) else {
+        return;
+    };
+    let context = tempfile::tempdir().unwrap();
+    fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {DEBIAN_IMAGE}\n\
+             RUN rm -rf /usr/share/doc /etc/motd && mkdir -p /opt/a && echo lower > /opt/a/file \\\n\
+                 && ln /etc/passwd /opt/passwd-link\n\
+             RUN rm -rf /opt/a && mkdir /opt/a && echo new > /opt/a/new && rm /usr/bin/strace \\\n\
+                 && chmod 700 /opt && echo top > /opt/top\n"
+        ),
+    )
+    .unwrap();
+    let tag = Tag(format!(
+        "toolbox-test-import-layers-{}:v",
+        std::process::id()
+    ));
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--network=none", "-t", &tag.0])
+        .arg(context.path())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    t.image = tag.0.clone();
+    let out = t.run(["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+
+    let archive = save(&t, &tag.0, "layers.tar");
+    let out = import(&t, &[archive.to_str().unwrap(), "--name", "layers"], None);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let imported = t.toolboxes.join("tester-layers");
+    assert_same_tree(&t.tree(), &imported);
+    assert!(!imported.join("usr/share/doc").exists() && !imported.join("usr/bin/strace").exists());
+    assert_eq!(
+        fs::read_to_string(imported.join("opt/a/new")).unwrap(),
+        "new\n"
+    );
+    assert!(!imported.join("opt/a/file").exists());
+    assert_eq!(recorded(&imported)["image_id"], image_id(&tag.0));
+}
+
+#[test]
+fn root_filesystem_tarballs_and_corrupt_archives() {
+    let Some(t) = TestEnv::new("import_rootfs", BUSYBOX_IMAGE) else {
+        return;
+    };
+    // `docker export | gzip`: a root filesystem, compressed.
+    let container = docker(&["create", BUSYBOX_IMAGE, "/bin/true"]);
+    let exported = t.root.join("rootfs.tar");
+    docker(&["export", "-o", exported.to_str().unwrap(), &container]);
+    docker(&["rm", &container]);
+    let gzipped = t.root.join("busybox-rootfs.tar.gz");
+    let status_of = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "gzip -c {} > {}",
+            exported.display(),
+            gzipped.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status_of.success());
+    let out = import(&t, &[gzipped.to_str().unwrap()], None);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let tree = t.toolboxes.join("tester-busybox-rootfs");
+    assert_eq!(recorded(&tree)["image_id"], "");
+    let out = t
+        .command()
+        .args(["--name", "busybox-rootfs", "cat", "/etc/passwd"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(stdout(&out).starts_with("root:x:0:0"));
+
+    // From standard input, a root filesystem has no name to give the toolbox.
+    let out = import(&t, &["-"], Some(&exported));
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        ["toolbox: `-` names no image; give --name"]
+    );
+
+    // A layer altered after it was saved: its digest no longer matches the config's.
+    let archive = save(&t, BUSYBOX_IMAGE, "busybox.tar");
+    let mut bytes = fs::read(&archive).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"root:x:")
+        .expect("the layer holds /etc/passwd");
+    bytes[at] = b'R';
+    fs::write(&archive, &bytes).unwrap();
+    let out = import(&t, &[archive.to_str().unwrap(), "--name", "corrupt"], None);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let lines = toolbox_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    assert!(
+        lines[0].contains("uncompressed, does not match its digest"),
+        "{}",
+        lines[0]
+    );
+    assert!(!t.toolboxes.join("tester-corrupt").exists());
+    let left: Vec<_> = fs::read_dir(&t.toolboxes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.starts_with(".import-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
