@@ -14,6 +14,8 @@ Examples:
   toolbox list                             list toolboxes and their sessions
   toolbox update                           rebuild the toolbox if its image changed
   toolbox --storage overlay                a new toolbox over the daemon's image layers
+  toolbox --engine podman                  create it through Podman's service
+  docker save debian | toolbox import -    a toolbox from an image archive, no engine
   toolbox run rm -rf /tmp/x                run a command named like a subcommand
   toolbox -- rm -rf /tmp/x                 the same
 

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    toolbox::sys::default_sigpipe();
     match toolbox::run(std::env::args_os()) {
         Ok(status) => ExitCode::from(status),
         Err(error) => {

@@ -77,6 +77,15 @@ pub fn process_exists(pid: i32) -> bool {
     }
 }
 
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores: then
+/// `toolbox list | head -1` ends quietly, as C tools do, instead of failing to print.
+pub fn default_sigpipe() {
+    // SAFETY: setting a standard disposition, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Whether `error` comes from a full filesystem (or an exhausted quota).
 pub fn is_no_space(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {

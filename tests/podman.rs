@@ -219,3 +219,45 @@ fn podman_chosen_without_a_socket_says_how_to_start_one() {
         )]
     );
 }
+
+// Podman writes the OCI layouts Docker 20.10 cannot: read as directory and as tar, they
+// give the same tree and image ID as Podman's `docker save`-style archive of the image.
+#[test]
+fn oci_layouts_and_archives_from_podman_import_alike() {
+    let Some(t) = podman_env("podman_oci") else {
+        return;
+    };
+    let id = podman(&["image", "inspect", "--format", "{{.Id}}", BUSYBOX_IMAGE]);
+    let import = |format: &str| {
+        let saved = t.root.join(format);
+        podman(&[
+            "save",
+            "--quiet",
+            "--format",
+            format,
+            "-o",
+            saved.to_str().unwrap(),
+            BUSYBOX_IMAGE,
+        ]);
+        let out = t
+            .command()
+            .env_remove("TOOLBOX_NAME")
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .args(["import", saved.to_str().unwrap(), "--name", format])
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{format}: {}", describe(&out));
+        let imported = t.toolboxes.join(format!("tester-{format}"));
+        assert_eq!(recorded_id(&imported), format!("sha256:{id}"), "{format}");
+        // What toolbox adds at creation, with its own time.
+        let mut tree = listing(&imported);
+        tree.remove(toolbox::machine::METADATA);
+        tree.remove("etc/os-release");
+        tree
+    };
+    let reference = import("docker-archive");
+    assert!(reference.len() > 100, "only {} paths", reference.len());
+    for format in ["oci-archive", "oci-dir"] {
+        assert_eq!(import(format), reference, "{format}");
+    }
+}

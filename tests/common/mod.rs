@@ -543,3 +543,44 @@ pub fn listing(root: &Path) -> BTreeMap<String, String> {
     }
     out
 }
+
+/// The tree of a toolbox, without what only one way of making it, or entering it, adds:
+/// toolbox's metadata, the empty files `docker export` puts where the container's mounts
+/// go, and the mount points the first entry creates (systemd-nspawn's and `host-exec`).
+pub fn tree_listing(tree: &Path) -> BTreeMap<String, String> {
+    let mut listing = listing(tree);
+    for not_the_image in [
+        ".toolbox.json",
+        ".dockerenv",
+        "dev/console",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/resolv.conf",
+        "etc/mtab",
+        "media/root",
+        "usr/local/bin/host-exec",
+        "var/log/journal",
+    ] {
+        listing.remove(not_the_image);
+    }
+    listing
+}
+
+pub fn assert_same_tree(exported: &Path, imported: &Path) {
+    // Both made from one image, one through an engine's export, one imported.
+    let (exported, imported) = (tree_listing(exported), tree_listing(imported));
+    assert!(exported.len() > 100, "only {} paths", exported.len());
+    let differing: Vec<_> = exported
+        .iter()
+        .filter(|(path, line)| imported.get(*path) != Some(line))
+        .map(|(path, line)| format!("{path}: export {line}, import {:?}", imported.get(path)))
+        .chain(
+            imported
+                .keys()
+                .filter(|path| !exported.contains_key(*path))
+                .map(|path| format!("{path}: only imported")),
+        )
+        .take(10)
+        .collect();
+    assert!(differing.is_empty(), "{differing:#?}");
+}
