@@ -101,7 +101,7 @@ pub fn open(input: &Path, spool: &Path) -> Result<Archive> {
         .take(512)
         .read_to_end(&mut head)
         .with_context(|| format!("cannot read {label}"))?;
-    let stream: Box<dyn Read> = Box::new(io::Cursor::new(head.clone()).chain(stream));
+    let mut stream: Box<dyn Read> = Box::new(io::Cursor::new(head.clone()).chain(stream));
     if !is_image_archive(&head) {
         return Ok(Archive::RootFs(stream));
     }
@@ -115,7 +115,7 @@ pub fn open(input: &Path, spool: &Path) -> Result<Archive> {
                 .create_new(true)
                 .open(spool)
                 .with_context(|| format!("cannot create {}", spool.display()))?;
-            io::copy(&mut { stream }, &mut copy)
+            io::copy(&mut stream, &mut copy)
                 .with_context(|| format!("cannot copy {label} to {}", spool.display()))?;
             copy
         }

@@ -210,3 +210,40 @@ fn digests_and_names() {
     assert!(blob_path("sha512:00").is_err());
     assert!(blob_path("sha256:../../x").is_err());
 }
+
+/// Docker 25 and later save in the OCI layout, with a `manifest.json` naming blobs: their
+/// names are their digests, and are checked.
+#[test]
+fn a_docker_save_in_the_oci_layout_checks_blob_names() {
+    let layer = tar_of(&[("bin/tool", b"tool")]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .unwrap();
+    let archive = |layer_bytes: &[u8]| {
+        let manifest = serde_json::to_vec(&serde_json::json!([{
+            "Config": blob_path(&sha256(&config)).unwrap(),
+            "RepoTags": ["example/oci:v2"],
+            "Layers": [blob_path(&sha256(&layer)).unwrap()],
+        }]))
+        .unwrap();
+        tar_of(&[
+            ("blobs/sha256/", b""),
+            (&blob_path(&sha256(&layer)).unwrap(), layer_bytes),
+            (&blob_path(&sha256(&config)).unwrap(), &config),
+            ("manifest.json", &manifest),
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ])
+    };
+    let (_dir, result) = import_file(&archive(&layer));
+    let (image, tree) = result.unwrap();
+    assert_eq!(image.id, sha256(&config));
+    assert_eq!(fs::read(tree.join("bin/tool")).unwrap(), b"tool");
+
+    let mut altered = layer.clone();
+    let at = altered.windows(4).rposition(|w| w == b"tool").unwrap();
+    altered[at] = b'T';
+    let (_dir, result) = import_file(&archive(&altered));
+    let error = format!("{:#}", result.unwrap_err());
+    assert!(error.contains("does not match its digest"), "{error}");
+}
