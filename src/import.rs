@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 
 use crate::machine::{self, Metadata, State};
+use crate::provision::Interrupted;
+use crate::sys::{Interruptible, Interruption};
 use crate::unpack;
 
 /// The largest JSON document (manifest, index, config) read from an archive.
@@ -84,10 +86,10 @@ pub fn open(input: &Path, spool: &Path) -> Result<Archive> {
         return Ok(Archive::Image(image, source));
     }
     let (raw, plain_file): (Box<dyn Read>, Option<File>) = if input == Path::new("-") {
-        (Box::new(io::stdin()), None)
+        (Box::new(Interruptible(io::stdin())), None)
     } else {
         let file = File::open(input).with_context(|| format!("cannot open {label}"))?;
-        (Box::new(file.try_clone()?), Some(file))
+        (Box::new(Interruptible(file.try_clone()?)), Some(file))
     };
     let mut raw = BufReader::with_capacity(BLOCK, raw);
     let compressed = starts_with(&mut raw, GZIP_MAGIC)?;
@@ -213,7 +215,7 @@ impl Source {
                     .ok_or_else(|| anyhow!("the archive has no `{name}`"))?;
                 let mut file = file.try_clone()?;
                 file.seek(SeekFrom::Start(offset))?;
-                Ok(Box::new(file.take(size)))
+                Ok(Box::new(Interruptible(file.take(size))))
             }
             Source::Directory(dir) => {
                 // Names come from the layout's own documents: only plain relative names
@@ -230,9 +232,9 @@ impl Source {
                     bail!("refusing the blob name `{name}`");
                 }
                 let path = dir.join(name);
-                Ok(Box::new(File::open(&path).with_context(|| {
-                    format!("cannot open {}", path.display())
-                })?))
+                let file =
+                    File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+                Ok(Box::new(Interruptible(file)))
             }
         }
     }
@@ -535,6 +537,9 @@ pub fn create(
         .with_context(|| format!("cannot create {}", directory.display()))?;
     remove_stale_spools(directory)?;
     let spool = directory.join(format!("{SPOOL_PREFIX}{}", std::process::id()));
+    // Ctrl-C, SIGTERM and SIGHUP stop the reading; the partial tree and the copy go, and
+    // toolbox exits 128 + the signal.
+    let caught = Interruption::catch();
     let imported = create_spooled(input, directory, &spool, name_for);
     match fs::remove_file(&spool) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -542,7 +547,11 @@ pub fn create(
         }
         _ => {}
     }
-    imported
+    drop(caught);
+    match crate::sys::interrupted() {
+        Some(signal) => Err(Interrupted(signal).into()),
+        None => imported,
+    }
 }
 
 /// Copies of archives being imported: `.import-PID` in the toolbox directory.

@@ -14,6 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
@@ -214,6 +216,98 @@ pub fn run_child(command: &mut Command) -> io::Result<ExitStatus> {
             }
         }
     })
+}
+
+/// The first of SIGINT, SIGTERM and SIGHUP caught by a live [`Interruption`], 0 for none.
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+
+/// SIGINT, SIGTERM and SIGHUP caught while work that must clean up runs without an async
+/// runtime (`toolbox import`): while this lives they are blocked in the calling thread and
+/// every thread it starts, and a watcher thread records the first that arrives, for the
+/// work to notice ([`interrupted`]) and stop. Create it before starting other threads.
+pub struct Interruption {
+    stop: Arc<AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+    previous: libc::sigset_t,
+}
+
+const STOPPING: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn stopping_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data that sigemptyset initialises; the signals are valid.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in STOPPING {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+impl Interruption {
+    pub fn catch() -> Interruption {
+        let set = stopping_set();
+        // SAFETY: sigset_t is plain data; pthread_sigmask writes the old mask into it.
+        let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid for the call.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                let timeout = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    // SAFETY: `set` and `timeout` are valid; no siginfo is asked for.
+                    let signal =
+                        unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+                    if signal > 0 {
+                        let _ =
+                            CAUGHT.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Interruption {
+            stop,
+            watcher: Some(watcher),
+            previous,
+        }
+    }
+}
+
+impl Drop for Interruption {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        // SAFETY: `previous` is the mask saved by `catch`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut()) };
+    }
+}
+
+/// The signal an [`Interruption`] caught, if one did.
+pub fn interrupted() -> Option<i32> {
+    match CAUGHT.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// A reader that fails once a signal was caught, so work reading a stream stops soon.
+pub struct Interruptible<R>(pub R);
+
+impl<R: io::Read> io::Read for Interruptible<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(signal) = interrupted() {
+            return Err(io::Error::other(format!("interrupted by signal {signal}")));
+        }
+        self.0.read(buf)
+    }
 }
 
 /// What toolbox reads of `/proc/PID/stat`.

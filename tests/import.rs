@@ -225,3 +225,50 @@ fn root_filesystem_tarballs_and_corrupt_archives() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_interrupted_import_leaves_nothing() {
+    use rustix::process::Signal;
+    let Some(t) = TestEnv::new("import_interrupted", DEBIAN_IMAGE) else {
+        return;
+    };
+    let archive = save(&t, DEBIAN_IMAGE, "debian.tar");
+    for (signal, from_stdin) in [(Signal::INT, false), (Signal::TERM, true)] {
+        let mut command = t.command();
+        command
+            .env_remove("TOOLBOX_NAME")
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .args(["import", "--name", "stopped"])
+            .stderr(Stdio::piped());
+        if from_stdin {
+            command.arg("-").stdin(fs::File::open(&archive).unwrap());
+        } else {
+            command.arg(&archive);
+        }
+        let child = command.spawn().unwrap();
+        wait_for("the import to start unpacking", || {
+            fs::read_dir(&t.toolboxes).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".tester-stopped.partial-")
+                        && e.path().join("usr").exists()
+                })
+            })
+        });
+        toolbox::sys::signal(child.id() as i32, signal);
+        let out = child.wait_with_output().unwrap();
+        let number = signal.as_raw();
+        assert_eq!(status(&out), 128 + number, "{}", describe(&out));
+        assert_eq!(
+            toolbox_lines(&out).last().cloned(),
+            Some(format!("toolbox: interrupted by signal {number}"))
+        );
+        let left: Vec<_> = fs::read_dir(&t.toolboxes)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("stopped") && !n.ends_with(".lock") || n.starts_with(".import-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
