@@ -95,12 +95,7 @@ fn a_saved_debian_image_imports_as_the_export_path_makes_it() {
         "{}",
         describe(&out)
     );
-    let leftovers: Vec<_> = fs::read_dir(&t.toolboxes)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial") || n.starts_with(".import-"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 }
 
 #[test]
@@ -218,12 +213,7 @@ fn root_filesystem_tarballs_and_corrupt_archives() {
         lines[0]
     );
     assert!(!t.toolboxes.join("tester-corrupt").exists());
-    let left: Vec<_> = fs::read_dir(&t.toolboxes)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial") || n.starts_with(".import-"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 }
 
 #[test]
@@ -264,11 +254,7 @@ fn an_interrupted_import_leaves_nothing() {
             toolbox_lines(&out).last().cloned(),
             Some(format!("toolbox: interrupted by signal {number}"))
         );
-        let left: Vec<_> = fs::read_dir(&t.toolboxes)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("stopped") && !n.ends_with(".lock") || n.starts_with(".import-"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+        assert!(!t.toolboxes.join("tester-stopped").exists());
     }
 }

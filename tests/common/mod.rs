@@ -154,14 +154,15 @@ impl TestEnv {
         self.toolboxes.join(self.toolbox_name())
     }
 
-    /// Partial trees left in the toolbox directory (being built, or set aside).
+    /// Partial trees left in the toolbox directory (being built, or set aside), and
+    /// copies of archives being imported.
     pub fn leftovers(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.toolboxes) else {
             return Vec::new();
         };
         entries
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".partial-"))
+            .filter(|n| n.contains(".partial-") || n.starts_with(".import-"))
             .collect()
     }
 
