@@ -61,18 +61,7 @@ fn toolbox_unpacks_an_export_exactly_as_gnu_tar() {
         };
         toolbox::unpack::unpack(fs::File::open(&archive).unwrap(), &ours, options).unwrap();
         let actual = listing(&ours);
-        let differences: Vec<_> = expected
-            .iter()
-            .filter(|(path, line)| actual.get(*path) != Some(line))
-            .map(|(path, line)| format!("{path}: tar {line:?}, toolbox {:?}", actual.get(path)))
-            .chain(
-                actual
-                    .keys()
-                    .filter(|p| !expected.contains_key(*p))
-                    .map(|p| format!("{p}: only toolbox")),
-            )
-            .take(20)
-            .collect();
+        let differences = differences(&expected, &actual, ("tar", "toolbox"));
         assert!(
             differences.is_empty(),
             "{workers} workers:\n{}",

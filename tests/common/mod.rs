@@ -571,17 +571,28 @@ pub fn assert_same_tree(exported: &Path, imported: &Path) {
     // Both made from one image, one through an engine's export, one imported.
     let (exported, imported) = (tree_listing(exported), tree_listing(imported));
     assert!(exported.len() > 100, "only {} paths", exported.len());
-    let differing: Vec<_> = exported
-        .iter()
-        .filter(|(path, line)| imported.get(*path) != Some(line))
-        .map(|(path, line)| format!("{path}: export {line}, import {:?}", imported.get(path)))
-        .chain(
-            imported
-                .keys()
-                .filter(|path| !exported.contains_key(*path))
-                .map(|path| format!("{path}: only imported")),
-        )
-        .take(10)
-        .collect();
+    let differing = differences(&exported, &imported, ("export", "import"));
     assert!(differing.is_empty(), "{differing:#?}");
+}
+
+/// The paths whose listings differ between two trees (at most 20), each saying what the
+/// trees, called `names`, hold there.
+pub fn differences(
+    expected: &BTreeMap<String, String>,
+    actual: &BTreeMap<String, String>,
+    names: (&str, &str),
+) -> Vec<String> {
+    let (first, second) = names;
+    expected
+        .iter()
+        .filter(|(path, line)| actual.get(*path) != Some(line))
+        .map(|(path, line)| format!("{path}: {first} {line:?}, {second} {:?}", actual.get(path)))
+        .chain(
+            actual
+                .keys()
+                .filter(|path| !expected.contains_key(*path))
+                .map(|path| format!("{path}: only {second}")),
+        )
+        .take(20)
+        .collect()
 }
