@@ -46,26 +46,7 @@ fn faults_env(name: &str) -> Option<TestEnv> {
             "FROM {BUSYBOX_IMAGE}\nRUN mkdir /data && i=0 && while [ $i -lt {DATA_FILES} ]; \
              do echo $i > /data/f$i; i=$((i+1)); done\n"
         );
-        let mut build = Command::new("docker")
-            .env("DOCKER_BUILDKIT", "0")
-            .args(["build", "--network=none", "-q", "-t", FAULTS_IMAGE, "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        build
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(dockerfile.as_bytes())
-            .unwrap();
-        let out = build.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "cannot build {FAULTS_IMAGE}: {}",
-            describe(&out)
-        );
+        build_image(FAULTS_IMAGE, &dockerfile);
     });
     t.image = FAULTS_IMAGE.into();
     Some(t)

@@ -103,30 +103,20 @@ fn a_three_layer_image_with_deletions_imports_as_the_export_path_makes_it() {
     let Some(mut t) = TestEnv::new("import_layers", DEBIAN_IMAGE) else {
         return;
     };
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        format!(
+    let tag = Tag(format!(
+        "toolbox-test-import-layers-{}:v",
+        std::process::id()
+    ));
+    build_image(
+        &tag.0,
+        &format!(
             "FROM {DEBIAN_IMAGE}\n\
              RUN rm -rf /usr/share/doc /etc/motd && mkdir -p /opt/a && echo lower > /opt/a/file \\\n\
                  && ln /etc/passwd /opt/passwd-link\n\
              RUN rm -rf /opt/a && mkdir /opt/a && echo new > /opt/a/new && rm /usr/bin/strace \\\n\
                  && chmod 700 /opt && echo top > /opt/top\n"
         ),
-    )
-    .unwrap();
-    let tag = Tag(format!(
-        "toolbox-test-import-layers-{}:v",
-        std::process::id()
-    ));
-    let out = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--network=none", "-t", &tag.0])
-        .arg(context.path())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
+    );
     t.image = tag.0.clone();
     let out = t.run(["true"]);
     assert_eq!(status(&out), 0, "{}", describe(&out));

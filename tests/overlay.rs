@@ -350,25 +350,16 @@ fn upper_layers_hide_what_lower_layers_hold() {
     let Some(mut t) = TestEnv::new("overlay_layers", BUSYBOX_IMAGE) else {
         return;
     };
-    let context = tempfile::tempdir().unwrap();
-    fs::write(
-        context.path().join("Dockerfile"),
-        format!(
+    let tag = Tag(format!("toolbox-test-layers-{}:v", std::process::id()));
+    build_image(
+        &tag.0,
+        &format!(
             "FROM {BUSYBOX_IMAGE}\n\
              RUN mkdir -p /opt/a && echo lower > /opt/a/file && echo gone > /opt/gone\n\
              RUN rm /opt/gone && rm -rf /opt/a && mkdir /opt/a && echo new > /opt/a/new \\\n\
                  && echo top > /opt/top\n"
         ),
-    )
-    .unwrap();
-    let tag = Tag(format!("toolbox-test-layers-{}:v", std::process::id()));
-    let out = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--network=none", "-t", &tag.0])
-        .arg(context.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
+    );
     t.image = tag.0.clone();
 
     let look = ["sh", "-c", "ls /opt; ls /opt/a; cat /opt/a/new /opt/top"];

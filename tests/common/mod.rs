@@ -285,6 +285,24 @@ impl Drop for Tag {
     }
 }
 
+/// Builds image `tag` from `dockerfile` with the daemon's legacy builder (no registry and
+/// no network needed: `FROM` a local image).
+pub fn build_image(tag: &str, dockerfile: &str) {
+    let context = tempfile::tempdir().unwrap();
+    fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+    let out = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--network=none", "-t", tag])
+        .arg(context.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cannot build {tag}: {}",
+        describe(&out)
+    );
+}
+
 /// Imports a one-file-plus-busybox image with `marker` in /etc/marker; returns its ID.
 pub fn import_marker_image(marker: &str) -> String {
     import_marker_image_into(None, marker)
