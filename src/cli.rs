@@ -16,6 +16,7 @@ Examples:
   toolbox --storage overlay                a new toolbox over the daemon's image layers
   toolbox --engine podman                  create it through Podman's service
   docker save debian | toolbox import -    a toolbox from an image archive, no engine
+  toolbox --runtime spc                    a super privileged container instead
   toolbox run rm -rf /tmp/x                run a command named like a subcommand
   toolbox -- rm -rf /tmp/x                 the same
 
@@ -81,7 +82,21 @@ pub struct Options {
     #[arg(long, global = true, value_name = "ENGINE")]
     pub engine: Option<String>,
 
-    /// Print the systemd-nspawn command and environment; change nothing, contact no daemon
+    /// How the toolbox runs: `nspawn` (unpacked, entered with systemd-nspawn) or `spc` (a
+    /// super privileged container, visible in `docker ps`) [TOOLBOX_RUNTIME; default: nspawn]
+    #[arg(long, global = true, value_name = "RUNTIME")]
+    pub runtime: Option<String>,
+
+    /// With --runtime spc: a throwaway container for this command, removed when it ends
+    #[arg(long = "rm", global = true)]
+    pub throwaway: bool,
+
+    /// With --runtime spc: apply the image's `RUN` label (`docker run` options)
+    #[arg(long, global = true)]
+    pub use_run_label: bool,
+
+    /// Print the systemd-nspawn command and environment (with --runtime spc, the `docker`
+    /// commands and the image's `RUN` label); change nothing
     #[arg(long, global = true)]
     pub dry_run: bool,
 

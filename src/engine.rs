@@ -6,10 +6,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::ContainerCreateBody;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
+    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -36,6 +40,8 @@ pub struct Image {
     pub driver: Option<String>,
     /// With `overlay2`: the layers' directories on the daemon's host, top layer first.
     pub layers: Vec<PathBuf>,
+    /// Its `RUN` label: the `docker run` options it asks to be run with.
+    pub run_label: Option<String>,
 }
 
 /// An image ID as `docker images` shows it: 12 hex digits, without `sha256:`.
@@ -284,6 +290,7 @@ impl Engine for Docker {
     async fn image(&self, reference: &str) -> Result<Option<Image>> {
         match self.client.inspect_image(reference).await {
             Ok(image) => {
+                let run_label = image.config.and_then(|config| config.labels?.remove("RUN"));
                 let driver = image.graph_driver.unwrap_or_default();
                 let mut layers = Vec::new();
                 // overlay2 reports the top layer as `UpperDir` and the ones below it,
@@ -303,6 +310,7 @@ impl Engine for Docker {
                     id: image.id.unwrap_or_default(),
                     driver: (!driver.name.is_empty()).then_some(driver.name),
                     layers,
+                    run_label,
                 }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
@@ -425,6 +433,358 @@ impl Engine for Docker {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// A container as the SPC runtime needs to know it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub running: bool,
+    /// The ID of the image it was created from.
+    pub image_id: String,
+    pub created: String,
+    pub labels: HashMap<String, String>,
+    /// Its exec sessions, running or finished (the engine forgets finished ones later).
+    pub exec_ids: Vec<String>,
+}
+
+/// What a command running in a container writes, stream by stream.
+#[derive(Debug)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// A connection to a running command: its output and its standard input. Shutting the
+/// input down ends the command's standard input.
+pub struct Attached {
+    pub output: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Output>> + Send>>,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
+/// An exec session's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// Its process, in the engine host's PID namespace.
+    pub pid: Option<i32>,
+}
+
+fn attached(
+    output: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+) -> Attached {
+    let output = output.filter_map(|item| async move {
+        match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                Some(Ok(Output::Stdout(message)))
+            }
+            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(e) => Some(Err(anyhow!(
+                "the connection to the container broke: {}",
+                daemon_message(&e)
+            ))),
+        }
+    });
+    Attached {
+        output: Box::pin(output),
+        input,
+    }
+}
+
+/// The super privileged container runtime's calls (see `spc`).
+impl Docker {
+    /// The container named or with ID `name`, if there is one.
+    pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        let inspected = match self.client.inspect_container(name, None).await {
+            Ok(inspected) => inspected,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
+        };
+        Ok(Some(ContainerInfo {
+            id: inspected.id.unwrap_or_default(),
+            running: inspected.state.and_then(|s| s.running).unwrap_or(false),
+            image_id: inspected.image.unwrap_or_default(),
+            created: inspected.created.unwrap_or_default(),
+            labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
+            exec_ids: inspected.exec_ids.unwrap_or_default(),
+        }))
+    }
+
+    /// Containers carrying `label`, whatever its value: their names (without `/`).
+    pub async fn containers_with_label(&self, label: &str) -> Result<Vec<String>> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let containers = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| c.names?.first()?.strip_prefix('/').map(String::from))
+            .collect())
+    }
+
+    /// Creates `container` from image `image_id`; returns its ID.
+    pub async fn create_spc(
+        &self,
+        container: &crate::spc::Container,
+        image_id: &str,
+    ) -> Result<String> {
+        use crate::spc::{ALL_DEVICES, BOUNDED_SECURITY, Privilege};
+        let mut host = HostConfig {
+            network_mode: Some(container.network.clone()),
+            pid_mode: Some(container.pid.clone()),
+            ipc_mode: Some(container.ipc.clone()),
+            uts_mode: Some(container.uts.clone()),
+            binds: Some(container.binds.clone()),
+            cap_add: Some(container.cap_add.clone()),
+            security_opt: Some(container.security_opt.clone()),
+            ..Default::default()
+        };
+        match &container.privilege {
+            Privilege::Full => host.privileged = Some(true),
+            Privilege::Bounded { capabilities } => {
+                host.cap_add
+                    .get_or_insert_default()
+                    .extend(capabilities.iter().map(|c| c.to_string()));
+                for option in BOUNDED_SECURITY {
+                    // The docker client's `systempaths=unconfined` is, in the API, empty
+                    // lists of masked and read-only paths.
+                    if option == "systempaths=unconfined" {
+                        host.masked_paths = Some(Vec::new());
+                        host.readonly_paths = Some(Vec::new());
+                    } else {
+                        host.security_opt
+                            .get_or_insert_default()
+                            .push(option.to_string());
+                    }
+                }
+                host.device_cgroup_rules = Some(vec![ALL_DEVICES.to_string()]);
+            }
+        }
+        let session = container.session.as_ref();
+        let tty = session.is_some_and(|s| s.tty);
+        let mut env = container.env.clone();
+        env.extend(session.iter().flat_map(|s| s.env.iter().cloned()));
+        let body = ContainerCreateBody {
+            image: Some(image_id.to_string()),
+            cmd: Some(container.command.clone()),
+            env: Some(env),
+            labels: Some(container.labels.clone().into_iter().collect()),
+            user: session.and_then(|s| s.user.clone()),
+            working_dir: container.workdir.clone(),
+            tty: Some(tty),
+            open_stdin: Some(session.is_some()),
+            stdin_once: Some(session.is_some()),
+            attach_stdin: Some(session.is_some()),
+            attach_stdout: Some(session.is_some()),
+            attach_stderr: Some(session.is_some()),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: container.name.clone(),
+            ..Default::default()
+        };
+        let what = match &container.name {
+            Some(name) => format!("container `{name}`"),
+            None => "a container".to_string(),
+        };
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create {what} of image {}: {}",
+                    container.image,
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, container: &str) -> Result<()> {
+        self.client
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot start container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })
+    }
+
+    /// Stops the container, killing it after `grace`.
+    pub async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            ..Default::default()
+        };
+        match self.client.stop_container(container, Some(options)).await {
+            Err(e) if !is_not_found(&e) => bail!(
+                "cannot stop container `{container}`: {}",
+                daemon_message(&e)
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Attaches to a created container's standard streams, before it starts.
+    pub async fn attach(&self, container: &str) -> Result<Attached> {
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attach = self
+            .client
+            .attach_container(container, Some(options))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot attach to container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(attached(attach.output, attach.input))
+    }
+
+    /// Waits for the container to stop; returns its main process's exit status.
+    pub async fn wait(&self, container: &str) -> Result<i64> {
+        let mut waited = self
+            .client
+            .wait_container(container, None::<WaitContainerOptions>);
+        match waited.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero status as an error.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => bail!(
+                "cannot wait for container `{container}`: {}",
+                daemon_message(&e)
+            ),
+            None => bail!("cannot wait for container `{container}`: no answer"),
+        }
+    }
+
+    /// Starts `session` in the running container and attaches to it; returns the exec's
+    /// ID and the connection.
+    pub async fn exec(
+        &self,
+        container: &str,
+        session: &crate::spc::Session,
+    ) -> Result<(String, Attached)> {
+        let config = ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(session.tty),
+            env: Some(session.env.clone()),
+            cmd: Some(session.command.clone()),
+            user: session.user.clone(),
+            ..Default::default()
+        };
+        let failed = |e: BollardError| {
+            anyhow!(
+                "cannot run a session in container `{container}`: {}",
+                daemon_message(&e)
+            )
+        };
+        let exec = self
+            .client
+            .create_exec(container, config)
+            .await
+            .map_err(failed)?;
+        let options = StartExecOptions {
+            tty: session.tty,
+            ..Default::default()
+        };
+        match self
+            .client
+            .start_exec(&exec.id, Some(options))
+            .await
+            .map_err(failed)?
+        {
+            StartExecResults::Attached { output, input } => Ok((exec.id, attached(output, input))),
+            StartExecResults::Detached => {
+                bail!("the engine started the session in `{container}` detached")
+            }
+        }
+    }
+
+    pub async fn exec_state(&self, exec: &str) -> Result<ExecState> {
+        let inspected = self.client.inspect_exec(exec).await.map_err(|e| {
+            anyhow!(
+                "cannot inspect exec session {}: {}",
+                short_id(exec),
+                daemon_message(&e)
+            )
+        })?;
+        Ok(ExecState {
+            running: inspected.running.unwrap_or(false),
+            exit_code: inspected.exit_code,
+            pid: inspected
+                .pid
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|pid| *pid > 0),
+        })
+    }
+
+    /// Sets the size of an exec session's terminal, or of a container's when `exec` is
+    /// `None`.
+    pub async fn resize(
+        &self,
+        container: &str,
+        exec: Option<&str>,
+        (w, h): (u16, u16),
+    ) -> Result<()> {
+        let (w, h) = (i32::from(w), i32::from(h));
+        let resized = match exec {
+            Some(exec) => {
+                self.client
+                    .resize_exec(exec, ResizeExecOptions { w, h })
+                    .await
+            }
+            None => {
+                self.client
+                    .resize_container_tty(container, ResizeContainerTTYOptions { w, h })
+                    .await
+            }
+        };
+        resized.map_err(|e| {
+            anyhow!(
+                "cannot resize the terminal in `{container}`: {}",
+                daemon_message(&e)
+            )
+        })
+    }
+
+    /// Sends `signal` (`SIGTERM`, ...) to the container's main process.
+    pub async fn kill(&self, container: &str, signal: &str) -> Result<()> {
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        self.client
+            .kill_container(container, Some(options))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot signal container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod overlay;
 pub mod plan;
 pub mod provision;
 pub mod session;
+pub mod spc;
 pub mod sudo;
 pub mod sys;
 pub mod ui;
@@ -54,6 +55,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
     let invoked_as = args
         .first()
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned());
+    if invoked_as.as_deref() == Some(spc::IDLE_NAME.as_ref()) {
+        return Ok(spc::session::idle());
+    }
     if invoked_as.as_deref() == Some(host_exec::NAME.as_ref()) {
         let host_root = std::env::var_os(host::HOST_ROOT).map(PathBuf::from);
         return host_exec::run(args[1..].to_vec(), Path::new("/proc"), host_root.as_deref());
@@ -209,6 +213,10 @@ struct Context {
     settings: Settings,
     dry_run: bool,
     show_secrets: bool,
+    runtime: plan::Runtime,
+    /// `--rm`: a throwaway SPC.
+    throwaway: bool,
+    use_run_label: bool,
     /// How to reach the container engine, when one is needed.
     access: Access,
     verbosity: i8,
@@ -233,6 +241,7 @@ impl Context {
             (config::USER, "--user", options.user.clone()),
             (config::STORAGE, "--storage", options.storage.clone()),
             (config::ENGINE, "--engine", options.engine.clone()),
+            (config::RUNTIME, "--runtime", options.runtime.clone()),
             (
                 config::DIRECTORY,
                 "--directory",
@@ -257,6 +266,17 @@ impl Context {
                 engine.value
             )
         })?;
+        let runtime = plan::Runtime::of(&settings)?;
+        if runtime != plan::Runtime::Spc {
+            for (given, flag) in [
+                (options.throwaway, "--rm"),
+                (options.use_run_label, "--use-run-label"),
+            ] {
+                if given {
+                    bail!("{flag} needs the spc runtime (--runtime spc or TOOLBOX_RUNTIME=spc)");
+                }
+            }
+        }
         let access = Access {
             choice,
             sockets: engine::Sockets::for_host(&env),
@@ -272,6 +292,9 @@ impl Context {
             settings,
             dry_run: options.dry_run,
             show_secrets: options.show_secrets,
+            runtime,
+            throwaway: options.throwaway,
+            use_run_label: options.use_run_label,
             verbosity,
             args: args.to_vec(),
         };
@@ -328,8 +351,14 @@ impl Context {
     }
 }
 
+/// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
+const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Enters the toolbox, creating it first if needed: the default action.
 fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
+    if ctx.runtime == plan::Runtime::Spc {
+        return enter_spc(ctx, payload);
+    }
     let mut plan = ctx.plan(payload)?;
     let nspawn_cache = plan.directory.join(".nspawn-version");
     let nspawn = Nspawn::find(&ctx.env, &nspawn_cache, !ctx.dry_run && sys::is_root())?;
@@ -397,6 +426,52 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
         }
         Some(overlay) => enter_overlay(ctx, &plan, &launch, &invocation, &overlay),
     }
+}
+
+/// Runs a session in the toolbox's super privileged container (see `spc`).
+fn enter_spc(ctx: &Context, payload: Payload) -> Result<u8> {
+    let plan = ctx.plan(payload)?;
+    let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
+    let privilege = match sys::capability_bounding_set(&ctx.paths.proc) {
+        Some((bounding, last)) => spc::Privilege::for_bounding_set(bounding, last),
+        None => spc::Privilege::Full,
+    };
+    let resolve = |run_label| {
+        spc::Spc::resolve(
+            &ctx.settings,
+            &plan,
+            spc::Inputs {
+                env: &ctx.env,
+                passwd: &ctx.passwd,
+                exe: &exe.display().to_string(),
+                privilege,
+                tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+                throwaway: ctx.throwaway,
+                run_label,
+                use_run_label: ctx.use_run_label,
+            },
+        )
+    };
+    if ctx.dry_run {
+        let run_label = match spc::session::run_label(&plan.image, &ctx.access, DRY_RUN_TIMEOUT) {
+            Ok(label) => label,
+            Err(e) => {
+                ui::warn(format_args!("{e:#}; its RUN label, if any, is not shown"));
+                None
+            }
+        };
+        println!("{}", ctx.shown(&resolve(run_label)?));
+        return Ok(0);
+    }
+    ctx.become_root()?;
+    spc::session::enter(
+        &plan.image,
+        resolve,
+        &ctx.access,
+        &plan.directory,
+        ctx.quiet(),
+        ctx.verbose(),
+    )
 }
 
 /// A toolbox name from an archive's file name: `debian.tar.gz` gives `debian`.

@@ -129,6 +129,12 @@ pub fn lock_for_mount(directory: &Path, name: &str) -> Result<Lock> {
     lock(directory, &format!(".{name}.mount.lock"))
 }
 
+/// Takes the lock of super privileged container `name`: starting it for a session and
+/// stopping it after the last one happen under it.
+pub fn lock_for_spc(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.spc.lock"))
+}
+
 fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
     fs::DirBuilder::new()
         .recursive(true)

@@ -247,6 +247,7 @@ mod tests {
             id: "sha256:1".into(),
             driver: driver.map(String::from),
             layers: layers.iter().map(|l| l.to_path_buf()).collect(),
+            run_label: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use serde::Serialize;
 
 use crate::config::{self, Settings};
 
@@ -81,6 +82,36 @@ impl Storage {
         match self {
             Storage::Copy => "copy",
             Storage::Overlay => "overlay",
+        }
+    }
+}
+
+/// How a toolbox runs (`TOOLBOX_RUNTIME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Unpacked into the toolbox directory and entered with systemd-nspawn.
+    Nspawn,
+    /// A super privileged container run by the engine (see `spc`).
+    Spc,
+}
+
+impl Runtime {
+    pub fn of(settings: &Settings) -> Result<Runtime> {
+        match settings.get(config::RUNTIME) {
+            "nspawn" => Ok(Runtime::Nspawn),
+            "spc" => Ok(Runtime::Spc),
+            other => bail!(
+                "{}: TOOLBOX_RUNTIME must be nspawn or spc, not `{other}`",
+                settings.setting(config::RUNTIME).origin
+            ),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Nspawn => "nspawn",
+            Runtime::Spc => "spc",
         }
     }
 }

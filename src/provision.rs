@@ -455,10 +455,11 @@ impl Provisioner {
 
 /// SIGINT, SIGTERM and SIGHUP, caught while a creation runs so its container and partial
 /// tree can be removed. `exec` later restores the default dispositions for nspawn.
-struct Signals(Vec<(i32, Signal)>);
+/// SIGINT, SIGTERM and SIGHUP caught for the async runtime, to stop work cleanly.
+pub(crate) struct Signals(Vec<(i32, Signal)>);
 
 impl Signals {
-    fn catch() -> Result<Signals> {
+    pub(crate) fn catch() -> Result<Signals> {
         let mut caught = Vec::new();
         for (number, kind) in [
             (2, SignalKind::interrupt()),
@@ -473,7 +474,7 @@ impl Signals {
         Ok(Signals(caught))
     }
 
-    async fn recv(&mut self) -> Interrupted {
+    pub(crate) async fn recv(&mut self) -> Interrupted {
         let waits = self.0.iter_mut().map(|(number, signal)| {
             let number = *number;
             Box::pin(async move {
@@ -552,7 +553,7 @@ async fn create<E: Engine>(
     Ok(())
 }
 
-async fn find_image<E: Engine>(
+pub(crate) async fn find_image<E: Engine>(
     engine: &E,
     image: &ImageRef,
     always_pull: bool,

@@ -333,6 +333,63 @@ pub fn proc_stat(proc_root: &std::path::Path, pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// Standard input's terminal in raw mode (no echo, no line editing, no signals from keys,
+/// no output processing), as a container's pseudo-terminal wants it; its settings are
+/// restored when this is dropped, on every way out that unwinds.
+pub struct RawTerminal {
+    saved: rustix::termios::Termios,
+}
+
+impl RawTerminal {
+    pub fn enter() -> io::Result<RawTerminal> {
+        use rustix::termios::{OptionalActions, tcgetattr, tcsetattr};
+        let stdin = io::stdin();
+        let saved = tcgetattr(&stdin)?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw)?;
+        Ok(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use rustix::termios::{OptionalActions, tcsetattr};
+        // Drain: output already written is shown with the settings it was written for.
+        let _ = tcsetattr(io::stdin(), OptionalActions::Drain, &self.saved);
+    }
+}
+
+/// Standard output's terminal size as (columns, rows), if it is a terminal.
+pub fn window_size() -> Option<(u16, u16)> {
+    let size = rustix::termios::tcgetwinsize(io::stdout()).ok()?;
+    (size.ws_col > 0 && size.ws_row > 0).then_some((size.ws_col, size.ws_row))
+}
+
+/// This process's capability bounding set and the kernel's highest capability number,
+/// from `/proc/self/status` and `/proc/sys/kernel/cap_last_cap` under `proc_root`.
+pub fn capability_bounding_set(proc_root: &Path) -> Option<(u64, u32)> {
+    let status = std::fs::read_to_string(proc_root.join("self/status")).ok()?;
+    let bounding = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    let last = std::fs::read_to_string(proc_root.join("sys/kernel/cap_last_cap")).ok()?;
+    Some((bounding, last.trim().parse().ok()?))
+}
+
+/// Waits for SIGTERM, SIGINT or SIGHUP and returns it: the life of a process whose only
+/// job is to be there until it is told to stop.
+pub fn wait_for_stop_signal() -> i32 {
+    let set = stopping_set();
+    // SAFETY: `set` is a valid signal set; blocking them makes sigwait their only receiver.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let mut signal = 0;
+    // SAFETY: `set` and `signal` are valid for the call; it retries only on failure.
+    while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
+    signal
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

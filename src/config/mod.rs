@@ -41,6 +41,8 @@ pub const UPDATE_INTERVAL: &str = "TOOLBOX_UPDATE_INTERVAL";
 pub const SUDO: &str = "TOOLBOX_SUDO";
 pub const STORAGE: &str = "TOOLBOX_STORAGE";
 pub const ENGINE: &str = "TOOLBOX_ENGINE";
+pub const RUNTIME: &str = "TOOLBOX_RUNTIME";
+pub const SPC_BINDS: &str = "TOOLBOX_SPC_BINDS";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -121,6 +123,18 @@ pub const KEYS: &[Key] = &[
         default: "auto",
         words: false,
         doc: "Container engine toolboxes are created with: `docker` (`DOCKER_HOST`, else /var/run/docker.sock), `podman` (`CONTAINER_HOST`, else Podman's socket, `$XDG_RUNTIME_DIR/podman/podman.sock` or /run/podman/podman.sock), or `auto`: `DOCKER_HOST` if set, else Docker's socket if it answers, else Podman's. Entering an existing toolbox needs no engine.",
+    },
+    Key {
+        name: RUNTIME,
+        default: "nspawn",
+        words: false,
+        doc: "How a toolbox runs: `nspawn` unpacks the image into the toolbox directory and enters it with systemd-nspawn; `spc` runs a super privileged container of the image through the engine (privileged, the host's network, PID, IPC and UTS namespaces, TOOLBOX_SPC_BINDS bound in), kept as a named container per user and image, started for a session and stopped after the last one.",
+    },
+    Key {
+        name: SPC_BINDS,
+        default: crate::spc::DEFAULT_BINDS,
+        words: true,
+        doc: "Binds of a super privileged container, `SOURCE:DESTINATION[:OPTIONS]` with absolute paths, split into words; `HOST` is set to where `/` is bound.",
     },
 ];
 

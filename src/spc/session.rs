@@ -1,0 +1,374 @@
+//! spc::session: runs an [`Spc`] through the engine and streams the session between the
+//! user and the container: a pseudo-terminal in raw mode with window sizes forwarded, or
+//! without one, standard output and error kept apart and standard input passed through.
+//!
+//! A persistent SPC is started by the session that finds it stopped, and stopped by the
+//! session that ends last; both happen under the SPC's lock in the toolbox directory, so
+//! a session starting while the last one ends either sees the container stopped (and
+//! starts it) or has its own exec running before the last one looks. Every session is an
+//! exec beside the container's idle main process. A throwaway SPC's main process is the
+//! session; it is removed on every way out.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::{LABEL_SPC, Session, Spc};
+use crate::engine::{Access, Attached, Docker, Engine, ExecState, Output};
+use crate::machine;
+use crate::plan::ImageRef;
+use crate::provision;
+use crate::sys;
+use crate::ui;
+
+/// How long the processes of a stopping SPC get before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Finds `image` (pulling it if absent), resolves the SPC with the image's `RUN` label,
+/// runs its session and returns its exit status. `directory` holds the SPC's lock.
+pub fn enter(
+    image: &ImageRef,
+    resolve: impl FnOnce(Option<String>) -> Result<Spc>,
+    access: &Access,
+    directory: &Path,
+    quiet: bool,
+    verbose: bool,
+) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let status = runtime.block_on(async {
+        let mut signals = provision::Signals::catch()?;
+        let engine = Docker::connect(access).await?;
+        if verbose {
+            ui::say(format_args!(
+                "{} at {} (API {})",
+                engine.endpoint.name(),
+                engine.endpoint.address,
+                engine.api_version()
+            ));
+        }
+        let image = tokio::select! {
+            found = provision::find_image(&engine, image, false, quiet) => found?,
+            interrupted = signals.recv() => return Err(interrupted.into()),
+        };
+        drop(signals);
+        let spc = resolve(image.run_label.clone())?;
+        match &spc.exec {
+            None => throwaway(&engine, &spc, &image.id).await,
+            Some(session) => {
+                persistent(&engine, &spc, session, &image.id, directory, verbose).await
+            }
+        }
+    });
+    // A thread may still be blocked reading standard input; it must not hold up the exit.
+    runtime.shutdown_background();
+    status
+}
+
+/// A throwaway SPC: created, attached, started, waited for, and removed.
+async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
+    let session = spc
+        .container
+        .session
+        .as_ref()
+        .expect("a throwaway SPC carries its session");
+    let id = engine.create_spc(&spc.container, image_id).await?;
+    let ran = async {
+        let attached = engine.attach(&id).await?;
+        engine.start(&id).await?;
+        let target = Target {
+            engine,
+            container: &id,
+            exec: None,
+        };
+        stream(attached, session.tty, &target).await?;
+        engine.wait(&id).await
+    }
+    .await;
+    let removed = engine.remove_container(&id).await;
+    let status = ran?;
+    removed?;
+    Ok(exit_status(status))
+}
+
+/// A session in the persistent SPC: created or started if needed, an exec into it, and
+/// the container stopped if this was its last session.
+async fn persistent(
+    engine: &Docker,
+    spc: &Spc,
+    session: &Session,
+    image_id: &str,
+    directory: &Path,
+    verbose: bool,
+) -> Result<u8> {
+    let name = spc
+        .container
+        .name
+        .as_deref()
+        .expect("a persistent SPC has a name");
+    let started = async {
+        let _lock = machine::lock_for_spc(directory, name)?;
+        let container = match engine.container(name).await? {
+            Some(found) if found.labels.get(LABEL_SPC).map(String::as_str) != Some(name) => {
+                return Err(anyhow!(
+                    "container `{name}` exists and is not toolbox's; remove or rename it, or choose another --name"
+                ));
+            }
+            Some(found) => found,
+            None => {
+                let id = engine.create_spc(&spc.container, image_id).await?;
+                if verbose {
+                    ui::say(format_args!("created container `{name}` ({})", crate::engine::short_id(&id)));
+                }
+                engine
+                    .container(&id)
+                    .await?
+                    .ok_or_else(|| anyhow!("container `{name}` vanished after its creation"))?
+            }
+        };
+        if container.image_id != image_id {
+            ui::say(format_args!(
+                "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
+                spc.container.image
+            ));
+        }
+        if !container.running {
+            engine.start(name).await?;
+            if verbose {
+                ui::say(format_args!("started container `{name}`"));
+            }
+        }
+        engine.exec(name, session).await
+    }
+    .await;
+    let (exec, attached) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A container started for this session is not left running for nothing.
+            let _ = stop_if_idle(engine, directory, name, None, verbose).await;
+            return Err(e);
+        }
+    };
+    let target = Target {
+        engine,
+        container: name,
+        exec: Some(&exec),
+    };
+    let streamed = stream(attached, session.tty, &target).await;
+    let state = engine.exec_state(&exec).await;
+    let stopped = stop_if_idle(engine, directory, name, Some(&exec), verbose).await;
+    streamed?;
+    let status = state?
+        .exit_code
+        .ok_or_else(|| anyhow!("the engine reported no exit status for the session in `{name}`"))?;
+    if let Err(e) = stopped {
+        ui::warn(format_args!("{e:#}"));
+    }
+    Ok(exit_status(status))
+}
+
+/// Stops the SPC when no exec session other than `ours` runs in it.
+async fn stop_if_idle(
+    engine: &Docker,
+    directory: &Path,
+    name: &str,
+    ours: Option<&str>,
+    verbose: bool,
+) -> Result<()> {
+    let _lock = machine::lock_for_spc(directory, name)?;
+    let Some(container) = engine.container(name).await? else {
+        return Ok(());
+    };
+    if running_sessions(engine, &container.exec_ids, ours).await? > 0 || !container.running {
+        return Ok(());
+    }
+    engine.stop(name, STOP_GRACE).await?;
+    if verbose {
+        ui::say(format_args!(
+            "stopped container `{name}`: its last session ended"
+        ));
+    }
+    Ok(())
+}
+
+/// How many of `execs`, other than `ours`, still run.
+pub async fn running_sessions(
+    engine: &Docker,
+    execs: &[String],
+    ours: Option<&str>,
+) -> Result<usize> {
+    let mut running = 0;
+    for exec in execs.iter().filter(|e| Some(e.as_str()) != ours) {
+        // One finished and forgotten meanwhile is not running.
+        if engine
+            .exec_state(exec)
+            .await
+            .is_ok_and(|state| state.running)
+        {
+            running += 1;
+        }
+    }
+    Ok(running)
+}
+
+/// A container's status as toolbox exits with it: 0-255 as they are; a status the engine
+/// made up beyond that (it should not) is toolbox's failure.
+fn exit_status(status: i64) -> u8 {
+    u8::try_from(status).unwrap_or(crate::EXIT_TOOLBOX_FAILED)
+}
+
+/// What a session's signals and terminal sizes go to.
+struct Target<'a> {
+    engine: &'a Docker,
+    container: &'a str,
+    /// The exec session, or `None` for the container's main process.
+    exec: Option<&'a str>,
+}
+
+impl Target<'_> {
+    async fn resize(&self) {
+        if let Some(size) = sys::window_size() {
+            // A size the engine refuses leaves the old one: not worth ending the session.
+            let _ = self.engine.resize(self.container, self.exec, size).await;
+        }
+    }
+
+    /// Passes a signal toolbox received on to the session's process.
+    async fn signal(&self, number: i32, name: &str) {
+        match self.exec {
+            // The host's PID namespace is shared: the exec's process is a host process.
+            Some(exec) => {
+                if let Ok(ExecState { pid: Some(pid), .. }) = self.engine.exec_state(exec).await
+                    && let Some(signal) = rustix::process::Signal::from_named_raw(number)
+                {
+                    sys::signal(pid, signal);
+                }
+            }
+            None => {
+                let _ = self.engine.kill(self.container, name).await;
+            }
+        }
+    }
+}
+
+/// Streams a session until its output ends: standard input to the command, its output to
+/// toolbox's standard output and error, SIGWINCH as a resize, and SIGINT, SIGTERM and
+/// SIGHUP passed on to it. With `tty`, the terminal is in raw mode meanwhile.
+async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<()> {
+    let Attached {
+        mut output,
+        mut input,
+    } = attached;
+    let _raw = match tty {
+        true => Some(sys::RawTerminal::enter().context("cannot put the terminal in raw mode")?),
+        false => None,
+    };
+    let mut resized = signal(SignalKind::window_change()).context("cannot catch SIGWINCH")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    if tty {
+        target.resize().await;
+    }
+    let mut stdin = read_stdin();
+    let mut stdin_open = true;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    loop {
+        tokio::select! {
+            chunk = output.next() => match chunk {
+                None => break,
+                Some(chunk) => {
+                    let written = match chunk? {
+                        Output::Stdout(bytes) => stdout.write_all(&bytes).and_then(|()| stdout.flush()),
+                        Output::Stderr(bytes) => stderr.write_all(&bytes).and_then(|()| stderr.flush()),
+                    };
+                    // Whoever read the output went away (`| head`): the command is told as
+                    // a pipe would tell it, and its status still comes back.
+                    if written.is_err() {
+                        target.signal(libc::SIGPIPE, "SIGPIPE").await;
+                        break;
+                    }
+                }
+            },
+            chunk = stdin.recv(), if stdin_open => match chunk {
+                Some(bytes) => {
+                    if input.write_all(&bytes).await.and(input.flush().await).is_err() {
+                        stdin_open = false;
+                    }
+                }
+                None => {
+                    // End of input: the command's standard input ends too.
+                    let _ = input.shutdown().await;
+                    stdin_open = false;
+                }
+            },
+            _ = resized.recv(), if tty => target.resize().await,
+            _ = interrupt.recv() => target.signal(libc::SIGINT, "SIGINT").await,
+            _ = terminate.recv() => target.signal(libc::SIGTERM, "SIGTERM").await,
+            _ = hangup.recv() => target.signal(libc::SIGHUP, "SIGHUP").await,
+        }
+    }
+    Ok(())
+}
+
+/// Standard input, read on a thread of its own (a blocking read cannot be abandoned, and
+/// the session may end before its input does); the channel closes at end of input.
+fn read_stdin() -> mpsc::Receiver<Bytes> {
+    let (sender, receiver) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sender
+                        .blocking_send(Bytes::copy_from_slice(&buffer[..n]))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    receiver
+}
+
+/// The `RUN` label of `image` if the engine has the image, asked within `timeout` (for
+/// `--dry-run`, which pulls nothing).
+pub fn run_label(image: &ImageRef, access: &Access, timeout: Duration) -> Result<Option<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let ask = async {
+            let engine = Docker::connect(access).await?;
+            let found = engine.image(&image.reference()).await?;
+            let found = found.ok_or_else(|| anyhow!("image {} is not here", image.reference()))?;
+            Ok(found.run_label)
+        };
+        tokio::time::timeout(timeout, ask)
+            .await
+            .map_err(|_| anyhow!("the engine did not answer within {} s", timeout.as_secs()))?
+    })
+}
+
+/// `toolbox-idle`, a persistent SPC's main process: waits to be stopped and exits 0.
+pub fn idle() -> u8 {
+    sys::wait_for_stop_signal();
+    0
+}
