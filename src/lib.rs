@@ -102,21 +102,43 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             Ok(0)
         }
         Some(Action::List { json, .. }) => {
-            manage::list(&ctx.directory()?, &ctx.paths.proc, &ctx.access, json)?;
+            manage::list(
+                &ctx.directory()?,
+                &ctx.paths.proc,
+                &ctx.access,
+                json,
+                ctx.quiet(),
+            )?;
             Ok(0)
         }
         Some(Action::Rm { names, all, force }) => {
             ctx.become_root()?;
             let directory = ctx.directory()?;
             let names = if all {
-                machine::toolboxes(&directory)?
+                let mut all: Vec<_> = machine::toolboxes(&directory)?
                     .into_iter()
-                    .map(|(name, _)| name)
-                    .collect()
+                    .map(|(name, _)| manage::Named::Tree(name))
+                    .collect();
+                match spc::session::names(&ctx.access, &directory, ENGINE_TIMEOUT) {
+                    Ok(spcs) => all.extend(spcs.into_iter().map(manage::Named::Spc)),
+                    Err(e) if !ctx.quiet() => ui::warn(format_args!(
+                        "{e:#}; super privileged containers are not removed"
+                    )),
+                    Err(_) => {}
+                }
+                all
             } else {
                 names
                     .iter()
-                    .map(|name| manage::resolve_name(&directory, &ctx.invoker.name, name))
+                    .map(|name| {
+                        manage::find(
+                            &directory,
+                            &ctx.invoker.name,
+                            name,
+                            ctx.runtime,
+                            &ctx.access,
+                        )
+                    })
                     .collect::<Result<Vec<_>>>()?
             };
             manage::remove(
@@ -132,10 +154,31 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         Some(Action::Update { name, force }) => {
             ctx.become_root()?;
             let plan = ctx.plan(Payload::Shell)?;
-            let target = match name {
+            let named = match (name, ctx.runtime) {
+                (None, plan::Runtime::Nspawn) => None,
+                (None, plan::Runtime::Spc) => Some(manage::Named::Spc(plan.name.clone())),
+                (Some(name), runtime) => Some(manage::find(
+                    &plan.directory,
+                    &ctx.invoker.name,
+                    &name,
+                    runtime,
+                    &ctx.access,
+                )?),
+            };
+            let target = match named {
                 None => Target::of(&plan),
-                Some(name) => {
-                    let name = manage::resolve_name(&plan.directory, &ctx.invoker.name, &name)?;
+                Some(manage::Named::Spc(name)) => {
+                    manage::update_spc(
+                        &plan.directory,
+                        &ctx.access,
+                        &name,
+                        force,
+                        ctx.quiet(),
+                        &mut std::io::stdout(),
+                    )?;
+                    return Ok(0);
+                }
+                Some(manage::Named::Tree(name)) => {
                     let path = plan.directory.join(&name);
                     let image = match machine::state(&path)? {
                         State::Complete => {
@@ -351,8 +394,9 @@ impl Context {
     }
 }
 
-/// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
-const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `--dry-run` (reading an SPC image's `RUN` label) and `rm --all` (listing
+/// super privileged containers) wait for the engine.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Enters the toolbox, creating it first if needed: the default action.
 fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
@@ -453,7 +497,7 @@ fn enter_spc(ctx: &Context, payload: Payload) -> Result<u8> {
         )
     };
     if ctx.dry_run {
-        let run_label = match spc::session::run_label(&plan.image, &ctx.access, DRY_RUN_TIMEOUT) {
+        let run_label = match spc::session::run_label(&plan.image, &ctx.access, ENGINE_TIMEOUT) {
             Ok(label) => label,
             Err(e) => {
                 ui::warn(format_args!("{e:#}; its RUN label, if any, is not shown"));

@@ -13,9 +13,10 @@ use crate::config::Settings;
 use crate::engine::{Access, short_id};
 use crate::machine::{self, State};
 use crate::overlay;
-use crate::plan::{ImageRef, Storage};
+use crate::plan::{ImageRef, Runtime, Storage};
 use crate::provision::{self, Target, Updated};
 use crate::session;
+use crate::spc;
 use crate::ui;
 
 /// How long `list` waits for the daemon before showing freshness as unknown.
@@ -31,15 +32,18 @@ pub struct Row {
     pub image: Option<String>,
     pub image_id: Option<String>,
     pub created: Option<String>,
-    pub size_bytes: u64,
+    /// Disk used by its tree; `null` for a super privileged container (the engine's).
+    pub size_bytes: Option<u64>,
     pub sessions: usize,
     /// Whether the engine's image ID differs now; `null` when unknown (daemon down,
     /// image gone, or an adopted tree).
     pub image_changed: Option<bool>,
     /// A tree left by the CoreOS script, without toolbox's metadata.
     pub adopted: bool,
-    /// `copy` or `overlay`.
-    pub storage: &'static str,
+    /// `copy` or `overlay`; `null` for a super privileged container.
+    pub storage: Option<&'static str>,
+    /// `nspawn` or `spc`.
+    pub runtime: Runtime,
 }
 
 /// The rows for every toolbox in `directory`.
@@ -58,11 +62,12 @@ pub fn rows(directory: &Path, proc_root: &Path, access: &Access) -> Result<Vec<R
         let storage = metadata.as_ref().map_or(Storage::Copy, |m| m.storage());
         rows.push(Row {
             sessions: session::live(directory, proc_root, &name)?.len(),
-            size_bytes: match storage {
+            size_bytes: Some(match storage {
                 Storage::Copy => machine::disk_usage(&path),
                 Storage::Overlay => overlay::disk_usage(&path),
-            },
-            storage: storage.name(),
+            }),
+            storage: Some(storage.name()),
+            runtime: Runtime::Nspawn,
             image: metadata.as_ref().map(|m| m.image.clone()),
             image_id: metadata.as_ref().map(|m| m.image_id.clone()),
             created: metadata.map(|m| m.created),
@@ -74,9 +79,48 @@ pub fn rows(directory: &Path, proc_root: &Path, access: &Access) -> Result<Vec<R
     Ok(rows)
 }
 
-/// `toolbox list`: a table, or JSON for scripts.
-pub fn list(directory: &Path, proc_root: &Path, access: &Access, json: bool) -> Result<()> {
-    let rows = rows(directory, proc_root, access)?;
+/// The rows for the super privileged containers of `directory`.
+pub fn spc_rows(directory: &Path, access: &Access) -> Result<Vec<Row>> {
+    let listed = spc::session::list(access, directory, LIST_DAEMON_TIMEOUT)?;
+    Ok(listed
+        .into_iter()
+        .map(|spc| Row {
+            image: Some(spc.image),
+            image_id: Some(spc.image_id),
+            // The engine's time to the second, as toolbox records its own.
+            created: Some(match spc.created.get(..19) {
+                Some(seconds) => format!("{seconds}Z"),
+                None => spc.created,
+            }),
+            size_bytes: None,
+            sessions: spc.sessions,
+            image_changed: spc.image_changed,
+            adopted: false,
+            storage: None,
+            runtime: Runtime::Spc,
+            name: spc.name,
+        })
+        .collect())
+}
+
+/// `toolbox list`: a table, or JSON for scripts. Super privileged containers are listed
+/// after the toolbox directory's trees, or, when no engine answers, left out with a
+/// warning.
+pub fn list(
+    directory: &Path,
+    proc_root: &Path,
+    access: &Access,
+    json: bool,
+    quiet: bool,
+) -> Result<()> {
+    let mut rows = rows(directory, proc_root, access)?;
+    match spc_rows(directory, access) {
+        Ok(spcs) => rows.extend(spcs),
+        Err(e) if !quiet => ui::warn(format_args!(
+            "{e:#}; super privileged containers are not listed"
+        )),
+        Err(_) => {}
+    }
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -85,8 +129,8 @@ pub fn list(directory: &Path, proc_root: &Path, access: &Access, json: bool) -> 
     }
     writeln!(
         out,
-        "{:<32} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  IMAGE",
-        "NAME", "IMAGE", "ID", "CREATED", "STORAGE", "SIZE", "SESSIONS"
+        "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  IMAGE",
+        "NAME", "RUNTIME", "IMAGE", "ID", "CREATED", "STORAGE", "SIZE", "SESSIONS"
     )?;
     for row in &rows {
         let id = row.image_id.as_deref().map(short_id).unwrap_or("-");
@@ -98,13 +142,14 @@ pub fn list(directory: &Path, proc_root: &Path, access: &Access, json: bool) -> 
         };
         writeln!(
             out,
-            "{:<32} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness}",
+            "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness}",
             row.name,
+            row.runtime.name(),
             row.image.as_deref().unwrap_or("-"),
             id,
             row.created.as_deref().unwrap_or("-"),
-            row.storage,
-            human_size(row.size_bytes),
+            row.storage.unwrap_or("-"),
+            row.size_bytes.map_or("-".to_string(), human_size),
             row.sessions,
         )?;
     }
@@ -144,6 +189,61 @@ pub fn resolve_name(directory: &Path, user: &str, name: &str) -> Result<String> 
         "no toolbox `{name}` in {}; see `toolbox list`",
         directory.display()
     ))
+}
+
+/// A toolbox a user named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// A tree in the toolbox directory (the nspawn runtime).
+    Tree(String),
+    /// A persistent super privileged container of the toolbox directory.
+    Spc(String),
+}
+
+impl Named {
+    pub fn name(&self) -> &str {
+        match self {
+            Named::Tree(name) | Named::Spc(name) => name,
+        }
+    }
+}
+
+/// Finds the toolbox a user named, as [`resolve_name`] does, among the trees of
+/// `directory` and its super privileged containers. When both runtimes have a toolbox of
+/// that name, `runtime` (`TOOLBOX_RUNTIME`, `--runtime`) picks; the engine is asked only
+/// when the tree alone does not settle it.
+pub fn find(
+    directory: &Path,
+    user: &str,
+    name: &str,
+    runtime: Runtime,
+    access: &Access,
+) -> Result<Named> {
+    let tree = resolve_name(directory, user, name).ok();
+    if let (Some(tree), Runtime::Nspawn) = (&tree, runtime) {
+        return Ok(Named::Tree(tree.clone()));
+    }
+    let spcs = match spc::session::names(access, directory, LIST_DAEMON_TIMEOUT) {
+        Ok(spcs) => spcs,
+        Err(_) if tree.is_some() => Vec::new(),
+        Err(e) => {
+            return Err(e.context(format!(
+                "no toolbox `{name}` in {}, and its super privileged containers cannot be listed",
+                directory.display()
+            )));
+        }
+    };
+    let spc = [name.to_string(), format!("{user}-{name}")]
+        .into_iter()
+        .find(|candidate| spcs.contains(candidate));
+    match (tree, spc) {
+        (_, Some(spc)) => Ok(Named::Spc(spc)),
+        (Some(tree), None) => Ok(Named::Tree(tree)),
+        (None, None) => bail!(
+            "no toolbox `{name}` in {}; see `toolbox list`",
+            directory.display()
+        ),
+    }
 }
 
 /// Under the toolbox's lock: refuses when sessions run, or stops them with `force`.
@@ -206,13 +306,17 @@ pub fn remove(
     directory: &Path,
     proc_root: &Path,
     access: &Access,
-    names: &[String],
+    names: &[Named],
     force: bool,
     quiet: bool,
 ) -> Result<()> {
     let mut first_error = None;
-    for name in names {
+    for named in names {
+        let name = named.name();
         let removed = (|| -> Result<()> {
+            if let Named::Spc(name) = named {
+                return spc::session::remove(access, directory, name, force);
+            }
             let path = directory.join(name);
             let _lock = machine::lock_for_create(directory, name)?;
             let overlay = match machine::state(&path)? {
@@ -317,6 +421,38 @@ pub fn update(
         }
     }
     Ok(updated)
+}
+
+/// `toolbox update` of a super privileged container: see [`spc::session::update`].
+pub fn update_spc(
+    directory: &Path,
+    access: &Access,
+    name: &str,
+    force: bool,
+    quiet: bool,
+    report: &mut dyn Write,
+) -> Result<()> {
+    let updated = spc::session::update(access, directory, name, force, quiet)?;
+    if !quiet {
+        match updated {
+            spc::session::Updated::UpToDate { image, image_id } => writeln!(
+                report,
+                "toolbox `{name}` is up to date ({image} {})",
+                short_id(&image_id)
+            )?,
+            spc::session::Updated::Replaced {
+                image,
+                old_id,
+                new_id,
+            } => writeln!(
+                report,
+                "toolbox `{name}` removed for {image} ({} -> {}); its next session creates it anew",
+                short_id(&old_id),
+                short_id(&new_id)
+            )?,
+        }
+    }
+    Ok(())
 }
 
 /// `toolbox config`: every setting with its value and where it came from, or with

@@ -26,6 +26,9 @@ pub const LABEL_RUNTIME: &str = "toolbox.runtime";
 pub const LABEL_SPC: &str = "toolbox.spc";
 /// Label with the image reference the SPC was created for.
 pub const LABEL_IMAGE: &str = "toolbox.image";
+/// Label with the toolbox directory a persistent SPC belongs to (its lock is there; `list`
+/// and `rm` in that directory cover it).
+pub const LABEL_DIRECTORY: &str = "toolbox.directory";
 /// The name toolbox answers to as a persistent SPC's main process, which only waits to be
 /// stopped: sessions are `exec`s beside it.
 pub const IDLE_NAME: &str = "toolbox-idle";
@@ -233,6 +236,10 @@ impl Spc {
         ]);
         if !inputs.throwaway {
             labels.insert(LABEL_SPC.to_string(), plan.name.clone());
+            labels.insert(
+                LABEL_DIRECTORY.to_string(),
+                plan.directory.display().to_string(),
+            );
         }
         let mut container = Container {
             name: (!inputs.throwaway).then(|| plan.name.clone()),
@@ -597,7 +604,8 @@ mod tests {
              --volume=/run:/run --volume=/usr/bin/toolbox:/usr/local/bin/host-exec:ro \
              --volume=/usr/bin/toolbox:/usr/local/bin/toolbox-idle:ro --env=HOST=/host \
              --env=IMAGE=fedora:latest --env=NAME=core-fedora-latest --env=container=docker \
-             --env=https_proxy=http://p:3128 --label=toolbox.image=fedora:latest \
+             --env=https_proxy=http://p:3128 --label=toolbox.directory=/var/lib/toolbox \
+             --label=toolbox.image=fedora:latest \
              --label=toolbox.runtime=spc --label=toolbox.spc=core-fedora-latest \
              fedora:latest /usr/local/bin/toolbox-idle\n\
              docker exec --interactive --tty --env=TERM=screen core-fedora-latest /bin/sh -c \

@@ -13,15 +13,15 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{LABEL_SPC, Session, Spc};
-use crate::engine::{Access, Attached, Docker, Engine, ExecState, Output};
+use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_SPC, Session, Spc};
+use crate::engine::{Access, Attached, ContainerInfo, Docker, Engine, ExecState, Output, short_id};
 use crate::machine;
 use crate::plan::ImageRef;
 use crate::provision;
@@ -118,16 +118,14 @@ async fn persistent(
     let started = async {
         let _lock = machine::lock_for_spc(directory, name)?;
         let container = match engine.container(name).await? {
-            Some(found) if found.labels.get(LABEL_SPC).map(String::as_str) != Some(name) => {
-                return Err(anyhow!(
-                    "container `{name}` exists and is not toolbox's; remove or rename it, or choose another --name"
-                ));
+            Some(found) => {
+                check_ownership(&found, name, directory)?;
+                found
             }
-            Some(found) => found,
             None => {
                 let id = engine.create_spc(&spc.container, image_id).await?;
                 if verbose {
-                    ui::say(format_args!("created container `{name}` ({})", crate::engine::short_id(&id)));
+                    ui::say(format_args!("created container `{name}` ({})", short_id(&id)));
                 }
                 engine
                     .container(&id)
@@ -174,6 +172,23 @@ async fn persistent(
         ui::warn(format_args!("{e:#}"));
     }
     Ok(exit_status(status))
+}
+
+/// Refuses a container named like the SPC that is not the SPC of `directory`.
+fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> Result<()> {
+    let label = |key| container.labels.get(key).map(String::as_str);
+    if label(LABEL_SPC) != Some(name) {
+        bail!(
+            "container `{name}` exists and is not toolbox's; remove or rename it, or choose another --name"
+        );
+    }
+    let directory = directory.display().to_string();
+    match label(LABEL_DIRECTORY) {
+        Some(owner) if owner != directory => bail!(
+            "container `{name}` is the toolbox of directory {owner}; use that directory or choose another --name"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Stops the SPC when no exec session other than `ours` runs in it.
@@ -350,20 +365,173 @@ fn read_stdin() -> mpsc::Receiver<Bytes> {
 /// The `RUN` label of `image` if the engine has the image, asked within `timeout` (for
 /// `--dry-run`, which pulls nothing).
 pub fn run_label(image: &ImageRef, access: &Access, timeout: Duration) -> Result<Option<String>> {
+    with_engine(access, Some(timeout), async |engine| {
+        let found = engine.image(&image.reference()).await?;
+        let found = found.ok_or_else(|| anyhow!("image {} is not here", image.reference()))?;
+        Ok(found.run_label)
+    })
+}
+
+/// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
+/// `timeout` if one is given.
+fn with_engine<T>(
+    access: &Access,
+    timeout: Option<Duration>,
+    work: impl AsyncFnOnce(&Docker) -> Result<T>,
+) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let ask = async {
+        let work = async {
             let engine = Docker::connect(access).await?;
-            let found = engine.image(&image.reference()).await?;
-            let found = found.ok_or_else(|| anyhow!("image {} is not here", image.reference()))?;
-            Ok(found.run_label)
+            work(&engine).await
         };
-        tokio::time::timeout(timeout, ask)
-            .await
-            .map_err(|_| anyhow!("the engine did not answer within {} s", timeout.as_secs()))?
+        match timeout {
+            None => work.await,
+            Some(timeout) => tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| anyhow!("the engine did not answer within {} s", timeout.as_secs()))?,
+        }
+    })
+}
+
+/// A persistent SPC as `toolbox list` shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub created: String,
+    pub running: bool,
+    /// Exec sessions running in it.
+    pub sessions: usize,
+    /// Whether the image's ID differs now; `None` when the image is gone.
+    pub image_changed: Option<bool>,
+}
+
+/// The persistent SPCs of toolbox directory `directory`, by name.
+pub fn list(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<Listed>> {
+    with_engine(access, Some(timeout), async |engine| {
+        let mut listed = Vec::new();
+        for name in owned_names(engine, directory).await? {
+            let Some(container) = engine.container(&name).await? else {
+                continue;
+            };
+            let image = container
+                .labels
+                .get(LABEL_IMAGE)
+                .cloned()
+                .unwrap_or_default();
+            let current = engine.image(&image).await.ok().flatten();
+            listed.push(Listed {
+                sessions: running_sessions(engine, &container.exec_ids, None).await?,
+                image_changed: current.map(|found| found.id != container.image_id),
+                image,
+                image_id: container.image_id,
+                created: container.created,
+                running: container.running,
+                name,
+            });
+        }
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
+    })
+}
+
+/// The names of the persistent SPCs of `directory`.
+async fn owned_names(engine: &Docker, directory: &Path) -> Result<Vec<String>> {
+    let label = format!("{LABEL_DIRECTORY}={}", directory.display());
+    let mut names = Vec::new();
+    for name in engine.containers_with_label(&label).await? {
+        if let Some(container) = engine.container(&name).await?
+            && container.labels.get(LABEL_SPC) == Some(&name)
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The names of the persistent SPCs of `directory`, for `rm` and `update` to find.
+pub fn names(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<String>> {
+    with_engine(access, Some(timeout), async |engine| {
+        owned_names(engine, directory).await
+    })
+}
+
+/// Removes persistent SPC `name` of `directory`; one with running sessions is refused,
+/// or with `force`, removed with them.
+pub fn remove(access: &Access, directory: &Path, name: &str, force: bool) -> Result<()> {
+    let _lock = machine::lock_for_spc(directory, name)?;
+    with_engine(access, None, async |engine| {
+        let Some(container) = engine.container(name).await? else {
+            return Ok(());
+        };
+        check_ownership(&container, name, directory)?;
+        let sessions = running_sessions(engine, &container.exec_ids, None).await?;
+        if sessions > 0 && !force {
+            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
+        }
+        engine.remove_container(&container.id).await
+    })
+}
+
+/// What `update` did to a persistent SPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    UpToDate {
+        image: String,
+        image_id: String,
+    },
+    /// Removed, to be created from the new image by its next session.
+    Replaced {
+        image: String,
+        old_id: String,
+        new_id: String,
+    },
+}
+
+/// Pulls the image of persistent SPC `name` and, when its ID changed, removes the
+/// container (refused while sessions run, unless `force`) so that its next session
+/// creates it from the new image with the current settings.
+pub fn update(
+    access: &Access,
+    directory: &Path,
+    name: &str,
+    force: bool,
+    quiet: bool,
+) -> Result<Updated> {
+    let _lock = machine::lock_for_spc(directory, name)?;
+    with_engine(access, None, async |engine| {
+        let container = engine.container(name).await?.ok_or_else(|| {
+            anyhow!("toolbox `{name}` (spc) has no container; its next session creates one")
+        })?;
+        check_ownership(&container, name, directory)?;
+        let image = container
+            .labels
+            .get(LABEL_IMAGE)
+            .cloned()
+            .unwrap_or_default();
+        let reference = ImageRef::parse(&image, "latest")?;
+        let found = provision::find_image(engine, &reference, true, quiet).await?;
+        if found.id == container.image_id {
+            return Ok(Updated::UpToDate {
+                image,
+                image_id: found.id,
+            });
+        }
+        let sessions = running_sessions(engine, &container.exec_ids, None).await?;
+        if sessions > 0 && !force {
+            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
+        }
+        engine.remove_container(&container.id).await?;
+        Ok(Updated::Replaced {
+            image,
+            old_id: container.image_id,
+            new_id: found.id,
+        })
     })
 }
 
