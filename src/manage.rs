@@ -437,7 +437,7 @@ pub fn update_spc(
         match updated {
             spc::session::Updated::UpToDate { image, image_id } => writeln!(
                 report,
-                "toolbox `{name}` is up to date ({image} {})",
+                "toolbox `{name}` (spc) is up to date ({image} {})",
                 short_id(&image_id)
             )?,
             spc::session::Updated::Replaced {
@@ -446,7 +446,7 @@ pub fn update_spc(
                 new_id,
             } => writeln!(
                 report,
-                "toolbox `{name}` removed for {image} ({} -> {}); its next session creates it anew",
+                "toolbox `{name}` (spc) removed for {image} ({} -> {}); its next session creates it anew",
                 short_id(&old_id),
                 short_id(&new_id)
             )?,

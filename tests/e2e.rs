@@ -16,7 +16,7 @@ fn first_run_creates_the_toolbox_and_sees_the_host() {
         return;
     };
     // The first command creates the toolbox.
-    assert_sees_the_host(&|args| t.run(args));
+    assert_sees_the_host(&|args| t.run(args), "/media/root");
     assert!(t.tree().join(".toolbox.json").is_file());
     assert!(
         t.tree().join("etc/os-release").is_file(),

@@ -79,7 +79,7 @@ fn an_overlay_toolbox_sees_the_host() {
         "{}",
         describe(&out)
     );
-    assert_sees_the_host(&|args| run(&t, args));
+    assert_sees_the_host(&|args| run(&t, args), "/media/root");
     assert_statuses_come_back(&|args| run(&t, args));
 
     let mut wc = overlay(&t)

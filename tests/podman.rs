@@ -122,7 +122,7 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
         said.contains(&format!("toolbox: Podman at {} (API", service.host)),
         "{said}"
     );
-    assert_sees_the_host(&run);
+    assert_sees_the_host(&run, "/media/root");
     assert_statuses_come_back(&run);
 
     // Podman's own ID for its `localhost/` image, reached by the short name.

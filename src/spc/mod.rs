@@ -29,6 +29,8 @@ pub const LABEL_IMAGE: &str = "toolbox.image";
 /// Label with the toolbox directory a persistent SPC belongs to (its lock is there; `list`
 /// and `rm` in that directory cover it).
 pub const LABEL_DIRECTORY: &str = "toolbox.directory";
+/// Label on an SPC created with its image's `RUN` label applied, with the label as value.
+pub const LABEL_RUN_LABEL: &str = "toolbox.run-label";
 /// The name toolbox answers to as a persistent SPC's main process, which only waits to be
 /// stopped: sessions are `exec`s beside it.
 pub const IDLE_NAME: &str = "toolbox-idle";
@@ -272,6 +274,9 @@ impl Spc {
                 );
             };
             label_command = apply_run_label(&mut container, label, &plan.name, inputs.env)?;
+            container
+                .labels
+                .insert(LABEL_RUN_LABEL.to_string(), label.clone());
         }
         let command = match &plan.payload {
             Payload::Command(words) => words

@@ -20,8 +20,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_SPC, Session, Spc};
+use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_SPC, Session, Spc};
 use crate::engine::{Access, Attached, ContainerInfo, Docker, Engine, ExecState, Output, short_id};
+use crate::lookup::CommandError;
 use crate::machine;
 use crate::plan::ImageRef;
 use crate::provision;
@@ -30,6 +31,8 @@ use crate::ui;
 
 /// How long the processes of a stopping SPC get before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a session's output may still arrive after its container stopped.
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Finds `image` (pulling it if absent), resolves the SPC with the image's `RUN` label,
 /// runs its session and returns its exit status. `directory` holds the SPC's lock.
@@ -84,7 +87,14 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
     let id = engine.create_spc(&spc.container, image_id).await?;
     let ran = async {
         let attached = engine.attach(&id).await?;
-        engine.start(&id).await?;
+        if let Err(e) = engine.start(&id).await {
+            let command = session.command.first().map_or("", String::as_str);
+            let toolbox = spc.container.image.as_str();
+            return Err(match command_error(&format!("{e:#}"), command, toolbox) {
+                Some(e) => e.into(),
+                None => e,
+            });
+        }
         let target = Target {
             engine,
             container: &id,
@@ -133,6 +143,13 @@ async fn persistent(
                     .ok_or_else(|| anyhow!("container `{name}` vanished after its creation"))?
             }
         };
+        let wanted = spc.container.labels.contains_key(LABEL_RUN_LABEL);
+        if container.labels.contains_key(LABEL_RUN_LABEL) != wanted {
+            ui::warn(format_args!(
+                "`{name}` was created {} its image's RUN label; `toolbox --runtime spc rm {name}` and run again to change that",
+                if wanted { "without" } else { "with" }
+            ));
+        }
         if container.image_id != image_id {
             ui::say(format_args!(
                 "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
@@ -164,12 +181,21 @@ async fn persistent(
     let streamed = stream(attached, session.tty, &target).await;
     let state = engine.exec_state(&exec).await;
     let stopped = stop_if_idle(engine, directory, name, Some(&exec), verbose).await;
-    streamed?;
-    let status = state?
-        .exit_code
-        .ok_or_else(|| anyhow!("the engine reported no exit status for the session in `{name}`"))?;
     if let Err(e) = stopped {
         ui::warn(format_args!("{e:#}"));
+    }
+    let start_failure = streamed?;
+    // A container stopped or removed under the session takes its exec's status with it.
+    let status = state
+        .ok()
+        .and_then(|state| state.exit_code)
+        .ok_or_else(|| anyhow!("the session in `{name}` ended without an exit status (was the container stopped or removed?)"))?;
+    if let Some(message) = start_failure {
+        let command = session.command.first().map_or("", String::as_str);
+        return Err(match command_error(&message, command, name) {
+            Some(e) => e.into(),
+            None => anyhow!("cannot run `{command}` in `{name}`: {message}"),
+        });
     }
     Ok(exit_status(status))
 }
@@ -278,7 +304,9 @@ impl Target<'_> {
 /// Streams a session until its output ends: standard input to the command, its output to
 /// toolbox's standard output and error, SIGWINCH as a resize, and SIGINT, SIGTERM and
 /// SIGHUP passed on to it. With `tty`, the terminal is in raw mode meanwhile.
-async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<()> {
+/// Returns the engine's message when the command never started (Docker writes it as the
+/// session's only output).
+async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Option<String>> {
     let Attached {
         mut output,
         mut input,
@@ -298,12 +326,37 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<()
     let mut stdin_open = true;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
+    let mut started = false;
+    let mut start_failure = None;
+    // Docker keeps an exec's connection open when its container is stopped or removed
+    // under it (`toolbox rm --force`, `docker rm -f`): the session ends when the container
+    // does, after a moment for output still in flight.
+    let container_stopped = target.engine.wait(target.container);
+    tokio::pin!(container_stopped);
+    let mut draining = false;
+    let drained = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drained);
     loop {
         tokio::select! {
+            _ = &mut container_stopped, if !draining => {
+                draining = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            _ = &mut drained, if draining => break,
             chunk = output.next() => match chunk {
                 None => break,
                 Some(chunk) => {
-                    let written = match chunk? {
+                    let chunk = chunk?;
+                    if !started {
+                        started = true;
+                        if let Output::Stdout(bytes) = &chunk
+                            && bytes.starts_with(START_FAILURE.as_bytes())
+                        {
+                            start_failure = Some(String::from_utf8_lossy(bytes).trim().to_string());
+                            continue;
+                        }
+                    }
+                    let written = match chunk {
                         Output::Stdout(bytes) => stdout.write_all(&bytes).and_then(|()| stdout.flush()),
                         Output::Stderr(bytes) => stderr.write_all(&bytes).and_then(|()| stderr.flush()),
                     };
@@ -333,7 +386,32 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<()
             _ = hangup.recv() => target.signal(libc::SIGHUP, "SIGHUP").await,
         }
     }
-    Ok(())
+    Ok(start_failure)
+}
+
+/// How Docker's answer to an exec whose command could not start begins.
+const START_FAILURE: &str = "OCI runtime exec failed";
+
+/// The command error in the engine's message about a command that could not start
+/// (runc's wording: `exec: "CMD": executable file not found in $PATH`, `stat CMD: no such
+/// file or directory`, `permission denied`), so it exits 127 or 126 as in an nspawn
+/// toolbox.
+fn command_error(message: &str, command: &str, toolbox: &str) -> Option<CommandError> {
+    let (_, reason) = message.split_once("unable to start container process: exec: ")?;
+    if reason.contains("executable file not found") || reason.contains("no such file or directory")
+    {
+        return Some(CommandError::NotFound {
+            command: command.to_string(),
+            toolbox: toolbox.to_string(),
+        });
+    }
+    let reason = ["permission denied", "is a directory", "exec format error"]
+        .into_iter()
+        .find(|known| reason.contains(known))?;
+    Some(CommandError::NotExecutable {
+        command: command.to_string(),
+        reason: reason.to_string(),
+    })
 }
 
 /// Standard input, read on a thread of its own (a blocking read cannot be abandoned, and
@@ -539,4 +617,48 @@ pub fn update(
 pub fn idle() -> u8 {
     sys::wait_for_stop_signal();
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_that_cannot_start_exit_as_in_an_nspawn_toolbox() {
+        let runc = |tail: &str| {
+            format!(
+                "OCI runtime exec failed: exec failed: unable to start container process: exec: {tail}: unknown"
+            )
+        };
+        let cases = [
+            (
+                runc(r#""nosuch": executable file not found in $PATH"#),
+                Some(127),
+            ),
+            (
+                runc(r#""/no/such": stat /no/such: no such file or directory"#),
+                Some(127),
+            ),
+            (runc(r#""/etc/passwd": permission denied"#), Some(126)),
+            ("OCI runtime exec failed: something else".to_string(), None),
+        ];
+        for (message, expected) in cases {
+            let error = command_error(&message, "cmd", "core-fedora-latest");
+            assert_eq!(
+                error.as_ref().map(CommandError::exit_status),
+                expected,
+                "{message}"
+            );
+        }
+        assert_eq!(
+            command_error(
+                &runc(r#""x": executable file not found in $PATH"#),
+                "x",
+                "core-f"
+            )
+            .unwrap()
+            .to_string(),
+            "`x`: command not found in toolbox `core-f`"
+        );
+    }
 }

@@ -178,8 +178,19 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     /// Removes what a failed test can leave outside its directory: the anchor containers
-    /// of its overlay toolboxes, and their mounts.
+    /// of its overlay toolboxes, its super privileged containers, and its mounts.
     fn drop(&mut self) {
+        let spcs = format!("label=toolbox.directory={}", self.toolboxes.display());
+        let spcs = Command::new("docker")
+            .args(["ps", "-a", "-q", "--filter", &spcs])
+            .output();
+        for id in spcs
+            .map(|out| stdout(&out))
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
         let prefix = format!("{}/", self.toolboxes.display());
         let anchors = Command::new("docker")
             .args(["ps", "-a", "--filter", "label=toolbox.anchor"])
@@ -334,10 +345,10 @@ pub fn import_marker_image_into(host: Option<&str>, marker: &str) -> String {
 }
 
 /// The core host checks, through `run` (a toolbox command line): the host's `/` is at
-/// `/media/root`, the PID, IPC, UTS and network namespaces are the host's, and host PID 1
+/// `host_root`, the PID, IPC, UTS and network namespaces are the host's, and host PID 1
 /// is visible.
-pub fn assert_sees_the_host(run: &dyn Fn(&[&str]) -> Output) {
-    let out = run(&["cat", "/media/root/etc/hostname"]);
+pub fn assert_sees_the_host(run: &dyn Fn(&[&str]) -> Output, host_root: &str) {
+    let out = run(&["cat", &format!("{host_root}/etc/hostname")]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert_eq!(stdout(&out), fs::read_to_string("/etc/hostname").unwrap());
     for ns in ["pid", "ipc", "uts", "net"] {
