@@ -1,6 +1,7 @@
 //! toolbox driven as a person drives it: in a real pseudo-terminal (tmux), a first entry
 //! into a new toolbox, a prompt, a command typed and its output read off the screen,
-//! Ctrl-C interrupting a command but not the shell, `exit`, and the terminal left as it was.
+//! Ctrl-C interrupting a command but not the shell, `exit`, and the terminal left as it was;
+//! the same in a super privileged container, with the window's size followed.
 
 mod common;
 
@@ -90,17 +91,26 @@ fn output_lines(screen: &str, text: &str) -> usize {
         .count()
 }
 
+/// Whether tmux is here; when it is not, fails if the e2e tests are required, else says
+/// that `test` is skipped.
+fn have_tmux(test: &str) -> bool {
+    if Command::new("tmux").arg("-V").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("TOOLBOX_E2E").as_deref() != Ok("required"),
+        "TOOLBOX_E2E=required but tmux is missing (scripts/setup-host installs it)"
+    );
+    eprintln!("skipped {test}: tmux is missing");
+    false
+}
+
 #[test]
 fn a_shell_in_a_real_terminal() {
     let Some(t) = TestEnv::new("terminal", DEBIAN_IMAGE) else {
         return;
     };
-    if Command::new("tmux").arg("-V").output().is_err() {
-        assert!(
-            std::env::var("TOOLBOX_E2E").as_deref() != Ok("required"),
-            "TOOLBOX_E2E=required but tmux is missing (scripts/setup-host installs it)"
-        );
-        eprintln!("skipped a_shell_in_a_real_terminal: tmux is missing");
+    if !have_tmux("a_shell_in_a_real_terminal") {
         return;
     }
     let script = t.root.join("session.sh");
@@ -182,4 +192,78 @@ fn a_shell_in_a_real_terminal() {
         .unwrap()
         .to_string();
     assert_eq!(modes.trim_end(), "terminal: icanon echo", "{screen}");
+}
+
+#[test]
+fn an_spc_shell_in_a_real_terminal() {
+    let Some(t) = TestEnv::new("terminal_spc", BUSYBOX_IMAGE) else {
+        return;
+    };
+    if !have_tmux("an_spc_shell_in_a_real_terminal") {
+        return;
+    }
+    let before = t.root.join("stty.before");
+    let after = t.root.join("stty.after");
+    let script = t.root.join("session.sh");
+    fs::write(
+        &script,
+        format!(
+            "cd /\n\
+             stty -g > {before}\n\
+             env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester \
+             TOOLBOX_DIRECTORY={dir} TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} \
+             TOOLBOX_RUNTIME=spc {bin}\n\
+             echo \"toolbox exited $?\"\n\
+             stty -g > {after}\n\
+             sleep 600\n",
+            before = before.display(),
+            after = after.display(),
+            home = t.home.display(),
+            dir = t.toolboxes.display(),
+            image = t.image,
+            name = t.name,
+            bin = env!("CARGO_BIN_EXE_toolbox"),
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux::start(&t.root.join("tmux.sock"), &script);
+    tmux.wait_for("the prompt", |s| s.lines().any(|l| l.trim_end() == "/ #"));
+
+    tmux.keys(&["echo $((6 * 7))-ok $TERM", "Enter"]);
+    tmux.wait_for("the command's output", |s| {
+        output_lines(s, "42-ok screen") == 1
+    });
+
+    // The container's terminal has the window's size, and follows it.
+    tmux.keys(&["stty size", "Enter"]);
+    tmux.wait_for("the first size", |s| output_lines(s, "50 160") == 1);
+    let out = tmux
+        .command()
+        .args(["resize-window", "-x", "100", "-y", "30"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    tmux.keys(&["stty size", "Enter"]);
+    tmux.wait_for("the new size", |s| output_lines(s, "30 100") == 1);
+
+    // Ctrl-C reaches the command in the container, not toolbox.
+    tmux.keys(&["sleep 60; echo not-interrupted", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo after-ctrl-c", "Enter"]);
+    tmux.wait_for("the shell to survive Ctrl-C", |s| {
+        output_lines(s, "after-ctrl-c") == 1
+    });
+    assert!(!tmux.screen().contains("\nnot-interrupted"));
+
+    tmux.keys(&["exit 3", "Enter"]);
+    tmux.wait_for("toolbox to exit", |s| s.contains("toolbox exited 3"));
+    tmux.wait_for("the terminal's modes", |_| after.exists());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        fs::read_to_string(&after).unwrap(),
+        fs::read_to_string(&before).unwrap(),
+        "the terminal was not restored"
+    );
 }
