@@ -15,6 +15,7 @@
 //! - `XDG_RUNTIME_DIR`: where a user's Podman socket is (`podman/podman.sock` in it).
 //! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
 //! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
+//! - `TERM`: passed to a super privileged container's session on a terminal.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

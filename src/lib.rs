@@ -1,7 +1,8 @@
 //! toolbox: a debugging userland from a container image, entered with systemd-nspawn with
 //! the host's PID, IPC and UTS namespaces and network shared and the host's `/` at
-//! `/media/root`. [`run`] is the whole program; `main.rs` only maps its result to an exit
-//! status.
+//! `/media/root`, or, with the spc runtime, run as a super privileged container through
+//! the engine (see [`spc`]). [`run`] is the whole program; `main.rs` only maps its result
+//! to an exit status.
 
 pub mod cli;
 pub mod config;
