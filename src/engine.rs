@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
@@ -262,9 +262,37 @@ impl Docker {
         Ok(Docker { client, endpoint })
     }
 
-    pub fn api_version(&self) -> String {
-        self.client.client_version().to_string()
+    /// Which engine this is, where, and the API version agreed on, for `-v`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} at {} (API {})",
+            self.endpoint.name(),
+            self.endpoint.address,
+            self.client.client_version()
+        )
     }
+
+    /// Containers, running or not, matching a `label` filter (`KEY` or `KEY=VALUE`).
+    async fn containers_labelled(&self, filter: String) -> Result<Vec<ContainerSummary>> {
+        let filters = HashMap::from([("label".to_string(), vec![filter])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))
+    }
+}
+
+/// The single-threaded async runtime the engine calls run on.
+pub fn async_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn is_not_found(error: &BollardError) -> bool {
@@ -398,17 +426,7 @@ impl Engine for Docker {
         label: &str,
         value: &str,
     ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        let filters = HashMap::from([("label".to_string(), vec![format!("{label}={value}")])]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let containers = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))?;
+        let containers = self.containers_labelled(format!("{label}={value}")).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
@@ -516,17 +534,7 @@ impl Docker {
 
     /// Containers carrying `label`, whatever its value: their names (without `/`).
     pub async fn containers_with_label(&self, label: &str) -> Result<Vec<String>> {
-        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let containers = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))?;
+        let containers = self.containers_labelled(label.to_string()).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| c.names?.first()?.strip_prefix('/').map(String::from))

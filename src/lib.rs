@@ -40,7 +40,7 @@ use crate::lookup::CommandError;
 use crate::machine::State;
 use crate::nspawn::{Launch, Nspawn, PROXY_VARIABLES};
 use crate::plan::{Payload, Plan};
-use crate::provision::{Interrupted, Target};
+use crate::provision::{Interrupted, Target, UpdateMode};
 
 /// Exit status for every failure of toolbox itself, as container tools use.
 pub const EXIT_TOOLBOX_FAILED: u8 = 125;
@@ -509,14 +509,12 @@ fn enter_spc(ctx: &Context, payload: Payload) -> Result<u8> {
         return Ok(0);
     }
     ctx.become_root()?;
-    spc::session::enter(
-        &plan.image,
-        resolve,
-        &ctx.access,
-        &plan.directory,
-        ctx.quiet(),
-        ctx.verbose(),
-    )
+    let options = spc::session::Options {
+        update: update_mode(&ctx.settings)?,
+        quiet: ctx.quiet(),
+        verbose: ctx.verbose(),
+    };
+    spc::session::enter(&plan.image, resolve, &ctx.access, &plan.directory, options)
 }
 
 /// A toolbox name from an archive's file name: `debian.tar.gz` gives `debian`.
@@ -633,6 +631,19 @@ fn end_overlay_session(ctx: &Context, plan: &Plan) -> Result<()> {
     }
 }
 
+/// `TOOLBOX_UPDATE`, checked.
+fn update_mode(settings: &config::Settings) -> Result<UpdateMode> {
+    match settings.get(config::UPDATE) {
+        "never" => Ok(UpdateMode::Never),
+        "notify" => Ok(UpdateMode::Notify),
+        "auto" => Ok(UpdateMode::Auto),
+        mode => {
+            let origin = &settings.setting(config::UPDATE).origin;
+            bail!("{origin}: TOOLBOX_UPDATE must be never, notify or auto, not `{mode}`")
+        }
+    }
+}
+
 /// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed
 /// since the toolbox was built, and `auto` rebuilds it; `never` contacts no daemon. The
 /// daemon is asked at most once per `TOOLBOX_UPDATE_INTERVAL` seconds per toolbox, with
@@ -643,12 +654,8 @@ fn check_freshness(
     target: &Target,
     metadata: Option<&machine::Metadata>,
 ) -> Result<bool> {
-    let mode = ctx.settings.get(config::UPDATE);
-    if !matches!(mode, "notify" | "auto") {
-        if mode != "never" {
-            let origin = &ctx.settings.setting(config::UPDATE).origin;
-            bail!("{origin}: TOOLBOX_UPDATE must be never, notify or auto, not `{mode}`");
-        }
+    let mode = update_mode(&ctx.settings)?;
+    if mode == UpdateMode::Never {
         return Ok(false);
     }
     let interval = ctx.settings.get(config::UPDATE_INTERVAL);
@@ -684,7 +691,7 @@ fn check_freshness(
     if changed != Some(true) {
         return Ok(false);
     }
-    if mode == "notify" {
+    if mode == UpdateMode::Notify {
         if !ctx.quiet() {
             ui::say(format_args!(
                 "image {} has changed since `{}` was built; run `toolbox update` to rebuild it",

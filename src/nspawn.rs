@@ -328,9 +328,7 @@ mod tests {
     use crate::config::{self, Settings};
 
     fn plan(payload: Payload, pairs: &[(&str, &str)]) -> Plan {
-        let mut settings = Settings::default();
-        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
-        Plan::resolve(&settings, "core", payload).unwrap()
+        Plan::resolve(&Settings::from_environment(pairs), "core", payload).unwrap()
     }
 
     fn nspawn(version: u32) -> Nspawn {

@@ -322,12 +322,6 @@ mod tests {
     use super::*;
     use crate::host::Env;
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let mut settings = Settings::default();
-        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
-        settings
-    }
-
     #[test]
     fn names_match_the_coreos_script() {
         assert_eq!(
@@ -348,7 +342,7 @@ mod tests {
 
     #[test]
     fn default_plan() {
-        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(plan.image.reference(), "fedora:latest");
         assert_eq!(
             plan.path(),
@@ -394,7 +388,7 @@ mod tests {
         ];
         for (image, tag, reference, name) in cases {
             let plan = Plan::resolve(
-                &settings(&[(config::IMAGE, image), (config::TAG, tag)]),
+                &Settings::from_environment(&[(config::IMAGE, image), (config::TAG, tag)]),
                 "core",
                 Payload::Shell,
             )
@@ -410,7 +404,7 @@ mod tests {
     #[test]
     fn explicit_name_keeps_the_user_prefix() {
         let plan = Plan::resolve(
-            &settings(&[(config::NAME, "debug box")]),
+            &Settings::from_environment(&[(config::NAME, "debug box")]),
             "core",
             Payload::Shell,
         )
@@ -421,7 +415,7 @@ mod tests {
     #[test]
     fn invalid_settings_name_their_origin() {
         let err = Plan::resolve(
-            &settings(&[(config::DIRECTORY, "rel/dir")]),
+            &Settings::from_environment(&[(config::DIRECTORY, "rel/dir")]),
             "core",
             Payload::Shell,
         )
@@ -430,11 +424,15 @@ mod tests {
             err.to_string(),
             "environment: TOOLBOX_DIRECTORY must be an absolute path, not `rel/dir`"
         );
-        let err =
-            Plan::resolve(&settings(&[(config::USER, "")]), "core", Payload::Shell).unwrap_err();
+        let err = Plan::resolve(
+            &Settings::from_environment(&[(config::USER, "")]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "environment: TOOLBOX_USER is empty");
         let err = Plan::resolve(
-            &settings(&[(config::STORAGE, "zfs")]),
+            &Settings::from_environment(&[(config::STORAGE, "zfs")]),
             "core",
             Payload::Shell,
         )
@@ -447,13 +445,13 @@ mod tests {
 
     #[test]
     fn storage_is_demanded_only_on_the_command_line() {
-        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(
             (plan.storage, plan.storage_demanded),
             (Storage::Copy, false)
         );
         assert_eq!(plan.root(), plan.path());
-        let mut configured = settings(&[(config::STORAGE, "overlay")]);
+        let mut configured = Settings::from_environment(&[(config::STORAGE, "overlay")]);
         let plan = Plan::resolve(&configured, "core", Payload::Shell).unwrap();
         assert_eq!(
             (plan.storage, plan.storage_demanded),
@@ -473,10 +471,10 @@ mod tests {
 
     #[test]
     fn session_machine_names_fit() {
-        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(plan.session_machine_name(4242), "core-fedora-latest-4242");
         let long = Plan::resolve(
-            &settings(&[(config::NAME, &"x".repeat(100))]),
+            &Settings::from_environment(&[(config::NAME, &"x".repeat(100))]),
             "core",
             Payload::Shell,
         )
@@ -489,9 +487,7 @@ mod tests {
     #[test]
     fn mounts_covering_the_host_root_are_refused_with_their_origin() {
         fn env_setting(key: &str, value: &str) -> Settings {
-            let mut s = Settings::default();
-            s.apply_environment(&Env::from_pairs([(key, value)]));
-            s
+            Settings::from_environment(&[(key, value)])
         }
         for (key, value) in [
             (config::BIND, "--bind=/:/media/root --bind=/tmp/x:/media"),
@@ -540,17 +536,20 @@ mod tests {
 
     #[test]
     fn host_root_from_binds() {
-        let plan = Plan::resolve(&settings(&[]), "core", Payload::Shell).unwrap();
+        let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(plan.host_root().as_deref(), Some("/media/root"));
         let plan = Plan::resolve(
-            &settings(&[(config::BIND, "--bind=/usr:/u --bind-ro=/:/host:norbind")]),
+            &Settings::from_environment(&[(
+                config::BIND,
+                "--bind=/usr:/u --bind-ro=/:/host:norbind",
+            )]),
             "core",
             Payload::Shell,
         )
         .unwrap();
         assert_eq!(plan.host_root().as_deref(), Some("/host"));
         let plan = Plan::resolve(
-            &settings(&[(config::BIND, "--bind=/srv")]),
+            &Settings::from_environment(&[(config::BIND, "--bind=/srv")]),
             "core",
             Payload::Shell,
         )

@@ -25,7 +25,8 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Access, Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
+    self, Access, Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed,
+    short_id,
 };
 use crate::machine::{self, Metadata, State};
 use crate::overlay::{self, Unusable};
@@ -111,6 +112,17 @@ pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> R
     Ok(true)
 }
 
+/// What entering an existing toolbox does about a changed image (`TOOLBOX_UPDATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// Nothing; no engine is asked.
+    Never,
+    /// Say so.
+    Notify,
+    /// Rebuild it first.
+    Auto,
+}
+
 /// What `update` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Updated {
@@ -177,10 +189,7 @@ pub fn update(
 /// Removes the anchor containers of the toolbox at `path`, which is gone: the daemon may
 /// then delete the image's layers.
 pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = engine::async_runtime()?;
     runtime.block_on(async {
         let engine = Docker::connect(access).await?;
         let value = path.display().to_string();
@@ -199,10 +208,7 @@ pub fn image_changed(
     access: &Access,
     timeout: Duration,
 ) -> Option<bool> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
+    let runtime = engine::async_runtime().ok()?;
     runtime.block_on(async {
         let ask = async {
             let engine = Docker::connect(access).await.ok()?;
@@ -236,18 +242,10 @@ struct Provisioner {
 
 impl Provisioner {
     fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let runtime = engine::async_runtime()?;
         let engine = runtime.block_on(Docker::connect(access))?;
         if verbose {
-            ui::say(format_args!(
-                "{} at {} (API {})",
-                engine.endpoint.name(),
-                engine.endpoint.address,
-                engine.api_version()
-            ));
+            ui::say(engine.describe());
         }
         let signals = runtime.block_on(async { Signals::catch() })?;
         Ok(Provisioner {

@@ -235,6 +235,20 @@ fn rm_and_update_cover_spcs() {
     let out = run(&t, false, &["/usr/bin/busybox", "cat", "/etc/marker"]);
     assert_eq!(stdout(&out), "spc-v2", "{}", describe(&out));
 
+    // TOOLBOX_UPDATE=auto replaces a stopped container whose image changed, at once.
+    tag.point_at(BUSYBOX_IMAGE);
+    let out = spc(&t, false)
+        .env("TOOLBOX_UPDATE", "auto")
+        .args(["sh", "-c", "test -e /etc/marker || echo replaced"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "replaced\n", "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("recreating it"),
+        "{}",
+        describe(&out)
+    );
+
     // A running session is not removed without --force.
     let mut session = spc(&t, false)
         .args(["/usr/bin/busybox", "sleep", "120"])

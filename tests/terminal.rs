@@ -77,6 +77,20 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// At the shell's prompt: Ctrl-C ends a running command, and the shell goes on.
+    fn assert_ctrl_c_interrupts_only_the_command(&self) {
+        self.keys(&["sleep 60; echo not-interrupted", "Enter"]);
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        self.keys(&["C-c"]);
+        self.keys(&["echo after-ctrl-c", "Enter"]);
+        self.wait_for("the shell to survive Ctrl-C", |s| {
+            output_lines(s, "after-ctrl-c") == 1
+        });
+        assert!(!self.screen().contains("\nnot-interrupted"));
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.command().arg("kill-server").output();
@@ -173,14 +187,7 @@ fn a_shell_in_a_real_terminal() {
     tmux.keys(&["echo $((6 * 7))-ok", "Enter"]);
     tmux.wait_for("the command's output", |s| output_lines(s, "42-ok") == 1);
 
-    tmux.keys(&["sleep 60; echo not-interrupted", "Enter"]);
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo after-ctrl-c", "Enter"]);
-    tmux.wait_for("the shell to survive Ctrl-C", |s| {
-        output_lines(s, "after-ctrl-c") == 1
-    });
-    assert!(!tmux.screen().contains("\nnot-interrupted"));
+    tmux.assert_ctrl_c_interrupts_only_the_command();
 
     tmux.keys(&["exit", "Enter"]);
     tmux.wait_for("toolbox to exit", |s| s.contains("toolbox exited 0"));
@@ -248,14 +255,7 @@ fn an_spc_shell_in_a_real_terminal() {
     tmux.wait_for("the new size", |s| output_lines(s, "30 100") == 1);
 
     // Ctrl-C reaches the command in the container, not toolbox.
-    tmux.keys(&["sleep 60; echo not-interrupted", "Enter"]);
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo after-ctrl-c", "Enter"]);
-    tmux.wait_for("the shell to survive Ctrl-C", |s| {
-        output_lines(s, "after-ctrl-c") == 1
-    });
-    assert!(!tmux.screen().contains("\nnot-interrupted"));
+    tmux.assert_ctrl_c_interrupts_only_the_command();
 
     tmux.keys(&["exit 3", "Enter"]);
     tmux.wait_for("toolbox to exit", |s| s.contains("toolbox exited 3"));

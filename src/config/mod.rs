@@ -98,7 +98,7 @@ pub const KEYS: &[Key] = &[
         name: UPDATE,
         default: "notify",
         words: false,
-        doc: "On entering an existing toolbox: `notify` says when its image changed since it was built, `auto` rebuilds it first, `never` contacts no daemon.",
+        doc: "On entering an existing toolbox: `notify` says when its image changed since it was built, `auto` rebuilds it first, `never` contacts no daemon. A super privileged container's image is checked at every session (the engine is asked anyway): `auto` replaces a stopped container whose image changed.",
     },
     Key {
         name: UPDATE_INTERVAL,
@@ -385,6 +385,14 @@ impl Settings {
             Ok(words) => Ok(words),
             Err(message) => bail!("{}: {name}: {message}", setting.origin),
         }
+    }
+
+    /// The defaults with `pairs` applied as environment variables (for tests).
+    #[cfg(test)]
+    pub fn from_environment(pairs: &[(&str, &str)]) -> Settings {
+        let mut settings = Settings::default();
+        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
+        settings
     }
 
     /// Every setting in [`KEYS`] order.

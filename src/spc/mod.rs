@@ -567,18 +567,12 @@ mod tests {
     use super::*;
     use crate::plan::Payload;
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let mut settings = Settings::default();
-        settings.apply_environment(&Env::from_pairs(pairs.iter().copied()));
-        settings
-    }
-
     fn spc(
         pairs: &[(&str, &str)],
         payload: Payload,
         change: impl FnOnce(&mut Inputs),
     ) -> Result<Spc> {
-        let settings = settings(pairs);
+        let settings = Settings::from_environment(pairs);
         let plan = Plan::resolve(&settings, "core", payload).unwrap();
         let env = Env::from_pairs([("TERM", "screen"), ("https_proxy", "http://p:3128")]);
         let mut inputs = Inputs {

@@ -21,11 +21,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_SPC, Session, Spc};
-use crate::engine::{Access, Attached, ContainerInfo, Docker, Engine, ExecState, Output, short_id};
+use crate::engine::{
+    self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, Output, short_id,
+};
 use crate::lookup::CommandError;
 use crate::machine;
 use crate::plan::ImageRef;
-use crate::provision;
+use crate::provision::{self, UpdateMode};
 use crate::sys;
 use crate::ui;
 
@@ -41,23 +43,15 @@ pub fn enter(
     resolve: impl FnOnce(Option<String>) -> Result<Spc>,
     access: &Access,
     directory: &Path,
-    quiet: bool,
-    verbose: bool,
+    options: Options,
 ) -> Result<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let Options { quiet, verbose, .. } = options;
+    let runtime = engine::async_runtime()?;
     let status = runtime.block_on(async {
         let mut signals = provision::Signals::catch()?;
         let engine = Docker::connect(access).await?;
         if verbose {
-            ui::say(format_args!(
-                "{} at {} (API {})",
-                engine.endpoint.name(),
-                engine.endpoint.address,
-                engine.api_version()
-            ));
+            ui::say(engine.describe());
         }
         let image = tokio::select! {
             found = provision::find_image(&engine, image, false, quiet) => found?,
@@ -68,7 +62,7 @@ pub fn enter(
         match &spc.exec {
             None => throwaway(&engine, &spc, &image.id).await,
             Some(session) => {
-                persistent(&engine, &spc, session, &image.id, directory, verbose).await
+                persistent(&engine, &spc, session, &image.id, directory, options).await
             }
         }
     });
@@ -118,8 +112,9 @@ async fn persistent(
     session: &Session,
     image_id: &str,
     directory: &Path,
-    verbose: bool,
+    options: Options,
 ) -> Result<u8> {
+    let verbose = options.verbose;
     let name = spc
         .container
         .name
@@ -127,11 +122,35 @@ async fn persistent(
         .expect("a persistent SPC has a name");
     let started = async {
         let _lock = machine::lock_for_spc(directory, name)?;
-        let container = match engine.container(name).await? {
-            Some(found) => {
-                check_ownership(&found, name, directory)?;
-                found
+        let mut found = engine.container(name).await?;
+        if let Some(container) = &found {
+            check_ownership(container, name, directory)?;
+        }
+        if let Some(container) = found.take_if(|c| c.image_id != image_id) {
+            match options.update {
+                UpdateMode::Auto if !container.running => {
+                    engine.remove_container(&container.id).await?;
+                    if !options.quiet {
+                        ui::say(format_args!(
+                            "image {} has changed since `{name}` was created; recreating it",
+                            spc.container.image
+                        ));
+                    }
+                }
+                UpdateMode::Never => found = Some(container),
+                _ => {
+                    if !options.quiet {
+                        ui::say(format_args!(
+                            "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
+                            spc.container.image
+                        ));
+                    }
+                    found = Some(container);
+                }
             }
+        }
+        let container = match found {
+            Some(found) => found,
             None => {
                 let id = engine.create_spc(&spc.container, image_id).await?;
                 if verbose {
@@ -144,16 +163,10 @@ async fn persistent(
             }
         };
         let wanted = spc.container.labels.contains_key(LABEL_RUN_LABEL);
-        if container.labels.contains_key(LABEL_RUN_LABEL) != wanted {
+        if container.labels.contains_key(LABEL_RUN_LABEL) != wanted && !options.quiet {
             ui::warn(format_args!(
                 "`{name}` was created {} its image's RUN label; `toolbox --runtime spc rm {name}` and run again to change that",
                 if wanted { "without" } else { "with" }
-            ));
-        }
-        if container.image_id != image_id {
-            ui::say(format_args!(
-                "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
-                spc.container.image
             ));
         }
         if !container.running {
@@ -450,6 +463,16 @@ pub fn run_label(image: &ImageRef, access: &Access, timeout: Duration) -> Result
     })
 }
 
+/// How a session reports, and what it does about a changed image.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `TOOLBOX_UPDATE`: when the container's image is no longer the image's current ID,
+    /// say so (`notify`), or, when no session runs in it, replace it first (`auto`).
+    pub update: UpdateMode,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
 /// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
 /// `timeout` if one is given.
 fn with_engine<T>(
@@ -457,10 +480,7 @@ fn with_engine<T>(
     timeout: Option<Duration>,
     work: impl AsyncFnOnce(&Docker) -> Result<T>,
 ) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = engine::async_runtime()?;
     runtime.block_on(async {
         let work = async {
             let engine = Docker::connect(access).await?;
