@@ -88,6 +88,15 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Ignores SIGPIPE again: a write to a closed pipe then fails with `EPIPE` instead of
+/// ending toolbox, for work that must be told (a container session passes it on).
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a standard disposition has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
 /// Whether `error` comes from a full filesystem (or an exhausted quota).
 pub fn is_no_space(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {

@@ -387,3 +387,60 @@ fn the_run_label_is_shown_and_applied_only_when_asked() {
         ["toolbox: --rm needs the spc runtime (--runtime spc or TOOLBOX_RUNTIME=spc)"]
     );
 }
+
+#[test]
+fn signals_and_a_closed_pipe_reach_the_command() {
+    let Some(t) = TestEnv::new("spc_signals", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let name = t.toolbox_name();
+    for throwaway in [false, true] {
+        // `| head -1`: the command is told as a pipe would tell it, and does not go on
+        // writing into nothing.
+        let mut yes = spc(&t, throwaway)
+            .arg("yes")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 2];
+        std::io::Read::read_exact(yes.stdout.as_mut().unwrap(), &mut line).unwrap();
+        assert_eq!(&line, b"y\n");
+        drop(yes.stdout.take());
+        let status = wait_exit(&mut yes).expect("toolbox went on after its reader left");
+        assert_eq!(status.code(), Some(141), "throwaway: {throwaway}");
+
+        // SIGTERM and SIGINT to toolbox end the command with them.
+        for (signal, expected) in [("TERM", 143), ("INT", 130)] {
+            let mut session = spc(&t, throwaway).args(SLEEP.split(' ')).spawn().unwrap();
+            wait_for("the session's command", || {
+                processes().iter().any(|p| p == SLEEP)
+            });
+            let out = Command::new("kill")
+                .args([&format!("-{signal}"), &session.id().to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let status = wait_exit(&mut session).expect("the session outlived the signal");
+            assert_eq!(
+                status.code(),
+                Some(expected),
+                "{signal}, throwaway: {throwaway}"
+            );
+        }
+    }
+    assert_eq!(running(&name), Some(false));
+    let left = processes();
+    assert!(
+        !left.iter().any(|p| p == "yes" || p == SLEEP),
+        "left running: {left:?}"
+    );
+}
+
+/// A command line no other test runs.
+const SLEEP: &str = "sleep 4321";
+
+/// The command lines of the host's processes.
+fn processes() -> Vec<String> {
+    let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    stdout(&out).lines().map(|l| l.trim().to_string()).collect()
+}

@@ -33,6 +33,8 @@ use crate::ui;
 
 /// How long the processes of a stopping SPC get before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long an exec session whose output ended may take to be recorded as ended.
+const EXEC_END: Duration = Duration::from_secs(2);
 /// How long a session's output may still arrive after its container stopped.
 const DRAIN: Duration = Duration::from_millis(500);
 
@@ -192,7 +194,7 @@ async fn persistent(
         exec: Some(&exec),
     };
     let streamed = stream(attached, session.tty, &target).await;
-    let state = engine.exec_state(&exec).await;
+    let state = exec_end(engine, &exec).await;
     let stopped = stop_if_idle(engine, directory, name, Some(&exec), verbose).await;
     if let Err(e) = stopped {
         ui::warn(format_args!("{e:#}"));
@@ -227,6 +229,32 @@ fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> R
             "container `{name}` is the toolbox of directory {owner}; use that directory or choose another --name"
         ),
         _ => Ok(()),
+    }
+}
+
+/// The state of an exec session whose output has ended: the engine may take a moment to
+/// record its exit, or its process a moment to die of the signal it was just passed.
+async fn exec_end(engine: &Docker, exec: &str) -> Result<ExecState> {
+    let deadline = tokio::time::Instant::now() + EXEC_END;
+    loop {
+        let state = engine.exec_state(exec).await?;
+        if !state.running || tokio::time::Instant::now() >= deadline {
+            return Ok(state);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The process of a running exec session. Docker reports PID 0 for a moment after the
+/// session starts, so it is asked again until it knows, the session ends, or [`EXEC_END`].
+async fn exec_pid(engine: &Docker, exec: &str) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + EXEC_END;
+    loop {
+        let state = engine.exec_state(exec).await.ok()?;
+        if state.pid.is_some() || !state.running || tokio::time::Instant::now() >= deadline {
+            return state.pid.filter(|_| state.running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -301,7 +329,7 @@ impl Target<'_> {
         match self.exec {
             // The host's PID namespace is shared: the exec's process is a host process.
             Some(exec) => {
-                if let Ok(ExecState { pid: Some(pid), .. }) = self.engine.exec_state(exec).await
+                if let Some(pid) = exec_pid(self.engine, exec).await
                     && let Some(signal) = rustix::process::Signal::from_named_raw(number)
                 {
                     sys::signal(pid, signal);
@@ -324,6 +352,8 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
         mut output,
         mut input,
     } = attached;
+    // A reader that goes away is passed on to the command below, not the end of toolbox.
+    sys::ignore_sigpipe();
     let _raw = match tty {
         true => Some(sys::RawTerminal::enter().context("cannot put the terminal in raw mode")?),
         false => None,
@@ -349,6 +379,9 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
     let mut draining = false;
     let drained = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(drained);
+    let mut reader_gone = false;
+    let kill_after = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(kill_after);
     loop {
         tokio::select! {
             _ = &mut container_stopped, if !draining => {
@@ -356,6 +389,11 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
                 drained.as_mut().reset(tokio::time::Instant::now() + DRAIN);
             }
             _ = &mut drained, if draining => break,
+            // One that survives SIGPIPE would write into nothing for ever.
+            _ = &mut kill_after, if reader_gone => {
+                target.signal(libc::SIGKILL, "SIGKILL").await;
+                break;
+            }
             chunk = output.next() => match chunk {
                 None => break,
                 Some(chunk) => {
@@ -369,15 +407,21 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
                             continue;
                         }
                     }
+                    if reader_gone {
+                        continue;
+                    }
                     let written = match chunk {
                         Output::Stdout(bytes) => stdout.write_all(&bytes).and_then(|()| stdout.flush()),
                         Output::Stderr(bytes) => stderr.write_all(&bytes).and_then(|()| stderr.flush()),
                     };
                     // Whoever read the output went away (`| head`): the command is told as
-                    // a pipe would tell it, and its status still comes back.
+                    // a pipe would tell it, and its status still comes back. Its output is
+                    // read on and dropped meanwhile: the engine reports a command's end only
+                    // once its output has been taken.
                     if written.is_err() {
+                        reader_gone = true;
                         target.signal(libc::SIGPIPE, "SIGPIPE").await;
-                        break;
+                        kill_after.as_mut().reset(tokio::time::Instant::now() + EXEC_END);
                     }
                 }
             },
