@@ -429,6 +429,24 @@ fn signals_and_a_closed_pipe_reach_the_command() {
         }
     }
     assert_eq!(running(&name), Some(false));
+
+    // A throwaway whose toolbox is killed outright is removed by the next one.
+    let mut killed = spc(&t, true).args(SLEEP.split(' ')).spawn().unwrap();
+    wait_for("the throwaway's command", || {
+        processes().iter().any(|p| p == SLEEP)
+    });
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let filter = format!("label=toolbox.pid={}", killed.id());
+    assert_eq!(
+        docker(&["ps", "-a", "-q", "--filter", &filter])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(status(&run(&t, true, &["true"])), 0);
+    assert_eq!(docker(&["ps", "-a", "-q", "--filter", &filter]), "");
+
     let left = processes();
     assert!(
         !left.iter().any(|p| p == "yes" || p == SLEEP),

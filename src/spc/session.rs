@@ -20,9 +20,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_SPC, Session, Spc};
+use super::{
+    LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Session, Spc,
+};
 use crate::engine::{
-    self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, Output, short_id,
+    self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, LABEL_PID, Output, short_id,
 };
 use crate::lookup::CommandError;
 use crate::machine;
@@ -80,7 +82,14 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
         .session
         .as_ref()
         .expect("a throwaway SPC carries its session");
-    let id = engine.create_spc(&spc.container, image_id).await?;
+    remove_abandoned(engine).await?;
+    // Marked with this process, so that the next throwaway removes it if this process is
+    // killed before it can.
+    let mut container = spc.container.clone();
+    container
+        .labels
+        .insert(LABEL_PID.to_string(), std::process::id().to_string());
+    let id = engine.create_spc(&container, image_id).await?;
     let ran = async {
         let attached = engine.attach(&id).await?;
         if let Err(e) = engine.start(&id).await {
@@ -104,6 +113,17 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
     let status = ran?;
     removed?;
     Ok(exit_status(status))
+}
+
+/// Removes throwaway SPCs whose toolbox process is gone (killed outright).
+async fn remove_abandoned(engine: &Docker) -> Result<()> {
+    for (id, labels) in engine.labelled_containers(LABEL_RUNTIME, "spc").await? {
+        let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
+        if pid.is_some_and(|pid| !sys::process_exists(pid)) {
+            engine.remove_container(&id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A session in the persistent SPC: created or started if needed, an exec into it, and
@@ -235,24 +255,28 @@ fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> R
 /// The state of an exec session whose output has ended: the engine may take a moment to
 /// record its exit, or its process a moment to die of the signal it was just passed.
 async fn exec_end(engine: &Docker, exec: &str) -> Result<ExecState> {
-    let deadline = tokio::time::Instant::now() + EXEC_END;
-    loop {
-        let state = engine.exec_state(exec).await?;
-        if !state.running || tokio::time::Instant::now() >= deadline {
-            return Ok(state);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    exec_settled(engine, exec, |state| !state.running).await
 }
 
 /// The process of a running exec session. Docker reports PID 0 for a moment after the
-/// session starts, so it is asked again until it knows, the session ends, or [`EXEC_END`].
+/// session starts, so it is asked again until it knows or the session ends.
 async fn exec_pid(engine: &Docker, exec: &str) -> Option<i32> {
+    let state = exec_settled(engine, exec, |state| state.pid.is_some() || !state.running);
+    let state = state.await.ok()?;
+    state.pid.filter(|_| state.running)
+}
+
+/// The exec session's state once `settled` holds for it, or as it is after [`EXEC_END`].
+async fn exec_settled(
+    engine: &Docker,
+    exec: &str,
+    settled: impl Fn(&ExecState) -> bool,
+) -> Result<ExecState> {
     let deadline = tokio::time::Instant::now() + EXEC_END;
     loop {
-        let state = engine.exec_state(exec).await.ok()?;
-        if state.pid.is_some() || !state.running || tokio::time::Instant::now() >= deadline {
-            return state.pid.filter(|_| state.running);
+        let state = engine.exec_state(exec).await?;
+        if settled(&state) || tokio::time::Instant::now() >= deadline {
+            return Ok(state);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -270,7 +294,7 @@ async fn stop_if_idle(
     let Some(container) = engine.container(name).await? else {
         return Ok(());
     };
-    if running_sessions(engine, &container.exec_ids, ours).await? > 0 || !container.running {
+    if running_sessions(engine, &container.exec_ids, ours).await > 0 || !container.running {
         return Ok(());
     }
     engine.stop(name, STOP_GRACE).await?;
@@ -283,11 +307,7 @@ async fn stop_if_idle(
 }
 
 /// How many of `execs`, other than `ours`, still run.
-pub async fn running_sessions(
-    engine: &Docker,
-    execs: &[String],
-    ours: Option<&str>,
-) -> Result<usize> {
+async fn running_sessions(engine: &Docker, execs: &[String], ours: Option<&str>) -> usize {
     let mut running = 0;
     for exec in execs.iter().filter(|e| Some(e.as_str()) != ours) {
         // One finished and forgotten meanwhile is not running.
@@ -299,7 +319,7 @@ pub async fn running_sessions(
             running += 1;
         }
     }
-    Ok(running)
+    running
 }
 
 /// A container's status as toolbox exits with it: 0-255 as they are; a status the engine
@@ -568,7 +588,7 @@ pub fn list(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<
                 .unwrap_or_default();
             let current = engine.image(&image).await.ok().flatten();
             listed.push(Listed {
-                sessions: running_sessions(engine, &container.exec_ids, None).await?,
+                sessions: running_sessions(engine, &container.exec_ids, None).await,
                 image_changed: current.map(|found| found.id != container.image_id),
                 image,
                 image_id: container.image_id,
@@ -612,7 +632,7 @@ pub fn remove(access: &Access, directory: &Path, name: &str, force: bool) -> Res
             return Ok(());
         };
         check_ownership(&container, name, directory)?;
-        let sessions = running_sessions(engine, &container.exec_ids, None).await?;
+        let sessions = running_sessions(engine, &container.exec_ids, None).await;
         if sessions > 0 && !force {
             bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
         }
@@ -664,7 +684,7 @@ pub fn update(
                 image_id: found.id,
             });
         }
-        let sessions = running_sessions(engine, &container.exec_ids, None).await?;
+        let sessions = running_sessions(engine, &container.exec_ids, None).await;
         if sessions > 0 && !force {
             bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
         }
