@@ -7,7 +7,7 @@
 //! written here: it belongs to the command and to `list`'s table.
 
 use std::fmt::Display;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,13 @@ pub fn colour() -> bool {
 
 /// What is being done: `toolbox: MESSAGE`.
 pub fn say(message: impl Display) {
-    eprintln!("toolbox: {message}");
+    line(format_args!("toolbox: {message}"));
+}
+
+/// One line on stderr. A stderr nobody reads any more (`2>&1 | head`, with SIGPIPE
+/// ignored during a container session) is no reason to fail.
+fn line(text: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// Something wrong that does not stop toolbox: `toolbox: warning: MESSAGE`, secrets
@@ -37,9 +43,9 @@ pub fn say(message: impl Display) {
 pub fn warn(message: impl Display) {
     let message = redact(&message.to_string());
     if colour() {
-        eprintln!("toolbox: \x1b[1;33mwarning:\x1b[0m {message}");
+        line(format_args!("toolbox: \x1b[1;33mwarning:\x1b[0m {message}"));
     } else {
-        eprintln!("toolbox: warning: {message}");
+        line(format_args!("toolbox: warning: {message}"));
     }
 }
 
@@ -47,9 +53,9 @@ pub fn warn(message: impl Display) {
 pub fn error(message: impl Display) {
     let message = redact(&message.to_string());
     if colour() {
-        eprintln!("\x1b[1;31mtoolbox:\x1b[0m {message}");
+        line(format_args!("\x1b[1;31mtoolbox:\x1b[0m {message}"));
     } else {
-        eprintln!("toolbox: {message}");
+        line(format_args!("toolbox: {message}"));
     }
 }
 
