@@ -132,7 +132,7 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: SPC_BINDS,
-        default: crate::spc::DEFAULT_BINDS,
+        default: "/:/host /dev:/dev /run:/run",
         words: true,
         doc: "Binds of a super privileged container, `SOURCE:DESTINATION[:OPTIONS]` with absolute paths, split into words; `HOST` is set to where `/` is bound.",
     },

@@ -37,9 +37,6 @@ pub const IDLE_NAME: &str = "toolbox-idle";
 /// Where toolbox's binary is bound in an SPC under that name.
 pub const IDLE_PATH: &str = "/usr/local/bin/toolbox-idle";
 
-/// The binds `TOOLBOX_SPC_BINDS` has by default.
-pub const DEFAULT_BINDS: &str = "/:/host /dev:/dev /run:/run";
-
 /// The highest capability number every Docker and Podman version knows by name
 /// (`CAP_AUDIT_READ`, Linux 3.16). Docker 20.10 refuses `CAP_PERFMON` and later names.
 const LAST_NAMED_CAPABILITY: u32 = 37;
@@ -202,26 +199,14 @@ fn login_shell() -> Vec<String> {
 
 impl Spc {
     pub fn resolve(settings: &Settings, plan: &Plan, inputs: Inputs) -> Result<Spc> {
-        let binds = settings.words(config::SPC_BINDS)?;
-        for bind in &binds {
-            let mut parts = bind.split(':');
-            let source = parts.next().unwrap_or_default();
-            let destination = parts.next().unwrap_or_default();
-            if !source.starts_with('/') || !destination.starts_with('/') || parts.count() > 1 {
-                bail!(
-                    "{}: {}: `{bind}` is not SOURCE:DESTINATION[:OPTIONS] with absolute paths",
-                    settings.setting(config::SPC_BINDS).origin,
-                    config::SPC_BINDS
-                );
-            }
-        }
-        let host_root = binds
-            .iter()
-            .find_map(|b| b.strip_prefix("/:")?.split(':').next())
-            .map(str::to_string);
+        let binds = binds(settings)?;
         let image = plan.image.reference();
         let mut env = Vec::new();
-        if let Some(root) = &host_root {
+        // `HOST` says where the host's `/` is, as `atomic run` set it.
+        if let Some(root) = binds
+            .iter()
+            .find_map(|b| b.strip_prefix("/:")?.split(':').next())
+        {
             env.push(format!("{HOST_ROOT}={root}"));
         }
         env.push(format!("IMAGE={image}"));
@@ -246,7 +231,7 @@ impl Spc {
         let mut container = Container {
             name: (!inputs.throwaway).then(|| plan.name.clone()),
             image,
-            privilege: inputs.privilege.clone(),
+            privilege: inputs.privilege,
             network: "host".into(),
             pid: "host".into(),
             ipc: "host".into(),
@@ -313,6 +298,25 @@ impl Spc {
             run_label: inputs.run_label,
         })
     }
+}
+
+/// `TOOLBOX_SPC_BINDS`, each checked to be `SOURCE:DESTINATION[:OPTIONS]` with absolute
+/// paths.
+fn binds(settings: &Settings) -> Result<Vec<String>> {
+    let binds = settings.words(config::SPC_BINDS)?;
+    for bind in &binds {
+        let mut parts = bind.split(':');
+        let source = parts.next().unwrap_or_default();
+        let destination = parts.next().unwrap_or_default();
+        if !source.starts_with('/') || !destination.starts_with('/') || parts.count() > 1 {
+            bail!(
+                "{}: {}: `{bind}` is not SOURCE:DESTINATION[:OPTIONS] with absolute paths",
+                settings.setting(config::SPC_BINDS).origin,
+                config::SPC_BINDS
+            );
+        }
+    }
+    Ok(binds)
 }
 
 /// `TOOLBOX_USER` for the engine: root is the image's default; a host user is run by

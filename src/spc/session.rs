@@ -82,7 +82,7 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
         .session
         .as_ref()
         .expect("a throwaway SPC carries its session");
-    remove_abandoned(engine).await?;
+    remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
     // killed before it can.
     let mut container = spc.container.clone();
@@ -115,15 +115,18 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
     Ok(exit_status(status))
 }
 
-/// Removes throwaway SPCs whose toolbox process is gone (killed outright).
-async fn remove_abandoned(engine: &Docker) -> Result<()> {
-    for (id, labels) in engine.labelled_containers(LABEL_RUNTIME, "spc").await? {
+/// Removes throwaway SPCs whose toolbox process is gone (killed outright). Housekeeping:
+/// it never fails the session (another toolbox may be removing the same one).
+async fn remove_abandoned(engine: &Docker) {
+    let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, "spc").await else {
+        return;
+    };
+    for (id, labels) in throwaways {
         let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
         if pid.is_some_and(|pid| !sys::process_exists(pid)) {
-            engine.remove_container(&id).await?;
+            let _ = engine.remove_container(&id).await;
         }
     }
-    Ok(())
 }
 
 /// A session in the persistent SPC: created or started if needed, an exec into it, and
