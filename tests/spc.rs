@@ -437,13 +437,8 @@ fn signals_and_a_closed_pipe_reach_the_command() {
     });
     killed.kill().unwrap();
     killed.wait().unwrap();
+    // (A throwaway of a test running beside this one may be the one that removes it.)
     let filter = format!("label=toolbox.pid={}", killed.id());
-    assert_eq!(
-        docker(&["ps", "-a", "-q", "--filter", &filter])
-            .lines()
-            .count(),
-        1
-    );
     assert_eq!(status(&run(&t, true, &["true"])), 0);
     assert_eq!(docker(&["ps", "-a", "-q", "--filter", &filter]), "");
 
