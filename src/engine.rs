@@ -1,6 +1,8 @@
 //! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, and
-//! their Docker Engine API implementation (bollard). Only creating, updating and removing
-//! a toolbox talk to an engine; entering one never does.
+//! their Docker Engine API implementation (bollard), plus the calls that run a super
+//! privileged container (`spc`): create, start, attach, exec, resize, signal, wait, stop.
+//! Only creating, updating and removing an nspawn toolbox talk to an engine; entering one
+//! never does. No other module uses bollard.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
