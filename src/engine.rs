@@ -781,8 +781,8 @@ impl Docker {
         })
     }
 
-    /// Sends `signal` (`SIGTERM`, ...) to the container's main process.
-    pub async fn kill(&self, container: &str, signal: &str) -> Result<()> {
+    /// Sends signal number `signal` to the container's main process.
+    pub async fn kill(&self, container: &str, signal: i32) -> Result<()> {
         let options = KillContainerOptions {
             signal: signal.to_string(),
         };

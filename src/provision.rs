@@ -453,11 +453,10 @@ impl Provisioner {
 
 /// SIGINT, SIGTERM and SIGHUP, caught while a creation runs so its container and partial
 /// tree can be removed. `exec` later restores the default dispositions for nspawn.
-/// SIGINT, SIGTERM and SIGHUP caught for the async runtime, to stop work cleanly.
-pub(crate) struct Signals(Vec<(i32, Signal)>);
+struct Signals(Vec<(i32, Signal)>);
 
 impl Signals {
-    pub(crate) fn catch() -> Result<Signals> {
+    fn catch() -> Result<Signals> {
         let mut caught = Vec::new();
         for (number, kind) in [
             (2, SignalKind::interrupt()),
@@ -472,7 +471,7 @@ impl Signals {
         Ok(Signals(caught))
     }
 
-    pub(crate) async fn recv(&mut self) -> Interrupted {
+    async fn recv(&mut self) -> Interrupted {
         let waits = self.0.iter_mut().map(|(number, signal)| {
             let number = *number;
             Box::pin(async move {

@@ -203,10 +203,21 @@ fn a_shell_in_a_real_terminal() {
 
 #[test]
 fn an_spc_shell_in_a_real_terminal() {
-    let Some(t) = TestEnv::new("terminal_spc", BUSYBOX_IMAGE) else {
+    spc_shell_in_a_real_terminal("terminal_spc", "");
+}
+
+#[test]
+fn a_throwaway_spc_shell_in_a_real_terminal() {
+    spc_shell_in_a_real_terminal("terminal_spc_rm", "--rm");
+}
+
+/// A session in a super privileged container, persistent or (with `--rm`) throwaway, in
+/// a real terminal.
+fn spc_shell_in_a_real_terminal(test: &str, options: &str) {
+    let Some(t) = TestEnv::new(test, BUSYBOX_IMAGE) else {
         return;
     };
-    if !have_tmux("an_spc_shell_in_a_real_terminal") {
+    if !have_tmux(test) {
         return;
     }
     let before = t.root.join("stty.before");
@@ -219,7 +230,7 @@ fn an_spc_shell_in_a_real_terminal() {
              stty -g > {before}\n\
              env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester \
              TOOLBOX_DIRECTORY={dir} TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} \
-             TOOLBOX_RUNTIME=spc {bin}\n\
+             TOOLBOX_RUNTIME=spc {bin} {options}\n\
              echo \"toolbox exited $?\"\n\
              stty -g > {after}\n\
              sleep 600\n",

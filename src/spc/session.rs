@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::{
@@ -52,21 +52,25 @@ pub fn enter(
     let Options { quiet, verbose, .. } = options;
     let runtime = engine::async_runtime()?;
     let status = runtime.block_on(async {
-        let mut signals = provision::Signals::catch()?;
+        // Caught before anything starts, so that none sent while the container or the
+        // session starts is lost: those come to the command once it runs.
+        let mut signals = Signals::catch()?;
         let engine = Docker::connect(access).await?;
         if verbose {
             ui::say(engine.describe());
         }
         let image = tokio::select! {
             found = provision::find_image(&engine, image, false, quiet) => found?,
-            interrupted = signals.recv() => return Err(interrupted.into()),
+            signal = signals.stopping() => return Err(provision::Interrupted(signal).into()),
         };
-        drop(signals);
         let spc = resolve(image.run_label.clone())?;
         match &spc.exec {
-            None => throwaway(&engine, &spc, &image.id).await,
+            None => throwaway(&engine, &spc, &image.id, signals).await,
             Some(session) => {
-                persistent(&engine, &spc, session, &image.id, directory, options).await
+                persistent(
+                    &engine, &spc, session, &image.id, directory, options, signals,
+                )
+                .await
             }
         }
     });
@@ -76,7 +80,7 @@ pub fn enter(
 }
 
 /// A throwaway SPC: created, attached, started, waited for, and removed.
-async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
+async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Signals) -> Result<u8> {
     let session = spc
         .container
         .session
@@ -105,7 +109,7 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str) -> Result<u8> {
             container: &id,
             exec: None,
         };
-        stream(attached, session.tty, &target).await?;
+        stream(attached, session.tty, &target, signals).await?;
         engine.wait(&id).await
     }
     .await;
@@ -138,6 +142,7 @@ async fn persistent(
     image_id: &str,
     directory: &Path,
     options: Options,
+    signals: Signals,
 ) -> Result<u8> {
     let verbose = options.verbose;
     let name = spc
@@ -216,7 +221,7 @@ async fn persistent(
         container: name,
         exec: Some(&exec),
     };
-    let streamed = stream(attached, session.tty, &target).await;
+    let streamed = stream(attached, session.tty, &target, signals).await;
     let state = exec_end(engine, &exec).await;
     let stopped = stop_if_idle(engine, directory, name, Some(&exec), verbose).await;
     if let Err(e) = stopped {
@@ -331,6 +336,36 @@ fn exit_status(status: i64) -> u8 {
     u8::try_from(status).unwrap_or(crate::EXIT_TOOLBOX_FAILED)
 }
 
+/// The signals a session passes on to its command, and window size changes.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    resized: Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals> {
+        let catch =
+            |kind: SignalKind, name| signal(kind).with_context(|| format!("cannot catch {name}"));
+        Ok(Signals {
+            interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: catch(SignalKind::terminate(), "SIGTERM")?,
+            hangup: catch(SignalKind::hangup(), "SIGHUP")?,
+            resized: catch(SignalKind::window_change(), "SIGWINCH")?,
+        })
+    }
+
+    /// The next SIGINT, SIGTERM or SIGHUP, by number.
+    async fn stopping(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
 /// What a session's signals and terminal sizes go to.
 struct Target<'a> {
     engine: &'a Docker,
@@ -348,7 +383,7 @@ impl Target<'_> {
     }
 
     /// Passes a signal toolbox received on to the session's process.
-    async fn signal(&self, number: i32, name: &str) {
+    async fn signal(&self, number: i32) {
         match self.exec {
             // The host's PID namespace is shared: the exec's process is a host process.
             Some(exec) => {
@@ -359,7 +394,7 @@ impl Target<'_> {
                 }
             }
             None => {
-                let _ = self.engine.kill(self.container, name).await;
+                let _ = self.engine.kill(self.container, number).await;
             }
         }
     }
@@ -370,7 +405,12 @@ impl Target<'_> {
 /// SIGHUP passed on to it. With `tty`, the terminal is in raw mode meanwhile.
 /// Returns the engine's message when the command never started (Docker writes it as the
 /// session's only output).
-async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Option<String>> {
+async fn stream(
+    attached: Attached,
+    tty: bool,
+    target: &Target<'_>,
+    signals: Signals,
+) -> Result<Option<String>> {
     let Attached {
         mut output,
         mut input,
@@ -381,10 +421,12 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
         true => Some(sys::RawTerminal::enter().context("cannot put the terminal in raw mode")?),
         false => None,
     };
-    let mut resized = signal(SignalKind::window_change()).context("cannot catch SIGWINCH")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    let Signals {
+        mut interrupt,
+        mut terminate,
+        mut hangup,
+        mut resized,
+    } = signals;
     if tty {
         target.resize().await;
     }
@@ -414,7 +456,7 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
             _ = &mut drained, if draining => break,
             // One that survives SIGPIPE would write into nothing for ever.
             _ = &mut kill_after, if reader_gone => {
-                target.signal(libc::SIGKILL, "SIGKILL").await;
+                target.signal(libc::SIGKILL).await;
                 break;
             }
             chunk = output.next() => match chunk {
@@ -443,7 +485,7 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
                     // once its output has been taken.
                     if written.is_err() {
                         reader_gone = true;
-                        target.signal(libc::SIGPIPE, "SIGPIPE").await;
+                        target.signal(libc::SIGPIPE).await;
                         kill_after.as_mut().reset(tokio::time::Instant::now() + EXEC_END);
                     }
                 }
@@ -461,9 +503,9 @@ async fn stream(attached: Attached, tty: bool, target: &Target<'_>) -> Result<Op
                 }
             },
             _ = resized.recv(), if tty => target.resize().await,
-            _ = interrupt.recv() => target.signal(libc::SIGINT, "SIGINT").await,
-            _ = terminate.recv() => target.signal(libc::SIGTERM, "SIGTERM").await,
-            _ = hangup.recv() => target.signal(libc::SIGHUP, "SIGHUP").await,
+            _ = interrupt.recv() => target.signal(libc::SIGINT).await,
+            _ = terminate.recv() => target.signal(libc::SIGTERM).await,
+            _ = hangup.recv() => target.signal(libc::SIGHUP).await,
         }
     }
     Ok(start_failure)
