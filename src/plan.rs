@@ -444,6 +444,19 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_is_nspawn_unless_spc_is_asked_for() {
+        let runtime = |pairs: &[(&str, &str)]| Runtime::of(&Settings::from_environment(pairs));
+        assert_eq!(runtime(&[]).unwrap(), Runtime::Nspawn);
+        assert_eq!(runtime(&[(config::RUNTIME, "spc")]).unwrap(), Runtime::Spc);
+        assert_eq!(
+            runtime(&[(config::RUNTIME, "docker")])
+                .unwrap_err()
+                .to_string(),
+            "environment: TOOLBOX_RUNTIME must be nspawn or spc, not `docker`"
+        );
+    }
+
+    #[test]
     fn storage_is_demanded_only_on_the_command_line() {
         let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
         assert_eq!(
