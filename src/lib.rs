@@ -116,18 +116,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             ctx.become_root()?;
             let directory = ctx.directory()?;
             let names = if all {
-                let mut all: Vec<_> = machine::toolboxes(&directory)?
-                    .into_iter()
-                    .map(|(name, _)| manage::Named::Tree(name))
-                    .collect();
-                match spc::session::names(&ctx.access, &directory, ENGINE_TIMEOUT) {
-                    Ok(spcs) => all.extend(spcs.into_iter().map(manage::Named::Spc)),
-                    Err(e) if !ctx.quiet() => ui::warn(format_args!(
-                        "{e:#}; super privileged containers are not removed"
-                    )),
-                    Err(_) => {}
-                }
-                all
+                manage::every_toolbox(&directory, &ctx.access, ctx.quiet())?
             } else {
                 names
                     .iter()
@@ -395,8 +384,7 @@ impl Context {
     }
 }
 
-/// How long `--dry-run` (reading an SPC image's `RUN` label) and `rm --all` (listing
-/// super privileged containers) wait for the engine.
+/// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Enters the toolbox, creating it first if needed: the default action.

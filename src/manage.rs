@@ -208,6 +208,23 @@ impl Named {
     }
 }
 
+/// Every toolbox of `directory` (`rm --all`): its trees, and its super privileged
+/// containers if an engine answers (else they are left, with a warning unless `quiet`).
+pub fn every_toolbox(directory: &Path, access: &Access, quiet: bool) -> Result<Vec<Named>> {
+    let mut all: Vec<_> = machine::toolboxes(directory)?
+        .into_iter()
+        .map(|(name, _)| Named::Tree(name))
+        .collect();
+    match spc::session::names(access, directory, LIST_DAEMON_TIMEOUT) {
+        Ok(spcs) => all.extend(spcs.into_iter().map(Named::Spc)),
+        Err(e) if !quiet => ui::warn(format_args!(
+            "{e:#}; super privileged containers are not removed"
+        )),
+        Err(_) => {}
+    }
+    Ok(all)
+}
+
 /// Finds the toolbox a user named, as [`resolve_name`] does, among the trees of
 /// `directory` and its super privileged containers. When both runtimes have a toolbox of
 /// that name, `runtime` (`TOOLBOX_RUNTIME`, `--runtime`) picks; the engine is asked only
