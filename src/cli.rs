@@ -132,12 +132,13 @@ Examples:
         )]
         command: Vec<OsString>,
     },
-    /// List the toolboxes in the toolbox directory
+    /// List the toolboxes in the toolbox directory and its super privileged containers
     #[command(after_help = "\
 Examples:
   toolbox list
   toolbox list --json | jq -r '.[] | select(.sessions > 0) | .name'
-  toolbox list --names")]
+  toolbox list --json | jq -r '.[] | select(.runtime == \"spc\") | .name'
+  toolbox list --names              the trees only, without asking an engine")]
     List {
         /// Print JSON for scripts
         #[arg(long, conflicts_with = "names")]
@@ -151,6 +152,7 @@ Examples:
 Examples:
   toolbox rm core-fedora-latest
   toolbox rm fedora-latest          the same, without the user prefix
+  toolbox --runtime spc rm fedora-latest   the super privileged container of that name
   toolbox rm --force --all          stop every session and remove every toolbox")]
     Rm {
         /// Toolbox names, as `toolbox list` shows them
@@ -188,7 +190,8 @@ Examples:
 Examples:
   toolbox update                    the configured toolbox
   toolbox update core-debian-bookworm --force
-  toolbox update --storage overlay  rebuild it over the daemon's layers")]
+  toolbox update --storage overlay  rebuild it over the daemon's layers
+  toolbox --runtime spc update      recreate the super privileged container if its image changed")]
     Update {
         /// Toolbox name, as `toolbox list` shows it [default: the configured toolbox]
         #[arg(value_name = "NAME")]
