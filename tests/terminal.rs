@@ -97,6 +97,19 @@ impl Drop for Tmux {
     }
 }
 
+/// The shell command that runs toolbox with `options` in this test's clean environment.
+fn toolbox_line(t: &TestEnv, options: &str) -> String {
+    format!(
+        "env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester TOOLBOX_DIRECTORY={dir} \
+         TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} {bin} {options}",
+        home = t.home.display(),
+        dir = t.toolboxes.display(),
+        image = t.image,
+        name = t.name,
+        bin = env!("CARGO_BIN_EXE_toolbox"),
+    )
+}
+
 /// Lines of the screen that are exactly `text` (output, not the echo of a typed command).
 fn output_lines(screen: &str, text: &str) -> usize {
     screen
@@ -134,18 +147,14 @@ fn a_shell_in_a_real_terminal() {
             "cd /\n\
              {bin} --bogus-colour\n\
              NO_COLOR=1 {bin} --bogus-plain\n\
-             env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester \
-             TOOLBOX_DIRECTORY={dir} TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} {bin}\n\
+             {toolbox}\n\
              echo \"toolbox exited $?\"\n\
              stty -a | tr ' ;' '\\n\\n' | grep -x -e echo -e -echo -e icanon -e -icanon | \
              tr '\\n' ' ' | sed 's/^/terminal: /'\n\
              echo\n\
              sleep 600\n",
-            home = t.home.display(),
-            dir = t.toolboxes.display(),
-            image = t.image,
-            name = t.name,
             bin = env!("CARGO_BIN_EXE_toolbox"),
+            toolbox = toolbox_line(&t, ""),
         ),
     )
     .unwrap();
@@ -228,19 +237,13 @@ fn spc_shell_in_a_real_terminal(test: &str, options: &str) {
         format!(
             "cd /\n\
              stty -g > {before}\n\
-             env -i PATH=\"$PATH\" TERM=screen HOME={home} USER=tester \
-             TOOLBOX_DIRECTORY={dir} TOOLBOX_DOCKER_IMAGE={image} TOOLBOX_NAME={name} \
-             TOOLBOX_RUNTIME=spc {bin} {options}\n\
+             {toolbox}\n\
              echo \"toolbox exited $?\"\n\
              stty -g > {after}\n\
              sleep 600\n",
             before = before.display(),
             after = after.display(),
-            home = t.home.display(),
-            dir = t.toolboxes.display(),
-            image = t.image,
-            name = t.name,
-            bin = env!("CARGO_BIN_EXE_toolbox"),
+            toolbox = toolbox_line(&t, &format!("--runtime spc {options}")),
         ),
     )
     .unwrap();
