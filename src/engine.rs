@@ -543,10 +543,12 @@ impl Docker {
             .collect())
     }
 
-    /// Creates `container` from image `image_id`; returns its ID.
+    /// Creates `container` from image `image_id`, with `session` as its main process's
+    /// terminal, user and streams for a throwaway; returns its ID.
     pub async fn create_spc(
         &self,
         container: &crate::spc::Container,
+        session: Option<&crate::spc::Session>,
         image_id: &str,
     ) -> Result<String> {
         use crate::spc::{ALL_DEVICES, BOUNDED_SECURITY, Privilege};
@@ -581,7 +583,6 @@ impl Docker {
                 host.device_cgroup_rules = Some(vec![ALL_DEVICES.to_string()]);
             }
         }
-        let session = container.session.as_ref();
         let tty = session.is_some_and(|s| s.tty);
         let mut env = container.env.clone();
         env.extend(session.iter().flat_map(|s| s.env.iter().cloned()));

@@ -142,8 +142,6 @@ pub struct Container {
     /// The main process: toolbox idling for a persistent SPC, the user's command for a
     /// throwaway one.
     pub command: Vec<String>,
-    /// For a throwaway container, whose main process is the session.
-    pub session: Option<Session>,
 }
 
 /// How a command runs in the container: its terminal, user and environment.
@@ -158,12 +156,12 @@ pub struct Session {
     pub env: Vec<String>,
 }
 
-/// What an SPC launch does: make sure the container runs, then run the session in it.
+/// What an SPC launch does: make sure the container runs, then run the session in it: as
+/// an `exec` into a persistent SPC (one with a name), as the main process of a throwaway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spc {
     pub container: Container,
-    /// `Some` for a persistent SPC: the session is an `exec` into the running container.
-    pub exec: Option<Session>,
+    pub session: Session,
     /// The image's `RUN` label, if the image was inspected and has one.
     pub run_label: Option<String>,
 }
@@ -243,7 +241,6 @@ impl Spc {
             security_opt: Vec::new(),
             workdir: None,
             command: Vec::new(),
-            session: None,
         };
         container.binds.push(format!(
             "{}:{}:ro",
@@ -281,20 +278,17 @@ impl Spc {
             user: user_of(&plan.user, inputs.passwd),
             env: session_env,
         };
-        let exec = if inputs.throwaway {
+        if inputs.throwaway {
             container.command = session.command.clone();
-            container.session = Some(session);
-            None
         } else {
             container
                 .binds
                 .push(format!("{}:{IDLE_PATH}:ro", inputs.exe));
             container.command = vec![IDLE_PATH.to_string()];
-            Some(session)
-        };
+        }
         Ok(Spc {
             container,
-            exec,
+            session,
             run_label: inputs.run_label,
         })
     }
@@ -464,15 +458,16 @@ fn quoted(word: &str) -> String {
 }
 
 impl Container {
-    /// The options `docker run` takes for this container, session included.
-    fn run_options(&self) -> Vec<String> {
+    /// The options `docker run` takes for this container; a throwaway's with its
+    /// `session`'s.
+    fn run_options(&self, session: &Session) -> Vec<String> {
         let mut words = Vec::new();
         match &self.name {
             Some(name) => words.extend(["--detach".to_string(), format!("--name={name}")]),
-            None => words.push("--rm".to_string()),
-        }
-        if let Some(session) = &self.session {
-            words.extend(session.options());
+            None => {
+                words.push("--rm".to_string());
+                words.extend(session.options());
+            }
         }
         match &self.privilege {
             Privilege::Full => words.push("--privileged".into()),
@@ -551,11 +546,12 @@ impl fmt::Display for Spc {
         }
         let container = &self.container;
         let mut run = vec!["docker".to_string(), "run".to_string()];
-        run.extend(container.run_options());
+        run.extend(container.run_options(&self.session));
         run.push(container.image.clone());
         run.extend(container.command.iter().cloned());
         write!(f, "{}", line(run))?;
-        if let (Some(session), Some(name)) = (&self.exec, &container.name) {
+        if let Some(name) = &container.name {
+            let session = &self.session;
             let mut exec = vec!["docker".to_string(), "exec".to_string()];
             exec.extend(session.options());
             exec.push(name.clone());
@@ -630,7 +626,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(spc.exec, None);
+        assert_eq!(spc.container.name, None);
         assert_eq!(spc.container.command, ["wc", "-c"]);
         assert!(!spc.container.labels.contains_key(LABEL_SPC));
         let shown = spc.to_string();
@@ -735,7 +731,7 @@ mod tests {
         assert_eq!(container.labels["app"], "x");
         assert_eq!(container.labels[LABEL_SPC], "core-fedora-latest");
         assert_eq!(container.name.as_deref(), Some("core-fedora-latest"));
-        assert_eq!(applied.exec.unwrap().command, ["/usr/bin/run.sh", "--fast"]);
+        assert_eq!(applied.session.command, ["/usr/bin/run.sh", "--fast"]);
 
         // The user's command wins over the label's.
         let given = spc(&[], command(&["id"]), |inputs| {
@@ -743,7 +739,7 @@ mod tests {
             inputs.use_run_label = true;
         })
         .unwrap();
-        assert_eq!(given.exec.unwrap().command, ["id"]);
+        assert_eq!(given.session.command, ["id"]);
     }
 
     #[test]

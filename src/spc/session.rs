@@ -20,9 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
-use super::{
-    LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Session, Spc,
-};
+use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc};
 use crate::engine::{
     self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, LABEL_PID, Output, short_id,
 };
@@ -64,13 +62,10 @@ pub fn enter(
             signal = signals.stopping() => return Err(provision::Interrupted(signal).into()),
         };
         let spc = resolve(image.run_label.clone())?;
-        match &spc.exec {
+        match &spc.container.name {
             None => throwaway(&engine, &spc, &image.id, signals).await,
-            Some(session) => {
-                persistent(
-                    &engine, &spc, session, &image.id, directory, options, signals,
-                )
-                .await
+            Some(name) => {
+                persistent(&engine, &spc, name, &image.id, directory, options, signals).await
             }
         }
     });
@@ -81,11 +76,7 @@ pub fn enter(
 
 /// A throwaway SPC: created, attached, started, waited for, and removed.
 async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Signals) -> Result<u8> {
-    let session = spc
-        .container
-        .session
-        .as_ref()
-        .expect("a throwaway SPC carries its session");
+    let session = &spc.session;
     remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
     // killed before it can.
@@ -93,7 +84,9 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Signals)
     container
         .labels
         .insert(LABEL_PID.to_string(), std::process::id().to_string());
-    let id = engine.create_spc(&container, image_id).await?;
+    let id = engine
+        .create_spc(&container, Some(session), image_id)
+        .await?;
     let ran = async {
         let attached = engine.attach(&id).await?;
         if let Err(e) = engine.start(&id).await {
@@ -138,18 +131,14 @@ async fn remove_abandoned(engine: &Docker) {
 async fn persistent(
     engine: &Docker,
     spc: &Spc,
-    session: &Session,
+    name: &str,
     image_id: &str,
     directory: &Path,
     options: Options,
     signals: Signals,
 ) -> Result<u8> {
     let verbose = options.verbose;
-    let name = spc
-        .container
-        .name
-        .as_deref()
-        .expect("a persistent SPC has a name");
+    let session = &spc.session;
     let started = async {
         let _lock = machine::lock_for_spc(directory, name)?;
         let mut found = engine.container(name).await?;
@@ -182,7 +171,7 @@ async fn persistent(
         let container = match found {
             Some(found) => found,
             None => {
-                let id = engine.create_spc(&spc.container, image_id).await?;
+                let id = engine.create_spc(&spc.container, None, image_id).await?;
                 if verbose {
                     ui::say(format_args!("created container `{name}` ({})", short_id(&id)));
                 }
