@@ -533,8 +533,7 @@ pub fn create(
     directory: &Path,
     name_for: impl FnOnce(Option<&str>) -> Result<String>,
 ) -> Result<Imported> {
-    fs::create_dir_all(directory)
-        .with_context(|| format!("cannot create {}", directory.display()))?;
+    machine::make_directory(directory)?;
     remove_stale_spools(directory)?;
     let spool = directory.join(format!("{SPOOL_PREFIX}{}", std::process::id()));
     // Ctrl-C, SIGTERM and SIGHUP stop the reading; the partial tree and the copy go, and

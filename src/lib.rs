@@ -14,7 +14,9 @@ pub mod import;
 pub mod lookup;
 pub mod machine;
 pub mod manage;
+pub mod mountpoints;
 pub mod nspawn;
+pub mod options;
 pub mod overlay;
 pub mod plan;
 pub mod provision;
@@ -95,6 +97,14 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         && !cli.options.dry_run;
     let ctx = Context::load(&cli.options, &args[1..], !reruns_as_root)?;
     match cli.action {
+        Some(Action::List { .. }) if !sys::is_root() && unreadable(&ctx.directory()?) => {
+            // The toolbox directory is root's alone: this re-runs toolbox through sudo.
+            ctx.become_root()?;
+            bail!(
+                "cannot list {}: permission denied",
+                ctx.directory()?.display()
+            )
+        }
         Some(Action::List { names: true, .. }) => {
             // For scripts and completion: no daemon, no sizes.
             for (name, _) in machine::toolboxes(&ctx.directory()?)? {
@@ -266,7 +276,7 @@ impl Context {
         let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
         let invoker = Invoker::identify(&env, &passwd, sys::euid());
         let files = config::files(&paths, &env, &invoker);
-        let mut settings = Settings::load(&files, &env, invoker.on_behalf_of)?;
+        let mut settings = Settings::load(&files, &env, config::Trust::of(&invoker, sys::euid()))?;
         let overrides = [
             (config::IMAGE, "--image", options.image.clone()),
             (config::TAG, "--tag", options.tag.clone()),
@@ -406,8 +416,12 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
             .filter_map(|name| Some((name.to_string(), ctx.env.get(name)?.to_string())))
             .collect(),
     };
-    // An existing toolbox keeps the storage it was built with.
-    let mut metadata = existing_metadata(&plan.path())?;
+    // An existing toolbox keeps the storage it was built with. A normal user cannot see
+    // into the toolbox directory: the run through sudo finds out.
+    let mut metadata = match existing_metadata(&plan.path()) {
+        Err(_) if !sys::is_root() => None,
+        found => found?,
+    };
     if let Some(metadata) = &metadata {
         plan.storage = metadata.storage();
     }
@@ -417,12 +431,15 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
         return Ok(0);
     }
     ctx.become_root()?;
+    machine::tighten_directory(&plan.directory)?;
     let target = Target::of(&plan);
     // A toolbox with metadata is complete: nothing to create, nothing to ask a daemon.
     let created =
         metadata.is_none() && provision::ensure(&target, &ctx.access, ctx.quiet(), ctx.verbose())?;
     let rebuilt = !created && check_freshness(ctx, &target, metadata.as_ref())?;
-    if created || rebuilt {
+    // Also when another toolbox process created it while this one waited for the lock:
+    // its storage decides what is entered.
+    if metadata.is_none() || rebuilt {
         metadata = existing_metadata(&plan.path())?;
     }
     plan.storage = metadata
@@ -449,8 +466,10 @@ fn enter(ctx: &Context, payload: Payload) -> Result<u8> {
             plan.name
         ));
     }
+    nspawn::check_supported(&plan, &nspawn)?;
     match overlay {
         None => {
+            secure_tree(&plan, &launch, false)?;
             start_session(ctx, &plan, &launch)?;
             if ctx.verbosity >= 2 {
                 ui::say(ctx.shown(&invocation));
@@ -505,6 +524,12 @@ fn enter_spc(ctx: &Context, payload: Payload) -> Result<u8> {
     spc::session::enter(&plan.image, resolve, &ctx.access, &plan.directory, options)
 }
 
+/// Whether listing `directory` is refused to this process (a normal user's, for the
+/// toolbox directory that only root may read).
+fn unreadable(directory: &Path) -> bool {
+    matches!(std::fs::read_dir(directory), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 /// A toolbox name from an archive's file name: `debian.tar.gz` gives `debian`.
 fn archive_stem(archive: &Path) -> Option<String> {
     let name = archive.file_name()?.to_str()?;
@@ -521,6 +546,45 @@ fn existing_metadata(path: &Path) -> Result<Option<machine::Metadata>> {
         State::Complete => Ok(Some(machine::read_metadata(path)?)),
         _ => Ok(None),
     }
+}
+
+/// Makes the tree safe to hand to systemd-nspawn (see [`mountpoints`]): a look first,
+/// and only when something is to change, a repair under the toolbox's mount lock, which
+/// the caller may hold already (`locked`).
+fn secure_tree(plan: &Plan, launch: &Launch, locked: bool) -> Result<()> {
+    let own = mountpoints::Own {
+        host_exec: launch
+            .host_exec
+            .as_ref()
+            .map(|_| host_exec::PATH_IN_TOOLBOX),
+        marker: nspawn::MARKER_IN_TOOLBOX,
+    };
+    let root = plan.root();
+    let secure = |act| mountpoints::secure(&root, &plan.name, &plan.mounts, &own, act);
+    if secure(mountpoints::Act::Look)?.is_empty() {
+        return Ok(());
+    }
+    let _lock = match locked {
+        true => None,
+        false => Some(machine::lock_for_mount(&plan.directory, &plan.name)?),
+    };
+    for change in secure(mountpoints::Act::Repair)? {
+        if let mountpoints::Change::Replaced {
+            path,
+            target,
+            directory,
+        } = change
+        {
+            ui::say(format_args!(
+                "replaced the symlink `{path}` -> `{}` in `{}` with an empty {}: \
+                 systemd-nspawn mounts on it and would follow the link",
+                target.display(),
+                plan.name,
+                if directory { "directory" } else { "file" }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What every session needs before systemd-nspawn starts: the user, a payload that can
@@ -580,6 +644,7 @@ fn enter_overlay(
             .into());
         }
         overlay::mount(&path, &overlay.layers)?;
+        secure_tree(plan, launch, true)?;
         start_session(ctx, plan, launch)
     })();
     let status = mounted.and_then(|()| {

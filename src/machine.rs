@@ -136,11 +136,7 @@ pub fn lock_for_spc(directory: &Path, name: &str) -> Result<Lock> {
 }
 
 fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(directory)
-        .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
+    make_directory(directory)?;
     let path = directory.join(file_name);
     let file = OpenOptions::new()
         .create(true)
@@ -152,6 +148,45 @@ fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
     sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
     Ok(Lock { _file: file })
+}
+
+/// Creates the toolbox directory, readable by root alone: the trees in it hold the images'
+/// setuid programs and device nodes, which any local user could otherwise run or open
+/// through the tree's path (Docker keeps /var/lib/docker at 0710 for the same reason).
+/// Missing parents are created as `mkdir -p` would.
+pub fn make_directory(directory: &Path) -> Result<()> {
+    if let Some(parent) = directory.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(directory) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e)
+            .with_context(|| format!("cannot create toolbox directory {}", directory.display())),
+        _ => tighten_directory(directory),
+    }
+}
+
+/// Takes away the access of others to an existing toolbox directory (one the CoreOS
+/// script or an older toolbox made 0755), saying so; once done, a `stat` finds nothing to do.
+pub fn tighten_directory(directory: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match fs::metadata(directory) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", directory.display())),
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(directory, fs::Permissions::from_mode(mode & 0o700))
+        .with_context(|| format!("cannot restrict {} to root", directory.display()))?;
+    crate::ui::say(format_args!(
+        "made toolbox directory {} accessible to root only (mode {:o}, was {mode:o}): other \
+         users could run the setuid programs of the images in it",
+        directory.display(),
+        mode & 0o700
+    ));
+    Ok(())
 }
 
 /// Removes partial trees left by interrupted creations of toolbox `name`. Call with the

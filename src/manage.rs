@@ -290,7 +290,7 @@ fn quiesce(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Resul
         bail!("a session of toolbox `{name}` started meanwhile; try again");
     }
     let path = directory.join(name);
-    let lingering = overlay::processes(&path, proc_root)?;
+    let lingering = lingering(&path, proc_root)?;
     if !lingering.is_empty() {
         if !force {
             bail!(
@@ -304,9 +304,19 @@ fn quiesce(directory: &Path, proc_root: &Path, name: &str, force: bool) -> Resul
     Ok(lock)
 }
 
-/// Ends processes left running in an overlay toolbox, as sessions are ended.
+/// Processes started in the toolbox at `path` that outlived their session: those on its
+/// mounted overlay, or those whose root is its tree.
+fn lingering(path: &Path, proc_root: &Path) -> Result<Vec<i32>> {
+    if overlay::is_mounted(path)? {
+        overlay::processes(path, proc_root)
+    } else {
+        session::rooted_at(path, proc_root)
+    }
+}
+
+/// Ends processes left running in a toolbox, as sessions are ended.
 fn stop_processes(path: &Path, proc_root: &Path) -> Result<()> {
-    let left = session::terminate(|| overlay::processes(path, proc_root), STOP_GRACE)?;
+    let left = session::terminate(|| lingering(path, proc_root), STOP_GRACE)?;
     anyhow::ensure!(
         left.is_empty(),
         "processes {} in {} did not stop",

@@ -27,9 +27,26 @@ const AUTOPIPE_SINCE: u32 = 248;
 /// systemd 242 added `--console=pipe`.
 const PIPE_SINCE: u32 = 242;
 
+/// systemd 239 added `--resolv-conf=` and `--timezone=`.
+const RESOLV_CONF_SINCE: u32 = 239;
+
+/// Files systemd-nspawn writes in the tree on every start (systemd 252
+/// `setup_resolv_conf` copies the host's file with `O_TRUNC`, `setup_timezone` replaces
+/// the link), and the option that stops it. A mount from the host on the file or a
+/// directory above it would make that write land on the host's own file: copying the
+/// host's `/etc/resolv.conf` onto itself empties it. Such a mount is what the user asked
+/// to see, so systemd-nspawn is told to leave the file alone.
+const WRITTEN_FILES: [(&str, &str); 2] = [
+    ("/etc/resolv.conf", "--resolv-conf=off"),
+    ("/etc/localtime", "--timezone=off"),
+];
+
 /// The oldest systemd-nspawn toolbox drives: systemd 219 (CentOS 7, the oldest host the
 /// CoreOS-era toolbox ran on), which has every option toolbox passes.
 pub const OLDEST_SUPPORTED: u32 = 219;
+
+/// Where the marker file is bound inside a toolbox.
+pub const MARKER_IN_TOOLBOX: &str = "/run/.toolboxenv";
 
 /// The `PATH` systemd-nspawn gives the payload (systemd 252; unchanged for years).
 pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -196,6 +213,9 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     directory.push(plan.root());
     args.push(directory);
     args.push("--capability=all".into());
+    // systemd-nspawn's journal linking creates directories and links in the tree's
+    // /var/log/journal and the host's; a toolbox session has no journal of its own.
+    args.push("--link-journal=no".into());
     if nspawn.version >= SHARE_SYSTEM_ENV_SINCE {
         env.push(("SYSTEMD_NSPAWN_SHARE_SYSTEM".to_string(), "1".to_string()));
     } else {
@@ -216,10 +236,13 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args.push("--console=pipe".into());
     }
     args.push(format!("--machine={}", plan.session_machine_name(launch.session)).into());
+    for (_, off) in covered_files(plan) {
+        args.push(off.into());
+    }
     args.extend(plan.flags.iter().map(OsString::from));
     let mut marker = OsString::from("--bind-ro=");
     marker.push(&launch.marker);
-    marker.push(":/run/.toolboxenv");
+    marker.push(format!(":{MARKER_IN_TOOLBOX}"));
     args.push(marker);
     if let Some(exe) = &launch.host_exec {
         let mut bind = OsString::from("--bind-ro=");
@@ -246,6 +269,31 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args,
         env,
     }
+}
+
+/// The files of [`WRITTEN_FILES`] that a bind from the host covers, with the option that
+/// keeps systemd-nspawn from writing them.
+fn covered_files(plan: &Plan) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    WRITTEN_FILES.into_iter().filter(|(file, _)| {
+        plan.mounts.iter().any(|m| {
+            m.kind == crate::options::MountKind::Bind
+                && crate::options::is_within(file, &m.destination)
+        })
+    })
+}
+
+/// Refuses a plan this systemd-nspawn cannot run without writing on the host.
+pub fn check_supported(plan: &Plan, nspawn: &Nspawn) -> Result<()> {
+    if nspawn.version < RESOLV_CONF_SINCE
+        && let Some((file, _)) = covered_files(plan).next()
+    {
+        return Err(anyhow!(
+            "a bind covers {file}, which systemd-nspawn {} would overwrite with the host's \
+             (systemd {RESOLV_CONF_SINCE} and newer can be told not to); bind it elsewhere",
+            nspawn.version
+        ));
+    }
+    Ok(())
 }
 
 /// The `PATH` the payload will search: the last `--setenv=PATH=` among the extra words,
@@ -399,7 +447,7 @@ mod tests {
             inv.to_string(),
             "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 SYSTEMD_NSPAWN_LOCK=0 /usr/bin/systemd-nspawn --quiet \
              --directory=/var/lib/toolbox/core-fedora-latest --capability=all \
-             --console=autopipe --machine=core-fedora-latest-77 \
+             --link-journal=no --console=autopipe --machine=core-fedora-latest-77 \
              --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv \
              --bind-ro=/usr/bin/toolbox:/usr/local/bin/host-exec \
              --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run \
@@ -429,6 +477,7 @@ mod tests {
             [
                 "--directory=/var/lib/toolbox/core-fedora-latest",
                 "--capability=all",
+                "--link-journal=no",
                 "--share-system",
                 "--register=no",
                 "--keep-unit",
@@ -458,6 +507,39 @@ mod tests {
              '--bind=/my dir:/d' --setenv=TOOLBOX_NAME=core-fedora-latest --setenv=HOST=/media/root \
              --setenv=A=1 '--setenv=B=two words' --user=core -- sh -c 'echo '\\''hi'\\'''";
         assert!(inv.to_string().ends_with(expected), "{inv}");
+    }
+
+    // Regression: a bind of the host's /etc/resolv.conf made systemd-nspawn copy the
+    // host's file onto itself, emptying it.
+    #[test]
+    fn binds_over_files_nspawn_writes_turn_its_writing_off() {
+        let args = |binds: &str| {
+            let plan = plan(Payload::Shell, &[(config::BIND, binds)]);
+            let inv = invocation(&plan, &nspawn(252), &launch(true, true), false);
+            let off: Vec<String> = inv
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .filter(|a| a.ends_with("=off"))
+                .collect();
+            (off, check_supported(&plan, &nspawn(238)).is_ok())
+        };
+        assert_eq!(args("--bind=/:/media/root"), (vec![], true));
+        assert_eq!(
+            args("--bind-ro=/etc/resolv.conf"),
+            (vec!["--resolv-conf=off".to_string()], false)
+        );
+        assert_eq!(
+            args("--bind=/etc:/etc"),
+            (
+                vec![
+                    "--resolv-conf=off".to_string(),
+                    "--timezone=off".to_string()
+                ],
+                false
+            )
+        );
+        assert_eq!(args("--tmpfs=/etc"), (vec![], true));
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! precedence rule is unit-tested here. Everything downstream takes a [`Plan`].
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::config::{self, Settings};
+use crate::options::{self, Mount, MountKind};
 
 /// What to run inside the toolbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +129,8 @@ pub struct Plan {
     pub binds: Vec<String>,
     pub env: Vec<String>,
     pub flags: Vec<String>,
+    /// The mounts among those words, destinations normalized, in command-line order.
+    pub mounts: Vec<Mount>,
     pub payload: Payload,
     /// How a new toolbox stores its image; an existing one keeps its own.
     pub storage: Storage,
@@ -170,49 +173,67 @@ impl Plan {
             settings.setting(config::STORAGE).origin,
             config::Origin::Option(_)
         );
+        let mut mounts = Vec::new();
+        let mut checked = |key: &'static str| -> Result<Vec<String>> {
+            let words = settings.words(key)?;
+            let parsed = options::parse(&words)
+                .map_err(|e| anyhow::anyhow!("{}: {key}: {e}", settings.setting(key).origin))?;
+            mounts.extend(parsed.into_iter().filter_map(|p| p.mount).map(|m| (key, m)));
+            Ok(words)
+        };
+        // The order systemd-nspawn gets them in: flags, binds, environment.
+        let flags = checked(config::FLAGS)?;
+        let binds = checked(config::BIND)?;
+        let env = checked(config::ENV)?;
         let plan = Plan {
             image,
             name,
             directory,
             user: user.to_string(),
-            binds: settings.words(config::BIND)?,
-            env: settings.words(config::ENV)?,
-            flags: settings.words(config::FLAGS)?,
+            binds,
+            env,
+            flags,
+            mounts: mounts.iter().map(|(_, m)| m.clone()).collect(),
             payload,
             storage,
             storage_demanded,
         };
-        plan.check_host_root_stays_visible(settings)?;
+        for (key, mount) in &mounts {
+            plan.check_mount(mount).map_err(|why| {
+                anyhow::anyhow!(
+                    "{}: {key}: `{}` {why}",
+                    settings.setting(key).origin,
+                    mount.word
+                )
+            })?;
+        }
         Ok(plan)
     }
 
-    /// Refuses a mount that would cover the host's `/` inside the toolbox: one on the
-    /// directory it is bound at or on any directory above it (`--bind=/tmp/x:/media`
-    /// hides `/media/root`), from whichever word-valued setting it comes.
-    fn check_host_root_stays_visible(&self, settings: &Settings) -> Result<()> {
-        let Some(host_root) = self.host_root() else {
-            return Ok(());
-        };
-        let host_root = Path::new(&host_root);
-        for (key, words) in [
-            (config::BIND, &self.binds),
-            (config::ENV, &self.env),
-            (config::FLAGS, &self.flags),
-        ] {
-            for word in words {
-                let Some((source, destination)) = mount_of(word) else {
-                    continue;
-                };
-                let destination = Path::new(destination);
-                let covers = host_root.starts_with(destination)
-                    && (destination != host_root || source != Some("/"));
-                if covers {
-                    bail!(
-                        "{}: {key}: `{word}` would cover {}, where the host's `/` is bound; mount it elsewhere",
-                        settings.setting(key).origin,
-                        host_root.display()
-                    );
-                }
+    /// Refuses a mount that would cover the toolbox's root, the directories
+    /// systemd-nspawn fills itself after the mounts are made (`/run`, and `/run/host`,
+    /// where it writes files that would land in the mounted directory), or the host's `/`
+    /// inside the toolbox: a mount on the directory it is bound at or on any directory above
+    /// it (`--bind=/tmp/x:/media` hides `/media/root`).
+    fn check_mount(&self, mount: &Mount) -> Result<(), String> {
+        let destination = mount.destination.as_str();
+        if destination == "/" {
+            return Err("would cover the toolbox's root; mount it elsewhere".into());
+        }
+        if destination == "/run" || options::is_within(destination, "/run/host") {
+            return Err(format!(
+                "would cover {destination}, where systemd-nspawn writes its own files; mount it elsewhere"
+            ));
+        }
+        if let Some(host_root) = self.host_root() {
+            let binds_host_root = mount.kind == MountKind::Bind
+                && mount.source.as_deref().map(options::normalize).as_deref() == Some("/");
+            if options::is_within(&host_root, destination)
+                && !(destination == host_root && binds_host_root)
+            {
+                return Err(format!(
+                    "would cover {host_root}, where the host's `/` is bound; mount it elsewhere"
+                ));
             }
         }
         Ok(())
@@ -241,34 +262,14 @@ impl Plan {
         format!("{}{suffix}", base.trim_end_matches(['-', '.']))
     }
 
-    /// Where the host's `/` is bound inside the toolbox, from the bind options.
+    /// Where the host's `/` is bound inside the toolbox, from the bind options: the first
+    /// bind of `/`, normalized.
     pub fn host_root(&self) -> Option<String> {
-        self.binds.iter().find_map(|word| {
-            let spec = word
-                .strip_prefix("--bind=")
-                .or_else(|| word.strip_prefix("--bind-ro="))?;
-            let (source, rest) = spec.split_once(':')?;
-            let target = rest.split(':').next()?;
-            (source == "/" && !target.is_empty()).then(|| target.to_string())
+        self.mounts.iter().find_map(|mount| {
+            let source = options::normalize(mount.source.as_deref()?);
+            (mount.kind == MountKind::Bind && source == "/" && mount.destination != "/")
+                .then(|| mount.destination.clone())
         })
-    }
-}
-
-/// The source (for binds) and destination inside the toolbox of a systemd-nspawn mount
-/// option: `--bind[-ro]=SRC[:DST[:OPTIONS]]`, `--tmpfs=DST[:OPTIONS]`,
-/// `--overlay[-ro]=...:DST`.
-fn mount_of(word: &str) -> Option<(Option<&str>, &str)> {
-    let (option, spec) = word.split_once('=')?;
-    match option {
-        "--bind" | "--bind-ro" => {
-            let mut parts = spec.split(':');
-            let source = parts.next()?;
-            let destination = parts.next().filter(|d| !d.is_empty()).unwrap_or(source);
-            Some((Some(source.trim_start_matches(['+', '-'])), destination))
-        }
-        "--tmpfs" => Some((None, spec.split(':').next()?)),
-        "--overlay" | "--overlay-ro" => Some((None, spec.rsplit(':').next()?)),
-        _ => None,
     }
 }
 
@@ -509,8 +510,14 @@ mod tests {
                 "--bind=/tmp/x:/media/root --bind=/:/media/root",
             ),
             (config::ENV, "--tmpfs=/media"),
-            (config::FLAGS, "--bind-ro=/srv:/"),
+            (config::FLAGS, "--bind-ro=/srv:/media/"),
             (config::FLAGS, "--overlay=/a:/b:/media"),
+            // Regression: `..` slipped past the check and hid the host's `/`.
+            (
+                config::BIND,
+                "--bind=/:/media/root --bind=/tmp:/media/root/..",
+            ),
+            (config::BIND, "--bind=/:/media/root --bind=/tmp://media//./"),
         ] {
             let err = Plan::resolve(&env_setting(key, value), "core", Payload::Shell).unwrap_err();
             assert!(
@@ -545,6 +552,83 @@ mod tests {
             let bind = format!("{} {value}", Settings::default().get(config::BIND));
             Plan::resolve(&env_setting(config::BIND, &bind), "core", Payload::Shell).unwrap();
         }
+    }
+
+    #[test]
+    fn mounts_over_the_root_or_nspawns_own_files_are_refused() {
+        for (value, why) in [
+            (
+                "--bind-ro=/srv:/",
+                "would cover the toolbox's root; mount it elsewhere",
+            ),
+            (
+                "--tmpfs=/x/..",
+                "would cover the toolbox's root; mount it elsewhere",
+            ),
+            (
+                "--bind=/run:/run",
+                "would cover /run, where systemd-nspawn writes its own files; mount it elsewhere",
+            ),
+            (
+                "--bind=/srv:/run/host/x",
+                "would cover /run/host/x, where systemd-nspawn writes its own files; mount it elsewhere",
+            ),
+        ] {
+            let err = Plan::resolve(
+                &Settings::from_environment(&[(config::FLAGS, value)]),
+                "core",
+                Payload::Shell,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("environment: TOOLBOX_FLAGS: `{value}` {why}")
+            );
+        }
+    }
+
+    #[test]
+    fn configuration_words_are_parsed_not_passed_blindly() {
+        for (key, value, message) in [
+            (
+                config::ENV,
+                "--directory=/tmp/..",
+                "environment: TOOLBOX_ENV: `--directory=/tmp/..`: --directory is toolbox's: \
+                 toolbox enters its own tree; choose the toolbox with --name",
+            ),
+            (
+                config::FLAGS,
+                "-D /tmp/..",
+                "environment: TOOLBOX_FLAGS: `-D /tmp/..`: --directory is toolbox's: toolbox \
+                 enters its own tree; choose the toolbox with --name",
+            ),
+            (
+                config::ENV,
+                "EDITOR=vi",
+                "environment: TOOLBOX_ENV: `EDITOR=vi`: not an option; systemd-nspawn would \
+                 take it and the words after it as the command (give the command on toolbox's \
+                 command line, and settings as --setenv=NAME=VALUE)",
+            ),
+        ] {
+            let err = Plan::resolve(
+                &Settings::from_environment(&[(key, value)]),
+                "core",
+                Payload::Shell,
+            )
+            .unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+        // COS: a trailing slash on the host root's destination still names it.
+        let plan = Plan::resolve(
+            &Settings::from_environment(&[(
+                config::BIND,
+                "--bind=/:/media/root/ --bind=/var/:/var/ --bind-ro=/etc/resolv.conf",
+            )]),
+            "core",
+            Payload::Shell,
+        )
+        .unwrap();
+        assert_eq!(plan.host_root().as_deref(), Some("/media/root"));
     }
 
     #[test]

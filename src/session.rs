@@ -108,6 +108,32 @@ pub fn forget(directory: &Path, name: &str) -> Result<()> {
     }
 }
 
+/// Processes whose root directory is `root` itself, as `/proc/PID/root` shows it (the
+/// same device and inode): a copy toolbox's, after its sessions ended, are processes
+/// started inside and left running (the host's PID namespace is shared, so nothing ends
+/// them with the session).
+pub fn rooted_at(root: &Path, proc_root: &Path) -> Result<Vec<i32>> {
+    use std::os::unix::fs::MetadataExt;
+    let wanted = match fs::metadata(root) {
+        Ok(meta) => (meta.dev(), meta.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", root.display())),
+    };
+    let entries =
+        fs::read_dir(proc_root).with_context(|| format!("cannot list {}", proc_root.display()))?;
+    let mut pids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if fs::metadata(entry.path().join("root")).is_ok_and(|m| (m.dev(), m.ino()) == wanted) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 /// Ends sessions: SIGTERM to each systemd-nspawn (which then kills its payload), and
 /// SIGKILL to any still there after `grace`.
 pub fn stop(directory: &Path, proc_root: &Path, name: &str, grace: Duration) -> Result<()> {

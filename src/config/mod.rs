@@ -74,13 +74,13 @@ pub const KEYS: &[Key] = &[
         name: BIND,
         default: "--bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run",
         words: true,
-        doc: "systemd-nspawn bind options, split into words like a shell command line (quotes respected).",
+        doc: "systemd-nspawn mount options (`--bind=`, `--bind-ro=`, `--tmpfs=`, `--overlay=`), split into words like a shell command line (quotes respected). Destinations are normalized (`.`, `..`, `//`); a mount over the toolbox's root, over /run or /run/host, or over the host's `/` at /media/root is refused, and a mount point inside another bind must exist on the host.",
     },
     Key {
         name: ENV,
         default: "",
         words: true,
-        doc: "systemd-nspawn `--setenv=` options (any systemd-nspawn option is accepted).",
+        doc: "systemd-nspawn `--setenv=` options; other systemd-nspawn options are accepted as in TOOLBOX_FLAGS.",
     },
     Key {
         name: NAME,
@@ -92,7 +92,7 @@ pub const KEYS: &[Key] = &[
         name: FLAGS,
         default: "",
         words: true,
-        doc: "Any other systemd-nspawn options, placed before the binds.",
+        doc: "Other systemd-nspawn options, placed before the binds. Every word is parsed as systemd-nspawn parses it: options toolbox decides itself (`--directory`, `--image`, `--template`, `--ephemeral`, `--machine`, `--user`, `--boot`, `--register`, `--link-journal`, `--private-users`, in any spelling or abbreviation) and words that are not options are refused, naming the file and line.",
     },
     Key {
         name: UPDATE,
@@ -142,48 +142,122 @@ pub const KEYS: &[Key] = &[
 /// bytes, and a file of any length would be held in memory whole.
 pub const MAX_FILE: u64 = 1 << 20;
 
-/// A file's bytes, refusing one larger than [`MAX_FILE`].
-fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(io::Error::other(format!(
-            "it is larger than {} KiB, which no toolbox configuration needs",
-            MAX_FILE >> 10
-        )));
-    }
-    Ok(bytes)
+/// Whose settings files a root toolbox trusts (sshd's StrictModes, for a root process
+/// reading files a user may have written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Trust {
+    /// Besides root, the user who may own a settings file and the directories holding it;
+    /// `None` when toolbox is not root: its settings are then the user's own business.
+    pub owner: Option<u32>,
+    /// Under sudo, the invoking user: a file they could not read themselves is refused
+    /// unread, so `~/.toolboxrc -> /etc/shadow` shows nothing of the shadow file.
+    pub reader: Option<u32>,
 }
 
-/// Refuses a file that someone other than root and `uid` could change.
-fn check_writers(path: &Path, uid: u32) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let why = if meta.uid() != 0 && meta.uid() != uid {
-        Some(format!("it belongs to user ID {}", meta.uid()))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "it is writable by others (mode {:o})",
-            meta.mode() & 0o777
-        ))
-    } else {
-        None
-    };
-    match why {
-        Some(why) => bail!(
+impl Trust {
+    /// For a process with effective user `euid` working for `invoker`.
+    pub fn of(invoker: &Invoker, euid: u32) -> Trust {
+        match (euid, invoker.on_behalf_of) {
+            (0, Some(uid)) => Trust {
+                owner: Some(uid),
+                reader: Some(uid),
+            },
+            (0, None) => Trust {
+                owner: Some(0),
+                reader: None,
+            },
+            _ => Trust::default(),
+        }
+    }
+}
+
+/// Reads the settings file at `path` (`None` when there is none) after checking the file
+/// actually opened: a regular file of at most [`MAX_FILE`] bytes, and with `trust`, owned
+/// by root or the trusted user, not writable by others, in directories that are likewise
+/// (root's sticky ones, like /tmp, excepted), and readable by the invoking user. Symlinks
+/// are followed only to a file that passes.
+fn read_checked(path: &Path, trust: Trust) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let refuse = |why: String| {
+        anyhow::anyhow!(
             "refusing {}: {why}, and its settings decide what is bound into a root container; \
              make it yours and `chmod go-w` it",
             path.display()
-        ),
-        None => Ok(()),
+        )
+    };
+    let cannot_read = || format!("cannot read {}", path.display());
+    // O_NONBLOCK: a FIFO planted there must not hang toolbox before it is refused.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(cannot_read),
+    };
+    let meta = file.metadata().with_context(cannot_read)?;
+    if !meta.is_file() {
+        bail!("{}: it is not a regular file", cannot_read());
     }
+    if let Some(owner) = trust.owner {
+        if meta.uid() != 0 && meta.uid() != owner {
+            return Err(refuse(format!("it belongs to user ID {}", meta.uid())));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(refuse(format!(
+                "it is writable by others (mode {:o})",
+                meta.mode() & 0o777
+            )));
+        }
+        // The directories of the file actually opened, wherever symlinks led.
+        let opened = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&file)
+        ))
+        .with_context(cannot_read)?;
+        for dir in opened.ancestors().skip(1) {
+            let meta = std::fs::metadata(dir).with_context(cannot_read)?;
+            let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+            if meta.uid() != 0 && meta.uid() != owner {
+                return Err(refuse(format!(
+                    "{} belongs to user ID {}",
+                    dir.display(),
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 && !sticky_root {
+                return Err(refuse(format!(
+                    "{} is writable by others (mode {:o})",
+                    dir.display(),
+                    meta.mode() & 0o777
+                )));
+            }
+        }
+    }
+    if let Some(reader) = trust.reader {
+        let readable =
+            meta.mode() & 0o004 != 0 || (meta.uid() == reader && meta.mode() & 0o400 != 0);
+        if !readable {
+            bail!(
+                "refusing {}: the invoking user (ID {reader}) cannot read it themselves",
+                path.display()
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(cannot_read)?;
+    if bytes.len() as u64 > MAX_FILE {
+        bail!(
+            "{}: it is larger than {} KiB, which no toolbox configuration needs",
+            cannot_read(),
+            MAX_FILE >> 10
+        );
+    }
+    Ok(Some(bytes))
 }
 
 fn key(name: &str) -> Option<&'static Key> {
@@ -269,21 +343,15 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, then each file in `files` that exists, then the environment. When
-    /// toolbox runs as root on behalf of user `on_behalf_of` (under sudo), a file anyone
-    /// else could write is refused: it decides what is bound into a root container.
-    pub fn load(files: &[PathBuf], env: &Env, on_behalf_of: Option<u32>) -> Result<Settings> {
+    /// Defaults, then each file in `files` that exists, then the environment. A file is
+    /// read only if it passes `trust` (see [`read_checked`]): it decides what is bound into
+    /// a root container.
+    pub fn load(files: &[PathBuf], env: &Env, trust: Trust) -> Result<Settings> {
         let mut settings = Settings::default();
         for path in files {
-            if let Some(uid) = on_behalf_of {
-                check_writers(path, uid)?;
+            if let Some(bytes) = read_checked(path, trust)? {
+                settings.apply_bytes(path, &bytes, env)?;
             }
-            let bytes = match read_limited(path) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-            };
-            settings.apply_bytes(path, &bytes, env)?;
         }
         settings.apply_environment(env);
         Ok(settings)
@@ -450,7 +518,12 @@ mod tests {
             "TOOLBOX_USER=admin\n",
         );
         let env = Env::from_pairs([("TOOLBOX_USER", "envuser")]);
-        let mut s = Settings::load(&[etc.clone(), rc.clone(), conf.clone()], &env, None).unwrap();
+        let mut s = Settings::load(
+            &[etc.clone(), rc.clone(), conf.clone()],
+            &env,
+            Trust::default(),
+        )
+        .unwrap();
         assert_eq!(s.get(IMAGE), "debian");
         assert_eq!(s.setting(IMAGE).origin, Origin::File { path: etc, line: 1 });
         assert_eq!(s.get(TAG), "trixie");
@@ -473,7 +546,7 @@ mod tests {
     fn missing_files_are_fine() {
         let dir = tempfile::tempdir().unwrap();
         let files = [dir.path().join("nope"), dir.path().join("also/nope")];
-        let s = Settings::load(&files, &Env::default(), None).unwrap();
+        let s = Settings::load(&files, &Env::default(), Trust::default()).unwrap();
         assert!(s.files_read.is_empty());
         assert_eq!(s.get(IMAGE), "fedora");
     }
@@ -486,7 +559,12 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n",
         );
-        let err = Settings::load(std::slice::from_ref(&bad), &Env::default(), None).unwrap_err();
+        let err = Settings::load(
+            std::slice::from_ref(&bad),
+            &Env::default(),
+            Trust::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -496,11 +574,21 @@ mod tests {
         );
         let as_dir = dir.path().join("conf.d");
         std::fs::create_dir(&as_dir).unwrap();
-        let err = Settings::load(std::slice::from_ref(&as_dir), &Env::default(), None).unwrap_err();
+        let err = Settings::load(
+            std::slice::from_ref(&as_dir),
+            &Env::default(),
+            Trust::default(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").starts_with(&format!("cannot read {}: ", as_dir.display())));
         let binary = dir.path().join("binary");
         std::fs::write(&binary, b"A=\xff\n").unwrap();
-        let err = Settings::load(std::slice::from_ref(&binary), &Env::default(), None).unwrap_err();
+        let err = Settings::load(
+            std::slice::from_ref(&binary),
+            &Env::default(),
+            Trust::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!("{}:1: is not UTF-8 text", binary.display())
@@ -514,7 +602,11 @@ mod tests {
         let load = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
-            let loaded = Settings::load(std::slice::from_ref(&path), &Env::default(), None);
+            let loaded = Settings::load(
+                std::slice::from_ref(&path),
+                &Env::default(),
+                Trust::default(),
+            );
             (path, loaded.map_err(|e| format!("{e:#}")))
         };
         let mut cases = 0;
@@ -611,7 +703,8 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n",
         );
-        let s = Settings::load(std::slice::from_ref(&rc), &Env::default(), None).unwrap();
+        let s =
+            Settings::load(std::slice::from_ref(&rc), &Env::default(), Trust::default()).unwrap();
         assert_eq!(
             s.warnings,
             vec![format!(
@@ -659,13 +752,18 @@ mod tests {
     }
 
     #[test]
-    fn files_others_can_write_are_refused_under_sudo() {
+    fn files_others_can_write_are_refused_when_root_reads_them() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let rc = write(dir.path(), "rc", "TOOLBOX_DOCKER_IMAGE=debian\n");
         std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o664)).unwrap();
         let me = rustix::process::geteuid().as_raw();
-        let err = Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(me)).unwrap_err();
+        let sudo = Trust {
+            owner: Some(me),
+            reader: Some(me),
+        };
+        let load = |trust| Settings::load(std::slice::from_ref(&rc), &Env::default(), trust);
+        let err = load(sudo).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
                 "refusing {}: it is writable by others (mode 664)",
@@ -673,19 +771,81 @@ mod tests {
             )),
             "{err}"
         );
-        // Without sudo the same file is the user's own business.
-        Settings::load(std::slice::from_ref(&rc), &Env::default(), None).unwrap();
+        // Run by the user without root, the same file is their own business.
+        load(Trust::default()).unwrap();
         std::fs::set_permissions(&rc, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(me)).unwrap();
+        load(sudo).unwrap();
+        // A directory on the way that others may write is refused too.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = load(sudo).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "{} is writable by others (mode 777)",
+                dir.path().display()
+            )),
+            "{err}"
+        );
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         if me == 0 {
             std::os::unix::fs::chown(&rc, Some(4321), None).unwrap();
-            let err =
-                Settings::load(std::slice::from_ref(&rc), &Env::default(), Some(1000)).unwrap_err();
+            let direct_root = Trust::of(
+                &Invoker {
+                    name: "root".into(),
+                    home: None,
+                    on_behalf_of: None,
+                },
+                0,
+            );
+            let err = load(direct_root).unwrap_err();
             assert!(
                 err.to_string().contains("it belongs to user ID 4321"),
                 "{err}"
             );
         }
+    }
+
+    // Regression: under sudo, `~/.toolboxrc -> /etc/shadow` passed the owner check and a
+    // line of the shadow file was printed in the error.
+    #[test]
+    fn a_file_the_invoker_cannot_read_is_refused_unread() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "secret", "root:$6$hash:19000:0:99999:7:::\n");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let rc = dir.path().join("toolboxrc");
+        std::os::unix::fs::symlink(&secret, &rc).unwrap();
+        let owner = rustix::process::geteuid().as_raw();
+        // The invoker is someone else than the secret's owner.
+        let trust = Trust {
+            owner: Some(owner),
+            reader: Some(owner + 1),
+        };
+        let err = Settings::load(std::slice::from_ref(&rc), &Env::default(), trust).unwrap_err();
+        let message = format!("{err:#}");
+        assert_eq!(
+            message,
+            format!(
+                "refusing {}: the invoking user (ID {}) cannot read it themselves",
+                rc.display(),
+                owner + 1
+            )
+        );
+        assert!(!message.contains("hash"));
+        // A FIFO is refused without waiting for a writer.
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let err = Settings::load(std::slice::from_ref(&fifo), &Env::default(), trust).unwrap_err();
+        assert!(
+            err.to_string().ends_with("it is not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -625,3 +625,84 @@ pub fn differences(
         .take(20)
         .collect()
 }
+
+/// A wrapper for [`TestEnv::command_through`] that runs toolbox with the host's `/` as
+/// every systemd host has it, a shared mount (`mount --make-rshared /`), in a mount
+/// namespace of its own so the test machine's own mounts stay as they are.
+pub const SHARED_ROOT: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "unchanged",
+    "sh",
+    "-c",
+    "mount --make-rshared / && exec \"$@\"",
+    "sh",
+];
+
+/// The ways the host's `/` is mounted that a test runs toolbox under: private (this
+/// machine) and shared (every systemd host), with the wrapper for each.
+pub const ROOT_PROPAGATIONS: [(&str, &[&str]); 2] = [("private", &[]), ("shared", SHARED_ROOT)];
+
+/// The host's state a toolbox session must leave as it was: the entries of `/` and of
+/// `/run` (less the daemons' own), everything under `/etc` and `/media`, and everything
+/// under `victim`, with type, mode, owner, link target and content.
+pub fn host_snapshot(victim: &Path) -> BTreeMap<String, String> {
+    let mut snapshot = BTreeMap::new();
+    for (top, recursive) in [
+        (Path::new("/"), false),
+        (Path::new("/run"), false),
+        (Path::new("/etc"), true),
+        (Path::new("/media"), true),
+        (victim, true),
+    ] {
+        let entries = if recursive {
+            listing(top)
+        } else {
+            fs::read_dir(top)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|path| {
+                    let meta = fs::symlink_metadata(&path).unwrap();
+                    let link = fs::read_link(&path).ok();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    let line = format!(
+                        "{:?} mode {:o} link {link:?}",
+                        meta.file_type(),
+                        meta.mode()
+                    );
+                    (name, line)
+                })
+                .filter(|(name, _)| !(top == Path::new("/run") && is_daemon_state(name)))
+                .collect()
+        };
+        for (path, line) in entries {
+            snapshot.insert(format!("{}/{path}", top.display()), line);
+        }
+    }
+    snapshot
+}
+
+/// Entries of the host's `/run` that its daemons change while tests run.
+fn is_daemon_state(name: &str) -> bool {
+    name.starts_with("docker") || name.starts_with("containerd") || name == "netns"
+}
+
+/// Asserts that the host is as `before` found it (see [`host_snapshot`]), and that none
+/// of the marks a toolbox session leaves when it runs on the host's own `/` is there.
+pub fn assert_host_untouched(before: &BTreeMap<String, String>, victim: &Path, case: &str) {
+    let after = host_snapshot(victim);
+    let changed = differences(before, &after, ("before", "after"));
+    assert!(changed.is_empty(), "{case}: the host changed: {changed:#?}");
+    for mark in ["/run/.toolboxenv", "/run/host", "/media/root"] {
+        assert!(
+            !Path::new(mark).exists(),
+            "{case}: {mark} exists on the host"
+        );
+    }
+    let resolv = fs::metadata("/etc/resolv.conf").unwrap();
+    assert!(
+        resolv.len() > 0,
+        "{case}: the host's /etc/resolv.conf is empty"
+    );
+}

@@ -1,0 +1,549 @@
+//! The host stays untouched: hostile trees (symlinks out of the tree where systemd-nspawn
+//! mounts and writes), through `toolbox import` and through images, with the host's `/`
+//! mounted private and shared; options from configuration that would take over the
+//! container's root; the images' setuid programs out of other users' reach; parallel
+//! cold and warm starts; processes left in a copy toolbox. Each test that hands hostile
+//! input to toolbox compares a snapshot of the host before and after. Lines starting
+//! `figure ` are read by scripts/reliability for docs/RELIABILITY.md.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// A busybox root filesystem with `links` (path in the tree, target) added, as a tarball.
+fn hostile_rootfs(dir: &Path, name: &str, links: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(name);
+    fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::copy("/bin/busybox", tree.join("usr/bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "true", "ls", "sleep"] {
+        symlink("busybox", tree.join("usr/bin").join(applet)).unwrap();
+    }
+    symlink("usr/bin", tree.join("bin")).unwrap();
+    fs::write(tree.join("etc/os-release"), "ID=hostile\n").unwrap();
+    for (path, target) in links {
+        let at = tree.join(path);
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        let _ = fs::remove_dir_all(&at);
+        symlink(target, &at).unwrap();
+    }
+    let tarball = dir.join(format!("{name}.tar"));
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", describe(&tar));
+    tarball
+}
+
+/// A victim directory beside the toolbox directory, with a file in it.
+fn victim(t: &TestEnv) -> PathBuf {
+    let victim = t.root.join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    fs::write(victim.join("resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+    victim
+}
+
+/// The symlinks each hostile tree carries, `VICTIM` standing for the victim directory.
+const HOSTILE: &[(&str, &str)] = &[
+    ("run", "VICTIM"),
+    ("run", "../../../../../../../../../../../../../..VICTIM"),
+    ("media", "VICTIM"),
+    ("media/root", "/"),
+    ("media/root", "/etc"),
+    ("media/root", "../../../../../../../../../../../../../.."),
+    ("etc/resolv.conf", "VICTIM/resolv.conf"),
+    ("etc/localtime", "VICTIM/localtime"),
+    ("tmp", "VICTIM"),
+    ("var", "VICTIM"),
+    ("dev", "VICTIM"),
+    ("proc", "VICTIM"),
+    ("sys", "VICTIM"),
+    ("usr/local/bin", "VICTIM"),
+];
+
+fn enter(t: &TestEnv, wrapper: &[&str], name: &str) -> Output {
+    t.command_through(wrapper)
+        .env("TOOLBOX_NAME", name)
+        .args([
+            "sh",
+            "-c",
+            "cat /media/root/etc/hostname && ls /run/.toolboxenv",
+        ])
+        .output()
+        .unwrap()
+}
+
+fn assert_entered(out: &Output, case: &str) {
+    assert_eq!(status(out), 0, "{case}: {}", describe(out));
+    let hostname = fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(
+        stdout(out),
+        format!("{hostname}/run/.toolboxenv\n"),
+        "{case}: {}",
+        describe(out)
+    );
+}
+
+// Regression: `media/root -> /` emptied the host's /etc/resolv.conf and created
+// /media/root/{usr,run} and /run/.toolboxenv on the host; `run -> /tmp/victim` (absolute
+// or relative) created /tmp/victim/host/... on the host.
+#[test]
+fn hostile_trees_through_import_leave_the_host_untouched() {
+    let Some(t) = TestEnv::new("host_import", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let victim = victim(&t);
+    let victim_text = victim.display().to_string();
+    let mut entered = 0;
+    for (propagation, wrapper) in ROOT_PROPAGATIONS {
+        for (i, (path, target)) in HOSTILE.iter().enumerate() {
+            let case = format!("{propagation} {path} -> {target}");
+            let target = target.replace("VICTIM", &victim_text);
+            let name = format!("hostile-{propagation}-{i}");
+            let tarball = hostile_rootfs(&t.root, &name, &[(path, &target)]);
+            let before = host_snapshot(&victim);
+            let out = t
+                .command()
+                .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+                .args(["import", "--name", &name])
+                .arg(&tarball)
+                .output()
+                .unwrap();
+            assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
+            let out = enter(&t, wrapper, &name);
+            assert_entered(&out, &case);
+            assert_host_untouched(&before, &victim, &case);
+            // Said once, when the tree was mended; the next entry finds nothing to do.
+            let again = enter(&t, wrapper, &name);
+            assert_entered(&again, &case);
+            assert!(
+                toolbox_lines(&again).is_empty(),
+                "{case}: {}",
+                describe(&again)
+            );
+            assert_host_untouched(&before, &victim, &case);
+            entered += 2;
+        }
+    }
+    println!(
+        "figure host-trees via=import trees={} root-propagations=2 entries={entered} host-unchanged={entered}",
+        HOSTILE.len()
+    );
+}
+
+/// `docker import`s a hostile root filesystem as a local image; removed when dropped.
+struct HostileImage(String);
+
+impl HostileImage {
+    fn new(t: &TestEnv, links: &[(&str, &str)]) -> HostileImage {
+        let tarball = hostile_rootfs(&t.root, "image", links);
+        let tag = format!("toolbox-test-hostile-{}:v", std::process::id());
+        docker(&["import", tarball.to_str().unwrap(), &tag]);
+        HostileImage(tag)
+    }
+}
+
+impl Drop for HostileImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
+    let Some(t) = TestEnv::new("host_image", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let victim = victim(&t);
+    let victim_text = victim.display().to_string();
+    let image = HostileImage::new(
+        &t,
+        &[
+            ("media/root", "/"),
+            ("run", &victim_text),
+            ("tmp", "../../../../../../../../../../../../../../tmp"),
+            ("usr/local/bin", &victim_text),
+        ],
+    );
+    let mut entered = 0;
+    for storage in ["copy", "overlay"] {
+        for (propagation, wrapper) in ROOT_PROPAGATIONS {
+            let case = format!("{storage} {propagation}");
+            let name = format!("image-{storage}-{propagation}");
+            let before = host_snapshot(&victim);
+            let out = t
+                .command_through(wrapper)
+                .env("TOOLBOX_DOCKER_IMAGE", &image.0)
+                .env("TOOLBOX_STORAGE", storage)
+                .env("TOOLBOX_NAME", &name)
+                .args([
+                    "sh",
+                    "-c",
+                    "cat /media/root/etc/hostname && ls /run/.toolboxenv",
+                ])
+                .output()
+                .unwrap();
+            assert_entered(&out, &case);
+            let said = toolbox_lines(&out).join("\n");
+            for path in ["/media/root", "/run", "/usr/local/bin"] {
+                assert!(
+                    said.contains(&format!("replaced the symlink `{path}`")),
+                    "{case}: {said}"
+                );
+            }
+            assert_host_untouched(&before, &victim, &case);
+            let out = t.run(["rm", "--force", &format!("tester-{name}")]);
+            assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
+            entered += 1;
+        }
+    }
+    println!(
+        "figure host-trees via=image storage=copy,overlay root-propagations=2 entries={entered} repaired={entered} host-unchanged={entered}"
+    );
+}
+
+#[test]
+fn options_that_would_take_over_the_root_are_refused() {
+    let Some(t) = TestEnv::new("host_options", BUSYBOX_IMAGE) else {
+        return;
+    };
+    assert_eq!(status(&t.run(["true"])), 0);
+    let victim = victim(&t);
+    let mut refused = 0;
+    for (key, value, says) in [
+        (
+            "TOOLBOX_ENV",
+            "--directory=/tmp/..",
+            "TOOLBOX_ENV: `--directory=/tmp/..`: --directory is toolbox's",
+        ),
+        (
+            "TOOLBOX_FLAGS",
+            "-D /tmp/..",
+            "TOOLBOX_FLAGS: `-D /tmp/..`: --directory is toolbox's",
+        ),
+        (
+            "TOOLBOX_FLAGS",
+            "--image=/dev/sda",
+            "TOOLBOX_FLAGS: `--image=/dev/sda`: --image is toolbox's",
+        ),
+        (
+            "TOOLBOX_ENV",
+            "--machine=x --template=/",
+            "TOOLBOX_ENV: `--machine=x`: --machine is toolbox's",
+        ),
+        (
+            "TOOLBOX_ENV",
+            "--ephemeral",
+            "TOOLBOX_ENV: `--ephemeral`: --ephemeral is toolbox's",
+        ),
+        (
+            "TOOLBOX_ENV",
+            "EDITOR=vi",
+            "TOOLBOX_ENV: `EDITOR=vi`: not an option",
+        ),
+        (
+            "TOOLBOX_ENV",
+            "-- /bin/rm -rf /media/root",
+            "TOOLBOX_ENV: `--`: not an option",
+        ),
+        (
+            "TOOLBOX_BIND",
+            "--bind=/:/media/root --bind=/tmp:/media/root/..",
+            "TOOLBOX_BIND: `--bind=/tmp:/media/root/..` would cover /media/root",
+        ),
+        (
+            "TOOLBOX_BIND",
+            "--bind=/:/media/root --bind=/tmp:/run",
+            "TOOLBOX_BIND: `--bind=/tmp:/run` would cover /run",
+        ),
+        (
+            "TOOLBOX_BIND",
+            "--bind=/:/media/root --bind=/srv:/media/root/no-such-directory-here",
+            "`--bind=/srv:/media/root/no-such-directory-here`: /no-such-directory-here is not a \
+             directory or file on the host",
+        ),
+    ] {
+        let before = host_snapshot(&victim);
+        let out = t.command().env(key, value).args(["true"]).output().unwrap();
+        assert_eq!(status(&out), 125, "{value}: {}", describe(&out));
+        let lines = toolbox_lines(&out);
+        assert_eq!(lines.len(), 1, "{value}: {}", describe(&out));
+        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+        assert_host_untouched(&before, &victim, value);
+        refused += 1;
+    }
+    println!(
+        "figure host-options refused={refused} one-line-125={refused} host-unchanged={refused}"
+    );
+}
+
+// Real configurations keep working: Flatcar's flags and binds, COS's trailing slashes,
+// binds of the host's resolv.conf (which systemd-nspawn is then told not to overwrite).
+#[test]
+fn real_world_configurations_still_run() {
+    let Some(t) = TestEnv::new("host_real_configs", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let victim = victim(&t);
+    let mut ran = 0;
+    for (key, value, check) in [
+        (
+            "TOOLBOX_FLAGS",
+            "--system-call-filter=bpf --capability=CAP_SYS_ADMIN",
+            "true",
+        ),
+        (
+            "TOOLBOX_BIND",
+            "--bind=/:/media/root/ --bind=/usr:/media/root/usr --bind=/run:/media/root/run \
+             --bind=/var/:/var/ --bind-ro=/etc/resolv.conf",
+            "cat /etc/resolv.conf && test -d /var/lib",
+        ),
+        (
+            "TOOLBOX_ENV",
+            "--setenv=GREETING=hello -E OTHER=x --system-call-filter=perf_event_open",
+            "test \"$GREETING\" = hello",
+        ),
+        (
+            "TOOLBOX_BIND",
+            "--bind=/:/media/root --bind=/etc:/etc",
+            "test -s /etc/resolv.conf",
+        ),
+    ] {
+        let before = host_snapshot(&victim);
+        let resolv = fs::read("/etc/resolv.conf").unwrap();
+        let out = t
+            .command()
+            .env(key, value)
+            .args(["sh", "-c", check])
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{value}: {}", describe(&out));
+        assert_eq!(fs::read("/etc/resolv.conf").unwrap(), resolv, "{value}");
+        assert_host_untouched(&before, &victim, value);
+        ran += 1;
+    }
+    println!("figure host-real-configs ran={ran} host-unchanged={ran}");
+}
+
+/// Runs `program` with `args` as user `nobody`; its output. (Not `setpriv`, whose own
+/// exec of the program still passed a root-only directory here.)
+fn as_nobody(program: &Path, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+// Regression: the toolbox directory was 0755, so any local user ran the images' setuid
+// programs with root's effective UID through the tree's path.
+#[test]
+fn other_users_cannot_reach_the_images_setuid_programs() {
+    let Some(t) = TestEnv::new("host_setuid", BUSYBOX_IMAGE) else {
+        return;
+    };
+    // An image with a setuid-root `id`, which prints the effective user ID.
+    let dir = t.root.join("setuid");
+    fs::create_dir_all(dir.join("usr/bin")).unwrap();
+    fs::copy("/bin/busybox", dir.join("usr/bin/busybox")).unwrap();
+    symlink("busybox", dir.join("usr/bin/true")).unwrap();
+    let id = dir.join("usr/bin/suid-id");
+    fs::copy("/usr/bin/id", &id).unwrap();
+    fs::set_permissions(&id, fs::Permissions::from_mode(0o4755)).unwrap();
+    let tarball = t.root.join("setuid.tar");
+    let tar = Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&dir)
+        .args(["-cf"])
+        .arg(&tarball)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{}", describe(&tar));
+    let tag = format!("toolbox-test-setuid-{}:v", std::process::id());
+    docker(&["import", tarball.to_str().unwrap(), &tag]);
+    let _image = Tag(tag.clone());
+    // Only the toolbox directory's own mode may keep `nobody` out.
+    for open in [&t.root, &t.home] {
+        fs::set_permissions(open, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    let out = t
+        .command()
+        .env("TOOLBOX_DOCKER_IMAGE", &tag)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let in_tree = t.tree().join("usr/bin/suid-id");
+    let mode = fs::metadata(&in_tree).unwrap().permissions().mode();
+    assert_eq!(mode & 0o4000, 0o4000, "the image's setuid bit was kept");
+    let directory_mode =
+        |t: &TestEnv| fs::metadata(&t.toolboxes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(directory_mode(&t), 0o700, "a new toolbox directory");
+    let out = as_nobody(&in_tree, &["-u"]);
+    assert_ne!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        describe(&out)
+    );
+
+    // A directory made 0755 by the CoreOS script or an older toolbox: the hazard is real...
+    fs::set_permissions(&t.toolboxes, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = as_nobody(&in_tree, &["-u"]);
+    assert_eq!(stdout(&out), "0\n", "{}", describe(&out));
+    // ...until the next entry tightens it, saying so.
+    let out = t
+        .command()
+        .env("TOOLBOX_DOCKER_IMAGE", &tag)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let said = toolbox_lines(&out).join("\n");
+    assert!(said.contains("accessible to root only"), "{said}");
+    assert_eq!(directory_mode(&t), 0o700);
+    let out = as_nobody(&in_tree, &["-u"]);
+    assert_ne!(status(&out), 0, "{}", describe(&out));
+    assert_ne!(stdout(&out), "0\n");
+    println!("figure host-setuid directories=new,0755-tightened nobody-denied=2");
+}
+
+// Regression: of eight parallel first starts, some failed with "Failed to create mount
+// point .../media/root: File exists" (copy) or exit 127 "command not found" (overlay,
+// looked up before the overlay was mounted).
+#[test]
+fn parallel_cold_and_warm_starts_never_fail() {
+    let Some(t) = TestEnv::new("host_parallel", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let starts = |storage: &str, command: &str| -> Vec<Output> {
+        let children: Vec<_> = (0..8)
+            .map(|i| {
+                t.command()
+                    .env("TOOLBOX_STORAGE", storage)
+                    .args(["sh", "-c", &format!("{command}; echo {i}")])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect()
+    };
+    let mut runs = 0;
+    for storage in ["copy", "overlay"] {
+        for round in 0..3 {
+            for (kind, command) in [("cold", "true"), ("warm", "sleep 0.$((RANDOM % 5))")] {
+                for (i, out) in starts(storage, command).iter().enumerate() {
+                    let case = format!("{storage} round {round} {kind} start {i}");
+                    assert_eq!(status(out), 0, "{case}: {}", describe(out));
+                    assert_eq!(stdout(out), format!("{i}\n"), "{case}: {}", describe(out));
+                    runs += 1;
+                }
+            }
+            let out = t.run(["rm", &t.toolbox_name()]);
+            assert_eq!(status(&out), 0, "{}", describe(&out));
+        }
+    }
+    assert_eq!(runs, 96);
+    println!("figure host-parallel storage=copy,overlay rounds=3 starts={runs} failed=0");
+}
+
+// Regression: a process left running in a copy toolbox (`setsid ... &`) was not seen, and
+// `rm` deleted the tree under it.
+#[test]
+fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
+    let Some(t) = TestEnv::new("host_lingering", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let tag = Tag::new("host-lingering", BUSYBOX_IMAGE);
+    let marker = "sleep 4343";
+    let out = t
+        .command()
+        .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
+        .args([
+            "busybox",
+            "sh",
+            "-c",
+            &format!("setsid {marker} </dev/null >/dev/null 2>&1 & echo started"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let lingering = || {
+        Command::new("pgrep")
+            .args(["-f", &format!("^{marker}$")])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(lingering(), "the background process did not start");
+
+    let out = t.run(["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still run"),
+        "{}",
+        describe(&out)
+    );
+    assert!(t.tree().join(".toolbox.json").exists());
+
+    // A new image under the toolbox's tag: update would replace the tree.
+    tag.point_at(&import_marker_image("host-lingering"));
+    let update = |force: bool| {
+        let mut command = t.command();
+        command.env("TOOLBOX_DOCKER_IMAGE", &tag.0).arg("update");
+        if force {
+            command.arg("--force");
+        }
+        command.output().unwrap()
+    };
+    let out = update(false);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still run"),
+        "{}",
+        describe(&out)
+    );
+    assert!(lingering());
+    let out = update(true);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!lingering(), "update --force ends it");
+
+    let out = t
+        .command()
+        .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
+        .args([
+            "busybox",
+            "sh",
+            "-c",
+            &format!("setsid {marker} </dev/null >/dev/null 2>&1 & echo started"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(lingering());
+    let out = t.run(["rm", "--force", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!lingering(), "rm --force ends it");
+    assert!(!t.tree().exists());
+    println!("figure host-lingering refused=rm,update ended-by=update--force,rm--force");
+}
