@@ -166,15 +166,24 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
     };
     let victim = victim(&t);
     let victim_text = victim.display().to_string();
-    let image = HostileImage::new(
-        &t,
-        &[
-            ("media/root", "/"),
-            ("run", &victim_text),
-            ("tmp", "../../../../../../../../../../../../../../tmp"),
-            ("usr/local/bin", &victim_text),
-        ],
-    );
+    let in_victim = |name: &str| format!("{victim_text}/{name}");
+    // Every link of HOSTILE that one tree can hold at once.
+    let links = [
+        ("media/root", "/".to_string()),
+        ("run", victim_text.clone()),
+        (
+            "tmp",
+            "../../../../../../../../../../../../../../tmp".to_string(),
+        ),
+        ("usr/local/bin", victim_text.clone()),
+        ("etc/localtime", in_victim("localtime")),
+        ("var", in_victim("var")),
+        ("dev", in_victim("dev")),
+        ("proc", in_victim("proc")),
+        ("sys", in_victim("sys")),
+    ];
+    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let image = HostileImage::new(&t, &links);
     let mut entered = 0;
     for storage in ["copy", "overlay"] {
         for (propagation, wrapper) in ROOT_PROPAGATIONS {
@@ -195,7 +204,8 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
                 .unwrap();
             assert_entered(&out, &case);
             let said = toolbox_lines(&out).join("\n");
-            for path in ["/media/root", "/run", "/usr/local/bin"] {
+            // (The engine's export makes /dev, /proc and /sys directories of its own.)
+            for path in ["/media/root", "/run", "/tmp", "/usr/local/bin", "/var"] {
                 assert!(
                     said.contains(&format!("replaced the symlink `{path}`")),
                     "{case}: {said}"
