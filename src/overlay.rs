@@ -214,20 +214,7 @@ pub fn processes(toolbox: &Path, proc_root: &Path) -> Result<Vec<i32>> {
     let device = fs::metadata(&root)
         .with_context(|| format!("cannot inspect {}", root.display()))?
         .dev();
-    let entries =
-        fs::read_dir(proc_root).with_context(|| format!("cannot list {}", proc_root.display()))?;
-    let mut pids = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        // `/proc/PID/root` leads to the process's root directory, in its own namespace.
-        if fs::metadata(entry.path().join("root")).is_ok_and(|m| m.dev() == device) {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    Ok(pids)
+    crate::session::processes_rooted(proc_root, |meta| meta.dev() == device)
 }
 
 /// Disk space an overlay toolbox uses: its own directories, not the image's layers.

@@ -119,6 +119,15 @@ pub fn rooted_at(root: &Path, proc_root: &Path) -> Result<Vec<i32>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", root.display())),
     };
+    processes_rooted(proc_root, |meta| (meta.dev(), meta.ino()) == wanted)
+}
+
+/// The processes whose root directory (`/proc/PID/root`, in the process's own mount
+/// namespace) `rooted` accepts, in PID order.
+pub fn processes_rooted(
+    proc_root: &Path,
+    rooted: impl Fn(&fs::Metadata) -> bool,
+) -> Result<Vec<i32>> {
     let entries =
         fs::read_dir(proc_root).with_context(|| format!("cannot list {}", proc_root.display()))?;
     let mut pids = Vec::new();
@@ -126,7 +135,7 @@ pub fn rooted_at(root: &Path, proc_root: &Path) -> Result<Vec<i32>> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        if fs::metadata(entry.path().join("root")).is_ok_and(|m| (m.dev(), m.ino()) == wanted) {
+        if fs::metadata(entry.path().join("root")).is_ok_and(|m| rooted(&m)) {
             pids.push(pid);
         }
     }

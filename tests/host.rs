@@ -488,23 +488,12 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     let out = t
         .command()
         .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-        .args([
-            "busybox",
-            "sh",
-            "-c",
-            &format!("setsid {marker} </dev/null >/dev/null 2>&1 & echo started"),
-        ])
+        .args(leave_running(marker))
         .output()
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
-    let lingering = || {
-        Command::new("pgrep")
-            .args(["-f", &format!("^{marker}$")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    };
+    let pattern = format!("^{marker}$");
+    let lingering = || running(&pattern);
     assert!(lingering(), "the background process did not start");
 
     let out = t.run(["rm", &t.toolbox_name()]);
@@ -541,12 +530,7 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     let out = t
         .command()
         .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-        .args([
-            "busybox",
-            "sh",
-            "-c",
-            &format!("setsid {marker} </dev/null >/dev/null 2>&1 & echo started"),
-        ])
+        .args(leave_running(marker))
         .output()
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));

@@ -40,15 +40,6 @@ fn anchors(t: &TestEnv) -> Vec<String> {
 }
 
 /// Whether a process whose command line matches `pattern` (pgrep -f) runs.
-fn running(pattern: &str) -> bool {
-    Command::new("pgrep")
-        .args(["-f", "--", pattern])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
 fn metadata(t: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap()
 }

@@ -273,6 +273,27 @@ pub fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
     None
 }
 
+/// Whether a process whose command line matches `pattern` (`pgrep -f`) runs.
+pub fn running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", "--", pattern])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A toolbox command line that leaves `command` running in the background after the
+/// session, as `setsid CMD &` in a shell does (busybox's shell: any image has it).
+pub fn leave_running(command: &str) -> [String; 4] {
+    [
+        "busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("setsid {command} </dev/null >/dev/null 2>&1 & echo started"),
+    ]
+}
+
 /// A unique local tag for `image`, removed when dropped.
 pub struct Tag(pub String);
 
