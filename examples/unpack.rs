@@ -9,13 +9,13 @@ fn main() -> anyhow::Result<()> {
     let [_, archive, target] = &args[..] else {
         anyhow::bail!("usage: unpack ARCHIVE EMPTY_DIR");
     };
-    let mut options = toolbox::unpack::Options::for_this_host();
+    let mut options = toolbox::store::unpack::Options::for_this_host();
     if let Ok(workers) = std::env::var("UNPACK_WORKERS") {
         options.workers = workers.parse()?;
     }
     let started = Instant::now();
     let file = std::fs::File::open(archive)?;
-    let stats = toolbox::unpack::unpack(file, std::path::Path::new(target), options)?;
+    let stats = toolbox::store::unpack::unpack(file, std::path::Path::new(target), options)?;
     eprintln!(
         "{} entries, {} bytes in {:.3} s with {} workers",
         stats.entries,

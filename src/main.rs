@@ -1,11 +1,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    toolbox::sys::default_sigpipe();
+    toolbox::sys::signals::default_sigpipe();
     match toolbox::run(std::env::args_os()) {
         Ok(status) => ExitCode::from(status),
         Err(error) => {
-            toolbox::ui::error(format_args!("{error:#}"));
+            toolbox::host::ui::error(format_args!("{error:#}"));
             ExitCode::from(toolbox::exit_status(&error))
         }
     }

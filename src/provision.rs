@@ -10,48 +10,36 @@
 //! cleaned up by the next.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, Bytes};
-use futures_util::FutureExt;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    self, Access, Docker, Engine, Image, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed,
-    short_id,
+    self, Access, Docker, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
 };
-use crate::machine::{self, Metadata, State};
-use crate::overlay::{self, Unusable};
-use crate::plan::{ImageRef, Plan, Storage};
+use crate::exit::Interrupted;
+use crate::host::ui;
+use crate::model::image::{Image, ImageRef};
+use crate::model::plan::{Plan, Storage};
+use crate::store::overlay::{self, Unusable};
+use crate::store::quiesce;
+use crate::store::toolboxes::{self, Metadata, State};
+use crate::store::unpack;
 use crate::sys;
-use crate::ui;
-use crate::unpack;
+use crate::sys::signals::{Caught, STOPPING};
 
 /// Chunks of the export stream in flight between the daemon and the unpacker: bounded,
 /// so memory stays flat whatever the image size.
 const CHANNEL_CHUNKS: usize = 32;
 /// How often unpacking progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-
-/// The creation was stopped by a signal; toolbox exits with 128 + the signal number.
-#[derive(Debug)]
-pub struct Interrupted(pub i32);
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "interrupted by signal {}", self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 /// Which toolbox, from which image.
 #[derive(Debug, Clone)]
@@ -93,13 +81,13 @@ pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> R
     // unreachable daemon or a failed pull leaves the toolbox directory as it was.
     let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
     let image = provisioner.image(&target.image, false)?;
-    let _lock = machine::lock_for_create(&target.directory, &target.name)?;
+    let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
     // Another toolbox process may have created it while this one waited for the lock.
     if ready(&path)? {
         return Ok(false);
     }
     let partial = provisioner.build(target, &image)?;
-    if let Err(e) = machine::install(&partial, &path) {
+    if let Err(e) = toolboxes::install(&partial, &path) {
         // Best effort: the error matters more than a failed cleanup, and the next
         // creation removes any leftover partial tree and anchor anyway.
         provisioner.forget_new_anchor(&partial);
@@ -110,17 +98,6 @@ pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> R
     // whole), but the user asked to stop, so it is not entered.
     provisioner.check_signals()?;
     Ok(true)
-}
-
-/// What entering an existing toolbox does about a changed image (`TOOLBOX_UPDATE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateMode {
-    /// Nothing; no engine is asked.
-    Never,
-    /// Say so.
-    Notify,
-    /// Rebuild it first.
-    Auto,
 }
 
 /// What `update` did.
@@ -142,13 +119,13 @@ pub enum Updated {
 /// sessions, unmounts, and returns the mount lock, held over the swap. A pull that fails
 /// while the image is local updates from the local image, with a warning. `recorded` is
 /// `None` for an adopted CoreOS tree.
-pub fn update(
+fn rebuild(
     target: &Target,
     recorded: Option<&Metadata>,
     access: &Access,
     quiet: bool,
     verbose: bool,
-    prepare: &mut dyn FnMut() -> Result<machine::Lock>,
+    prepare: &mut dyn FnMut() -> Result<toolboxes::Lock>,
 ) -> Result<Updated> {
     let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
     let image = provisioner.image(&target.image, true)?;
@@ -165,10 +142,10 @@ pub fn update(
     if current {
         return Ok(Updated::UpToDate { image_id: image.id });
     }
-    let _lock = machine::lock_for_create(&target.directory, &target.name)?;
+    let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
     let partial = provisioner.build(target, &image)?;
     let path = target.path();
-    let swapped = prepare().and_then(|_mount| machine::swap(&partial, &path));
+    let swapped = prepare().and_then(|_mount| toolboxes::swap(&partial, &path));
     if swapped.is_err() {
         provisioner.forget_new_anchor(&partial);
     }
@@ -184,6 +161,74 @@ pub fn update(
         old_id: recorded.map(|r| r.image_id.clone()),
         new_id: image.id,
     })
+}
+
+/// `toolbox update`: rebuilds `name` from its image when the image's ID changed (see
+/// [`rebuild`]). The toolbox keeps its storage mode unless `--storage` says
+/// otherwise.
+pub fn update(
+    target: &Target,
+    proc_root: &Path,
+    access: &Access,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+    report: &mut dyn Write,
+) -> Result<Updated> {
+    let path = target.path();
+    let recorded = match toolboxes::state(&path)? {
+        State::Complete => Some(toolboxes::read_metadata(&path)?),
+        State::Adopted => None,
+        _ => bail!(
+            "no toolbox `{}` in {}",
+            target.name,
+            target.directory.display()
+        ),
+    };
+    if let Some(from) = recorded.as_ref().and_then(|r| r.imported_from.as_ref()) {
+        bail!(
+            "`{}` was imported from {from}, which no engine updates; import it again \
+             (`toolbox rm {}`, then `toolbox import`)",
+            target.name,
+            target.name
+        );
+    }
+    let mut target = target.clone();
+    if let Some(recorded) = &recorded
+        && !target.storage_demanded
+    {
+        target.storage = recorded.storage();
+    }
+    let target = &target;
+    let mut prepare = || quiesce::quiesce(&target.directory, proc_root, &target.name, force);
+    let updated = rebuild(
+        target,
+        recorded.as_ref(),
+        access,
+        quiet,
+        verbose,
+        &mut prepare,
+    )?;
+    if !quiet {
+        match &updated {
+            Updated::UpToDate { image_id } => writeln!(
+                report,
+                "toolbox `{}` is up to date ({} {})",
+                target.name,
+                target.image.reference(),
+                short_id(image_id)
+            )?,
+            Updated::Rebuilt { old_id, new_id } => writeln!(
+                report,
+                "toolbox `{}` rebuilt from {} ({} -> {})",
+                target.name,
+                target.image.reference(),
+                old_id.as_deref().map(short_id).unwrap_or("adopted"),
+                short_id(new_id)
+            )?,
+        }
+    }
+    Ok(updated)
 }
 
 /// Removes the anchor containers of the toolbox at `path`, which is gone: the daemon may
@@ -220,13 +265,13 @@ pub fn image_changed(
 }
 
 fn ready(path: &Path) -> Result<bool> {
-    match machine::state(path)? {
+    match toolboxes::state(path)? {
         State::Complete | State::Adopted => Ok(true),
         State::Missing | State::Empty => Ok(false),
         State::Foreign => Err(anyhow!(
             "{} exists but is not a toolbox (no {} and no etc/os-release); move it away or choose another --name",
             path.display(),
-            machine::METADATA
+            toolboxes::METADATA
         )),
     }
 }
@@ -235,7 +280,7 @@ fn ready(path: &Path) -> Result<bool> {
 struct Provisioner {
     runtime: tokio::runtime::Runtime,
     engine: Docker,
-    signals: Signals,
+    signals: Caught,
     quiet: bool,
     verbose: bool,
 }
@@ -247,7 +292,9 @@ impl Provisioner {
         if verbose {
             ui::say(engine.describe());
         }
-        let signals = runtime.block_on(async { Signals::catch() })?;
+        let signals = runtime
+            .block_on(async { Caught::catch(&STOPPING) })
+            .context("cannot install signal handlers")?;
         Ok(Provisioner {
             runtime,
             engine,
@@ -270,7 +317,7 @@ impl Provisioner {
         runtime.block_on(async {
             tokio::select! {
                 found = find_image(engine, image, pull, *quiet) => found,
-                interrupted = signals.recv() => Err(interrupted.into()),
+                signal = signals.stopping() => Err(Interrupted(signal.as_raw()).into()),
             }
         })
     }
@@ -280,7 +327,7 @@ impl Provisioner {
     fn build(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         self.clean_up(target)?;
         self.build_in_chosen_storage(target, image).map_err(|e| {
-            if sys::is_no_space(&e) {
+            if crate::store::is_no_space(&e) {
                 let directory = target.directory.display();
                 e.context(format!(
                     "not enough space in {directory} for `{}`",
@@ -316,12 +363,11 @@ impl Provisioner {
     /// Removes what a killed toolbox process left: its partial trees, its export
     /// containers, and anchors no complete toolbox records.
     fn clean_up(&mut self, target: &Target) -> Result<()> {
-        machine::remove_partials(&target.directory, &target.name)?;
+        toolboxes::remove_partials(&target.directory, &target.name)?;
         let path = target.path();
-        let kept = match machine::state(&path)? {
-            State::Complete => machine::read_metadata(&path)?.overlay.map(|o| o.anchor),
-            _ => None,
-        };
+        let kept = toolboxes::complete_metadata(&path)?
+            .and_then(|m| m.overlay)
+            .map(|o| o.anchor);
         let engine = &self.engine;
         self.runtime.block_on(async {
             for (container, labels) in engine
@@ -356,7 +402,7 @@ impl Provisioner {
             &self.engine.endpoint.address,
             &path,
         )?;
-        machine::build_partial(&target.directory, &target.name, |partial| {
+        toolboxes::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
             // filesystem overlayfs cannot write to) means overlay storage does not work here.
@@ -364,7 +410,7 @@ impl Provisioner {
                 Ok(unusable) => unusable,
                 Err(e) => Unusable(format!("{e:#}")),
             })?;
-            let prepared = machine::prepare_tree(&overlay::root(partial));
+            let prepared = toolboxes::prepare_tree(&overlay::root(partial));
             let unmounted = overlay::unmount(partial);
             prepared?;
             unmounted?;
@@ -385,13 +431,13 @@ impl Provisioner {
                 image: reference,
                 image_id: image.id.clone(),
                 created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                overlay: Some(machine::Overlay {
+                overlay: Some(toolboxes::Overlay {
                     layers: image.layers.clone(),
                     anchor: anchor.clone(),
                 }),
                 imported_from: None,
             };
-            machine::finish(partial, &metadata).inspect_err(|_| {
+            toolboxes::finish(partial, &metadata).inspect_err(|_| {
                 let _ = self.remove_container(&anchor);
             })
         })
@@ -405,7 +451,7 @@ impl Provisioner {
 
     /// Removes the anchor of a new overlay toolbox that will not be put in place.
     fn forget_new_anchor(&self, partial: &Path) {
-        if let Ok(metadata) = machine::read_metadata(partial)
+        if let Ok(metadata) = toolboxes::read_metadata(partial)
             && let Some(overlay) = metadata.overlay
         {
             let _ = self.remove_container(&overlay.anchor);
@@ -426,7 +472,7 @@ impl Provisioner {
             quiet: *quiet,
             verbose: *verbose,
         };
-        machine::build_partial(&target.directory, &target.name, |partial| {
+        toolboxes::build_partial(&target.directory, &target.name, |partial| {
             runtime.block_on(create(
                 engine,
                 &reference,
@@ -441,46 +487,10 @@ impl Provisioner {
 
     fn check_signals(&mut self) -> Result<()> {
         let signals = &mut self.signals;
-        match self
-            .runtime
-            .block_on(async { signals.recv().now_or_never() })
-        {
-            Some(interrupted) => Err(interrupted.into()),
+        match self.runtime.block_on(async { signals.pending() }) {
+            Some(signal) => Err(Interrupted(signal.as_raw()).into()),
             None => Ok(()),
         }
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, caught while a creation runs so its container and partial
-/// tree can be removed. `exec` later restores the default dispositions for nspawn.
-struct Signals(Vec<(i32, Signal)>);
-
-impl Signals {
-    fn catch() -> Result<Signals> {
-        let mut caught = Vec::new();
-        for (number, kind) in [
-            (2, SignalKind::interrupt()),
-            (15, SignalKind::terminate()),
-            (1, SignalKind::hangup()),
-        ] {
-            caught.push((
-                number,
-                signal(kind).context("cannot install signal handlers")?,
-            ));
-        }
-        Ok(Signals(caught))
-    }
-
-    async fn recv(&mut self) -> Interrupted {
-        let waits = self.0.iter_mut().map(|(number, signal)| {
-            let number = *number;
-            Box::pin(async move {
-                signal.recv().await;
-                number
-            })
-        });
-        let (number, _, _) = futures_util::future::select_all(waits).await;
-        Interrupted(number)
     }
 }
 
@@ -499,7 +509,7 @@ async fn create<E: Engine>(
     name: &str,
     image_id: &str,
     partial: &Path,
-    signals: &mut Signals,
+    signals: &mut Caught,
     report: Report,
 ) -> Result<()> {
     if !report.quiet {
@@ -540,7 +550,7 @@ async fn create<E: Engine>(
         imported_from: None,
     };
     let flushing = Instant::now();
-    machine::complete(partial, &metadata)?;
+    toolboxes::complete(partial, &metadata)?;
     if report.verbose {
         ui::say(format_args!(
             "completed and flushed to disk in {:.2} s",
@@ -587,7 +597,7 @@ async fn export_into<E: Engine>(
     engine: &E,
     container: &str,
     partial: &Path,
-    signals: &mut Signals,
+    signals: &mut Caught,
     quiet: bool,
 ) -> Result<unpack::Stats> {
     let (sender, receiver) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
@@ -617,7 +627,7 @@ async fn export_into<E: Engine>(
     };
     let exported = tokio::select! {
         exported = engine.export(container, &sender) => exported,
-        interrupted = signals.recv() => Err(interrupted.into()),
+        signal = signals.stopping() => Err(Interrupted(signal.as_raw()).into()),
         never = show => match never {},
     };
     // Dropping the sender ends the stream, and the unpacker with it.

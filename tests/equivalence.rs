@@ -55,11 +55,11 @@ fn toolbox_unpacks_an_export_exactly_as_gnu_tar() {
     for workers in [0, 2] {
         let ours = t.root.join(format!("ours-{workers}"));
         fs::create_dir(&ours).unwrap();
-        let options = toolbox::unpack::Options {
+        let options = toolbox::store::unpack::Options {
             preserve_owners: true,
             workers,
         };
-        toolbox::unpack::unpack(fs::File::open(&archive).unwrap(), &ours, options).unwrap();
+        toolbox::store::unpack::unpack(fs::File::open(&archive).unwrap(), &ours, options).unwrap();
         let actual = listing(&ours);
         let differences = differences(&expected, &actual, ("tar", "toolbox"));
         assert!(

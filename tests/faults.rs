@@ -84,7 +84,7 @@ fn reach(t: &TestEnv, child: &mut Child, point: Point) -> bool {
             Point::ContainerCreated => !t.containers().is_empty(),
             Point::Unpacked(n) => partial(t).is_some_and(|p| unpacked(&p) >= n),
             Point::Completed => {
-                partial(t).is_some_and(|p| p.join(toolbox::machine::METADATA).exists())
+                partial(t).is_some_and(|p| p.join(toolbox::store::toolboxes::METADATA).exists())
             }
         };
         if reached {
@@ -101,7 +101,7 @@ fn reach(t: &TestEnv, child: &mut Child, point: Point) -> bool {
 }
 
 fn kill_9(child: &mut Child) {
-    toolbox::sys::signal(child.id() as i32, rustix::process::Signal::KILL);
+    toolbox::sys::signals::send(child.id() as i32, rustix::process::Signal::KILL);
     child.wait().unwrap();
 }
 
@@ -109,7 +109,7 @@ fn kill_9(child: &mut Child) {
 fn assert_absent_or_whole(t: &TestEnv, when: &str) {
     let tree = t.tree();
     assert!(
-        !tree.exists() || tree.join(toolbox::machine::METADATA).exists(),
+        !tree.exists() || tree.join(toolbox::store::toolboxes::METADATA).exists(),
         "{when}: a half tree under the real name"
     );
 }
@@ -200,7 +200,7 @@ fn sigkill_during_update_and_rm() {
         reach(&t, &mut update, point);
         kill_9(&mut update);
         // The old toolbox or the new one, whole.
-        let meta = fs::read_to_string(t.tree().join(toolbox::machine::METADATA)).unwrap();
+        let meta = fs::read_to_string(t.tree().join(toolbox::store::toolboxes::METADATA)).unwrap();
         let is_new = t.tree().join("data").exists();
         assert_eq!(t.tree().join("mine").exists(), !is_new, "{when}: {meta}");
         let out = t.run(["update"]);
@@ -251,7 +251,7 @@ fn interrupt(t: &TestEnv, point: Option<Point>, signal: rustix::process::Signal)
         // Pulling: the daemon has the layer half downloaded and waits for the rest.
         None => std::thread::sleep(Duration::from_secs(2)),
     }
-    toolbox::sys::signal(child.id() as i32, signal);
+    toolbox::sys::signals::send(child.id() as i32, signal);
     let out = child.wait_with_output().unwrap();
     let number = signal.as_raw();
     let when = format!("signal {number} at {point:?}");

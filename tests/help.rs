@@ -167,7 +167,7 @@ fn man_renders_the_generated_pages() {
         assert!(toolbox_page.contains(text), "toolbox(1) lacks {text}");
     }
     let conf_page = render("man5/toolbox.conf.5");
-    for key in toolbox::config::KEYS {
+    for key in toolbox::model::config::KEYS {
         assert!(
             conf_page.contains(key.name),
             "toolbox.conf(5) lacks {}",

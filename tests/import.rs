@@ -59,8 +59,10 @@ fn image_id(image: &str) -> String {
 }
 
 fn recorded(tree: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(tree.join(toolbox::machine::METADATA)).unwrap())
-        .unwrap()
+    serde_json::from_str(
+        &fs::read_to_string(tree.join(toolbox::store::toolboxes::METADATA)).unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -236,7 +238,7 @@ fn an_interrupted_import_leaves_nothing() {
                 })
             })
         });
-        toolbox::sys::signal(child.id() as i32, signal);
+        toolbox::sys::signals::send(child.id() as i32, signal);
         let out = child.wait_with_output().unwrap();
         let number = signal.as_raw();
         assert_eq!(status(&out), 128 + number, "{}", describe(&out));

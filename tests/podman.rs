@@ -98,7 +98,7 @@ fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
 }
 
 fn recorded_id(tree: &Path) -> String {
-    let metadata = fs::read_to_string(tree.join(toolbox::machine::METADATA)).unwrap();
+    let metadata = fs::read_to_string(tree.join(toolbox::store::toolboxes::METADATA)).unwrap();
     let metadata: serde_json::Value = serde_json::from_str(&metadata).unwrap();
     metadata["image_id"].as_str().unwrap().to_string()
 }
@@ -251,7 +251,7 @@ fn oci_layouts_and_archives_from_podman_import_alike() {
         assert_eq!(recorded_id(&imported), format!("sha256:{id}"), "{format}");
         // What toolbox adds at creation, with its own time.
         let mut tree = listing(&imported);
-        tree.remove(toolbox::machine::METADATA);
+        tree.remove(toolbox::store::toolboxes::METADATA);
         tree.remove("etc/os-release");
         tree
     };

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use toolbox::config::Settings;
+use toolbox::model::config::Settings;
 use toolbox::host::Env;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,8 +9,8 @@
 mod scratch;
 
 use libfuzzer_sys::fuzz_target;
-use toolbox::import::{self, Archive};
-use toolbox::unpack::{self, Options};
+use toolbox::store::import::{self, Archive};
+use toolbox::store::unpack::{self, Options};
 
 fuzz_target!(|data: &[u8]| {
     let scratch = scratch::Scratch::new();

@@ -8,7 +8,7 @@
 mod scratch;
 
 use libfuzzer_sys::fuzz_target;
-use toolbox::unpack::{self, Options};
+use toolbox::store::unpack::{self, Options};
 
 fuzz_target!(|data: &[u8]| {
     let scratch = scratch::Scratch::new();

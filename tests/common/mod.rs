@@ -481,7 +481,7 @@ impl VfsDaemon {
             .collect();
         let _ = self.child.kill();
         for pid in children {
-            toolbox::sys::signal(pid, rustix::process::Signal::KILL);
+            toolbox::sys::signals::send(pid, rustix::process::Signal::KILL);
         }
         let _ = self.child.wait();
     }
@@ -507,7 +507,7 @@ impl VfsDaemon {
 
 impl Drop for VfsDaemon {
     fn drop(&mut self) {
-        toolbox::sys::signal(self.child.id() as i32, rustix::process::Signal::TERM);
+        toolbox::sys::signals::send(self.child.id() as i32, rustix::process::Signal::TERM);
         if wait_exit(&mut self.child).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -1,0 +1,163 @@
+//! context: everything a run reads once at its start (environment, host files, the invoking
+//! user, settings with the command line's options applied) and the few decisions every
+//! command shares: how verbose, whether secrets are shown, how to become root.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::app::cli::Options;
+use crate::app::sudo;
+use crate::engine::{self, Access};
+use crate::host::ui;
+use crate::host::{Env, HostPaths, Invoker};
+use crate::model::config::{self, Settings};
+use crate::model::plan::{self, Payload, Plan};
+use crate::sys;
+
+/// Everything read once at start: environment, host files, the invoking user, settings.
+pub struct RunContext {
+    pub env: Env,
+    pub paths: HostPaths,
+    /// The host's `/etc/passwd`, read once.
+    pub passwd: String,
+    pub invoker: Invoker,
+    pub files: Vec<PathBuf>,
+    pub settings: Settings,
+    pub dry_run: bool,
+    pub show_secrets: bool,
+    pub runtime: plan::Runtime,
+    /// `--rm`: a throwaway SPC.
+    pub throwaway: bool,
+    pub use_run_label: bool,
+    /// How to reach the container engine, when one is needed.
+    pub access: Access,
+    pub verbosity: i8,
+    /// The arguments after the program name, to re-run them through sudo.
+    pub args: Vec<OsString>,
+}
+
+impl RunContext {
+    /// Reads everything; `report` prints the settings' warnings (and, verbose, the files
+    /// read).
+    pub fn load(options: &Options, args: &[OsString], report: bool) -> Result<RunContext> {
+        let env = Env::from_process();
+        let paths = HostPaths::default();
+        let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
+        let invoker = Invoker::identify(&env, &passwd, sys::euid());
+        let files = config::files(&paths, &env, &invoker);
+        let mut settings = Settings::load(&files, &env, config::Trust::of(&invoker, sys::euid()))?;
+        let overrides = [
+            (config::IMAGE, "--image", options.image.clone()),
+            (config::TAG, "--tag", options.tag.clone()),
+            (config::NAME, "--name", options.name.clone()),
+            (config::USER, "--user", options.user.clone()),
+            (config::STORAGE, "--storage", options.storage.clone()),
+            (config::ENGINE, "--engine", options.engine.clone()),
+            (config::RUNTIME, "--runtime", options.runtime.clone()),
+            (
+                config::DIRECTORY,
+                "--directory",
+                options.directory.as_ref().map(|d| d.display().to_string()),
+            ),
+        ];
+        for (key, flag, value) in overrides {
+            if let Some(value) = value {
+                settings.set_option(key, flag, value);
+            }
+        }
+        let verbosity = if options.quiet {
+            -1
+        } else {
+            options.verbose.min(2) as i8
+        };
+        let engine = settings.setting(config::ENGINE);
+        let choice = engine::Choice::parse(&engine.value).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: TOOLBOX_ENGINE must be docker, podman or auto, not `{}`",
+                engine.origin,
+                engine.value
+            )
+        })?;
+        let runtime = plan::Runtime::of(&settings)?;
+        if runtime != plan::Runtime::Spc {
+            for (given, flag) in [
+                (options.throwaway, "--rm"),
+                (options.use_run_label, "--use-run-label"),
+            ] {
+                if given {
+                    bail!("{flag} needs the spc runtime (--runtime spc or TOOLBOX_RUNTIME=spc)");
+                }
+            }
+        }
+        let access = Access {
+            choice,
+            sockets: engine::Sockets::for_host(&env),
+            env: env.clone(),
+        };
+        let ctx = RunContext {
+            access,
+            env,
+            paths,
+            passwd,
+            invoker,
+            files,
+            settings,
+            dry_run: options.dry_run,
+            show_secrets: options.show_secrets,
+            runtime,
+            throwaway: options.throwaway,
+            use_run_label: options.use_run_label,
+            verbosity,
+            args: args.to_vec(),
+        };
+        if report && !ctx.quiet() {
+            for warning in &ctx.settings.warnings {
+                ui::warn(warning);
+            }
+        }
+        if report && ctx.verbose() {
+            for file in &ctx.settings.files_read {
+                ui::say(format_args!("read settings from {}", file.display()));
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// A command as printed: secrets hidden unless `--show-secrets`.
+    pub fn shown(&self, command: &impl std::fmt::Display) -> String {
+        ui::shown(command, self.show_secrets)
+    }
+
+    pub fn quiet(&self) -> bool {
+        self.verbosity < 0
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.verbosity > 0
+    }
+
+    pub fn plan(&self, payload: Payload) -> Result<Plan> {
+        Plan::resolve(&self.settings, &self.invoker.name, payload)
+    }
+
+    pub fn directory(&self) -> Result<PathBuf> {
+        Ok(self.plan(Payload::Shell)?.directory)
+    }
+
+    /// Run as a normal user, toolbox re-runs itself through `TOOLBOX_SUDO`.
+    pub fn become_root(&self) -> Result<()> {
+        if sys::is_root() {
+            return Ok(());
+        }
+        let sudo = self.settings.words(config::SUDO)?;
+        if self.verbose() {
+            ui::say(format_args!(
+                "not root; re-running through `{}`",
+                sudo.join(" ")
+            ));
+        }
+        match sudo::reexec(&sudo, &self.args, &self.env)? {}
+    }
+}

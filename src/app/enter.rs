@@ -1,0 +1,109 @@
+//! enter: the default action, a session in the toolbox (`toolbox`, `toolbox CMD`,
+//! `toolbox run`, `-c`): what to run, then the runtime that runs it.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::app::cli::Action;
+use crate::app::context::RunContext;
+use crate::host::ui;
+use crate::model::plan::{Payload, Runtime, UpdateMode};
+use crate::runtime::nspawn::enter::{self, Session};
+use crate::runtime::spc;
+use crate::sys;
+
+/// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Enters the toolbox, creating it first if needed. On the normal path for a copy
+/// toolbox this never returns: the process becomes systemd-nspawn.
+pub fn run(ctx: &RunContext, payload: Payload) -> Result<u8> {
+    if ctx.runtime == Runtime::Spc {
+        return spc(ctx, payload);
+    }
+    let entry = enter::prepare(
+        ctx.plan(payload)?,
+        &ctx.env,
+        &ctx.paths,
+        !ctx.dry_run && sys::is_root(),
+    )?;
+    if ctx.dry_run {
+        println!("{}", ctx.shown(&entry.command(ctx.quiet())));
+        return Ok(0);
+    }
+    ctx.become_root()?;
+    let session = Session {
+        access: &ctx.access,
+        paths: &ctx.paths,
+        passwd: &ctx.passwd,
+        update: UpdateMode::of(&ctx.settings)?,
+        update_interval: UpdateMode::interval(&ctx.settings)?,
+        verbosity: ctx.verbosity,
+        show_secrets: ctx.show_secrets,
+    };
+    enter::enter(entry, &session)
+}
+
+/// Runs a session in the toolbox's super privileged container (see `spc`).
+fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
+    let plan = ctx.plan(payload)?;
+    let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
+    let privilege = match sys::capability_bounding_set(&ctx.paths.proc) {
+        Some((bounding, last)) => spc::Privilege::for_bounding_set(bounding, last),
+        None => spc::Privilege::Full,
+    };
+    let resolve = |run_label| {
+        spc::Spc::resolve(
+            &ctx.settings,
+            &plan,
+            spc::Inputs {
+                env: &ctx.env,
+                passwd: &ctx.passwd,
+                exe: &exe.display().to_string(),
+                privilege,
+                tty: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+                throwaway: ctx.throwaway,
+                run_label,
+                use_run_label: ctx.use_run_label,
+            },
+        )
+    };
+    if ctx.dry_run {
+        let run_label = match spc::session::run_label(&plan.image, &ctx.access, ENGINE_TIMEOUT) {
+            Ok(label) => label,
+            Err(e) => {
+                ui::warn(format_args!("{e:#}; its RUN label, if any, is not shown"));
+                None
+            }
+        };
+        println!("{}", ctx.shown(&resolve(run_label)?));
+        return Ok(0);
+    }
+    ctx.become_root()?;
+    let options = spc::session::Options {
+        update: UpdateMode::of(&ctx.settings)?,
+        quiet: ctx.quiet(),
+        verbose: ctx.verbose(),
+    };
+    spc::session::enter(&plan.image, resolve, &ctx.access, &plan.directory, options)
+}
+
+/// What to run: a login shell, a command, or `-c SCRIPT` as `/bin/sh -c SCRIPT`.
+pub fn payload(shell_command: Option<OsString>, action: Option<Action>) -> Payload {
+    let command = match action {
+        Some(Action::Run { command }) | Some(Action::External(command)) => command,
+        _ => Vec::new(),
+    };
+    match shell_command {
+        Some(script) => {
+            let mut words = vec![OsString::from("/bin/sh"), OsString::from("-c"), script];
+            words.extend(command);
+            Payload::Command(words)
+        }
+        None if command.is_empty() => Payload::Shell,
+        None => Payload::Command(command),
+    }
+}

@@ -1,0 +1,124 @@
+//! names: which toolbox a user named on the command line, among the toolbox directory's
+//! trees and its super privileged containers (`rm`, `update`).
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::app::DAEMON_TIMEOUT;
+use crate::engine::Access;
+use crate::host::ui;
+use crate::model::plan::Runtime;
+use crate::runtime::spc;
+use crate::store::toolboxes::{self, State};
+
+/// Finds the toolbox a user named: the directory name `list` shows, or, failing that,
+/// `USER-NAME` as `--name NAME` would have made it.
+pub fn resolve_name(directory: &Path, user: &str, name: &str) -> Result<String> {
+    for candidate in [name.to_string(), format!("{user}-{name}")] {
+        let valid = !candidate.starts_with('.') && !candidate.contains('/');
+        if valid
+            && matches!(
+                toolboxes::state(&directory.join(&candidate))?,
+                State::Complete | State::Adopted
+            )
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(anyhow!(
+        "no toolbox `{name}` in {}; see `toolbox list`",
+        directory.display()
+    ))
+}
+
+/// A toolbox a user named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// A tree in the toolbox directory (the nspawn runtime).
+    Tree(String),
+    /// A persistent super privileged container of the toolbox directory.
+    Spc(String),
+}
+
+impl Named {
+    pub fn name(&self) -> &str {
+        match self {
+            Named::Tree(name) | Named::Spc(name) => name,
+        }
+    }
+}
+
+/// Every toolbox of `directory` (`rm --all`): its trees, and its super privileged
+/// containers if an engine answers (else they are left, with a warning unless `quiet`).
+pub fn every_toolbox(directory: &Path, access: &Access, quiet: bool) -> Result<Vec<Named>> {
+    let mut all: Vec<_> = toolboxes::list(directory)?
+        .into_iter()
+        .map(|(name, _)| Named::Tree(name))
+        .collect();
+    match spc::session::names(access, directory, DAEMON_TIMEOUT) {
+        Ok(spcs) => all.extend(spcs.into_iter().map(Named::Spc)),
+        Err(e) if !quiet => ui::warn(format_args!(
+            "{e:#}; super privileged containers are not removed"
+        )),
+        Err(_) => {}
+    }
+    Ok(all)
+}
+
+/// Finds the toolbox a user named, as [`resolve_name`] does, among the trees of
+/// `directory` and its super privileged containers. When both runtimes have a toolbox of
+/// that name, `runtime` (`TOOLBOX_RUNTIME`, `--runtime`) picks; the engine is asked only
+/// when the tree alone does not settle it.
+pub fn find(
+    directory: &Path,
+    user: &str,
+    name: &str,
+    runtime: Runtime,
+    access: &Access,
+) -> Result<Named> {
+    let tree = resolve_name(directory, user, name).ok();
+    if let (Some(tree), Runtime::Nspawn) = (&tree, runtime) {
+        return Ok(Named::Tree(tree.clone()));
+    }
+    let spcs = match spc::session::names(access, directory, DAEMON_TIMEOUT) {
+        Ok(spcs) => spcs,
+        Err(_) if tree.is_some() => Vec::new(),
+        Err(e) => {
+            return Err(e.context(format!(
+                "no toolbox `{name}` in {}, and its super privileged containers cannot be listed",
+                directory.display()
+            )));
+        }
+    };
+    let spc = [name.to_string(), format!("{user}-{name}")]
+        .into_iter()
+        .find(|candidate| spcs.contains(candidate));
+    match (tree, spc) {
+        (_, Some(spc)) => Ok(Named::Spc(spc)),
+        (Some(tree), None) => Ok(Named::Tree(tree)),
+        (None, None) => bail!(
+            "no toolbox `{name}` in {}; see `toolbox list`",
+            directory.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_with_or_without_the_user_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("core-dbg/etc")).unwrap();
+        std::fs::write(dir.path().join("core-dbg/etc/os-release"), "").unwrap();
+        assert_eq!(
+            resolve_name(dir.path(), "core", "core-dbg").unwrap(),
+            "core-dbg"
+        );
+        assert_eq!(resolve_name(dir.path(), "core", "dbg").unwrap(), "core-dbg");
+        assert!(resolve_name(dir.path(), "core", "nope").is_err());
+        assert!(resolve_name(dir.path(), "core", "../etc").is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! host: what toolbox reads about the host it runs on, gathered in one place so tests can
+//! replace it. Every environment variable toolbox reads is listed here; the host file
+//! locations it consults are fields of [`HostPaths`]. This module only reads.
+//!
+//! Environment variables read by toolbox:
+//! - `TOOLBOX_*`: settings, one per entry of `config::KEYS`.
+//! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
+//! - `USER`, `SUDO_USER`, `SUDO_UID`: who invoked toolbox, for the toolbox name and
+//!   whose configuration files to trust.
+//! - `http_proxy`, `https_proxy`, `no_proxy` and their upper-case forms: passed through
+//!   sudo and into toolboxes.
+//! - `PATH`: where `systemd-nspawn` is looked up.
+//! - `DOCKER_HOST`: the Docker daemon to talk to.
+//! - `CONTAINER_HOST`: the Podman service to talk to (Podman's own variable).
+//! - `XDG_RUNTIME_DIR`: where a user's Podman socket is (`podman/podman.sock` in it).
+//! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
+//! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
+//! - `TERM`: passed to a super privileged container's session on a terminal.
+
+pub mod ui;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub const HOME: &str = "HOME";
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+pub const USER: &str = "USER";
+pub const SUDO_USER: &str = "SUDO_USER";
+pub const PATH: &str = "PATH";
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
+pub const CONTAINER_HOST: &str = "CONTAINER_HOST";
+pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
+pub const SUDO_UID: &str = "SUDO_UID";
+pub const HOST_ROOT: &str = "HOST";
+pub const NO_COLOR: &str = "NO_COLOR";
+
+/// Proxy variables passed into toolboxes and through sudo (coreos/bugs#1869: sudo
+/// dropped them and package managers inside the toolbox could not reach anything).
+pub const PROXY_VARIABLES: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
+/// The proxy variables set in `env`, to pass into a toolbox.
+pub fn proxies(env: &Env) -> Vec<(String, String)> {
+    PROXY_VARIABLES
+        .iter()
+        .filter_map(|name| Some((name.to_string(), env.get(name)?.to_string())))
+        .collect()
+}
+
+/// A snapshot of the environment variables toolbox may read.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment. Variables whose name or value is not UTF-8 are left out: no
+    /// setting toolbox reads can hold such a value.
+    pub fn from_process() -> Self {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// A variable's value when it is set and not empty.
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+
+    pub fn path_var(&self) -> Option<OsString> {
+        self.get(PATH).map(OsString::from)
+    }
+}
+
+/// Host files toolbox consults, injectable for tests.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// System-wide settings, `/etc/default/toolbox`.
+    pub etc_default: PathBuf,
+    /// The host's user database, `/etc/passwd`.
+    pub passwd: PathBuf,
+    /// The host's group database, `/etc/group`.
+    pub group: PathBuf,
+    /// The host's process filesystem, `/proc`.
+    pub proc: PathBuf,
+    /// Exists when systemd is the host's init: `/run/systemd/system`.
+    pub systemd_booted: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            etc_default: PathBuf::from("/etc/default/toolbox"),
+            passwd: PathBuf::from("/etc/passwd"),
+            group: PathBuf::from("/etc/group"),
+            proc: PathBuf::from("/proc"),
+            systemd_booted: PathBuf::from("/run/systemd/system"),
+        }
+    }
+}
+
+/// The person toolbox works for: under sudo, the user who ran sudo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoker {
+    /// Never empty: a user name, or the numeric user ID when no name is known.
+    pub name: String,
+    pub home: Option<PathBuf>,
+    /// The user's ID when toolbox runs as root on their behalf (under sudo).
+    pub on_behalf_of: Option<u32>,
+}
+
+impl Invoker {
+    /// Works out the invoker from the environment and the host's passwd text. Under sudo
+    /// (effective UID 0 with `SUDO_USER` set) it is the sudo user, with the home directory
+    /// from passwd, so their `~/.toolboxrc` applies as it did with the CoreOS script.
+    pub fn identify(env: &Env, passwd: &str, euid: u32) -> Invoker {
+        if let Some(sudo_user) = env.non_empty(SUDO_USER).filter(|_| euid == 0) {
+            let entry = passwd_entry(passwd, |name, _| name == sudo_user);
+            let uid = env
+                .get(SUDO_UID)
+                .and_then(|u| u.parse().ok())
+                .or(entry.as_ref().map(|e| e.uid));
+            return Invoker {
+                name: sudo_user.to_string(),
+                home: entry
+                    .map(|e| e.home)
+                    .or_else(|| env.non_empty(HOME).map(PathBuf::from)),
+                on_behalf_of: uid,
+            };
+        }
+        let by_uid = passwd_entry(passwd, |_, uid| uid == euid);
+        let name = env
+            .non_empty(USER)
+            .map(str::to_string)
+            .or_else(|| by_uid.as_ref().map(|e| e.name.clone()))
+            .unwrap_or_else(|| euid.to_string());
+        let home = env
+            .non_empty(HOME)
+            .map(PathBuf::from)
+            .or_else(|| by_uid.map(|e| e.home));
+        Invoker {
+            name,
+            home,
+            on_behalf_of: None,
+        }
+    }
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    home: PathBuf,
+}
+
+/// The `passwd` line of user `name`, as the host has it.
+pub fn passwd_line<'a>(passwd: &'a str, name: &str) -> Option<&'a str> {
+    passwd
+        .lines()
+        .find(|line| line.split(':').next() == Some(name))
+}
+
+/// The `group` line of group ID `gid`, as the host has it.
+pub fn group_line(group: &str, gid: u32) -> Option<&str> {
+    group
+        .lines()
+        .find(|line| line.split(':').nth(2).and_then(|g| g.parse().ok()) == Some(gid))
+}
+
+fn passwd_entry(passwd: &str, wanted: impl Fn(&str, u32) -> bool) -> Option<PasswdEntry> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, _, _, home, ..] = fields[..] else {
+            return None;
+        };
+        let uid = uid.parse().ok()?;
+        (!name.is_empty() && wanted(name, uid)).then(|| PasswdEntry {
+            name: name.to_string(),
+            uid,
+            home: PathBuf::from(home),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          core:x:500:500:CoreOS Admin:/home/core:/bin/bash\n\
+                          broken line\n";
+
+    #[test]
+    fn passwd_and_group_lines() {
+        assert_eq!(
+            passwd_line(PASSWD, "core"),
+            Some("core:x:500:500:CoreOS Admin:/home/core:/bin/bash")
+        );
+        assert_eq!(passwd_line(PASSWD, "cor"), None);
+        let group = "root:x:0:\ncore:x:500:\n";
+        assert_eq!(group_line(group, 500), Some("core:x:500:"));
+        assert_eq!(group_line(group, 7), None);
+    }
+
+    #[test]
+    fn plain_user() {
+        let env = Env::from_pairs([("USER", "core"), ("HOME", "/home/core")]);
+        let invoker = Invoker::identify(&env, PASSWD, 500);
+        assert_eq!(invoker.name, "core");
+        assert_eq!(invoker.home, Some(PathBuf::from("/home/core")));
+    }
+
+    #[test]
+    fn sudo_user_wins_with_their_home() {
+        let env = Env::from_pairs([("USER", "root"), ("HOME", "/root"), ("SUDO_USER", "core")]);
+        let invoker = Invoker::identify(&env, PASSWD, 0);
+        assert_eq!(invoker.name, "core");
+        assert_eq!(invoker.home, Some(PathBuf::from("/home/core")));
+        assert_eq!(invoker.on_behalf_of, Some(500));
+        let env = Env::from_pairs([("SUDO_USER", "core"), ("SUDO_UID", "501")]);
+        assert_eq!(Invoker::identify(&env, PASSWD, 0).on_behalf_of, Some(501));
+    }
+
+    #[test]
+    fn sudo_user_is_ignored_without_root() {
+        let env = Env::from_pairs([("USER", "core"), ("SUDO_USER", "mallory")]);
+        assert_eq!(Invoker::identify(&env, PASSWD, 500).name, "core");
+    }
+
+    // Regression: under systemd units `$USER` is empty and the CoreOS script named the
+    // toolbox `-fedora-latest`.
+    #[test]
+    fn empty_user_falls_back_to_passwd_then_uid() {
+        let env = Env::from_pairs([("USER", "")]);
+        let invoker = Invoker::identify(&env, PASSWD, 0);
+        assert_eq!(invoker.name, "root");
+        assert_eq!(invoker.home, Some(PathBuf::from("/root")));
+        assert_eq!(Invoker::identify(&env, PASSWD, 4242).name, "4242");
+    }
+}

@@ -1,0 +1,68 @@
+//! image: images by name, as configured (`IMAGE:TAG`, `IMAGE@DIGEST`), and as an engine
+//! describes one it has (ID, storage driver, layer directories, `RUN` label).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+/// An image reference split the way the CoreOS script combined it: `IMAGE:TAG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub repository: String,
+    /// A tag, or a digest such as `sha256:...`.
+    pub tag: String,
+}
+
+impl ImageRef {
+    /// `image` may carry its own tag (`debian:bookworm`) or digest (`debian@sha256:...`),
+    /// which then wins over `default_tag`. A registry port (`host:5000/img`) is not a tag.
+    pub fn parse(image: &str, default_tag: &str) -> Result<ImageRef> {
+        if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("invalid image name `{image}`");
+        }
+        if let Some((repository, digest)) = image.split_once('@') {
+            return Ok(ImageRef {
+                repository: repository.into(),
+                tag: digest.into(),
+            });
+        }
+        let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+        if let Some(colon) = image[last_slash..].rfind(':') {
+            let (repository, tag) = image.split_at(last_slash + colon);
+            return Ok(ImageRef {
+                repository: repository.into(),
+                tag: tag[1..].into(),
+            });
+        }
+        if default_tag.is_empty() {
+            bail!("image `{image}` has no tag and TOOLBOX_DOCKER_TAG is empty");
+        }
+        Ok(ImageRef {
+            repository: image.into(),
+            tag: default_tag.into(),
+        })
+    }
+
+    fn is_digest(&self) -> bool {
+        self.tag.contains(':')
+    }
+
+    /// The reference to give the engine: `repo:tag` or `repo@digest`.
+    pub fn reference(&self) -> String {
+        let separator = if self.is_digest() { '@' } else { ':' };
+        format!("{}{separator}{}", self.repository, self.tag)
+    }
+}
+
+/// An image as the engine has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The engine's ID (`sha256:...`).
+    pub id: String,
+    /// The storage driver holding its layers (`overlay2`, `vfs`, ...), if reported.
+    pub driver: Option<String>,
+    /// With `overlay2`: the layers' directories on the daemon's host, top layer first.
+    pub layers: Vec<PathBuf>,
+    /// Its `RUN` label: the `docker run` options it asks to be run with.
+    pub run_label: Option<String>,
+}

@@ -1,0 +1,8 @@
+//! model: what toolbox decides from its inputs, as data: settings with their origins and
+//! their parser, image references, the systemd-nspawn options configuration may carry,
+//! and the plan everything downstream takes. Pure: it reads nothing but what it is given.
+
+pub mod config;
+pub mod image;
+pub mod options;
+pub mod plan;

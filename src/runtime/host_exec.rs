@@ -1,0 +1,128 @@
+//! host_exec: `host-exec CMD ARGS...` inside a toolbox runs CMD on the host, in the
+//! namespaces of host PID 1 (mount, UTS, IPC, network, PID, cgroup), for the things that
+//! must happen there (`useradd` changing the host's /etc/passwd, with the host's own
+//! SELinux labels and audit). It is toolbox's own binary, bound read-only into every
+//! toolbox and called under that name. It returns CMD's exit status.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
+/// The name toolbox answers to when it should act as host-exec.
+pub const NAME: &str = "host-exec";
+
+/// Where the binary is bound inside every toolbox (on the default `PATH`).
+pub const PATH_IN_TOOLBOX: &str = "/usr/local/bin/host-exec";
+
+/// Runs `args` (without the program name) on the host; returns the exit status to use.
+/// `host_root` is where the host's `/` is mounted in the toolbox (`$HOST`), used to map
+/// the working directory.
+pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> Result<u8> {
+    let Some((program, rest)) = args.split_first() else {
+        bail!("usage: host-exec CMD [ARGS...]");
+    };
+    let cwd = std::env::current_dir().ok();
+    // The mount namespace last: entering it changes what /proc paths mean for the rest.
+    // PID namespace membership applies to children, which is what runs CMD.
+    let namespaces = [
+        ("cgroup", LinkNameSpaceType::ControlGroup),
+        ("uts", LinkNameSpaceType::HostNameAndNISDomainName),
+        ("ipc", LinkNameSpaceType::InterProcessCommunication),
+        ("net", LinkNameSpaceType::Network),
+        ("pid", LinkNameSpaceType::ProcessID),
+        ("mnt", LinkNameSpaceType::Mount),
+    ];
+    let host = host_process(proc_root)?;
+    let mut files = Vec::new();
+    for (name, kind) in namespaces {
+        let path = proc_root.join(host.to_string()).join("ns").join(name);
+        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        files.push((name, kind, file));
+    }
+    for (name, kind, file) in &files {
+        move_into_link_name_space(file.as_fd(), Some(*kind))
+            .with_context(|| format!("cannot enter the host's {name} namespace"))?;
+    }
+    // setns into a mount namespace leaves the root and working directory at its root.
+    let dir = host_dir(cwd.as_deref(), host_root);
+    let status = Command::new(program)
+        .args(rest)
+        .current_dir(&dir)
+        .status()
+        .with_context(|| format!("cannot run `{}` on the host", program.to_string_lossy()))?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128 + signal as u8,
+        _ => crate::exit::TOOLBOX_FAILED,
+    })
+}
+
+/// A process in the host's namespaces: PID 1, or where its namespaces cannot be opened
+/// (its capabilities exceed ours, as under some VM init systems) the nearest ancestor
+/// outside the toolbox's mount namespace, which is the systemd-nspawn of this session.
+fn host_process(proc_root: &Path) -> Result<u32> {
+    let ns = |pid: &str| std::fs::read_link(proc_root.join(pid).join("ns/mnt"));
+    if ns("1").is_ok() {
+        return Ok(1);
+    }
+    let own = ns("self").context("cannot read this process's mount namespace")?;
+    let mut pid = std::process::id();
+    loop {
+        let parent = crate::sys::proc_stat(proc_root, pid)
+            .with_context(|| format!("cannot read the parent of process {pid}"))?
+            .parent;
+        if parent <= 1 {
+            bail!("cannot find a process in the host's namespaces");
+        }
+        if ns(&parent.to_string()).is_ok_and(|mnt| mnt != own) {
+            return Ok(parent);
+        }
+        pid = parent;
+    }
+}
+
+/// The host directory matching the toolbox's working directory: below the host root
+/// mount it is the same place on the host; anywhere else, the host's `/`.
+pub fn host_dir(cwd: Option<&Path>, host_root: Option<&Path>) -> PathBuf {
+    let inside = cwd
+        .zip(host_root)
+        .and_then(|(cwd, root)| cwd.strip_prefix(root).ok());
+    match inside {
+        Some(relative) => Path::new("/").join(relative),
+        None => PathBuf::from("/"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn working_directory_mapping() {
+        let root = Some(Path::new("/media/root"));
+        assert_eq!(
+            host_dir(Some(Path::new("/media/root/etc/ssh")), root),
+            PathBuf::from("/etc/ssh")
+        );
+        assert_eq!(
+            host_dir(Some(Path::new("/media/root")), root),
+            PathBuf::from("/")
+        );
+        assert_eq!(host_dir(Some(Path::new("/root")), root), PathBuf::from("/"));
+        assert_eq!(
+            host_dir(Some(Path::new("/media/rootfs")), root),
+            PathBuf::from("/")
+        );
+        assert_eq!(host_dir(None, root), PathBuf::from("/"));
+        assert_eq!(
+            host_dir(Some(Path::new("/media/root/x")), None),
+            PathBuf::from("/")
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! runtime::nspawn::enter: a session in a toolbox tree. Creates the toolbox if needed
+//! (`provision`), checks its image's freshness on a warm start without holding it up,
+//! makes the tree safe for systemd-nspawn ([`super::mountpoints`]), records the session,
+//! checks the command can run, then becomes systemd-nspawn (copy storage) or stays its
+//! parent to unmount after the last session (overlay storage).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::engine::Access;
+use crate::exit::CommandError;
+use crate::host::{self, Env, HostPaths, ui};
+use crate::model::plan::{self, Payload, Plan, UpdateMode};
+use crate::provision::{self, Target};
+use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
+use crate::runtime::nspawn::mountpoints;
+use crate::runtime::{host_exec, lookup};
+use crate::store::toolboxes::{self, Metadata};
+use crate::store::{overlay, session as records};
+use crate::sys;
+
+/// How long a warm start waits for the daemon when checking whether the image changed.
+const FRESHNESS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// What a session needs from the run that starts it.
+pub struct Session<'a> {
+    pub access: &'a Access,
+    pub paths: &'a HostPaths,
+    /// The host's `/etc/passwd`.
+    pub passwd: &'a str,
+    /// `TOOLBOX_UPDATE` and `TOOLBOX_UPDATE_INTERVAL`.
+    pub update: UpdateMode,
+    pub update_interval: Duration,
+    /// -1 quiet, 0 normal, 1 and 2 verbose.
+    pub verbosity: i8,
+    pub show_secrets: bool,
+}
+
+impl Session<'_> {
+    fn quiet(&self) -> bool {
+        self.verbosity < 0
+    }
+
+    fn verbose(&self) -> bool {
+        self.verbosity > 0
+    }
+
+    fn shown(&self, command: &impl std::fmt::Display) -> String {
+        ui::shown(command, self.show_secrets)
+    }
+}
+
+/// What entering decides before anything is written: the plan (with the storage an
+/// existing toolbox was built with), the systemd-nspawn found, this launch's facts.
+pub struct Entry {
+    pub plan: Plan,
+    pub nspawn: Nspawn,
+    pub launch: Launch,
+    metadata: Option<Metadata>,
+}
+
+/// Reads what entering needs; writes only systemd-nspawn's version cache, when
+/// `may_write`.
+pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) -> Result<Entry> {
+    let nspawn_cache = plan.directory.join(".nspawn-version");
+    let nspawn = Nspawn::find(env, &nspawn_cache, may_write)?;
+    let launch = Launch {
+        systemd_booted: paths.systemd_booted.exists(),
+        terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
+        session: std::process::id(),
+        marker: plan.directory.join(".toolboxenv"),
+        host_exec: std::env::current_exe().ok(),
+        proxies: host::proxies(env),
+    };
+    // An existing toolbox keeps the storage it was built with. A normal user cannot see
+    // into the toolbox directory: the run through sudo finds out.
+    let metadata = match toolboxes::complete_metadata(&plan.path()) {
+        Err(_) if !sys::is_root() => None,
+        found => found?,
+    };
+    if let Some(metadata) = &metadata {
+        plan.storage = metadata.storage();
+    }
+    Ok(Entry {
+        plan,
+        nspawn,
+        launch,
+        metadata,
+    })
+}
+
+impl Entry {
+    /// The systemd-nspawn command this entry would run, for `--dry-run`.
+    pub fn command(&self, quiet: bool) -> Invocation {
+        nspawn::invocation(&self.plan, &self.nspawn, &self.launch, quiet)
+    }
+}
+
+/// Enters the toolbox, creating it first if needed. Run as root; returns only for an
+/// overlay session or a failure (a copy toolbox's session becomes systemd-nspawn).
+pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
+    let Entry {
+        mut plan,
+        nspawn,
+        launch,
+        mut metadata,
+    } = entry;
+    toolboxes::tighten_directory(&plan.directory)?;
+    let target = Target::of(&plan);
+    // A toolbox with metadata is complete: nothing to create, nothing to ask a daemon.
+    let created = metadata.is_none()
+        && provision::ensure(&target, session.access, session.quiet(), session.verbose())?;
+    let rebuilt = !created && check_freshness(session, &target, metadata.as_ref())?;
+    // Also when another toolbox process created it while this one waited for the lock:
+    // its storage decides what is entered.
+    if metadata.is_none() || rebuilt {
+        metadata = toolboxes::complete_metadata(&plan.path())?;
+    }
+    plan.storage = metadata
+        .as_ref()
+        .map_or(plan::Storage::Copy, toolboxes::Metadata::storage);
+    let overlay = metadata.and_then(|m| m.overlay);
+    let invocation = nspawn::invocation(&plan, &nspawn, &launch, session.quiet());
+    if session.verbose() {
+        ui::say(format_args!(
+            "systemd-nspawn {} at {} ({}); {} storage",
+            nspawn.version,
+            nspawn.program.display(),
+            nspawn.variant(launch.systemd_booted),
+            plan.storage.name()
+        ));
+    }
+    if created && plan.payload == Payload::Shell && !session.quiet() {
+        let host = match plan.host_root() {
+            Some(root) => format!("the host's / is at {root}"),
+            None => "the host's / is not bound inside (see TOOLBOX_BIND)".to_string(),
+        };
+        ui::say(format_args!(
+            "entering `{}`: {host}; `exit` or Ctrl-D leaves",
+            plan.name
+        ));
+    }
+    nspawn::check_supported(&plan, &nspawn)?;
+    match overlay {
+        None => {
+            secure_tree(&plan, &launch, false)?;
+            start_session(session, &plan, &launch)?;
+            if session.verbosity >= 2 {
+                ui::say(session.shown(&invocation));
+            }
+            match invocation.exec()? {}
+        }
+        Some(overlay) => enter_overlay(session, &plan, &launch, &invocation, &overlay),
+    }
+}
+
+/// Makes the tree safe to hand to systemd-nspawn (see [`mountpoints`]): a look first,
+/// and only when something is to change, a repair under the toolbox's mount lock, which
+/// the caller may hold already (`locked`).
+fn secure_tree(plan: &Plan, launch: &Launch, locked: bool) -> Result<()> {
+    let own = mountpoints::Own {
+        host_exec: launch
+            .host_exec
+            .as_ref()
+            .map(|_| host_exec::PATH_IN_TOOLBOX),
+        marker: nspawn::MARKER_IN_TOOLBOX,
+    };
+    let root = plan.root();
+    let secure = |act| mountpoints::secure(&root, &plan.name, &plan.mounts, &own, act);
+    if secure(mountpoints::Act::Look)?.is_empty() {
+        return Ok(());
+    }
+    let _lock = match locked {
+        true => None,
+        false => Some(toolboxes::lock_for_mount(&plan.directory, &plan.name)?),
+    };
+    for change in secure(mountpoints::Act::Repair)? {
+        if let mountpoints::Change::Replaced {
+            path,
+            target,
+            directory,
+        } = change
+        {
+            ui::say(format_args!(
+                "replaced the symlink `{path}` -> `{}` in `{}` with an empty {}: \
+                 systemd-nspawn mounts on it and would follow the link",
+                target.display(),
+                plan.name,
+                if directory { "directory" } else { "file" }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What every session needs before systemd-nspawn starts: the user, a payload that can
+/// run, the marker file, and the session's record.
+fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> {
+    add_user(session, plan)?;
+    check_payload(plan)?;
+    if !launch.marker.exists() {
+        std::fs::write(&launch.marker, "")
+            .with_context(|| format!("cannot create {}", launch.marker.display()))?;
+    }
+    let registered = records::register(
+        &plan.directory,
+        &session.paths.proc,
+        &plan.name,
+        &plan.session_machine_name(launch.session),
+    );
+    match registered {
+        // A full disk is when the toolbox is needed most: enter it anyway.
+        Err(e) if crate::store::is_no_space(&e) => {
+            ui::warn(format_args!(
+                "{e:#}; `toolbox list` and `rm` will not see this session"
+            ));
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+/// A session of an overlay toolbox: mounted by the first session, shared by the ones that
+/// start while it runs, and unmounted when the last one ends. toolbox stays as the
+/// parent of systemd-nspawn for that, which dies with it.
+fn enter_overlay(
+    session: &Session,
+    plan: &Plan,
+    launch: &Launch,
+    invocation: &nspawn::Invocation,
+    overlay: &toolboxes::Overlay,
+) -> Result<u8> {
+    let path = plan.path();
+    let mounted = (|| {
+        let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
+        // `rm` or `update` may have replaced it while this run waited for the lock.
+        let image = match toolboxes::complete_metadata(&path)? {
+            Some(current) if current.overlay.as_ref() == Some(overlay) => current.image,
+            _ => bail!(
+                "toolbox `{}` was removed or rebuilt while starting; run toolbox again",
+                plan.name
+            ),
+        };
+        if let Some(missing) = overlay::missing_layer(&overlay.layers) {
+            return Err(overlay::LayersGone {
+                name: plan.name.clone(),
+                image,
+                missing: missing.to_path_buf(),
+            }
+            .into());
+        }
+        overlay::mount(&path, &overlay.layers)?;
+        secure_tree(plan, launch, true)?;
+        start_session(session, plan, launch)
+    })();
+    let status = mounted.and_then(|()| {
+        if session.verbosity >= 2 {
+            ui::say(session.shown(invocation));
+        }
+        invocation.run()
+    });
+    if let Err(e) = end_overlay_session(session, plan)
+        && !session.quiet()
+    {
+        ui::warn(format_args!("{e:#}"));
+    }
+    status
+}
+
+/// Ends this process's session of an overlay toolbox, unmounting it if it was the last.
+fn end_overlay_session(session: &Session, plan: &Plan) -> Result<()> {
+    let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
+    records::end(&plan.directory, &plan.name)?;
+    if !records::live(&plan.directory, &session.paths.proc, &plan.name)?.is_empty() {
+        return Ok(());
+    }
+    let path = plan.path();
+    let lingering = overlay::processes(&path, &session.paths.proc)?;
+    if lingering.is_empty() {
+        overlay::unmount(&path)
+    } else {
+        if session.verbose() {
+            ui::say(format_args!(
+                "`{}` stays mounted: processes started in it still run (PID {})",
+                plan.name,
+                ui::pid_list(&lingering)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed
+/// since the toolbox was built, and `auto` rebuilds it; `never` contacts no daemon. The
+/// daemon is asked at most once per `TOOLBOX_UPDATE_INTERVAL` seconds per toolbox, with
+/// a short timeout, so a slow or stopped daemon never holds up the start. Returns whether
+/// the toolbox was rebuilt.
+fn check_freshness(
+    session: &Session,
+    target: &Target,
+    metadata: Option<&toolboxes::Metadata>,
+) -> Result<bool> {
+    let mode = session.update;
+    if mode == UpdateMode::Never {
+        return Ok(false);
+    }
+    // An imported toolbox's image is in no engine.
+    let Some(metadata) = metadata.filter(|m| m.imported_from.is_none()) else {
+        return Ok(false);
+    };
+    let stamp = target.directory.join(format!(".{}.checked", target.name));
+    let recent = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < session.update_interval);
+    if recent {
+        return Ok(false);
+    }
+    let changed = provision::image_changed(
+        &target.image,
+        &metadata.image_id,
+        session.access,
+        FRESHNESS_TIMEOUT,
+    );
+    if changed.is_some() {
+        // Only an answer counts as a check: a down daemon is asked again next time.
+        let _ = std::fs::write(&stamp, "");
+    }
+    if changed != Some(true) {
+        return Ok(false);
+    }
+    if mode == UpdateMode::Notify {
+        if !session.quiet() {
+            ui::say(format_args!(
+                "image {} has changed since `{}` was built; run `toolbox update` to rebuild it",
+                target.image.reference(),
+                target.name
+            ));
+        }
+        return Ok(false);
+    }
+    // The command's output owns stdout: the report goes to stderr.
+    let report = &mut std::io::stderr();
+    let updated = provision::update(
+        target,
+        &session.paths.proc,
+        session.access,
+        false,
+        session.quiet(),
+        session.verbose(),
+        report,
+    )?;
+    Ok(matches!(updated, provision::Updated::Rebuilt { .. }))
+}
+
+/// A `TOOLBOX_USER` the toolbox lacks but the host has is added with the host's UID, GID,
+/// home and shell, instead of systemd-nspawn failing to resolve it.
+fn add_user(session: &Session, plan: &Plan) -> Result<()> {
+    if plan.user == "root" {
+        return Ok(());
+    }
+    let Some(line) = host::passwd_line(session.passwd, &plan.user) else {
+        return Ok(());
+    };
+    let gid = line.split(':').nth(3).and_then(|g| g.parse().ok());
+    let groups = std::fs::read_to_string(&session.paths.group).unwrap_or_default();
+    let group = gid.and_then(|gid| host::group_line(&groups, gid));
+    if toolboxes::add_user(&plan.root(), line, group)? && session.verbose() {
+        ui::say(format_args!("added user {} to `{}`", plan.user, plan.name));
+    }
+    Ok(())
+}
+
+/// Checks, before entering, that the payload can run inside the tree.
+fn check_payload(plan: &Plan) -> Result<(), CommandError> {
+    let root = plan.root();
+    match &plan.payload {
+        // Bound into every toolbox by toolbox itself, so not in the tree to be found.
+        Payload::Command(command)
+            if command[0] == host_exec::NAME || command[0] == host_exec::PATH_IN_TOOLBOX =>
+        {
+            Ok(())
+        }
+        Payload::Command(command) => lookup::check(
+            &root,
+            &plan.name,
+            &command[0],
+            &nspawn::container_path(plan),
+        ),
+        Payload::Shell => {
+            let mut last = None;
+            for shell in nspawn::login_shells() {
+                match lookup::check(&root, &plan.name, shell.as_os_str(), "") {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.expect("there is always a login shell to try"))
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! spc::session: runs an [`Spc`] through the engine and streams the session between the
+//! user and the container: a pseudo-terminal in raw mode with window sizes forwarded, or
+//! without one, standard output and error kept apart and standard input passed through.
+//!
+//! A persistent SPC is started by the session that finds it stopped, and stopped by the
+//! session that ends last; both happen under the SPC's lock in the toolbox directory, so
+//! a session starting while the last one ends either sees the container stopped (and
+//! starts it) or has its own exec running before the last one looks. Every session is an
+//! exec beside the container's idle main process. A throwaway SPC's main process is the
+//! session; it is removed on every way out.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc};
+use crate::engine::{
+    self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, LABEL_PID, Output, short_id,
+};
+use crate::exit::CommandError;
+use crate::host::ui;
+use crate::model::image::ImageRef;
+use crate::model::plan::UpdateMode;
+use crate::provision;
+use crate::store::toolboxes;
+use crate::sys;
+use crate::sys::signals::{self, Caught, STOPPING, Signal};
+
+/// How long the processes of a stopping SPC get before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long an exec session whose output ended may take to be recorded as ended.
+const EXEC_END: Duration = Duration::from_secs(2);
+/// How long a session's output may still arrive after its container stopped.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Finds `image` (pulling it if absent), resolves the SPC with the image's `RUN` label,
+/// runs its session and returns its exit status. `directory` holds the SPC's lock.
+pub fn enter(
+    image: &ImageRef,
+    resolve: impl FnOnce(Option<String>) -> Result<Spc>,
+    access: &Access,
+    directory: &Path,
+    options: Options,
+) -> Result<u8> {
+    let Options { quiet, verbose, .. } = options;
+    let runtime = engine::async_runtime()?;
+    let status = runtime.block_on(async {
+        // Caught before anything starts, so that none sent while the container or the
+        // session starts is lost: those come to the command once it runs.
+        let mut signals = Caught::catch(&[STOPPING.as_slice(), &[Signal::WINCH]].concat())
+            .context("cannot catch signals")?;
+        let engine = Docker::connect(access).await?;
+        if verbose {
+            ui::say(engine.describe());
+        }
+        let image = tokio::select! {
+            found = provision::find_image(&engine, image, false, quiet) => found?,
+            signal = signals.stopping() => return Err(crate::exit::Interrupted(signal.as_raw()).into()),
+        };
+        let spc = resolve(image.run_label.clone())?;
+        match &spc.container.name {
+            None => throwaway(&engine, &spc, &image.id, signals).await,
+            Some(name) => {
+                persistent(&engine, &spc, name, &image.id, directory, options, signals).await
+            }
+        }
+    });
+    // A thread may still be blocked reading standard input; it must not hold up the exit.
+    runtime.shutdown_background();
+    status
+}
+
+/// A throwaway SPC: created, attached, started, waited for, and removed.
+async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Caught) -> Result<u8> {
+    let session = &spc.session;
+    remove_abandoned(engine).await;
+    // Marked with this process, so that the next throwaway removes it if this process is
+    // killed before it can.
+    let mut container = spc.container.clone();
+    container
+        .labels
+        .insert(LABEL_PID.to_string(), std::process::id().to_string());
+    let id = engine
+        .create_spc(&container.spec(image_id, Some(session)))
+        .await?;
+    let ran = async {
+        let attached = engine.attach(&id).await?;
+        if let Err(e) = engine.start(&id).await {
+            let command = session.command.first().map_or("", String::as_str);
+            let toolbox = spc.container.image.as_str();
+            return Err(match command_error(&format!("{e:#}"), command, toolbox) {
+                Some(e) => e.into(),
+                None => e,
+            });
+        }
+        let target = Recipient {
+            engine,
+            container: &id,
+            exec: None,
+        };
+        stream(attached, session.tty, &target, signals).await?;
+        engine.wait(&id).await
+    }
+    .await;
+    let removed = engine.remove_container(&id).await;
+    let status = ran?;
+    removed?;
+    Ok(exit_status(status))
+}
+
+/// Removes throwaway SPCs whose toolbox process is gone (killed outright). Housekeeping:
+/// it never fails the session (another toolbox may be removing the same one).
+async fn remove_abandoned(engine: &Docker) {
+    let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, "spc").await else {
+        return;
+    };
+    for (id, labels) in throwaways {
+        let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
+        if pid.is_some_and(|pid| !sys::process_exists(pid)) {
+            let _ = engine.remove_container(&id).await;
+        }
+    }
+}
+
+/// A session in the persistent SPC: created or started if needed, an exec into it, and
+/// the container stopped if this was its last session.
+async fn persistent(
+    engine: &Docker,
+    spc: &Spc,
+    name: &str,
+    image_id: &str,
+    directory: &Path,
+    options: Options,
+    signals: Caught,
+) -> Result<u8> {
+    let verbose = options.verbose;
+    let session = &spc.session;
+    let started = async {
+        let _lock = toolboxes::lock_for_spc(directory, name)?;
+        let mut found = engine.container(name).await?;
+        if let Some(container) = &found {
+            check_ownership(container, name, directory)?;
+        }
+        if let Some(container) = found.take_if(|c| c.image_id != image_id) {
+            match options.update {
+                UpdateMode::Auto if !container.running => {
+                    engine.remove_container(&container.id).await?;
+                    if !options.quiet {
+                        ui::say(format_args!(
+                            "image {} has changed since `{name}` was created; recreating it",
+                            spc.container.image
+                        ));
+                    }
+                }
+                UpdateMode::Never => found = Some(container),
+                _ => {
+                    if !options.quiet {
+                        ui::say(format_args!(
+                            "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
+                            spc.container.image
+                        ));
+                    }
+                    found = Some(container);
+                }
+            }
+        }
+        let container = match found {
+            Some(found) => found,
+            None => {
+                let id = engine.create_spc(&spc.container.spec(image_id, None)).await?;
+                if verbose {
+                    ui::say(format_args!("created container `{name}` ({})", short_id(&id)));
+                }
+                engine
+                    .container(&id)
+                    .await?
+                    .ok_or_else(|| anyhow!("container `{name}` vanished after its creation"))?
+            }
+        };
+        let wanted = spc.container.labels.contains_key(LABEL_RUN_LABEL);
+        if container.labels.contains_key(LABEL_RUN_LABEL) != wanted && !options.quiet {
+            ui::warn(format_args!(
+                "`{name}` was created {} its image's RUN label; `toolbox --runtime spc rm {name}` and run again to change that",
+                if wanted { "without" } else { "with" }
+            ));
+        }
+        if !container.running {
+            engine.start(name).await?;
+            if verbose {
+                ui::say(format_args!("started container `{name}`"));
+            }
+        }
+        engine.exec(name, session).await
+    }
+    .await;
+    let (exec, attached) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // A container started for this session is not left running for nothing.
+            let _ = stop_if_idle(engine, directory, name, None, verbose).await;
+            return Err(e);
+        }
+    };
+    let target = Recipient {
+        engine,
+        container: name,
+        exec: Some(&exec),
+    };
+    let streamed = stream(attached, session.tty, &target, signals).await;
+    let state = exec_end(engine, &exec).await;
+    let stopped = stop_if_idle(engine, directory, name, Some(&exec), verbose).await;
+    if let Err(e) = stopped {
+        ui::warn(format_args!("{e:#}"));
+    }
+    let start_failure = streamed?;
+    // A container stopped or removed under the session takes its exec's status with it.
+    let status = state
+        .ok()
+        .and_then(|state| state.exit_code)
+        .ok_or_else(|| anyhow!("the session in `{name}` ended without an exit status (was the container stopped or removed?)"))?;
+    if let Some(message) = start_failure {
+        let command = session.command.first().map_or("", String::as_str);
+        return Err(match command_error(&message, command, name) {
+            Some(e) => e.into(),
+            None => anyhow!("cannot run `{command}` in `{name}`: {message}"),
+        });
+    }
+    Ok(exit_status(status))
+}
+
+/// Refuses a container named like the SPC that is not the SPC of `directory`.
+fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> Result<()> {
+    let label = |key| container.labels.get(key).map(String::as_str);
+    if label(LABEL_SPC) != Some(name) {
+        bail!(
+            "container `{name}` exists and is not toolbox's; remove or rename it, or choose another --name"
+        );
+    }
+    let directory = directory.display().to_string();
+    match label(LABEL_DIRECTORY) {
+        Some(owner) if owner != directory => bail!(
+            "container `{name}` is the toolbox of directory {owner}; use that directory or choose another --name"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The state of an exec session whose output has ended: the engine may take a moment to
+/// record its exit, or its process a moment to die of the signal it was just passed.
+async fn exec_end(engine: &Docker, exec: &str) -> Result<ExecState> {
+    exec_settled(engine, exec, |state| !state.running).await
+}
+
+/// The process of a running exec session. Docker reports PID 0 for a moment after the
+/// session starts, so it is asked again until it knows or the session ends.
+async fn exec_pid(engine: &Docker, exec: &str) -> Option<i32> {
+    let state = exec_settled(engine, exec, |state| state.pid.is_some() || !state.running);
+    let state = state.await.ok()?;
+    state.pid.filter(|_| state.running)
+}
+
+/// The exec session's state once `settled` holds for it, or as it is after [`EXEC_END`].
+async fn exec_settled(
+    engine: &Docker,
+    exec: &str,
+    settled: impl Fn(&ExecState) -> bool,
+) -> Result<ExecState> {
+    let deadline = tokio::time::Instant::now() + EXEC_END;
+    loop {
+        let state = engine.exec_state(exec).await?;
+        if settled(&state) || tokio::time::Instant::now() >= deadline {
+            return Ok(state);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Stops the SPC when no exec session other than `ours` runs in it.
+async fn stop_if_idle(
+    engine: &Docker,
+    directory: &Path,
+    name: &str,
+    ours: Option<&str>,
+    verbose: bool,
+) -> Result<()> {
+    let _lock = toolboxes::lock_for_spc(directory, name)?;
+    let Some(container) = engine.container(name).await? else {
+        return Ok(());
+    };
+    if running_sessions(engine, &container.exec_ids, ours).await > 0 || !container.running {
+        return Ok(());
+    }
+    engine.stop(name, STOP_GRACE).await?;
+    if verbose {
+        ui::say(format_args!(
+            "stopped container `{name}`: its last session ended"
+        ));
+    }
+    Ok(())
+}
+
+/// How many of `execs`, other than `ours`, still run.
+async fn running_sessions(engine: &Docker, execs: &[String], ours: Option<&str>) -> usize {
+    let mut running = 0;
+    for exec in execs.iter().filter(|e| Some(e.as_str()) != ours) {
+        // One finished and forgotten meanwhile is not running.
+        if engine
+            .exec_state(exec)
+            .await
+            .is_ok_and(|state| state.running)
+        {
+            running += 1;
+        }
+    }
+    running
+}
+
+/// A container's status as toolbox exits with it: 0-255 as they are; a status the engine
+/// made up beyond that (it should not) is toolbox's failure.
+fn exit_status(status: i64) -> u8 {
+    u8::try_from(status).unwrap_or(crate::exit::TOOLBOX_FAILED)
+}
+
+/// What a session's signals and terminal sizes go to.
+struct Recipient<'a> {
+    engine: &'a Docker,
+    container: &'a str,
+    /// The exec session, or `None` for the container's main process.
+    exec: Option<&'a str>,
+}
+
+impl Recipient<'_> {
+    async fn resize(&self) {
+        if let Some(size) = sys::window_size() {
+            // A size the engine refuses leaves the old one: not worth ending the session.
+            let _ = self.engine.resize(self.container, self.exec, size).await;
+        }
+    }
+
+    /// Passes a signal toolbox received on to the session's process.
+    async fn signal(&self, signal: Signal) {
+        match self.exec {
+            // The host's PID namespace is shared: the exec's process is a host process.
+            Some(exec) => {
+                if let Some(pid) = exec_pid(self.engine, exec).await {
+                    signals::send(pid, signal);
+                }
+            }
+            None => {
+                let _ = self.engine.kill(self.container, signal.as_raw()).await;
+            }
+        }
+    }
+}
+
+/// Streams a session until its output ends: standard input to the command, its output to
+/// toolbox's standard output and error, SIGWINCH as a resize, and SIGINT, SIGTERM and
+/// SIGHUP passed on to it. With `tty`, the terminal is in raw mode meanwhile.
+/// Returns the engine's message when the command never started (Docker writes it as the
+/// session's only output).
+async fn stream(
+    attached: Attached,
+    tty: bool,
+    target: &Recipient<'_>,
+    signals: Caught,
+) -> Result<Option<String>> {
+    let Attached {
+        mut output,
+        mut input,
+    } = attached;
+    // A reader that goes away is passed on to the command below, not the end of toolbox.
+    signals::ignore_sigpipe();
+    let _raw = match tty {
+        true => Some(sys::RawTerminal::enter().context("cannot put the terminal in raw mode")?),
+        false => None,
+    };
+    let mut signals = signals;
+    if tty {
+        target.resize().await;
+    }
+    let mut stdin = read_stdin();
+    let mut stdin_open = true;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let mut started = false;
+    let mut start_failure = None;
+    // Docker keeps an exec's connection open when its container is stopped or removed
+    // under it (`toolbox rm --force`, `docker rm -f`): the session ends when the container
+    // does, after a moment for output still in flight.
+    let container_stopped = target.engine.wait(target.container);
+    tokio::pin!(container_stopped);
+    let mut draining = false;
+    let drained = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(drained);
+    let mut reader_gone = false;
+    let kill_after = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(kill_after);
+    loop {
+        tokio::select! {
+            _ = &mut container_stopped, if !draining => {
+                draining = true;
+                drained.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            _ = &mut drained, if draining => break,
+            // One that survives SIGPIPE would write into nothing for ever.
+            _ = &mut kill_after, if reader_gone => {
+                target.signal(Signal::KILL).await;
+                break;
+            }
+            chunk = output.next() => match chunk {
+                None => break,
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    if !started {
+                        started = true;
+                        if let Output::Stdout(bytes) = &chunk
+                            && bytes.starts_with(START_FAILURE.as_bytes())
+                        {
+                            start_failure = Some(String::from_utf8_lossy(bytes).trim().to_string());
+                            continue;
+                        }
+                    }
+                    if reader_gone {
+                        continue;
+                    }
+                    let written = match chunk {
+                        Output::Stdout(bytes) => stdout.write_all(&bytes).and_then(|()| stdout.flush()),
+                        Output::Stderr(bytes) => stderr.write_all(&bytes).and_then(|()| stderr.flush()),
+                    };
+                    // Whoever read the output went away (`| head`): the command is told as
+                    // a pipe would tell it, and its status still comes back. Its output is
+                    // read on and dropped meanwhile: the engine reports a command's end only
+                    // once its output has been taken.
+                    if written.is_err() {
+                        reader_gone = true;
+                        target.signal(Signal::PIPE).await;
+                        kill_after.as_mut().reset(tokio::time::Instant::now() + EXEC_END);
+                    }
+                }
+            },
+            chunk = stdin.recv(), if stdin_open => match chunk {
+                Some(bytes) => {
+                    if input.write_all(&bytes).await.and(input.flush().await).is_err() {
+                        stdin_open = false;
+                    }
+                }
+                None => {
+                    // End of input: the command's standard input ends too.
+                    let _ = input.shutdown().await;
+                    stdin_open = false;
+                }
+            },
+            signal = signals.next() => match signal {
+                Signal::WINCH => if tty {
+                    target.resize().await
+                },
+                stopping => target.signal(stopping).await,
+            },
+        }
+    }
+    Ok(start_failure)
+}
+
+/// How Docker's answer to an exec whose command could not start begins.
+const START_FAILURE: &str = "OCI runtime exec failed";
+
+/// The command error in the engine's message about a command that could not start
+/// (runc's wording: `exec: "CMD": executable file not found in $PATH`, `stat CMD: no such
+/// file or directory`, `permission denied`), so it exits 127 or 126 as in an nspawn
+/// toolbox.
+fn command_error(message: &str, command: &str, toolbox: &str) -> Option<CommandError> {
+    let (_, reason) = message.split_once("unable to start container process: exec: ")?;
+    if reason.contains("executable file not found") || reason.contains("no such file or directory")
+    {
+        return Some(CommandError::NotFound {
+            command: command.to_string(),
+            toolbox: toolbox.to_string(),
+        });
+    }
+    let reason = ["permission denied", "is a directory", "exec format error"]
+        .into_iter()
+        .find(|known| reason.contains(known))?;
+    Some(CommandError::NotExecutable {
+        command: command.to_string(),
+        reason: reason.to_string(),
+    })
+}
+
+/// Standard input, read on a thread of its own (a blocking read cannot be abandoned, and
+/// the session may end before its input does); the channel closes at end of input.
+fn read_stdin() -> mpsc::Receiver<Bytes> {
+    let (sender, receiver) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match std::io::Read::read(&mut stdin, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if sender
+                        .blocking_send(Bytes::copy_from_slice(&buffer[..n]))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    receiver
+}
+
+/// The `RUN` label of `image` if the engine has the image, asked within `timeout` (for
+/// `--dry-run`, which pulls nothing).
+pub fn run_label(image: &ImageRef, access: &Access, timeout: Duration) -> Result<Option<String>> {
+    with_engine(access, Some(timeout), async |engine| {
+        let found = engine.image(&image.reference()).await?;
+        let found = found.ok_or_else(|| anyhow!("image {} is not here", image.reference()))?;
+        Ok(found.run_label)
+    })
+}
+
+/// How a session reports, and what it does about a changed image.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `TOOLBOX_UPDATE`: when the container's image is no longer the image's current ID,
+    /// say so (`notify`), or, when no session runs in it, replace it first (`auto`).
+    pub update: UpdateMode,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+/// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
+/// `timeout` if one is given.
+fn with_engine<T>(
+    access: &Access,
+    timeout: Option<Duration>,
+    work: impl AsyncFnOnce(&Docker) -> Result<T>,
+) -> Result<T> {
+    let runtime = engine::async_runtime()?;
+    runtime.block_on(async {
+        let work = async {
+            let engine = Docker::connect(access).await?;
+            work(&engine).await
+        };
+        match timeout {
+            None => work.await,
+            Some(timeout) => tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| anyhow!("the engine did not answer within {} s", timeout.as_secs()))?,
+        }
+    })
+}
+
+/// A persistent SPC as `toolbox list` shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub created: String,
+    pub running: bool,
+    /// Exec sessions running in it.
+    pub sessions: usize,
+    /// Whether the image's ID differs now; `None` when the image is gone.
+    pub image_changed: Option<bool>,
+}
+
+/// The persistent SPCs of toolbox directory `directory`, by name.
+pub fn list(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<Listed>> {
+    with_engine(access, Some(timeout), async |engine| {
+        let mut listed = Vec::new();
+        for name in owned_names(engine, directory).await? {
+            let Some(container) = engine.container(&name).await? else {
+                continue;
+            };
+            let image = container
+                .labels
+                .get(LABEL_IMAGE)
+                .cloned()
+                .unwrap_or_default();
+            let current = engine.image(&image).await.ok().flatten();
+            listed.push(Listed {
+                sessions: running_sessions(engine, &container.exec_ids, None).await,
+                image_changed: current.map(|found| found.id != container.image_id),
+                image,
+                image_id: container.image_id,
+                created: container.created,
+                running: container.running,
+                name,
+            });
+        }
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listed)
+    })
+}
+
+/// The names of the persistent SPCs of `directory`.
+async fn owned_names(engine: &Docker, directory: &Path) -> Result<Vec<String>> {
+    let label = format!("{LABEL_DIRECTORY}={}", directory.display());
+    let mut names = Vec::new();
+    for name in engine.containers_with_label(&label).await? {
+        if let Some(container) = engine.container(&name).await?
+            && container.labels.get(LABEL_SPC) == Some(&name)
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The names of the persistent SPCs of `directory`, for `rm` and `update` to find.
+pub fn names(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<String>> {
+    with_engine(access, Some(timeout), async |engine| {
+        owned_names(engine, directory).await
+    })
+}
+
+/// Removes persistent SPC `name` of `directory`; one with running sessions is refused,
+/// or with `force`, removed with them.
+pub fn remove(access: &Access, directory: &Path, name: &str, force: bool) -> Result<()> {
+    let _lock = toolboxes::lock_for_spc(directory, name)?;
+    with_engine(access, None, async |engine| {
+        let Some(container) = engine.container(name).await? else {
+            return Ok(());
+        };
+        check_ownership(&container, name, directory)?;
+        let sessions = running_sessions(engine, &container.exec_ids, None).await;
+        if sessions > 0 && !force {
+            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
+        }
+        engine.remove_container(&container.id).await
+    })
+}
+
+/// What `update` did to a persistent SPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpcUpdate {
+    UpToDate {
+        image: String,
+        image_id: String,
+    },
+    /// Removed, to be created from the new image by its next session.
+    Replaced {
+        image: String,
+        old_id: String,
+        new_id: String,
+    },
+}
+
+/// Pulls the image of persistent SPC `name` and, when its ID changed, removes the
+/// container (refused while sessions run, unless `force`) so that its next session
+/// creates it from the new image with the current settings.
+pub fn update(
+    access: &Access,
+    directory: &Path,
+    name: &str,
+    force: bool,
+    quiet: bool,
+) -> Result<SpcUpdate> {
+    let _lock = toolboxes::lock_for_spc(directory, name)?;
+    with_engine(access, None, async |engine| {
+        let container = engine.container(name).await?.ok_or_else(|| {
+            anyhow!("toolbox `{name}` (spc) has no container; its next session creates one")
+        })?;
+        check_ownership(&container, name, directory)?;
+        let image = container
+            .labels
+            .get(LABEL_IMAGE)
+            .cloned()
+            .unwrap_or_default();
+        let reference = ImageRef::parse(&image, "latest")?;
+        let found = provision::find_image(engine, &reference, true, quiet).await?;
+        if found.id == container.image_id {
+            return Ok(SpcUpdate::UpToDate {
+                image,
+                image_id: found.id,
+            });
+        }
+        let sessions = running_sessions(engine, &container.exec_ids, None).await;
+        if sessions > 0 && !force {
+            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
+        }
+        engine.remove_container(&container.id).await?;
+        Ok(SpcUpdate::Replaced {
+            image,
+            old_id: container.image_id,
+            new_id: found.id,
+        })
+    })
+}
+
+/// `toolbox-idle`, a persistent SPC's main process: waits to be stopped and exits 0.
+pub fn idle() -> u8 {
+    signals::wait_for_stop_signal();
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_that_cannot_start_exit_as_in_an_nspawn_toolbox() {
+        let runc = |tail: &str| {
+            format!(
+                "OCI runtime exec failed: exec failed: unable to start container process: exec: {tail}: unknown"
+            )
+        };
+        let cases = [
+            (
+                runc(r#""nosuch": executable file not found in $PATH"#),
+                Some(127),
+            ),
+            (
+                runc(r#""/no/such": stat /no/such: no such file or directory"#),
+                Some(127),
+            ),
+            (runc(r#""/etc/passwd": permission denied"#), Some(126)),
+            ("OCI runtime exec failed: something else".to_string(), None),
+        ];
+        for (message, expected) in cases {
+            let error = command_error(&message, "cmd", "core-fedora-latest");
+            assert_eq!(
+                error.as_ref().map(CommandError::exit_status),
+                expected,
+                "{message}"
+            );
+        }
+        assert_eq!(
+            command_error(
+                &runc(r#""x": executable file not found in $PATH"#),
+                "x",
+                "core-f"
+            )
+            .unwrap()
+            .to_string(),
+            "`x`: command not found in toolbox `core-f`"
+        );
+    }
+}

@@ -1,0 +1,666 @@
+//! machine: the toolbox on disk. Owns the layout of a toolbox directory (the tree, or for
+//! overlay storage the directory `overlay` fills, its metadata file, the locks and partial
+//! trees beside it), how a finished tree is put in place atomically, and how existing
+//! trees (including CoreOS ones) are recognised.
+//! It never writes outside `TOOLBOX_DIRECTORY`, and never through a path an image's
+//! contents could redirect.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::model::plan::Storage;
+use crate::sys::{self, Errno};
+
+/// Metadata file at the root of a complete toolbox tree, written before the tree is
+/// renamed into place: its presence means the tree is complete.
+pub const METADATA: &str = ".toolbox.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The image reference the toolbox was created from, as configured.
+    pub image: String,
+    /// The engine's image ID at creation.
+    pub image_id: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Present for overlay storage: the toolbox directory then holds the overlay's
+    /// directories instead of the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<Overlay>,
+    /// Present for a toolbox made by `toolbox import`: the archive it came from. No
+    /// engine has its image, so it is not updated from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
+}
+
+impl Metadata {
+    pub fn storage(&self) -> Storage {
+        match self.overlay {
+            Some(_) => Storage::Overlay,
+            None => Storage::Copy,
+        }
+    }
+}
+
+/// What an overlay toolbox is mounted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    /// The image's layer directories on the daemon's host, top first.
+    pub layers: Vec<PathBuf>,
+    /// The never-started container that keeps the daemon from deleting those layers.
+    pub anchor: String,
+}
+
+/// What is at a toolbox's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Missing,
+    /// Created by toolbox: the metadata file is there.
+    Complete,
+    /// A tree without metadata but with `etc/os-release`, as the CoreOS script left it.
+    Adopted,
+    /// An empty directory, which creating a toolbox may replace.
+    Empty,
+    /// Something else, which toolbox leaves alone.
+    Foreign,
+}
+
+/// Classifies `path` with a few `lstat`s; reads no file contents.
+pub fn state(path: &Path) -> Result<State> {
+    let exists = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    let describe = || format!("cannot inspect toolbox directory {}", path.display());
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(State::Missing),
+        Err(e) => return Err(e).with_context(describe),
+        Ok(meta) if !meta.is_dir() => return Ok(State::Foreign),
+        Ok(_) => {}
+    }
+    if exists(&path.join(METADATA)).with_context(describe)? {
+        return Ok(State::Complete);
+    }
+    if exists(&path.join("etc/os-release")).with_context(describe)? {
+        return Ok(State::Adopted);
+    }
+    let empty = fs::read_dir(path).with_context(describe)?.next().is_none();
+    Ok(if empty { State::Empty } else { State::Foreign })
+}
+
+/// The metadata of the toolbox at `path` if it is complete; `None` for an adopted CoreOS
+/// tree, an empty or missing directory, or anything else.
+pub fn complete_metadata(path: &Path) -> Result<Option<Metadata>> {
+    match state(path)? {
+        State::Complete => Ok(Some(read_metadata(path)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Reads a complete toolbox's metadata.
+pub fn read_metadata(path: &Path) -> Result<Metadata> {
+    let file = path.join(METADATA);
+    let text = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{}: malformed toolbox metadata", file.display()))
+}
+
+/// The directory a toolbox is built in before it is renamed into place.
+fn partial_prefix(name: &str) -> String {
+    format!(".{name}.partial-")
+}
+
+/// An exclusive lock, held until dropped.
+pub struct Lock {
+    _file: File,
+}
+
+/// Creates `directory` if needed and takes the creation lock for toolbox `name`, waiting
+/// while another toolbox process holds it. Creating, updating and removing a toolbox
+/// hold it.
+pub fn lock_for_create(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.lock"))
+}
+
+/// Takes the mount lock of overlay toolbox `name`: mounting, registering a session and
+/// unmounting after the last one happen under it. Taken after the creation lock when
+/// both are needed, never the other way round, and never held while waiting for a
+/// session to end.
+pub fn lock_for_mount(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.mount.lock"))
+}
+
+/// Takes the lock of super privileged container `name`: starting it for a session and
+/// stopping it after the last one happen under it.
+pub fn lock_for_spc(directory: &Path, name: &str) -> Result<Lock> {
+    lock(directory, &format!(".{name}.spc.lock"))
+}
+
+fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
+    make_directory(directory)?;
+    let path = directory.join(file_name);
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(Lock { _file: file })
+}
+
+/// Creates the toolbox directory, readable by root alone: the trees in it hold the images'
+/// setuid programs and device nodes, which any local user could otherwise run or open
+/// through the tree's path (Docker keeps /var/lib/docker at 0710 for the same reason).
+/// Missing parents are created as `mkdir -p` would.
+pub fn make_directory(directory: &Path) -> Result<()> {
+    if let Some(parent) = directory.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(directory) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e)
+            .with_context(|| format!("cannot create toolbox directory {}", directory.display())),
+        _ => tighten_directory(directory),
+    }
+}
+
+/// Takes away the access of others to an existing toolbox directory (one the CoreOS
+/// script or an older toolbox made 0755), saying so; once done, a `stat` finds nothing to do.
+pub fn tighten_directory(directory: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match fs::metadata(directory) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", directory.display())),
+    };
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(directory, fs::Permissions::from_mode(mode & 0o700))
+        .with_context(|| format!("cannot restrict {} to root", directory.display()))?;
+    crate::host::ui::say(format_args!(
+        "made toolbox directory {} accessible to root only (mode {:o}, was {mode:o}): other \
+         users could run the setuid programs of the images in it",
+        directory.display(),
+        mode & 0o700
+    ));
+    Ok(())
+}
+
+/// Removes partial trees left by interrupted creations of toolbox `name`. Call with the
+/// creation lock held: no live process is building one then.
+pub fn remove_partials(directory: &Path, name: &str) -> Result<()> {
+    let prefix = partial_prefix(name);
+    for entry in
+        fs::read_dir(directory).with_context(|| format!("cannot list {}", directory.display()))?
+    {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // A creation killed while it had the overlay mounted to complete it.
+            crate::store::overlay::unmount(&entry.path())?;
+            fs::remove_dir_all(entry.path()).with_context(|| {
+                format!(
+                    "cannot remove stale partial toolbox {}",
+                    entry.path().display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a fresh, empty partial tree for toolbox `name`.
+pub fn make_partial(directory: &Path, name: &str) -> Result<PathBuf> {
+    let path = directory.join(format!("{}{}", partial_prefix(name), std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(path)
+}
+
+/// Makes a partial tree for toolbox `name` and has `fill` build it. If `fill` fails, the
+/// partial tree is removed (unmounted first, if `fill` left it mounted) before the error is
+/// returned: a failed creation leaves nothing in `directory`.
+pub fn build_partial(
+    directory: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let partial = make_partial(directory, name)?;
+    if let Err(e) = fill(&partial) {
+        // Best effort: the error matters more, and the next creation removes leftovers.
+        let _ = crate::store::overlay::unmount(&partial);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    Ok(partial)
+}
+
+/// Completes a partial tree: [`prepare_tree`], then [`finish`].
+pub fn complete(partial: &Path, metadata: &Metadata) -> Result<()> {
+    prepare_tree(partial)?;
+    finish(partial, metadata)
+}
+
+/// Gives a new tree what systemd-nspawn needs: an `etc/os-release` if the image has none
+/// (as the CoreOS script did). Writes go through descriptors inside the tree, so symlinks
+/// the image planted cannot redirect them.
+pub fn prepare_tree(tree: &Path) -> Result<()> {
+    let root = sys::open_dir(tree).with_context(|| format!("cannot open {}", tree.display()))?;
+    let fail = |what: &str| format!("cannot write {what} in {}", tree.display());
+
+    match rfs::mkdirat(&root, "etc", Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(io::Error::from(e)).with_context(|| fail("etc")),
+    }
+    // O_CREAT without O_TRUNC: an existing os-release is left as it is.
+    sys::open_in_root(
+        &root,
+        b"etc/os-release",
+        OFlags::WRONLY | OFlags::CREATE,
+        0o644,
+    )
+    .with_context(|| fail("etc/os-release"))?;
+    Ok(())
+}
+
+/// Writes the metadata file at the top of a new toolbox directory and flushes the
+/// directory's filesystem to disk; the toolbox is complete once this returns.
+pub fn finish(partial: &Path, metadata: &Metadata) -> Result<()> {
+    let root =
+        sys::open_dir(partial).with_context(|| format!("cannot open {}", partial.display()))?;
+    let fail = |what: &str| format!("cannot write {what} in {}", partial.display());
+    match rfs::unlinkat(&root, METADATA, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => {}
+        Err(e) => return Err(io::Error::from(e)).with_context(|| fail(METADATA)),
+    }
+    let fd = rfs::openat(
+        &root,
+        METADATA,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(io::Error::from)
+    .with_context(|| fail(METADATA))?;
+    let mut file = File::from(fd);
+    serde_json::to_writer_pretty(&mut file, metadata)?;
+    file.write_all(b"\n").with_context(|| fail(METADATA))?;
+
+    sys::sync_filesystem(root.as_fd())
+        .with_context(|| format!("cannot flush {} to disk", partial.display()))?;
+    Ok(())
+}
+
+/// Renames a completed partial tree to `path`, replacing an empty directory there. The
+/// rename is atomic: `path` is either absent (or empty) or the whole new tree.
+pub fn install(partial: &Path, path: &Path) -> Result<()> {
+    if state(path)? == State::Empty {
+        fs::remove_dir(path)
+            .with_context(|| format!("cannot replace empty directory {}", path.display()))?;
+    }
+    match state(path)? {
+        State::Missing => {}
+        _ => bail!(
+            "{} appeared while the toolbox was being created; left it alone",
+            path.display()
+        ),
+    }
+    fs::rename(partial, path)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), path.display()))?;
+    sync_parent(path)
+}
+
+/// Flushes the directory holding `path`, so a rename into it survives a crash.
+fn sync_parent(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot flush {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Puts a completed partial tree in place of the existing toolbox at `path` in one atomic
+/// exchange (`renameat2(RENAME_EXCHANGE)`): at every moment `path` is the whole old tree
+/// or the whole new one. Afterwards the old tree is at `partial`, for the caller to remove.
+pub fn swap(partial: &Path, path: &Path) -> Result<()> {
+    rfs::renameat_with(
+        rfs::CWD,
+        partial,
+        rfs::CWD,
+        path,
+        rfs::RenameFlags::EXCHANGE,
+    )
+    .map_err(io::Error::from)
+    .with_context(|| format!("cannot swap {} into {}", partial.display(), path.display()))?;
+    sync_parent(path)
+}
+
+/// Removes a toolbox tree: first renamed aside (atomic), so an interrupted removal of a
+/// large tree never leaves a half-deleted toolbox under its real name; what is left aside
+/// is cleaned up by the next creation or removal.
+pub fn remove(directory: &Path, name: &str) -> Result<()> {
+    let path = directory.join(name);
+    let aside = directory.join(format!(
+        "{}removing-{}",
+        partial_prefix(name),
+        std::process::id()
+    ));
+    fs::rename(&path, &aside).with_context(|| format!("cannot move {} aside", path.display()))?;
+    fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))
+}
+
+/// The names of the toolboxes in `directory`: complete and adopted trees, in order.
+pub fn list(directory: &Path) -> Result<Vec<(String, State)>> {
+    let entries = match fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", directory.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let state = state(&directory.join(&name))?;
+        if matches!(state, State::Complete | State::Adopted) {
+            found.push((name, state));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+/// Disk space used by a tree, in bytes: allocated blocks, hard-linked files counted once,
+/// symlinks not followed, other filesystems (a mounted overlay) not entered.
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            if meta.dev() != top.dev() {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
+/// Adds a user to a toolbox tree as the host has it: its `passwd` line, its primary
+/// group's `group` line when the tree lacks that group, and its home directory. Writes go
+/// through descriptors inside the tree. Returns whether the user was added.
+pub fn add_user(root: &Path, passwd_line: &str, group_line: Option<&str>) -> Result<bool> {
+    let fields: Vec<&str> = passwd_line.split(':').collect();
+    let [name, _, uid, gid, _, home, ..] = fields[..] else {
+        bail!("malformed passwd line `{passwd_line}`");
+    };
+    let (uid, gid): (u32, u32) = (uid.parse()?, gid.parse()?);
+    let tree = sys::open_dir(root).with_context(|| format!("cannot open {}", root.display()))?;
+    let read = |path: &[u8]| -> String {
+        let Ok(fd) = sys::open_in_root(&tree, path, OFlags::RDONLY, 0) else {
+            return String::new();
+        };
+        io::read_to_string(File::from(fd)).unwrap_or_default()
+    };
+    if read(b"etc/passwd")
+        .lines()
+        .any(|l| l.split(':').next() == Some(name))
+    {
+        return Ok(false);
+    }
+    let append = |path: &[u8], line: &str| -> Result<()> {
+        let fd = sys::open_in_root(
+            &tree,
+            path,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+            0o644,
+        )
+        .with_context(|| {
+            format!(
+                "cannot open {} in {}",
+                String::from_utf8_lossy(path),
+                root.display()
+            )
+        })?;
+        let mut file = File::from(fd);
+        writeln!(file, "{line}")?;
+        Ok(())
+    };
+    append(b"etc/passwd", passwd_line)?;
+    let has_group = read(b"etc/group")
+        .lines()
+        .any(|l| l.split(':').nth(2).and_then(|g| g.parse().ok()) == Some(gid));
+    if let (false, Some(group_line)) = (has_group, group_line) {
+        append(b"etc/group", group_line)?;
+    }
+    let home = home.trim_start_matches('/');
+    if !home.is_empty() {
+        let (parent, leaf) = home.rsplit_once('/').unwrap_or(("", home));
+        let parent_fd = sys::open_in_root(
+            &tree,
+            parent.as_bytes(),
+            OFlags::PATH | OFlags::DIRECTORY,
+            0,
+        );
+        // A home whose parent is missing is left out: the user still resolves.
+        if let Ok(parent_fd) = parent_fd
+            && rfs::mkdirat(&parent_fd, leaf, Mode::from_raw_mode(0o700)).is_ok()
+        {
+            rfs::chownat(
+                &parent_fd,
+                leaf,
+                Some(rfs::Uid::from_raw(uid)),
+                Some(rfs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(io::Error::from)
+            .with_context(|| format!("cannot give /{home} to {name}"))?;
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata() -> Metadata {
+        Metadata {
+            image: "debian:bookworm".into(),
+            image_id: "sha256:1".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            overlay: None,
+            imported_from: None,
+        }
+    }
+
+    // Metadata written before overlay storage existed reads as copy storage.
+    #[test]
+    fn older_metadata_reads_as_copy_storage() {
+        let text = r#"{"image": "debian:bookworm", "image_id": "sha256:1", "created": "2026-01-01T00:00:00Z"}"#;
+        let read: Metadata = serde_json::from_str(text).unwrap();
+        assert_eq!(read, metadata());
+        assert_eq!(read.storage(), Storage::Copy);
+        let overlay = Metadata {
+            overlay: Some(Overlay {
+                layers: vec!["/var/lib/docker/overlay2/a/diff".into()],
+                anchor: "c0ffee".into(),
+            }),
+            ..metadata()
+        };
+        let text = serde_json::to_string(&overlay).unwrap();
+        assert_eq!(serde_json::from_str::<Metadata>(&text).unwrap(), overlay);
+        assert_eq!(overlay.storage(), Storage::Overlay);
+    }
+
+    #[test]
+    fn states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-fedora-latest");
+        assert_eq!(state(&path).unwrap(), State::Missing);
+        fs::create_dir(&path).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Empty);
+        fs::write(path.join("junk"), "").unwrap();
+        assert_eq!(state(&path).unwrap(), State::Foreign);
+        fs::create_dir(path.join("etc")).unwrap();
+        // A relative symlink, as Fedora ships it, even dangling, marks a CoreOS tree.
+        std::os::unix::fs::symlink("../usr/lib/os-release", path.join("etc/os-release")).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Adopted);
+        fs::write(path.join(METADATA), "{}").unwrap();
+        assert_eq!(state(&path).unwrap(), State::Complete);
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        assert_eq!(state(&file).unwrap(), State::Foreign);
+    }
+
+    #[test]
+    fn complete_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let _lock = lock_for_create(dir.path(), "core-x").unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        complete(&partial, &metadata()).unwrap();
+        assert!(partial.join("etc/os-release").is_file());
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        install(&partial, &path).unwrap();
+        assert_eq!(state(&path).unwrap(), State::Complete);
+        assert_eq!(read_metadata(&path).unwrap(), metadata());
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn install_never_replaces_a_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("precious"), "keep").unwrap();
+        assert!(install(&partial, &path).is_err());
+        assert_eq!(fs::read(path.join("precious")).unwrap(), b"keep");
+    }
+
+    // An image can ship `etc` or the metadata file's name as symlinks pointing at the
+    // host; completing the tree must never write through them.
+    #[test]
+    fn completing_writes_only_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        std::os::unix::fs::symlink(&outside, partial.join("etc")).unwrap();
+        let _ = complete(&partial, &metadata());
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        fs::remove_dir_all(&partial).unwrap();
+
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        std::os::unix::fs::symlink(outside.join("meta"), partial.join(METADATA)).unwrap();
+        complete(&partial, &metadata()).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(
+            fs::symlink_metadata(partial.join(METADATA))
+                .unwrap()
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn swap_exchanges_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("core-x");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("old"), "").unwrap();
+        let partial = make_partial(dir.path(), "core-x").unwrap();
+        fs::write(partial.join("new"), "").unwrap();
+        swap(&partial, &path).unwrap();
+        assert!(path.join("new").exists() && partial.join("old").exists());
+    }
+
+    #[test]
+    fn remove_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["b", "a"] {
+            fs::create_dir_all(dir.path().join(name).join("etc")).unwrap();
+            fs::write(dir.path().join(name).join("etc/os-release"), "").unwrap();
+        }
+        fs::create_dir(dir.path().join(".a.partial-1")).unwrap();
+        fs::create_dir(dir.path().join("junk")).unwrap();
+        fs::write(dir.path().join("junk/x"), "").unwrap();
+        let names: Vec<_> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        remove(dir.path(), "a").unwrap();
+        let names: Vec<_> = list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["b"]);
+        assert!(disk_usage(&dir.path().join("b")) > 0);
+        assert!(list(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn users_are_added_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::create_dir_all(dir.path().join("home")).unwrap();
+        fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let me = rustix::process::geteuid().as_raw();
+        let line = format!("bob:x:{me}:{me}:Bob:/home/bob:/bin/bash");
+        let group = format!("bob:x:{me}:");
+        assert!(add_user(dir.path(), &line, Some(&group)).unwrap());
+        assert!(!add_user(dir.path(), &line, Some(&group)).unwrap());
+        let passwd = fs::read_to_string(dir.path().join("etc/passwd")).unwrap();
+        assert_eq!(passwd, format!("root:x:0:0::/root:/bin/sh\n{line}\n"));
+        let groups = fs::read_to_string(dir.path().join("etc/group")).unwrap();
+        assert_eq!(groups.lines().count(), if me == 0 { 1 } else { 2 });
+        assert!(dir.path().join("home/bob").is_dir());
+    }
+
+    #[test]
+    fn stale_partials_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".core-x.partial-999999");
+        fs::create_dir_all(stale.join("usr/bin")).unwrap();
+        let other = dir.path().join(".core-y.partial-1");
+        fs::create_dir(&other).unwrap();
+        remove_partials(dir.path(), "core-x").unwrap();
+        assert!(!stale.exists());
+        assert!(other.exists());
+    }
+}
