@@ -73,13 +73,17 @@ impl Target {
 /// A toolbox that is already there (or a CoreOS tree to adopt) is left as it is, without
 /// contacting any daemon.
 pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> Result<bool> {
-    let path = target.path();
-    if ready(&path)? {
+    if ready(&target.path())? {
         return Ok(false);
     }
     // The daemon is reached and the image found before anything is written, so an
     // unreachable daemon or a failed pull leaves the toolbox directory as it was.
-    let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
+    create_with(Provisioner::connect(access, quiet, verbose)?, target)
+}
+
+/// [`ensure`] for a toolbox not there a moment ago, with `provisioner`'s engine.
+fn create_with<E: Engine>(mut provisioner: Provisioner<E>, target: &Target) -> Result<bool> {
+    let path = target.path();
     let image = provisioner.image(&target.image, false)?;
     let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
     // Another toolbox process may have created it while this one waited for the lock.
@@ -277,21 +281,32 @@ fn ready(path: &Path) -> Result<bool> {
 }
 
 /// An engine connection with signals caught, for creating and updating toolboxes.
-struct Provisioner {
+struct Provisioner<E: Engine> {
     runtime: tokio::runtime::Runtime,
-    engine: Docker,
+    engine: E,
     signals: Caught,
     quiet: bool,
     verbose: bool,
 }
 
-impl Provisioner {
-    fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner> {
+impl Provisioner<Docker> {
+    fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner<Docker>> {
         let runtime = engine::async_runtime()?;
         let engine = runtime.block_on(Docker::connect(access))?;
         if verbose {
             ui::say(engine.describe());
         }
+        Provisioner::with(runtime, engine, quiet, verbose)
+    }
+}
+
+impl<E: Engine> Provisioner<E> {
+    fn with(
+        runtime: tokio::runtime::Runtime,
+        engine: E,
+        quiet: bool,
+        verbose: bool,
+    ) -> Result<Provisioner<E>> {
         let signals = runtime
             .block_on(async { Caught::catch(&STOPPING) })
             .context("cannot install signal handlers")?;
@@ -396,12 +411,7 @@ impl Provisioner {
     /// overlay storage cannot work here, before anything is left in the daemon.
     fn build_overlay(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         let path = target.path();
-        overlay::check(
-            image,
-            self.engine.is_local(),
-            &self.engine.endpoint.address,
-            &path,
-        )?;
+        overlay::check(image, self.engine.is_local(), self.engine.address(), &path)?;
         toolboxes::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
@@ -663,5 +673,196 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.chunk[..n]);
         self.chunk.advance(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{Export, Fake};
+    use crate::sys::signals::{self, Signal};
+    use std::sync::Mutex;
+
+    /// Tests that catch signals run one at a time: a signal reaches every catcher.
+    static CATCHING: Mutex<()> = Mutex::new(());
+
+    const REFERENCE: &str = "fake:latest";
+
+    /// A small root filesystem, a few export chunks long.
+    fn archive() -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o755);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            tar.append_data(&mut header, path, data).unwrap();
+        };
+        add("etc/os-release", b"ID=fake\n");
+        add("usr/bin/tool", &[7u8; 8192]);
+        add("usr/bin/other", &[9u8; 8192]);
+        tar.into_inner().unwrap()
+    }
+
+    fn engine(archive: Vec<u8>, export: Export) -> Fake {
+        let image = Image {
+            id: "sha256:f00d".into(),
+            driver: None,
+            layers: Vec::new(),
+            run_label: None,
+        };
+        let mut fake = Fake::with_image(REFERENCE, image, archive);
+        fake.export = export;
+        fake
+    }
+
+    /// The toolbox `core-fake` in the toolbox directory `toolboxes` under `dir`.
+    fn target(dir: &Path) -> Target {
+        Target {
+            directory: dir.join("toolboxes"),
+            name: "core-fake".into(),
+            image: ImageRef::parse(REFERENCE, "latest").unwrap(),
+            storage: Storage::Copy,
+            storage_demanded: false,
+        }
+    }
+
+    fn create(engine: &Fake, target: &Target) -> Result<bool> {
+        let runtime = engine::async_runtime().unwrap();
+        create_with(Provisioner::with(runtime, engine, true, false)?, target)
+    }
+
+    /// What a creation left in the toolbox directory under `dir`, besides lock files.
+    fn left(dir: &Path) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(dir.join("toolboxes")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".lock"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_creation_leaves_a_complete_toolbox_and_no_container() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = engine(archive(), Export::Whole);
+        let target = target(dir.path());
+        assert!(create(&fake, &target).unwrap());
+        assert_eq!(left(dir.path()), ["core-fake"]);
+        let metadata = toolboxes::complete_metadata(&target.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(metadata.image_id, "sha256:f00d");
+        assert_eq!(
+            fs::read(target.path().join("usr/bin/tool")).unwrap().len(),
+            8192
+        );
+        assert!(
+            fake.container_ids().is_empty(),
+            "the export container is removed"
+        );
+        // Complete now: another creation finds it and asks nothing.
+        assert!(!create(&fake, &target).unwrap());
+    }
+
+    // The promise of the module comment: a failed creation leaves no tree, no partial
+    // tree, no container.
+    #[test]
+    fn a_failed_or_corrupt_export_leaves_nothing() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let whole = archive();
+        let mut truncated = whole[..whole.len() / 2].to_vec();
+        truncated.extend([0u8; 100]);
+        for (case, fake) in [
+            (
+                "daemon died",
+                engine(whole.clone(), Export::FailAfter(4096)),
+            ),
+            ("corrupt archive", engine(truncated, Export::Whole)),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let err = create(&fake, &target(dir.path())).unwrap_err();
+            assert!(
+                left(dir.path()).is_empty(),
+                "{case}: {:?}",
+                left(dir.path())
+            );
+            assert!(fake.container_ids().is_empty(), "{case}: {err:#}");
+            assert_eq!(crate::exit::status_of(&err), 125, "{case}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn a_missing_image_leaves_the_directory_untouched() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let mut fake = engine(archive(), Export::Whole);
+        fake.images.clear();
+        let target = target(dir.path());
+        let err = create(&fake, &target).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "cannot pull image `fake:latest`: no registry here"
+        );
+        assert!(!target.directory.exists());
+    }
+
+    // Ctrl-C while the export streams: exit 130, and the container and partial tree go.
+    #[test]
+    fn an_interrupted_creation_leaves_nothing() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = engine(archive(), Export::StallAfter(4096));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let thread = loop {
+                    if let Some(thread) = *fake.exporting.lock().unwrap() {
+                        break thread;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "no export started");
+                    std::thread::sleep(Duration::from_millis(5));
+                };
+                signals::send_to_thread(thread, Signal::INT);
+            });
+            let err = create(&fake, &target(dir.path())).unwrap_err();
+            assert_eq!(crate::exit::status_of(&err), 130, "{err:#}");
+        });
+        assert!(left(dir.path()).is_empty(), "{:?}", left(dir.path()));
+        assert!(fake.container_ids().is_empty());
+    }
+
+    // Overlay storage needs the daemon's overlay2 layers: without them the image is copied.
+    #[test]
+    fn overlay_storage_falls_back_to_a_copy_where_it_cannot_work() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = engine(archive(), Export::Whole);
+        let mut wanted = target(dir.path());
+        wanted.storage = Storage::Overlay;
+        assert!(create(&fake, &wanted).unwrap());
+        let metadata = toolboxes::complete_metadata(&wanted.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(metadata.storage(), Storage::Copy);
+        assert!(fake.container_ids().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let mut demanded = target(dir.path());
+        demanded.storage = Storage::Overlay;
+        demanded.storage_demanded = true;
+        let err = create(&fake, &demanded).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("cannot use overlay storage (--storage overlay): "),
+            "{err:#}"
+        );
+        assert!(left(dir.path()).is_empty());
+        assert!(fake.container_ids().is_empty());
     }
 }

@@ -1,27 +1,25 @@
-//! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, and
-//! their Docker Engine API implementation (bollard), plus the calls that run a super
-//! privileged container (`spc`): create, start, attach, exec, resize, signal, wait, stop.
-//! Only creating, updating and removing an nspawn toolbox talk to an engine; entering one
-//! never does. No other module uses bollard.
+//! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, in
+//! terms every engine shares: images, throwaway containers and their export for creating a
+//! toolbox, and the calls that run a super privileged container (create from a
+//! [`ContainerSpec`], start, attach, exec, resize, signal, wait, stop). [`docker`] speaks
+//! the Docker Engine API (Docker, or Podman's compatible service) through bollard, the only
+//! module that does; `fake` is an engine in memory for unit tests. Which engine and how to
+//! reach it ([`Access`]) is decided here too. Only creating, updating and removing an nspawn
+//! toolbox talk to an engine; entering one never does.
+
+pub mod docker;
+#[cfg(test)]
+pub mod fake;
+
+pub use docker::Docker;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
-use bollard::container::LogOutput;
-use bollard::errors::Error as BollardError;
-use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig};
-use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
-    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
-};
+use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::host::ui;
 use crate::host::{CONTAINER_HOST, DOCKER_HOST, Env, XDG_RUNTIME_DIR};
 use crate::model::image::{Image, ImageRef};
 
@@ -77,6 +75,43 @@ pub trait Engine {
     ) -> Result<Vec<(String, HashMap<String, String>)>>;
     /// Whether the daemon runs on this host, so its storage paths are this host's.
     fn is_local(&self) -> bool;
+    /// Where the engine is, for messages (`unix:///var/run/docker.sock`).
+    fn address(&self) -> &str;
+
+    // The super privileged container runtime's calls.
+
+    /// The container named or with ID `name`, if there is one.
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>>;
+
+    /// Containers carrying `label`, whatever its value: their names (without `/`).
+    async fn containers_with_label(&self, label: &str) -> Result<Vec<String>>;
+
+    /// Creates the container `spec` describes; returns its ID.
+    async fn create_spc(&self, spec: &ContainerSpec) -> Result<String>;
+
+    async fn start(&self, container: &str) -> Result<()>;
+
+    /// Stops the container, killing it after `grace`.
+    async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<()>;
+
+    /// Attaches to a created container's standard streams, before it starts.
+    async fn attach(&self, container: &str) -> Result<Attached>;
+
+    /// Waits for the container to stop; returns its main process's exit status.
+    async fn wait(&self, container: &str) -> Result<i64>;
+
+    /// Starts `session` in the running container and attaches to it; returns the exec's
+    /// ID and the connection.
+    async fn exec(&self, container: &str, session: &Process) -> Result<(String, Attached)>;
+
+    async fn exec_state(&self, exec: &str) -> Result<ExecState>;
+
+    /// Sets the size of an exec session's terminal, or of a container's when `exec` is
+    /// `None`.
+    async fn resize(&self, container: &str, exec: Option<&str>, size: (u16, u16)) -> Result<()>;
+
+    /// Sends signal number `signal` to the container's main process.
+    async fn kill(&self, container: &str, signal: i32) -> Result<()>;
 }
 
 /// Which engine toolbox talks to (`TOOLBOX_ENGINE`, `--engine`).
@@ -226,221 +261,12 @@ impl Access {
     }
 }
 
-/// A Docker Engine API daemon (Docker, or Podman's compatible service).
-pub struct Docker {
-    client: bollard::Docker,
-    /// Where the engine is and which it is.
-    pub endpoint: Endpoint,
-}
-
-impl Docker {
-    /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
-    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
-    pub async fn connect(access: &Access) -> Result<Docker> {
-        let endpoint = access.endpoint()?;
-        let address = endpoint.address.clone();
-        let unreachable = || {
-            let hint = match endpoint.podman {
-                true => "is its service running?",
-                false => "is dockerd running?",
-            };
-            format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
-        };
-        let client = bollard::Docker::connect_with_host(&address).with_context(unreachable)?;
-        let client = client.negotiate_version().await.with_context(unreachable)?;
-        Ok(Docker { client, endpoint })
-    }
-
-    /// Which engine this is, where, and the API version agreed on, for `-v`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} at {} (API {})",
-            self.endpoint.name(),
-            self.endpoint.address,
-            self.client.client_version()
-        )
-    }
-
-    /// Containers, running or not, matching a `label` filter (`KEY` or `KEY=VALUE`).
-    async fn containers_labelled(&self, filter: String) -> Result<Vec<ContainerSummary>> {
-        let filters = HashMap::from([("label".to_string(), vec![filter])]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        self.client
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))
-    }
-}
-
 /// The single-threaded async runtime the engine calls run on.
 pub fn async_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn is_not_found(error: &BollardError) -> bool {
-    matches!(
-        error,
-        BollardError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
-
-/// The daemon's own message, without bollard's wrapping.
-fn daemon_message(error: &BollardError) -> String {
-    match error {
-        BollardError::DockerResponseServerError { message, .. } => message.clone(),
-        BollardError::DockerStreamError { error } => error.clone(),
-        other => other.to_string(),
-    }
-}
-
-impl Engine for Docker {
-    async fn image(&self, reference: &str) -> Result<Option<Image>> {
-        match self.client.inspect_image(reference).await {
-            Ok(image) => {
-                let run_label = image.config.and_then(|config| config.labels?.remove("RUN"));
-                let driver = image.graph_driver.unwrap_or_default();
-                let mut layers = Vec::new();
-                // overlay2 reports the top layer as `UpperDir` and the ones below it,
-                // top first, as `LowerDir` (absent for a one-layer image).
-                if driver.name == "overlay2" {
-                    let data = driver.data;
-                    let upper = data.get("UpperDir").into_iter();
-                    let lower = data.get("LowerDir").into_iter().flat_map(|l| l.split(':'));
-                    layers = upper
-                        .map(String::as_str)
-                        .chain(lower)
-                        .filter(|dir| !dir.is_empty())
-                        .map(PathBuf::from)
-                        .collect();
-                }
-                Ok(Some(Image {
-                    id: image.id.unwrap_or_default(),
-                    driver: (!driver.name.is_empty()).then_some(driver.name),
-                    layers,
-                    run_label,
-                }))
-            }
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(anyhow!(
-                "cannot inspect image `{reference}`: {}",
-                daemon_message(&e)
-            )),
-        }
-    }
-
-    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()> {
-        let reference = image.reference();
-        let options = CreateImageOptions {
-            from_image: Some(image.repository.clone()),
-            tag: Some(image.tag.clone()),
-            ..Default::default()
-        };
-        let mut progress = ui::PullProgress::new(ui::Progress::new(quiet));
-        let mut stream = self.client.create_image(Some(options), None, None);
-        // A failed pull arrives either as an HTTP error before the stream starts or as
-        // an error message inside the stream; both end up here.
-        let pulled = async {
-            while let Some(item) = stream.next().await {
-                let info = item.map_err(|e| {
-                    anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e))
-                })?;
-                if let Some(detail) = info.error_detail {
-                    let message = detail.message.unwrap_or_else(|| "unknown error".into());
-                    bail!("cannot pull image `{reference}`: {message}");
-                }
-                let (current, total) = info
-                    .progress_detail
-                    .map_or((None, None), |d| (d.current, d.total));
-                progress.update(info.id.as_deref(), info.status.as_deref(), current, total);
-            }
-            Ok(())
-        }
-        .await;
-        progress.finish();
-        pulled
-    }
-
-    async fn create_container(
-        &self,
-        image_id: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<String> {
-        let body = ContainerCreateBody {
-            image: Some(image_id.to_string()),
-            // Never started; an imported image has no command of its own and the API wants one.
-            cmd: Some(vec!["/bin/true".to_string()]),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        let created = self
-            .client
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot create a container of image {}: {}",
-                    short_id(image_id),
-                    daemon_message(&e)
-                )
-            })?;
-        Ok(created.id)
-    }
-
-    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
-        let mut stream = self.client.export_container(container);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                anyhow!(
-                    "the export stopped (is the Docker daemon still running?): {}",
-                    daemon_message(&e)
-                )
-            })?;
-            sink.send(chunk).await.map_err(|_| SinkClosed)?;
-        }
-        Ok(())
-    }
-
-    async fn labelled_containers(
-        &self,
-        label: &str,
-        value: &str,
-    ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        let containers = self.containers_labelled(format!("{label}={value}")).await?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
-            .collect())
-    }
-
-    fn is_local(&self) -> bool {
-        let address = &self.endpoint.address;
-        address.starts_with("unix://") || address.starts_with('/')
-    }
-
-    async fn remove_container(&self, container: &str) -> Result<()> {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        match self.client.remove_container(container, Some(options)).await {
-            Err(e) if !is_not_found(&e) => Err(anyhow!(
-                "cannot remove container `{container}`: {}",
-                daemon_message(&e)
-            )),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// A container as the SPC runtime needs to know it.
@@ -477,29 +303,6 @@ pub struct ExecState {
     pub exit_code: Option<i64>,
     /// Its process, in the engine host's PID namespace.
     pub pid: Option<i32>,
-}
-
-fn attached(
-    output: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
-    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-) -> Attached {
-    let output = output.filter_map(|item| async move {
-        match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                Some(Ok(Output::Stdout(message)))
-            }
-            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
-            Ok(LogOutput::StdIn { .. }) => None,
-            Err(e) => Some(Err(anyhow!(
-                "the connection to the container broke: {}",
-                daemon_message(&e)
-            ))),
-        }
-    });
-    Attached {
-        output: Box::pin(output),
-        input,
-    }
 }
 
 /// A process to run in a container: its command, terminal, user and environment.
@@ -544,265 +347,6 @@ pub struct ContainerSpec {
     pub main: Process,
     /// Its standard streams are attached before it starts (a throwaway's session).
     pub attached: bool,
-}
-
-/// The super privileged container runtime's calls (see `runtime::spc`).
-impl Docker {
-    /// The container named or with ID `name`, if there is one.
-    pub async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
-        let inspected = match self.client.inspect_container(name, None).await {
-            Ok(inspected) => inspected,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
-        };
-        Ok(Some(ContainerInfo {
-            id: inspected.id.unwrap_or_default(),
-            running: inspected.state.and_then(|s| s.running).unwrap_or(false),
-            image_id: inspected.image.unwrap_or_default(),
-            created: inspected.created.unwrap_or_default(),
-            labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
-            exec_ids: inspected.exec_ids.unwrap_or_default(),
-        }))
-    }
-
-    /// Containers carrying `label`, whatever its value: their names (without `/`).
-    pub async fn containers_with_label(&self, label: &str) -> Result<Vec<String>> {
-        let containers = self.containers_labelled(label.to_string()).await?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| c.names?.first()?.strip_prefix('/').map(String::from))
-            .collect())
-    }
-
-    /// Creates the container `spec` describes; returns its ID.
-    pub async fn create_spc(&self, spec: &ContainerSpec) -> Result<String> {
-        let mut host = HostConfig {
-            privileged: spec.privileged.then_some(true),
-            network_mode: Some(spec.network.clone()),
-            pid_mode: Some(spec.pid.clone()),
-            ipc_mode: Some(spec.ipc.clone()),
-            uts_mode: Some(spec.uts.clone()),
-            binds: Some(spec.binds.clone()),
-            cap_add: Some(spec.cap_add.clone()),
-            security_opt: Some(spec.security_opt.clone()),
-            ..Default::default()
-        };
-        if spec.unmask_system_paths {
-            host.masked_paths = Some(Vec::new());
-            host.readonly_paths = Some(Vec::new());
-        }
-        if !spec.device_cgroup_rules.is_empty() {
-            host.device_cgroup_rules = Some(spec.device_cgroup_rules.clone());
-        }
-        let main = &spec.main;
-        let attached = spec.attached;
-        let body = ContainerCreateBody {
-            image: Some(spec.image_id.clone()),
-            cmd: Some(main.command.clone()),
-            env: Some(main.env.clone()),
-            labels: Some(spec.labels.clone().into_iter().collect()),
-            user: main.user.clone(),
-            working_dir: spec.workdir.clone(),
-            tty: Some(main.tty),
-            open_stdin: Some(attached),
-            stdin_once: Some(attached),
-            attach_stdin: Some(attached),
-            attach_stdout: Some(attached),
-            attach_stderr: Some(attached),
-            host_config: Some(host),
-            ..Default::default()
-        };
-        let options = CreateContainerOptions {
-            name: spec.name.clone(),
-            ..Default::default()
-        };
-        let what = match &spec.name {
-            Some(name) => format!("container `{name}`"),
-            None => "a container".to_string(),
-        };
-        let created = self
-            .client
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot create {what} of image {}: {}",
-                    spec.image,
-                    daemon_message(&e)
-                )
-            })?;
-        Ok(created.id)
-    }
-
-    pub async fn start(&self, container: &str) -> Result<()> {
-        self.client
-            .start_container(container, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot start container `{container}`: {}",
-                    daemon_message(&e)
-                )
-            })
-    }
-
-    /// Stops the container, killing it after `grace`.
-    pub async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<()> {
-        let options = StopContainerOptions {
-            t: Some(grace.as_secs() as i32),
-            ..Default::default()
-        };
-        match self.client.stop_container(container, Some(options)).await {
-            Err(e) if !is_not_found(&e) => bail!(
-                "cannot stop container `{container}`: {}",
-                daemon_message(&e)
-            ),
-            _ => Ok(()),
-        }
-    }
-
-    /// Attaches to a created container's standard streams, before it starts.
-    pub async fn attach(&self, container: &str) -> Result<Attached> {
-        let options = AttachContainerOptions {
-            stream: true,
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        };
-        let attach = self
-            .client
-            .attach_container(container, Some(options))
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot attach to container `{container}`: {}",
-                    daemon_message(&e)
-                )
-            })?;
-        Ok(attached(attach.output, attach.input))
-    }
-
-    /// Waits for the container to stop; returns its main process's exit status.
-    pub async fn wait(&self, container: &str) -> Result<i64> {
-        let mut waited = self
-            .client
-            .wait_container(container, None::<WaitContainerOptions>);
-        match waited.next().await {
-            Some(Ok(response)) => Ok(response.status_code),
-            // bollard reports a non-zero status as an error.
-            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => bail!(
-                "cannot wait for container `{container}`: {}",
-                daemon_message(&e)
-            ),
-            None => bail!("cannot wait for container `{container}`: no answer"),
-        }
-    }
-
-    /// Starts `session` in the running container and attaches to it; returns the exec's
-    /// ID and the connection.
-    pub async fn exec(&self, container: &str, session: &Process) -> Result<(String, Attached)> {
-        let config = ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(session.tty),
-            env: Some(session.env.clone()),
-            cmd: Some(session.command.clone()),
-            user: session.user.clone(),
-            ..Default::default()
-        };
-        let failed = |e: BollardError| {
-            anyhow!(
-                "cannot run a session in container `{container}`: {}",
-                daemon_message(&e)
-            )
-        };
-        let exec = self
-            .client
-            .create_exec(container, config)
-            .await
-            .map_err(failed)?;
-        let options = StartExecOptions {
-            tty: session.tty,
-            ..Default::default()
-        };
-        match self
-            .client
-            .start_exec(&exec.id, Some(options))
-            .await
-            .map_err(failed)?
-        {
-            StartExecResults::Attached { output, input } => Ok((exec.id, attached(output, input))),
-            StartExecResults::Detached => {
-                bail!("the engine started the session in `{container}` detached")
-            }
-        }
-    }
-
-    pub async fn exec_state(&self, exec: &str) -> Result<ExecState> {
-        let inspected = self.client.inspect_exec(exec).await.map_err(|e| {
-            anyhow!(
-                "cannot inspect exec session {}: {}",
-                short_id(exec),
-                daemon_message(&e)
-            )
-        })?;
-        Ok(ExecState {
-            running: inspected.running.unwrap_or(false),
-            exit_code: inspected.exit_code,
-            pid: inspected
-                .pid
-                .and_then(|pid| i32::try_from(pid).ok())
-                .filter(|pid| *pid > 0),
-        })
-    }
-
-    /// Sets the size of an exec session's terminal, or of a container's when `exec` is
-    /// `None`.
-    pub async fn resize(
-        &self,
-        container: &str,
-        exec: Option<&str>,
-        (w, h): (u16, u16),
-    ) -> Result<()> {
-        let (w, h) = (i32::from(w), i32::from(h));
-        let resized = match exec {
-            Some(exec) => {
-                self.client
-                    .resize_exec(exec, ResizeExecOptions { w, h })
-                    .await
-            }
-            None => {
-                self.client
-                    .resize_container_tty(container, ResizeContainerTTYOptions { w, h })
-                    .await
-            }
-        };
-        resized.map_err(|e| {
-            anyhow!(
-                "cannot resize the terminal in `{container}`: {}",
-                daemon_message(&e)
-            )
-        })
-    }
-
-    /// Sends signal number `signal` to the container's main process.
-    pub async fn kill(&self, container: &str, signal: i32) -> Result<()> {
-        let options = KillContainerOptions {
-            signal: signal.to_string(),
-        };
-        self.client
-            .kill_container(container, Some(options))
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot signal container `{container}`: {}",
-                    daemon_message(&e)
-                )
-            })
-    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,17 @@ pub fn send(pid: i32, signal: Signal) {
     }
 }
 
+/// Sends `signal` to one thread of this process (`tgkill`), so that no other thread
+/// takes it: for tests that signal the thread running the work they interrupt.
+#[cfg(test)]
+pub fn send_to_thread(tid: i32, signal: Signal) {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    // SAFETY: tgkill takes plain integers and has no memory-safety preconditions.
+    unsafe {
+        libc::syscall(libc::SYS_tgkill, pid, tid, signal.as_raw());
+    }
+}
+
 /// Signals caught for async work (creating a toolbox, an SPC session): each arrives here,
 /// in order, instead of acting. Create it inside a tokio runtime.
 pub struct Caught {

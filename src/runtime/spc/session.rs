@@ -77,7 +77,7 @@ pub fn enter(
 }
 
 /// A throwaway SPC: created, attached, started, waited for, and removed.
-async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Caught) -> Result<u8> {
+async fn throwaway(engine: &impl Engine, spc: &Spc, image_id: &str, signals: Caught) -> Result<u8> {
     let session = &spc.session;
     remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
@@ -116,7 +116,7 @@ async fn throwaway(engine: &Docker, spc: &Spc, image_id: &str, signals: Caught) 
 
 /// Removes throwaway SPCs whose toolbox process is gone (killed outright). Housekeeping:
 /// it never fails the session (another toolbox may be removing the same one).
-async fn remove_abandoned(engine: &Docker) {
+async fn remove_abandoned(engine: &impl Engine) {
     let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, "spc").await else {
         return;
     };
@@ -131,7 +131,7 @@ async fn remove_abandoned(engine: &Docker) {
 /// A session in the persistent SPC: created or started if needed, an exec into it, and
 /// the container stopped if this was its last session.
 async fn persistent(
-    engine: &Docker,
+    engine: &impl Engine,
     spc: &Spc,
     name: &str,
     image_id: &str,
@@ -253,13 +253,13 @@ fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> R
 
 /// The state of an exec session whose output has ended: the engine may take a moment to
 /// record its exit, or its process a moment to die of the signal it was just passed.
-async fn exec_end(engine: &Docker, exec: &str) -> Result<ExecState> {
+async fn exec_end(engine: &impl Engine, exec: &str) -> Result<ExecState> {
     exec_settled(engine, exec, |state| !state.running).await
 }
 
 /// The process of a running exec session. Docker reports PID 0 for a moment after the
 /// session starts, so it is asked again until it knows or the session ends.
-async fn exec_pid(engine: &Docker, exec: &str) -> Option<i32> {
+async fn exec_pid(engine: &impl Engine, exec: &str) -> Option<i32> {
     let state = exec_settled(engine, exec, |state| state.pid.is_some() || !state.running);
     let state = state.await.ok()?;
     state.pid.filter(|_| state.running)
@@ -267,7 +267,7 @@ async fn exec_pid(engine: &Docker, exec: &str) -> Option<i32> {
 
 /// The exec session's state once `settled` holds for it, or as it is after [`EXEC_END`].
 async fn exec_settled(
-    engine: &Docker,
+    engine: &impl Engine,
     exec: &str,
     settled: impl Fn(&ExecState) -> bool,
 ) -> Result<ExecState> {
@@ -283,7 +283,7 @@ async fn exec_settled(
 
 /// Stops the SPC when no exec session other than `ours` runs in it.
 async fn stop_if_idle(
-    engine: &Docker,
+    engine: &impl Engine,
     directory: &Path,
     name: &str,
     ours: Option<&str>,
@@ -306,7 +306,7 @@ async fn stop_if_idle(
 }
 
 /// How many of `execs`, other than `ours`, still run.
-async fn running_sessions(engine: &Docker, execs: &[String], ours: Option<&str>) -> usize {
+async fn running_sessions(engine: &impl Engine, execs: &[String], ours: Option<&str>) -> usize {
     let mut running = 0;
     for exec in execs.iter().filter(|e| Some(e.as_str()) != ours) {
         // One finished and forgotten meanwhile is not running.
@@ -328,14 +328,14 @@ fn exit_status(status: i64) -> u8 {
 }
 
 /// What a session's signals and terminal sizes go to.
-struct Recipient<'a> {
-    engine: &'a Docker,
+struct Recipient<'a, E: Engine> {
+    engine: &'a E,
     container: &'a str,
     /// The exec session, or `None` for the container's main process.
     exec: Option<&'a str>,
 }
 
-impl Recipient<'_> {
+impl<E: Engine> Recipient<'_, E> {
     async fn resize(&self) {
         if let Some(size) = sys::window_size() {
             // A size the engine refuses leaves the old one: not worth ending the session.
@@ -367,7 +367,7 @@ impl Recipient<'_> {
 async fn stream(
     attached: Attached,
     tty: bool,
-    target: &Recipient<'_>,
+    target: &Recipient<'_, impl Engine>,
     signals: Caught,
 ) -> Result<Option<String>> {
     let Attached {
@@ -604,7 +604,7 @@ pub fn list(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<
 }
 
 /// The names of the persistent SPCs of `directory`.
-async fn owned_names(engine: &Docker, directory: &Path) -> Result<Vec<String>> {
+async fn owned_names(engine: &impl Engine, directory: &Path) -> Result<Vec<String>> {
     let label = format!("{LABEL_DIRECTORY}={}", directory.display());
     let mut names = Vec::new();
     for name in engine.containers_with_label(&label).await? {

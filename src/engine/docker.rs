@@ -1,0 +1,502 @@
+//! engine::docker: the [`Engine`] of a Docker Engine API daemon, Docker's own or Podman's
+//! compatible service, through bollard. Every bollard type stays in this file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
+    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::engine::{
+    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, Output, Process,
+    SinkClosed, short_id,
+};
+use crate::host::ui;
+use crate::model::image::{Image, ImageRef};
+
+/// A Docker Engine API daemon (Docker, or Podman's compatible service).
+pub struct Docker {
+    client: bollard::Docker,
+    /// Where the engine is and which it is.
+    pub endpoint: Endpoint,
+}
+
+impl Docker {
+    /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
+    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
+    pub async fn connect(access: &Access) -> Result<Docker> {
+        let endpoint = access.endpoint()?;
+        let address = endpoint.address.clone();
+        let unreachable = || {
+            let hint = match endpoint.podman {
+                true => "is its service running?",
+                false => "is dockerd running?",
+            };
+            format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
+        };
+        let client = bollard::Docker::connect_with_host(&address).with_context(unreachable)?;
+        let client = client.negotiate_version().await.with_context(unreachable)?;
+        Ok(Docker { client, endpoint })
+    }
+
+    /// Which engine this is, where, and the API version agreed on, for `-v`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} at {} (API {})",
+            self.endpoint.name(),
+            self.endpoint.address,
+            self.client.client_version()
+        )
+    }
+
+    /// Containers, running or not, matching a `label` filter (`KEY` or `KEY=VALUE`).
+    async fn containers_labelled(&self, filter: String) -> Result<Vec<ContainerSummary>> {
+        let filters = HashMap::from([("label".to_string(), vec![filter])]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))
+    }
+}
+
+fn is_not_found(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The daemon's own message, without bollard's wrapping.
+fn daemon_message(error: &BollardError) -> String {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Engine for Docker {
+    fn address(&self) -> &str {
+        &self.endpoint.address
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
+        match self.client.inspect_image(reference).await {
+            Ok(image) => {
+                let run_label = image.config.and_then(|config| config.labels?.remove("RUN"));
+                let driver = image.graph_driver.unwrap_or_default();
+                let mut layers = Vec::new();
+                // overlay2 reports the top layer as `UpperDir` and the ones below it,
+                // top first, as `LowerDir` (absent for a one-layer image).
+                if driver.name == "overlay2" {
+                    let data = driver.data;
+                    let upper = data.get("UpperDir").into_iter();
+                    let lower = data.get("LowerDir").into_iter().flat_map(|l| l.split(':'));
+                    layers = upper
+                        .map(String::as_str)
+                        .chain(lower)
+                        .filter(|dir| !dir.is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                }
+                Ok(Some(Image {
+                    id: image.id.unwrap_or_default(),
+                    driver: (!driver.name.is_empty()).then_some(driver.name),
+                    layers,
+                    run_label,
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(anyhow!(
+                "cannot inspect image `{reference}`: {}",
+                daemon_message(&e)
+            )),
+        }
+    }
+
+    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()> {
+        let reference = image.reference();
+        let options = CreateImageOptions {
+            from_image: Some(image.repository.clone()),
+            tag: Some(image.tag.clone()),
+            ..Default::default()
+        };
+        let mut progress = ui::PullProgress::new(ui::Progress::new(quiet));
+        let mut stream = self.client.create_image(Some(options), None, None);
+        // A failed pull arrives either as an HTTP error before the stream starts or as
+        // an error message inside the stream; both end up here.
+        let pulled = async {
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| {
+                    anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e))
+                })?;
+                if let Some(detail) = info.error_detail {
+                    let message = detail.message.unwrap_or_else(|| "unknown error".into());
+                    bail!("cannot pull image `{reference}`: {message}");
+                }
+                let (current, total) = info
+                    .progress_detail
+                    .map_or((None, None), |d| (d.current, d.total));
+                progress.update(info.id.as_deref(), info.status.as_deref(), current, total);
+            }
+            Ok(())
+        }
+        .await;
+        progress.finish();
+        pulled
+    }
+
+    async fn create_container(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(image_id.to_string()),
+            // Never started; an imported image has no command of its own and the API wants one.
+            cmd: Some(vec!["/bin/true".to_string()]),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create a container of image {}: {}",
+                    short_id(image_id),
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
+        let mut stream = self.client.export_container(container);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                anyhow!(
+                    "the export stopped (is the Docker daemon still running?): {}",
+                    daemon_message(&e)
+                )
+            })?;
+            sink.send(chunk).await.map_err(|_| SinkClosed)?;
+        }
+        Ok(())
+    }
+
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let containers = self.containers_labelled(format!("{label}={value}")).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect())
+    }
+
+    fn is_local(&self) -> bool {
+        let address = &self.endpoint.address;
+        address.starts_with("unix://") || address.starts_with('/')
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.client.remove_container(container, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(anyhow!(
+                "cannot remove container `{container}`: {}",
+                daemon_message(&e)
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        let inspected = match self.client.inspect_container(name, None).await {
+            Ok(inspected) => inspected,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
+        };
+        Ok(Some(ContainerInfo {
+            id: inspected.id.unwrap_or_default(),
+            running: inspected.state.and_then(|s| s.running).unwrap_or(false),
+            image_id: inspected.image.unwrap_or_default(),
+            created: inspected.created.unwrap_or_default(),
+            labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
+            exec_ids: inspected.exec_ids.unwrap_or_default(),
+        }))
+    }
+
+    async fn containers_with_label(&self, label: &str) -> Result<Vec<String>> {
+        let containers = self.containers_labelled(label.to_string()).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| c.names?.first()?.strip_prefix('/').map(String::from))
+            .collect())
+    }
+
+    async fn create_spc(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut host = HostConfig {
+            privileged: spec.privileged.then_some(true),
+            network_mode: Some(spec.network.clone()),
+            pid_mode: Some(spec.pid.clone()),
+            ipc_mode: Some(spec.ipc.clone()),
+            uts_mode: Some(spec.uts.clone()),
+            binds: Some(spec.binds.clone()),
+            cap_add: Some(spec.cap_add.clone()),
+            security_opt: Some(spec.security_opt.clone()),
+            ..Default::default()
+        };
+        if spec.unmask_system_paths {
+            host.masked_paths = Some(Vec::new());
+            host.readonly_paths = Some(Vec::new());
+        }
+        if !spec.device_cgroup_rules.is_empty() {
+            host.device_cgroup_rules = Some(spec.device_cgroup_rules.clone());
+        }
+        let main = &spec.main;
+        let attached = spec.attached;
+        let body = ContainerCreateBody {
+            image: Some(spec.image_id.clone()),
+            cmd: Some(main.command.clone()),
+            env: Some(main.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            user: main.user.clone(),
+            working_dir: spec.workdir.clone(),
+            tty: Some(main.tty),
+            open_stdin: Some(attached),
+            stdin_once: Some(attached),
+            attach_stdin: Some(attached),
+            attach_stdout: Some(attached),
+            attach_stderr: Some(attached),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: spec.name.clone(),
+            ..Default::default()
+        };
+        let what = match &spec.name {
+            Some(name) => format!("container `{name}`"),
+            None => "a container".to_string(),
+        };
+        let created = self
+            .client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create {what} of image {}: {}",
+                    spec.image,
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, container: &str) -> Result<()> {
+        self.client
+            .start_container(container, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot start container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })
+    }
+
+    async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            ..Default::default()
+        };
+        match self.client.stop_container(container, Some(options)).await {
+            Err(e) if !is_not_found(&e) => bail!(
+                "cannot stop container `{container}`: {}",
+                daemon_message(&e)
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    async fn attach(&self, container: &str) -> Result<Attached> {
+        let options = AttachContainerOptions {
+            stream: true,
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attach = self
+            .client
+            .attach_container(container, Some(options))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot attach to container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(attached(attach.output, attach.input))
+    }
+
+    async fn wait(&self, container: &str) -> Result<i64> {
+        let mut waited = self
+            .client
+            .wait_container(container, None::<WaitContainerOptions>);
+        match waited.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            // bollard reports a non-zero status as an error.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => bail!(
+                "cannot wait for container `{container}`: {}",
+                daemon_message(&e)
+            ),
+            None => bail!("cannot wait for container `{container}`: no answer"),
+        }
+    }
+
+    async fn exec(&self, container: &str, session: &Process) -> Result<(String, Attached)> {
+        let config = ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(session.tty),
+            env: Some(session.env.clone()),
+            cmd: Some(session.command.clone()),
+            user: session.user.clone(),
+            ..Default::default()
+        };
+        let failed = |e: BollardError| {
+            anyhow!(
+                "cannot run a session in container `{container}`: {}",
+                daemon_message(&e)
+            )
+        };
+        let exec = self
+            .client
+            .create_exec(container, config)
+            .await
+            .map_err(failed)?;
+        let options = StartExecOptions {
+            tty: session.tty,
+            ..Default::default()
+        };
+        match self
+            .client
+            .start_exec(&exec.id, Some(options))
+            .await
+            .map_err(failed)?
+        {
+            StartExecResults::Attached { output, input } => Ok((exec.id, attached(output, input))),
+            StartExecResults::Detached => {
+                bail!("the engine started the session in `{container}` detached")
+            }
+        }
+    }
+
+    async fn exec_state(&self, exec: &str) -> Result<ExecState> {
+        let inspected = self.client.inspect_exec(exec).await.map_err(|e| {
+            anyhow!(
+                "cannot inspect exec session {}: {}",
+                short_id(exec),
+                daemon_message(&e)
+            )
+        })?;
+        Ok(ExecState {
+            running: inspected.running.unwrap_or(false),
+            exit_code: inspected.exit_code,
+            pid: inspected
+                .pid
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|pid| *pid > 0),
+        })
+    }
+
+    async fn resize(&self, container: &str, exec: Option<&str>, (w, h): (u16, u16)) -> Result<()> {
+        let (w, h) = (i32::from(w), i32::from(h));
+        let resized = match exec {
+            Some(exec) => {
+                self.client
+                    .resize_exec(exec, ResizeExecOptions { w, h })
+                    .await
+            }
+            None => {
+                self.client
+                    .resize_container_tty(container, ResizeContainerTTYOptions { w, h })
+                    .await
+            }
+        };
+        resized.map_err(|e| {
+            anyhow!(
+                "cannot resize the terminal in `{container}`: {}",
+                daemon_message(&e)
+            )
+        })
+    }
+
+    async fn kill(&self, container: &str, signal: i32) -> Result<()> {
+        let options = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        self.client
+            .kill_container(container, Some(options))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot signal container `{container}`: {}",
+                    daemon_message(&e)
+                )
+            })
+    }
+}
+
+fn attached(
+    output: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+) -> Attached {
+    let output = output.filter_map(|item| async move {
+        match item {
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                Some(Ok(Output::Stdout(message)))
+            }
+            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+            Ok(LogOutput::StdIn { .. }) => None,
+            Err(e) => Some(Err(anyhow!(
+                "the connection to the container broke: {}",
+                daemon_message(&e)
+            ))),
+        }
+    });
+    Attached {
+        output: Box::pin(output),
+        input,
+    }
+}
