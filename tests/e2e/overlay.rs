@@ -2,12 +2,10 @@
 //! checks, persistence, sessions sharing one mount, the anchor that pins the image's
 //! layers, updates, and the fall back to copying on a daemon with another storage driver.
 
-mod common;
-
 use std::fs;
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// The toolbox command with overlay storage configured (not demanded).
 fn overlay(t: &TestEnv) -> Command {

@@ -2,13 +2,11 @@
 //! busybox and Debian test images, entering it with the host's namespaces shared, exit
 //! statuses, warm starts without a daemon, and failures that leave nothing behind.
 
-mod common;
-
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn first_run_creates_the_toolbox_and_sees_the_host() {

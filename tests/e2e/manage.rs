@@ -2,12 +2,10 @@
 //! `list`, `rm`, `update`, freshness notices, parallel first runs, `host-exec`, the
 //! markers inside, and a normal user going through sudo.
 
-mod common;
-
 use std::fs;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn list_json(t: &TestEnv) -> serde_json::Value {
     let out = t.run(["list", "--json"]);
@@ -267,6 +265,7 @@ fn a_normal_user_goes_through_sudo() {
     let Some(t) = TestEnv::new("sudo_user", DEBIAN_IMAGE) else {
         return;
     };
+    let _host = host_state_lock();
     let user = format!("tbxu{}", std::process::id());
     let home = format!("/home/{user}");
     let sudoers = format!("/etc/sudoers.d/{user}");

@@ -3,12 +3,10 @@
 //! several, must give the same tree: paths, types, modes, owners, sizes, times, link
 //! targets, hard-link groups, xattrs and content hashes.
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn toolbox_unpacks_an_export_exactly_as_gnu_tar() {

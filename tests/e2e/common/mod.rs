@@ -5,8 +5,6 @@
 //! When Docker, systemd-nspawn, root or the test images are missing, a test fails if
 //! `TOOLBOX_E2E=required` (CI sets it) and otherwise prints why it skipped.
 
-#![allow(dead_code)]
-
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -704,9 +702,30 @@ pub fn host_snapshot(victim: &Path) -> BTreeMap<String, String> {
     snapshot
 }
 
-/// Entries of the host's `/run` that its daemons change while tests run.
+/// Entries of the host's `/run` that its daemons and other tests change while tests run
+/// (Docker, containerd, Podman's service, sudo's timestamps, user accounts added).
 fn is_daemon_state(name: &str) -> bool {
-    name.starts_with("docker") || name.starts_with("containerd") || name == "netns"
+    [
+        "docker",
+        "containerd",
+        "containers",
+        "libpod",
+        "crun",
+        "runc",
+        "netns",
+        "sudo",
+        "user",
+        "adduser",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+}
+
+/// Held by a test that changes the host's own files (a user added for the sudo test) and
+/// by each test that compares snapshots of them, so that neither sees the other's changes.
+pub fn host_state_lock() -> std::sync::MutexGuard<'static, ()> {
+    static HOST_STATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HOST_STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Asserts that the host is as `before` found it (see [`host_snapshot`]), and that none

@@ -2,12 +2,10 @@
 //! it from a registry served on loopback by the test, with progress; a pull that fails
 //! inside the stream leaves nothing behind.
 
-mod common;
-
 use std::process::Command;
 
-use common::registry::{Image, Registry};
-use common::*;
+use crate::common::registry::{Image, Registry};
+use crate::common::*;
 
 fn image(corrupt_layer: bool) -> (Registry, String, String) {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");

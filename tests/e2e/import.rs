@@ -4,13 +4,11 @@
 //! built in three layers with deletions and an opaque directory, gives the same tree as the
 //! engine's export path.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// Runs `toolbox import` with no engine reachable; `stdin` is piped from `feed` if given.
 fn import(t: &TestEnv, args: &[&str], feed: Option<&Path>) -> Output {

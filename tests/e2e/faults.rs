@@ -8,8 +8,6 @@
 //!
 //! Lines starting `figure ` are read by scripts/reliability for docs/RELIABILITY.md.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -19,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::registry::{Image, Registry};
-use common::*;
+use crate::common::registry::{Image, Registry};
+use crate::common::*;
 
 /// An image with 4,000 small files under `/data`, built locally from the busybox test
 /// image: its creation takes long enough to be stopped at many points.

@@ -3,13 +3,11 @@
 //! Ctrl-C interrupting a command but not the shell, `exit`, and the terminal left as it was;
 //! the same in a super privileged container, with the window's size followed.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A tmux server on its own socket, killed when dropped.
 struct Tmux {

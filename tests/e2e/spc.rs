@@ -3,12 +3,10 @@
 //! after the last, a second session as an exec, exit statuses, standard streams and
 //! input, throwaway containers, `list`, `rm` and `update`, and an image's `RUN` label.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// toolbox with the spc runtime, and `--rm` for a throwaway container.
 fn spc(t: &TestEnv, throwaway: bool) -> Command {

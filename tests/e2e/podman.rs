@@ -3,14 +3,12 @@
 //! so dockerd cannot be what answers), from an image loaded with `podman import` and from
 //! one Podman pulls from a registry the test serves on 127.0.0.1.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use common::registry::{Image, Registry};
-use common::*;
+use crate::common::registry::{Image, Registry};
+use crate::common::*;
 
 /// `podman system service` on its own socket, with a registries.conf that lets it pull
 /// over plain HTTP from the loopback registries tests serve; stopped when dropped.

@@ -6,14 +6,12 @@
 //! input to toolbox compares a snapshot of the host before and after. Lines starting
 //! `figure ` are read by scripts/reliability for docs/RELIABILITY.md.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::*;
+use crate::common::*;
 
 /// A busybox root filesystem with `links` (path in the tree, target) added, as a tarball.
 fn hostile_rootfs(dir: &Path, name: &str, links: &[(&str, &str)]) -> PathBuf {
@@ -102,6 +100,7 @@ fn hostile_trees_through_import_leave_the_host_untouched() {
     let Some(t) = TestEnv::new("host_import", BUSYBOX_IMAGE) else {
         return;
     };
+    let _host = host_state_lock();
     let victim = victim(&t);
     let victim_text = victim.display().to_string();
     let mut entered = 0;
@@ -164,6 +163,7 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
     let Some(t) = TestEnv::new("host_image", BUSYBOX_IMAGE) else {
         return;
     };
+    let _host = host_state_lock();
     let victim = victim(&t);
     let victim_text = victim.display().to_string();
     let in_victim = |name: &str| format!("{victim_text}/{name}");
@@ -227,6 +227,7 @@ fn options_that_would_take_over_the_root_are_refused() {
     let Some(t) = TestEnv::new("host_options", BUSYBOX_IMAGE) else {
         return;
     };
+    let _host = host_state_lock();
     assert_eq!(status(&t.run(["true"])), 0);
     let victim = victim(&t);
     let mut refused = 0;
@@ -304,6 +305,7 @@ fn real_world_configurations_still_run() {
     let Some(t) = TestEnv::new("host_real_configs", BUSYBOX_IMAGE) else {
         return;
     };
+    let _host = host_state_lock();
     let victim = victim(&t);
     let mut ran = 0;
     for (key, value, check) in [

@@ -3,13 +3,11 @@
 //! need no daemon; they need bash and man-db, and fail without them when
 //! `TOOLBOX_E2E=required`.
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{describe, status, stdout};
+use crate::common::{describe, status, stdout};
 
 fn toolbox() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_toolbox"));
