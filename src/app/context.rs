@@ -10,6 +10,7 @@ use anyhow::{Result, bail};
 use crate::app::cli::Options;
 use crate::app::sudo;
 use crate::engine::{self, Access};
+use crate::host::files::{Trust, read_settings_file};
 use crate::host::ui;
 use crate::host::{Env, HostPaths, Invoker};
 use crate::model::config::{self, Settings};
@@ -47,7 +48,8 @@ impl RunContext {
         let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
         let invoker = Invoker::identify(&env, &passwd, sys::euid());
         let files = config::files(&paths, &env, &invoker);
-        let mut settings = Settings::load(&files, &env, config::Trust::of(&invoker, sys::euid()))?;
+        let trust = Trust::of(&invoker, sys::euid());
+        let mut settings = Settings::load(&files, &env, |path| read_settings_file(path, trust))?;
         let overrides = [
             (config::IMAGE, "--image", options.image.clone()),
             (config::TAG, "--tag", options.tag.clone()),

@@ -17,6 +17,7 @@
 //! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
 //! - `TERM`: passed to a super privileged container's session on a terminal.
 
+pub mod files;
 pub mod ui;
 
 use std::collections::HashMap;

@@ -10,10 +10,9 @@ pub mod shell;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::host::{Env, HostPaths, Invoker, XDG_CONFIG_HOME};
 
@@ -138,128 +137,6 @@ pub const KEYS: &[Key] = &[
     },
 ];
 
-/// The largest configuration file toolbox reads: a few assignments need a few hundred
-/// bytes, and a file of any length would be held in memory whole.
-pub const MAX_FILE: u64 = 1 << 20;
-
-/// Whose settings files a root toolbox trusts (sshd's StrictModes, for a root process
-/// reading files a user may have written).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Trust {
-    /// Besides root, the user who may own a settings file and the directories holding it;
-    /// `None` when toolbox is not root: its settings are then the user's own business.
-    pub owner: Option<u32>,
-    /// Under sudo, the invoking user: a file they could not read themselves is refused
-    /// unread, so `~/.toolboxrc -> /etc/shadow` shows nothing of the shadow file.
-    pub reader: Option<u32>,
-}
-
-impl Trust {
-    /// For a process with effective user `euid` working for `invoker`.
-    pub fn of(invoker: &Invoker, euid: u32) -> Trust {
-        match (euid, invoker.on_behalf_of) {
-            (0, Some(uid)) => Trust {
-                owner: Some(uid),
-                reader: Some(uid),
-            },
-            (0, None) => Trust {
-                owner: Some(0),
-                reader: None,
-            },
-            _ => Trust::default(),
-        }
-    }
-}
-
-/// Reads the settings file at `path` (`None` when there is none) after checking the file
-/// actually opened: a regular file of at most [`MAX_FILE`] bytes, and with `trust`, owned
-/// by root or the trusted user, not writable by others, in directories that are likewise
-/// (root's sticky ones, like /tmp, excepted), and readable by the invoking user. Symlinks
-/// are followed only to a file that passes.
-fn read_checked(path: &Path, trust: Trust) -> Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let refuse = |why: String| {
-        anyhow::anyhow!(
-            "refusing {}: {why}, and its settings decide what is bound into a root container; \
-             make it yours and `chmod go-w` it",
-            path.display()
-        )
-    };
-    let cannot_read = || format!("cannot read {}", path.display());
-    // O_NONBLOCK: a FIFO planted there must not hang toolbox before it is refused.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(cannot_read),
-    };
-    let meta = file.metadata().with_context(cannot_read)?;
-    if !meta.is_file() {
-        bail!("{}: it is not a regular file", cannot_read());
-    }
-    if let Some(owner) = trust.owner {
-        if meta.uid() != 0 && meta.uid() != owner {
-            return Err(refuse(format!("it belongs to user ID {}", meta.uid())));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(refuse(format!(
-                "it is writable by others (mode {:o})",
-                meta.mode() & 0o777
-            )));
-        }
-        // The directories of the file actually opened, wherever symlinks led.
-        let opened = std::fs::read_link(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&file)
-        ))
-        .with_context(cannot_read)?;
-        for dir in opened.ancestors().skip(1) {
-            let meta = std::fs::metadata(dir).with_context(cannot_read)?;
-            let sticky_root = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
-            if meta.uid() != 0 && meta.uid() != owner {
-                return Err(refuse(format!(
-                    "{} belongs to user ID {}",
-                    dir.display(),
-                    meta.uid()
-                )));
-            }
-            if meta.mode() & 0o022 != 0 && !sticky_root {
-                return Err(refuse(format!(
-                    "{} is writable by others (mode {:o})",
-                    dir.display(),
-                    meta.mode() & 0o777
-                )));
-            }
-        }
-    }
-    if let Some(reader) = trust.reader {
-        let readable =
-            meta.mode() & 0o004 != 0 || (meta.uid() == reader && meta.mode() & 0o400 != 0);
-        if !readable {
-            bail!(
-                "refusing {}: the invoking user (ID {reader}) cannot read it themselves",
-                path.display()
-            );
-        }
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE + 1)
-        .read_to_end(&mut bytes)
-        .with_context(cannot_read)?;
-    if bytes.len() as u64 > MAX_FILE {
-        bail!(
-            "{}: it is larger than {} KiB, which no toolbox configuration needs",
-            cannot_read(),
-            MAX_FILE >> 10
-        );
-    }
-    Ok(Some(bytes))
-}
-
 fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
@@ -343,13 +220,17 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, then each file in `files` that exists, then the environment. A file is
-    /// read only if it passes `trust` (see [`read_checked`]): it decides what is bound into
-    /// a root container.
-    pub fn load(files: &[PathBuf], env: &Env, trust: Trust) -> Result<Settings> {
+    /// Defaults, then each file in `files` that `read` finds (its bytes, or `None` when
+    /// there is none), then the environment. The reading, and what makes a file
+    /// trustworthy, is the caller's: `host::files::read_settings_file`.
+    pub fn load(
+        files: &[PathBuf],
+        env: &Env,
+        read: impl Fn(&Path) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Settings> {
         let mut settings = Settings::default();
         for path in files {
-            if let Some(bytes) = read_checked(path, trust)? {
+            if let Some(bytes) = read(path)? {
                 settings.apply_bytes(path, &bytes, env)?;
             }
         }
@@ -472,6 +353,12 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::files::{MAX_FILE, Trust, read_settings_file};
+
+    /// [`Settings::load`] reading as toolbox does, with `trust`.
+    fn load(files: &[PathBuf], env: &Env, trust: Trust) -> Result<Settings> {
+        Settings::load(files, env, |path| read_settings_file(path, trust))
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
@@ -518,7 +405,7 @@ mod tests {
             "TOOLBOX_USER=admin\n",
         );
         let env = Env::from_pairs([("TOOLBOX_USER", "envuser")]);
-        let mut s = Settings::load(
+        let mut s = load(
             &[etc.clone(), rc.clone(), conf.clone()],
             &env,
             Trust::default(),
@@ -546,7 +433,7 @@ mod tests {
     fn missing_files_are_fine() {
         let dir = tempfile::tempdir().unwrap();
         let files = [dir.path().join("nope"), dir.path().join("also/nope")];
-        let s = Settings::load(&files, &Env::default(), Trust::default()).unwrap();
+        let s = load(&files, &Env::default(), Trust::default()).unwrap();
         assert!(s.files_read.is_empty());
         assert_eq!(s.get(IMAGE), "fedora");
     }
@@ -559,7 +446,7 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMAGE=debian\n\nTOOLBOX_BIND=$(evil)\n",
         );
-        let err = Settings::load(
+        let err = load(
             std::slice::from_ref(&bad),
             &Env::default(),
             Trust::default(),
@@ -574,7 +461,7 @@ mod tests {
         );
         let as_dir = dir.path().join("conf.d");
         std::fs::create_dir(&as_dir).unwrap();
-        let err = Settings::load(
+        let err = load(
             std::slice::from_ref(&as_dir),
             &Env::default(),
             Trust::default(),
@@ -583,7 +470,7 @@ mod tests {
         assert!(format!("{err:#}").starts_with(&format!("cannot read {}: ", as_dir.display())));
         let binary = dir.path().join("binary");
         std::fs::write(&binary, b"A=\xff\n").unwrap();
-        let err = Settings::load(
+        let err = load(
             std::slice::from_ref(&binary),
             &Env::default(),
             Trust::default(),
@@ -602,7 +489,7 @@ mod tests {
         let load = |name: &str, bytes: &[u8]| {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
-            let loaded = Settings::load(
+            let loaded = load(
                 std::slice::from_ref(&path),
                 &Env::default(),
                 Trust::default(),
@@ -703,8 +590,7 @@ mod tests {
             "rc",
             "TOOLBOX_DOCKER_IMGE=typo\nMINE=--bind=/a\nTOOLBOX_BIND=\"$MINE\"\n",
         );
-        let s =
-            Settings::load(std::slice::from_ref(&rc), &Env::default(), Trust::default()).unwrap();
+        let s = load(std::slice::from_ref(&rc), &Env::default(), Trust::default()).unwrap();
         assert_eq!(
             s.warnings,
             vec![format!(
@@ -762,7 +648,7 @@ mod tests {
             owner: Some(me),
             reader: Some(me),
         };
-        let load = |trust| Settings::load(std::slice::from_ref(&rc), &Env::default(), trust);
+        let load = |trust| load(std::slice::from_ref(&rc), &Env::default(), trust);
         let err = load(sudo).unwrap_err();
         assert!(
             err.to_string().starts_with(&format!(
@@ -820,7 +706,7 @@ mod tests {
             owner: Some(owner),
             reader: Some(owner + 1),
         };
-        let err = Settings::load(std::slice::from_ref(&rc), &Env::default(), trust).unwrap_err();
+        let err = load(std::slice::from_ref(&rc), &Env::default(), trust).unwrap_err();
         let message = format!("{err:#}");
         assert_eq!(
             message,
@@ -841,7 +727,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let err = Settings::load(std::slice::from_ref(&fifo), &Env::default(), trust).unwrap_err();
+        let err = load(std::slice::from_ref(&fifo), &Env::default(), trust).unwrap_err();
         assert!(
             err.to_string().ends_with("it is not a regular file"),
             "{err}"
