@@ -206,8 +206,6 @@ pub struct Mount {
 /// One option from configuration, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
-    /// The words it took (one, or two when its value is the next word).
-    pub words: Vec<String>,
     pub mount: Option<Mount>,
     /// `--setenv=NAME=VALUE` / `-E NAME=VALUE`: the assignment.
     pub setenv: Option<String>,
@@ -255,7 +253,8 @@ fn long_spec(name: &str) -> Result<&'static Spec, String> {
 }
 
 /// Parses configuration words into options, refusing those toolbox decides, words that
-/// are not options, and mounts that would cover what systemd-nspawn sets up itself.
+/// are not options, options toolbox does not know, and mounts it cannot check (sources
+/// inside the tree, relative paths). Where the mounts land is `plan`'s to check.
 pub fn parse(words: &[String]) -> Result<Vec<Parsed>, Refused> {
     let mut parsed = Vec::new();
     let mut rest = words.iter();
@@ -316,7 +315,6 @@ pub fn parse(words: &[String]) -> Result<Vec<Parsed>, Refused> {
         }
         let shown = taken.join(" ");
         let mut option = Parsed {
-            words: taken,
             mount: None,
             setenv: None,
         };
@@ -458,7 +456,6 @@ mod tests {
             parse(&words(text)).unwrap_or_else(|e| panic!("{text}: {e}"));
         }
         let parsed = parse(&words("-E B=2 --setenv=A=1")).unwrap();
-        assert_eq!(parsed[0].words, ["-E", "B=2"]);
         assert_eq!(parsed[0].setenv.as_deref(), Some("B=2"));
         assert_eq!(parsed[1].setenv.as_deref(), Some("A=1"));
     }

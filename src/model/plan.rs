@@ -124,6 +124,8 @@ pub struct Plan {
     pub flags: Vec<String>,
     /// The mounts among those words, destinations normalized, in command-line order.
     pub mounts: Vec<Mount>,
+    /// The `NAME=VALUE` of their `--setenv=`/`-E` options, in command-line order.
+    pub setenv: Vec<String>,
     pub payload: Payload,
     /// How a new toolbox stores its image; an existing one keeps its own.
     pub storage: Storage,
@@ -167,11 +169,15 @@ impl Plan {
             config::Origin::Option(_)
         );
         let mut mounts = Vec::new();
+        let mut setenv = Vec::new();
         let mut checked = |key: &'static str| -> Result<Vec<String>> {
             let words = settings.words(key)?;
             let parsed = options::parse(&words)
                 .map_err(|e| anyhow::anyhow!("{}: {key}: {e}", settings.setting(key).origin))?;
-            mounts.extend(parsed.into_iter().filter_map(|p| p.mount).map(|m| (key, m)));
+            for option in parsed {
+                mounts.extend(option.mount.map(|m| (key, m)));
+                setenv.extend(option.setenv);
+            }
             Ok(words)
         };
         // The order systemd-nspawn gets them in: flags, binds, environment.
@@ -187,6 +193,7 @@ impl Plan {
             env,
             flags,
             mounts: mounts.iter().map(|(_, m)| m.clone()).collect(),
+            setenv,
             payload,
             storage,
             storage_demanded,

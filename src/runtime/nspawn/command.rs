@@ -285,13 +285,12 @@ pub fn check_supported(plan: &Plan, nspawn: &Nspawn) -> Result<()> {
     Ok(())
 }
 
-/// The `PATH` the payload will search: the last `--setenv=PATH=` among the extra words,
-/// else systemd-nspawn's default.
+/// The `PATH` the payload will search: the last `PATH` set among the extra words
+/// (`--setenv=PATH=...`, `-E PATH=...`), else systemd-nspawn's default.
 pub fn container_path(plan: &Plan) -> String {
-    plan.flags
+    plan.setenv
         .iter()
-        .chain(&plan.env)
-        .filter_map(|word| word.strip_prefix("--setenv=PATH="))
+        .filter_map(|assignment| assignment.strip_prefix("PATH="))
         .next_back()
         .unwrap_or(CONTAINER_PATH)
         .to_string()
@@ -562,5 +561,15 @@ mod tests {
             &[(config::ENV, "--setenv=PATH=/a --setenv=PATH=/opt/bin:/bin")],
         );
         assert_eq!(container_path(&p), "/opt/bin:/bin");
+        // Regression: the short form was not seen, and the command was looked up in the
+        // wrong directories.
+        let p = plan(
+            Payload::Shell,
+            &[
+                (config::FLAGS, "--setenv=PATH=/a"),
+                (config::ENV, "-E PATH=/b"),
+            ],
+        );
+        assert_eq!(container_path(&p), "/b");
     }
 }
