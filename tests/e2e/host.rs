@@ -280,8 +280,8 @@ fn options_that_would_take_over_the_root_are_refused() {
         (
             "TOOLBOX_BIND",
             "--bind=/:/media/root --bind=/srv:/media/root/no-such-directory-here",
-            "`--bind=/srv:/media/root/no-such-directory-here`: /no-such-directory-here is not a \
-             directory or file on the host",
+            "`--bind=/srv:/media/root/no-such-directory-here`: /no-such-directory-here is not on \
+             the host, and systemd-nspawn would create it there",
         ),
     ] {
         let before = host_snapshot(&victim);

@@ -143,7 +143,8 @@ fn points(mounts: &[Mount], own: &Own, source_is_dir: &dyn Fn(&str) -> bool) -> 
 #[derive(Debug, PartialEq, Eq)]
 enum Place {
     Tree,
-    Host(PathBuf),
+    /// Inside the bind of host directory `.0`, at `.1` beneath it.
+    Host(PathBuf, PathBuf),
     Fresh,
 }
 
@@ -161,8 +162,7 @@ fn place(destination: &str, mounts: &[Mount]) -> Place {
         (Some(outer), None) => match (&outer.kind, &outer.source) {
             (MountKind::Bind | MountKind::Overlay, Some(source)) => {
                 let rest = &destination[outer.destination.len()..];
-                let rest = rest.trim_start_matches('/');
-                Place::Host(Path::new(source).join(rest))
+                Place::Host(source.into(), rest.trim_start_matches('/').into())
             }
             _ => Place::Fresh,
         },
@@ -188,33 +188,57 @@ pub fn secure(
         match place(&point.destination, mounts) {
             Place::Fresh => {}
             Place::Tree => walk(&tree, name, &point, mode, &mut changes)?,
-            Place::Host(path) => {
-                if !host_path_exists(&path) {
-                    bail!(
-                        "`{}`: {} is not a directory or file on the host, and systemd-nspawn \
-                         would create it there to mount on; create it, or mount elsewhere",
+            // Only a mount point is made there; a path systemd-nspawn writes at is left
+            // alone under a bind (told not to, for resolv.conf and localtime).
+            Place::Host(source, rest) if matches!(point.need, Need::Directory | Need::File) => {
+                let path = source.join(&rest);
+                match host_path(&source, &rest) {
+                    HostPath::Real => {}
+                    HostPath::Missing => bail!(
+                        "`{}`: {} is not on the host, and systemd-nspawn would create it \
+                         there to mount on; create it, or mount elsewhere",
                         point.word,
                         path.display()
-                    );
+                    ),
+                    HostPath::Symlink(link) => bail!(
+                        "`{}`: {} on the host is a symlink, which systemd-nspawn would \
+                         follow inside the toolbox instead; mount at the path it points to",
+                        point.word,
+                        link.display()
+                    ),
                 }
             }
+            Place::Host(..) => {}
         }
     }
     Ok(changes)
 }
 
-/// Whether `path` exists on the host with no symlink on the way (systemd-nspawn resolves
-/// a symlink there inside the toolbox, somewhere else than the host's path).
-fn host_path_exists(path: &Path) -> bool {
-    let mut walked = PathBuf::from("/");
-    for part in path.components().skip(1) {
+/// What a path on the host is, to mount on inside the bind that shows it.
+enum HostPath {
+    Real,
+    Missing,
+    /// A symlink on the way, which systemd-nspawn resolves inside the toolbox, somewhere
+    /// else than the host's path.
+    Symlink(PathBuf),
+}
+
+/// What is at `rest` beneath the host directory `source`: the bind has resolved `source`
+/// itself, symlinks and all; systemd-nspawn resolves `rest` inside the toolbox.
+fn host_path(source: &Path, rest: &Path) -> HostPath {
+    let mut walked = source.to_path_buf();
+    if !walked.is_dir() {
+        return HostPath::Missing;
+    }
+    for part in rest.components() {
         walked.push(part);
         match std::fs::symlink_metadata(&walked) {
-            Ok(meta) if !meta.file_type().is_symlink() => {}
-            _ => return false,
+            Ok(meta) if meta.file_type().is_symlink() => return HostPath::Symlink(walked),
+            Ok(_) => {}
+            Err(_) => return HostPath::Missing,
         }
     }
-    true
+    HostPath::Real
 }
 
 fn kind_name(kind: FileType) -> &'static str {
@@ -381,11 +405,11 @@ mod tests {
         assert_eq!(place("/media/root", &mounts), Place::Tree);
         assert_eq!(
             place("/media/root/usr", &mounts),
-            Place::Host("/usr".into())
+            Place::Host("/".into(), "usr".into())
         );
         assert_eq!(
             place("/media/root/a/b", &mounts),
-            Place::Host("/a/b".into())
+            Place::Host("/".into(), "a/b".into())
         );
         assert_eq!(place("/run/.toolboxenv", &mounts), Place::Fresh);
         assert_eq!(place("/srv/x", &[mount("--tmpfs=/srv")]), Place::Fresh);
@@ -515,8 +539,31 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "`--bind=/srv:/media/root/no-such-dir-on-this-host`: /no-such-dir-on-this-host is \
-             not a directory or file on the host, and systemd-nspawn would create it there to \
-             mount on; create it, or mount elsewhere"
+             not on the host, and systemd-nspawn would create it there to mount on; create it, \
+             or mount elsewhere"
+        );
+        // A file systemd-nspawn would write in a bound /etc is not checked on the host: it
+        // is told to leave it alone, and the host's may be a link (systemd-resolved's).
+        let outside = tempfile::tempdir().unwrap();
+        let etc = outside.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        symlink("../run/resolv.conf", etc.join("resolv.conf")).unwrap();
+        let bind = format!("--bind={}:/etc", etc.display());
+        secure(dir.path(), "t", &[mount(&bind)], &OWN, Act::Look).unwrap();
+        // A mount point behind a symlink on the host is refused, naming the link.
+        let bind = format!("--bind={}:/etc", outside.path().display());
+        let nested = "--bind=/srv:/etc/etc/resolv.conf/x";
+        let err = secure(
+            dir.path(),
+            "t",
+            &[mount(&bind), mount(nested)],
+            &OWN,
+            Act::Look,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("on the host is a symlink"),
+            "{err}"
         );
     }
 }
