@@ -15,6 +15,20 @@ use crate::model::config::{self, KEYS};
 /// Subcommands that take toolbox names.
 const NAME_TAKERS: [&str; 2] = ["rm", "update"];
 
+/// `toolbox completions SHELL`: the script on standard output.
+pub fn completions_command(shell: Shell) -> Result<u8> {
+    completions(shell, &mut std::io::stdout().lock())?;
+    Ok(0)
+}
+
+/// `toolbox manpages [DIR]`: the pages written, one path a line.
+pub fn manpages_command(directory: &Path) -> Result<u8> {
+    for page in write_man_pages(directory)? {
+        println!("{}", page.display());
+    }
+    Ok(0)
+}
+
 /// Writes the completion script for `shell`: clap_complete's, completing toolbox names
 /// where a name is expected, from `toolbox list --names` at the moment of completion.
 pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {

@@ -54,17 +54,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         }
         Err(e) => return Err(usage_error(&e)),
     };
+    // These need no settings.
     match &cli.action {
-        Some(Action::Completions { shell }) => {
-            help::completions(*shell, &mut std::io::stdout().lock())?;
-            return Ok(0);
-        }
-        Some(Action::Manpages { directory }) => {
-            for page in help::write_man_pages(directory)? {
-                println!("{}", page.display());
-            }
-            return Ok(0);
-        }
+        Some(Action::Completions { shell }) => return help::completions_command(*shell),
+        Some(Action::Manpages { directory }) => return help::manpages_command(directory),
         _ => {}
     }
     // A normal user's run that will be re-run through sudo reads the settings twice; the
