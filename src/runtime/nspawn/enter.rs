@@ -55,9 +55,9 @@ impl Session<'_> {
 /// What entering decides before anything is written: the plan (with the storage an
 /// existing toolbox was built with), the systemd-nspawn found, this launch's facts.
 pub struct Entry {
-    pub plan: Plan,
-    pub nspawn: Nspawn,
-    pub launch: Launch,
+    plan: Plan,
+    nspawn: Nspawn,
+    launch: Launch,
     metadata: Option<Metadata>,
 }
 
