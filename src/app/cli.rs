@@ -10,6 +10,8 @@ Examples:
   toolbox                                  enter the toolbox with a shell
   toolbox strace -p 1234                   run a command inside it
   toolbox -c 'dnf install -y tcpdump && tcpdump -i eth0'
+  toolbox bpftrace -e 'tracepoint:syscalls:sys_enter_openat { @[comm] = count(); }'
+  toolbox perf top                         bpftrace, perf and bcc work on the host
   toolbox --image debian --tag bookworm    use another image
   toolbox list                             list toolboxes and their sessions
   toolbox update                           rebuild the toolbox if its image changed
@@ -20,9 +22,12 @@ Examples:
   toolbox run rm -rf /tmp/x                run a command named like a subcommand
   toolbox -- rm -rf /tmp/x                 the same
 
-The host's / is mounted at /media/root inside the toolbox. Settings come from
-/etc/default/toolbox, ~/.toolboxrc, ~/.config/toolbox/toolbox.conf and TOOLBOX_*
-environment variables; options override them all.
+The host's / is mounted at /media/root inside the toolbox. Sessions may trace the
+host: bpf() and perf_event_open() are allowed and the host's tracefs, debugfs, bpf
+filesystem, kernel modules and headers are bound in (TOOLBOX_TRACING=0 turns this off).
+
+Settings come from /etc/default/toolbox, ~/.toolboxrc, ~/.config/toolbox/toolbox.conf
+and TOOLBOX_* environment variables; options override them all.
 
 Exit status: the command's own; 125 when toolbox itself fails, 126 when the command
 cannot be executed, 127 when it is not found in the toolbox.";

@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
+use crate::host::kernel::Kernel;
 use crate::host::ui;
 use crate::model::plan::{Payload, Runtime, UpdateMode};
 use crate::runtime::nspawn::enter::{self, Session};
@@ -55,6 +56,7 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         Some((bounding, last)) => spc::Privilege::for_bounding_set(bounding, last),
         None => spc::Privilege::Full,
     };
+    let kernel = plan.tracing.then(|| Kernel::read(&ctx.paths.proc));
     let resolve = |run_label| {
         spc::Spc::resolve(
             &ctx.settings,
@@ -68,6 +70,7 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
                 throwaway: ctx.throwaway,
                 run_label,
                 use_run_label: ctx.use_run_label,
+                kernel: kernel.as_ref(),
             },
         )
     };

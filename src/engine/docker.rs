@@ -8,7 +8,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
     ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
@@ -279,6 +281,13 @@ impl Engine for Docker {
         }
         if !spec.device_cgroup_rules.is_empty() {
             host.device_cgroup_rules = Some(spec.device_cgroup_rules.clone());
+        }
+        if let Some(limit) = spec.memlock {
+            host.ulimits = Some(vec![ResourcesUlimits {
+                name: Some("memlock".to_string()),
+                soft: Some(limit),
+                hard: Some(limit),
+            }]);
         }
         let main = &spec.main;
         let attached = spec.attached;

@@ -343,6 +343,8 @@ pub struct ContainerSpec {
     pub device_cgroup_rules: Vec<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub workdir: Option<String>,
+    /// The locked-memory limit in bytes, -1 for none; `None` leaves the engine's.
+    pub memlock: Option<i64>,
     /// The main process.
     pub main: Process,
     /// Its standard streams are attached before it starts (a throwaway's session).

@@ -18,6 +18,7 @@
 //! - `TERM`: passed to a super privileged container's session on a terminal.
 
 pub mod files;
+pub mod kernel;
 pub mod ui;
 
 use std::collections::HashMap;

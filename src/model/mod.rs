@@ -6,3 +6,4 @@ pub mod config;
 pub mod image;
 pub mod options;
 pub mod plan;
+pub mod tracing;

@@ -131,6 +131,8 @@ pub struct Plan {
     pub storage: Storage,
     /// `--storage` was given: no falling back to another mode.
     pub storage_demanded: bool,
+    /// `TOOLBOX_TRACING`: sessions can trace the host (see `model::tracing`).
+    pub tracing: bool,
 }
 
 impl Plan {
@@ -162,6 +164,14 @@ impl Plan {
             other => bail!(
                 "{}: TOOLBOX_STORAGE must be copy or overlay, not `{other}`",
                 settings.setting(config::STORAGE).origin
+            ),
+        };
+        let tracing = match settings.get(config::TRACING) {
+            "1" | "yes" | "true" | "on" => true,
+            "0" | "no" | "false" | "off" => false,
+            other => bail!(
+                "{}: TOOLBOX_TRACING must be 1 or 0, not `{other}`",
+                settings.setting(config::TRACING).origin
             ),
         };
         let storage_demanded = matches!(
@@ -197,6 +207,7 @@ impl Plan {
             payload,
             storage,
             storage_demanded,
+            tracing,
         };
         for (key, mount) in &mounts {
             plan.check_mount(mount).map_err(|why| {

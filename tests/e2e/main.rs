@@ -18,3 +18,4 @@ mod podman;
 mod pull;
 mod spc;
 mod terminal;
+mod tracing;

@@ -42,6 +42,7 @@ pub const STORAGE: &str = "TOOLBOX_STORAGE";
 pub const ENGINE: &str = "TOOLBOX_ENGINE";
 pub const RUNTIME: &str = "TOOLBOX_RUNTIME";
 pub const SPC_BINDS: &str = "TOOLBOX_SPC_BINDS";
+pub const TRACING: &str = "TOOLBOX_TRACING";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -134,6 +135,12 @@ pub const KEYS: &[Key] = &[
         default: "/:/host /dev:/dev /run:/run",
         words: true,
         doc: "Binds of a super privileged container, `SOURCE:DESTINATION[:OPTIONS]` with absolute paths, split into words; `HOST` is set to where `/` is bound.",
+    },
+    Key {
+        name: TRACING,
+        default: "1",
+        words: false,
+        doc: "`1`: sessions can trace the host with bpftrace, perf and bcc's tools: the `bpf` and `perf_event_open` system calls are allowed; the host's tracefs, debugfs and bpf filesystem are bound at /sys/kernel/tracing, /sys/kernel/debug and /sys/fs/bpf where the host has them mounted; the host's /lib/modules/$(uname -r) and kernel headers in /usr/src are shown read-only at those paths (under the image's own files there, if any); the locked-memory limit is raised as far as the host allows. `0`: none of this. `--dry-run` shows the options.",
     },
 ];
 

@@ -180,6 +180,9 @@ pub struct Launch {
     pub host_exec: Option<PathBuf>,
     /// Proxy variables to hand to the toolbox's package managers.
     pub proxies: Vec<(String, String)>,
+    /// What lets the session trace the host (`TOOLBOX_TRACING`, see
+    /// [`super::tracing`]); empty when it is off.
+    pub tracing: Vec<String>,
 }
 
 /// A program, its arguments and the variables added to the inherited environment.
@@ -228,6 +231,8 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     for (_, off) in covered_files(plan) {
         args.push(off.into());
     }
+    // Before the configured words, which may add to them or override the limit.
+    args.extend(launch.tracing.iter().map(OsString::from));
     args.extend(plan.flags.iter().map(OsString::from));
     let mut marker = OsString::from("--bind-ro=");
     marker.push(&launch.marker);
@@ -406,6 +411,7 @@ mod tests {
             marker: PathBuf::from("/var/lib/toolbox/.toolboxenv"),
             host_exec: Some(PathBuf::from("/usr/bin/toolbox")),
             proxies: vec![("https_proxy".into(), "http://proxy:3128".into())],
+            tracing: Vec::new(),
         }
     }
 

@@ -11,11 +11,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::engine::Access;
 use crate::exit::CommandError;
+use crate::host::kernel::Kernel;
 use crate::host::{self, Env, HostPaths, ui};
 use crate::model::plan::{self, Payload, Plan, UpdateMode};
 use crate::provision::{self, Target};
 use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
-use crate::runtime::nspawn::mountpoints;
+use crate::runtime::nspawn::{mountpoints, tracing};
 use crate::runtime::{host_exec, lookup};
 use crate::store::toolboxes::{self, Metadata};
 use crate::store::{overlay, session as records};
@@ -59,6 +60,8 @@ pub struct Entry {
     nspawn: Nspawn,
     launch: Launch,
     metadata: Option<Metadata>,
+    /// The running kernel, when sessions may trace it (`TOOLBOX_TRACING`).
+    kernel: Option<Kernel>,
 }
 
 /// Reads what entering needs; writes only systemd-nspawn's version cache, when
@@ -66,13 +69,14 @@ pub struct Entry {
 pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) -> Result<Entry> {
     let nspawn_cache = plan.directory.join(".nspawn-version");
     let nspawn = Nspawn::find(env, &nspawn_cache, may_write)?;
-    let launch = Launch {
+    let mut launch = Launch {
         systemd_booted: paths.systemd_booted.exists(),
         terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         session: std::process::id(),
         marker: plan.directory.join(".toolboxenv"),
         host_exec: std::env::current_exe().ok(),
         proxies: host::proxies(env),
+        tracing: Vec::new(),
     };
     // An existing toolbox keeps the storage it was built with. A normal user cannot see
     // into the toolbox directory: the run through sudo finds out.
@@ -83,11 +87,16 @@ pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) ->
     if let Some(metadata) = &metadata {
         plan.storage = metadata.storage();
     }
+    let kernel = plan.tracing.then(|| Kernel::read(&paths.proc));
+    if let Some(kernel) = &kernel {
+        launch.tracing = tracing::options(&plan.root(), kernel, nspawn.version);
+    }
     Ok(Entry {
         plan,
         nspawn,
         launch,
         metadata,
+        kernel,
     })
 }
 
@@ -104,8 +113,9 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
     let Entry {
         mut plan,
         nspawn,
-        launch,
+        mut launch,
         mut metadata,
+        kernel,
     } = entry;
     toolboxes::tighten_directory(&plan.directory)?;
     let target = Target::of(&plan);
@@ -122,7 +132,6 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
         .as_ref()
         .map_or(plan::Storage::Copy, toolboxes::Metadata::storage);
     let overlay = metadata.and_then(|m| m.overlay);
-    let invocation = nspawn::invocation(&plan, &nspawn, &launch, session.quiet());
     if session.verbose() {
         ui::say(format_args!(
             "systemd-nspawn {} at {} ({}); {} storage",
@@ -143,16 +152,40 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
         ));
     }
     nspawn::check_supported(&plan, &nspawn)?;
+    let tree = Tree {
+        plan: &plan,
+        nspawn: &nspawn,
+        kernel: kernel.as_ref(),
+    };
     match overlay {
         None => {
+            tree.place_tracing(&mut launch);
             secure_tree(&plan, &launch, false)?;
             start_session(session, &plan, &launch)?;
+            let invocation = nspawn::invocation(&plan, &nspawn, &launch, session.quiet());
             if session.verbosity >= 2 {
                 ui::say(session.shown(&invocation));
             }
             match invocation.exec()? {}
         }
-        Some(overlay) => enter_overlay(session, &plan, &launch, &invocation, &overlay),
+        Some(overlay) => enter_overlay(session, &tree, launch, &overlay),
+    }
+}
+
+/// A toolbox's tree as a session enters it.
+struct Tree<'a> {
+    plan: &'a Plan,
+    nspawn: &'a Nspawn,
+    kernel: Option<&'a Kernel>,
+}
+
+impl Tree<'_> {
+    /// Where the host's kernel directories land depends on the tree's own files: decided
+    /// once the tree is there (and, for overlay storage, mounted).
+    fn place_tracing(&self, launch: &mut Launch) {
+        if let Some(kernel) = self.kernel {
+            launch.tracing = tracing::options(&self.plan.root(), kernel, self.nspawn.version);
+        }
     }
 }
 
@@ -168,7 +201,9 @@ fn secure_tree(plan: &Plan, launch: &Launch, locked: bool) -> Result<()> {
         marker: nspawn::MARKER_IN_TOOLBOX,
     };
     let root = plan.root();
-    let secure = |act| mountpoints::secure(&root, &plan.name, &plan.mounts, &own, act);
+    let mut mounts = plan.mounts.clone();
+    mounts.extend(tracing::mounts(&launch.tracing));
+    let secure = |act| mountpoints::secure(&root, &plan.name, &mounts, &own, act);
     if secure(mountpoints::Act::Look)?.is_empty() {
         return Ok(());
     }
@@ -227,11 +262,12 @@ fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> 
 /// parent of systemd-nspawn for that, which dies with it.
 fn enter_overlay(
     session: &Session,
-    plan: &Plan,
-    launch: &Launch,
-    invocation: &nspawn::Invocation,
+    tree: &Tree,
+    mut launch: Launch,
     overlay: &toolboxes::Overlay,
 ) -> Result<u8> {
+    let plan = tree.plan;
+    let launch = &mut launch;
     let path = plan.path();
     let mounted = (|| {
         let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
@@ -252,12 +288,14 @@ fn enter_overlay(
             .into());
         }
         overlay::mount(&path, &overlay.layers)?;
+        tree.place_tracing(launch);
         secure_tree(plan, launch, true)?;
         start_session(session, plan, launch)
     })();
     let status = mounted.and_then(|()| {
+        let invocation = nspawn::invocation(plan, tree.nspawn, launch, session.quiet());
         if session.verbosity >= 2 {
-            ui::say(session.shown(invocation));
+            ui::say(session.shown(&invocation));
         }
         invocation.run()
     });

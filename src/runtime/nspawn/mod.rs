@@ -5,3 +5,4 @@
 pub mod command;
 pub mod enter;
 pub mod mountpoints;
+pub mod tracing;

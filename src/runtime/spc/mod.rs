@@ -17,10 +17,12 @@ use std::fmt;
 use anyhow::{Result, bail};
 
 use crate::engine::{ContainerSpec, Process};
+use crate::host::kernel::Kernel;
 use crate::host::ui;
 use crate::host::{Env, HOST_ROOT};
 use crate::model::config::{self, Settings};
 use crate::model::plan::{Payload, Plan};
+use crate::model::tracing;
 
 /// Label on every SPC toolbox creates: its runtime.
 pub const LABEL_RUNTIME: &str = "toolbox.runtime";
@@ -141,6 +143,8 @@ pub struct Container {
     pub cap_add: Vec<String>,
     pub security_opt: Vec<String>,
     pub workdir: Option<String>,
+    /// The locked-memory limit in bytes, -1 for none; `None` leaves the engine's.
+    pub memlock: Option<i64>,
     /// The main process: toolbox idling for a persistent SPC, the user's command for a
     /// throwaway one.
     pub command: Vec<String>,
@@ -172,6 +176,8 @@ pub struct Inputs<'a> {
     pub run_label: Option<String>,
     /// `--use-run-label`: apply it.
     pub use_run_label: bool,
+    /// The running kernel, when sessions may trace it (`TOOLBOX_TRACING`).
+    pub kernel: Option<&'a Kernel>,
 }
 
 /// The command a session runs when none is given: a login shell, bash if there is one.
@@ -230,8 +236,15 @@ impl Spc {
             cap_add: Vec::new(),
             security_opt: Vec::new(),
             workdir: None,
+            memlock: None,
             command: Vec::new(),
         };
+        // Tracing the host: the same filesystems and kernel directories as an nspawn
+        // session; the system calls need no more than the privilege (no seccomp filter).
+        if let Some(kernel) = inputs.kernel {
+            container.binds.extend(tracing::spc_binds(kernel));
+            container.memlock = tracing::spc_memlock(kernel);
+        }
         container.binds.push(format!(
             "{}:{}:ro",
             inputs.exe,
@@ -479,6 +492,9 @@ impl Container {
         if let Some(workdir) = &self.workdir {
             words.push(format!("--workdir={workdir}"));
         }
+        if let Some(limit) = self.memlock {
+            words.push(format!("--ulimit=memlock={limit}:{limit}"));
+        }
         words
     }
 }
@@ -503,6 +519,7 @@ impl Container {
             security_opt: self.security_opt.clone(),
             labels: self.labels.clone(),
             workdir: self.workdir.clone(),
+            memlock: self.memlock,
             main: Process {
                 command: self.command.clone(),
                 tty: main.is_some_and(|m| m.tty),
@@ -615,6 +632,7 @@ mod tests {
             throwaway: false,
             run_label: None,
             use_run_label: false,
+            kernel: None,
         };
         change(&mut inputs);
         Spc::resolve(&settings, &plan, inputs)
