@@ -407,28 +407,44 @@ pub fn assert_statuses_come_back(run: &dyn Fn(&[&str]) -> Output) {
 }
 
 /// A second dockerd using the `vfs` storage driver, on its own socket, data root and exec
-/// root, with no networking of its own; stopped (and its files removed) when dropped.
+/// root and bridge; stopped (and its files and bridge removed) when dropped.
 pub struct VfsDaemon {
     dir: tempfile::TempDir,
     child: Child,
     /// Its address, for `DOCKER_HOST` and `docker -H`.
     pub host: String,
+    /// A bridge of its own: with `--bridge=none`, dockerd deletes `docker0`, the bridge
+    /// of the daemon every other test uses.
+    bridge: String,
 }
 
 impl VfsDaemon {
     pub fn start() -> VfsDaemon {
+        static DAEMONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = tempfile::Builder::new()
             .prefix("toolbox-vfs-")
             .tempdir()
             .unwrap();
         let host = format!("unix://{}/docker.sock", dir.path().display());
-        let child = Self::spawn(dir.path(), &host);
-        let daemon = VfsDaemon { dir, child, host };
+        let number = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bridge = format!("tbx{}-{number}", std::process::id() % 100_000);
+        let made = Command::new("ip")
+            .args(["link", "add", &bridge, "type", "bridge"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", describe(&made));
+        let child = Self::spawn(dir.path(), &host, &bridge);
+        let daemon = VfsDaemon {
+            dir,
+            child,
+            host,
+            bridge,
+        };
         daemon.wait_until_up();
         daemon
     }
 
-    fn spawn(dir: &Path, host: &str) -> Child {
+    fn spawn(dir: &Path, host: &str, bridge: &str) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -436,7 +452,12 @@ impl VfsDaemon {
             .unwrap();
         let path = |name: &str| dir.join(name).display().to_string();
         Command::new("dockerd")
-            .args(["--storage-driver=vfs", "--bridge=none", "--iptables=false"])
+            .args([
+                "--storage-driver=vfs",
+                "--iptables=false",
+                "--bridge",
+                bridge,
+            ])
             .args(["--data-root", &path("data"), "--exec-root", &path("exec")])
             .args(["--pidfile", &path("dockerd.pid"), "-H", host])
             .stdout(log.try_clone().unwrap())
@@ -491,7 +512,7 @@ impl VfsDaemon {
     pub fn restart(&mut self) {
         let _ = fs::remove_file(self.dir.path().join("dockerd.pid"));
         let _ = fs::remove_file(self.dir.path().join("exec/containerd/containerd.pid"));
-        self.child = Self::spawn(self.dir.path(), &self.host);
+        self.child = Self::spawn(self.dir.path(), &self.host, &self.bridge);
         self.wait_until_up();
     }
 
@@ -514,6 +535,9 @@ impl Drop for VfsDaemon {
         let data = self.dir.path().join("data");
         let _ = Command::new("umount").arg("-l").arg(&data).output();
         let _ = fs::remove_dir_all(self.dir.path());
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
     }
 }
 
@@ -595,9 +619,29 @@ pub fn listing(root: &Path) -> BTreeMap<String, String> {
 
 /// The tree of a toolbox, without what only one way of making it, or entering it, adds:
 /// toolbox's metadata, the empty files `docker export` puts where the container's mounts
-/// go, and the mount points the first entry creates (systemd-nspawn's and `host-exec`).
+/// go, and the mount points the first entry creates (systemd-nspawn's, `host-exec`, and
+/// the host's kernel modules and headers for tracing).
 pub fn tree_listing(tree: &Path) -> BTreeMap<String, String> {
     let mut listing = listing(tree);
+    let kernel = toolbox::host::kernel::Kernel::read(Path::new("/proc"));
+    let mut kernel_points = vec![
+        "usr/lib/modules".to_string(),
+        format!("usr/lib/modules/{}", kernel.release),
+    ];
+    kernel_points.extend(kernel.headers.iter().map(|dir| {
+        dir.display()
+            .to_string()
+            .trim_start_matches('/')
+            .to_string()
+    }));
+    for point in kernel_points {
+        if listing
+            .get(&point)
+            .is_some_and(|line| line.starts_with("dir "))
+        {
+            listing.remove(&point);
+        }
+    }
     for not_the_image in [
         ".toolbox.json",
         ".dockerenv",
