@@ -19,6 +19,9 @@ Examples:
   toolbox --engine podman                  create it through Podman's service
   docker save debian | toolbox import -    a toolbox from an image archive, no engine
   toolbox --runtime spc                    a super privileged container instead
+  toolbox --target web ss -ltnp            debug container `web`: its network, its
+                                           files at /media/target, gdb -p $TOOLBOX_TARGET_PID
+  toolbox --target pid:1234 tcpdump -i any any process's network namespace
   toolbox run rm -rf /tmp/x                run a command named like a subcommand
   toolbox -- rm -rf /tmp/x                 the same
 
@@ -91,6 +94,16 @@ pub struct Options {
     /// super privileged container, visible in `docker ps`) [TOOLBOX_RUNTIME; default: nspawn]
     #[arg(long, global = true, value_name = "RUNTIME")]
     pub runtime: Option<String>,
+
+    /// Debug a running container (name or ID) or host process (`pid:N`): join its
+    /// network namespace, see its files at /media/target [TOOLBOX_TARGET]
+    #[arg(long, global = true, value_name = "CONTAINER")]
+    pub target: Option<String>,
+
+    /// The target's namespaces to join: net, ipc, uts, comma-separated
+    /// [TOOLBOX_TARGET_NS; default: net]
+    #[arg(long, global = true, value_name = "LIST")]
+    pub target_ns: Option<String>,
 
     /// With --runtime spc: a throwaway container for this command, removed when it ends
     #[arg(long = "rm", global = true)]

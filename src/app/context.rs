@@ -58,6 +58,8 @@ impl RunContext {
             (config::STORAGE, "--storage", options.storage.clone()),
             (config::ENGINE, "--engine", options.engine.clone()),
             (config::RUNTIME, "--runtime", options.runtime.clone()),
+            (config::TARGET, "--target", options.target.clone()),
+            (config::TARGET_NS, "--target-ns", options.target_ns.clone()),
             (
                 config::DIRECTORY,
                 "--directory",

@@ -13,7 +13,7 @@ use crate::host::kernel::Kernel;
 use crate::host::ui;
 use crate::model::plan::{Payload, Runtime, UpdateMode};
 use crate::runtime::nspawn::enter::{self, Session};
-use crate::runtime::spc;
+use crate::runtime::{spc, target};
 use crate::sys;
 
 /// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
@@ -25,17 +25,31 @@ pub fn run(ctx: &RunContext, payload: Payload) -> Result<u8> {
     if ctx.runtime == Runtime::Spc {
         return spc(ctx, payload);
     }
+    let plan = ctx.plan(payload)?;
+    if !ctx.dry_run {
+        ctx.become_root()?;
+    }
+    let target = plan
+        .target
+        .as_ref()
+        .map(|request| target::find(request, &ctx.access, &ctx.paths.proc, !ctx.dry_run))
+        .transpose()?;
+    if let Some(found) = &target
+        && !ctx.quiet()
+    {
+        found.explain();
+    }
     let entry = enter::prepare(
-        ctx.plan(payload)?,
+        plan,
         &ctx.env,
         &ctx.paths,
         !ctx.dry_run && sys::is_root(),
+        target,
     )?;
     if ctx.dry_run {
         println!("{}", ctx.shown(&entry.command(ctx.quiet())));
         return Ok(0);
     }
-    ctx.become_root()?;
     let session = Session {
         access: &ctx.access,
         paths: &ctx.paths,
@@ -57,6 +71,11 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         None => spc::Privilege::Full,
     };
     let kernel = plan.tracing.then(|| Kernel::read(&ctx.paths.proc));
+    let target = plan
+        .target
+        .as_ref()
+        .map(|request| target::find(request, &ctx.access, &ctx.paths.proc, false))
+        .transpose()?;
     let resolve = |run_label| {
         spc::Spc::resolve(
             &ctx.settings,
@@ -71,6 +90,7 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
                 run_label,
                 use_run_label: ctx.use_run_label,
                 kernel: kernel.as_ref(),
+                target: target.as_ref().map(|found| &found.target),
             },
         )
     };
@@ -86,6 +106,10 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         return Ok(0);
     }
     ctx.become_root()?;
+    if let Some(found) = &target {
+        found.explain();
+        found.watch(ctx.quiet());
+    }
     let options = spc::session::Options {
         update: UpdateMode::of(&ctx.settings)?,
         quiet: ctx.quiet(),

@@ -55,6 +55,8 @@ pub struct Row {
     /// Disk used by its tree; `null` for a super privileged container (the engine's).
     pub size_bytes: Option<u64>,
     pub sessions: usize,
+    /// What its sessions debug (`--target`), one entry per such session.
+    pub targets: Vec<String>,
     /// Whether the engine's image ID differs now; `null` when unknown (daemon down,
     /// image gone, or an adopted tree).
     pub image_changed: Option<bool>,
@@ -80,8 +82,10 @@ pub fn rows(directory: &Path, proc_root: &Path, access: &Access) -> Result<Vec<R
             provision::image_changed(&image, &m.image_id, access, DAEMON_TIMEOUT)
         });
         let storage = metadata.as_ref().map_or(Storage::Copy, |m| m.storage());
+        let sessions = session::live(directory, proc_root, &name)?;
         rows.push(Row {
-            sessions: session::live(directory, proc_root, &name)?.len(),
+            sessions: sessions.len(),
+            targets: sessions.into_iter().filter_map(|s| s.target).collect(),
             size_bytes: Some(match storage {
                 Storage::Copy => toolboxes::disk_usage(&path),
                 Storage::Overlay => overlay::disk_usage(&path),
@@ -114,6 +118,7 @@ pub fn spc_rows(directory: &Path, access: &Access) -> Result<Vec<Row>> {
             }),
             size_bytes: None,
             sessions: spc.sessions,
+            targets: Vec::new(),
             image_changed: spc.image_changed,
             adopted: false,
             storage: None,
@@ -149,8 +154,8 @@ fn list(
     }
     writeln!(
         out,
-        "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  IMAGE",
-        "NAME", "RUNTIME", "IMAGE", "ID", "CREATED", "STORAGE", "SIZE", "SESSIONS"
+        "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {:<9} TARGETS",
+        "NAME", "RUNTIME", "IMAGE", "ID", "CREATED", "STORAGE", "SIZE", "SESSIONS", "FRESHNESS"
     )?;
     for row in &rows {
         let id = row.image_id.as_deref().map(short_id).unwrap_or("-");
@@ -162,7 +167,7 @@ fn list(
         };
         writeln!(
             out,
-            "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness}",
+            "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness:<9} {}",
             row.name,
             row.runtime.name(),
             row.image.as_deref().unwrap_or("-"),
@@ -171,6 +176,10 @@ fn list(
             row.storage.unwrap_or("-"),
             row.size_bytes.map_or("-".to_string(), human_size),
             row.sessions,
+            match row.targets.is_empty() {
+                true => "-".to_string(),
+                false => row.targets.join(","),
+            },
         )?;
     }
     Ok(())

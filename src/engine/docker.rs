@@ -245,9 +245,28 @@ impl Engine for Docker {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
         };
+        let state = inspected.state.as_ref();
+        let mounts = inspected
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| Some((m.source?, m.destination?, m.rw.unwrap_or(true))))
+            .collect();
         Ok(Some(ContainerInfo {
             id: inspected.id.unwrap_or_default(),
-            running: inspected.state.and_then(|s| s.running).unwrap_or(false),
+            name: inspected
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            running: state.and_then(|s| s.running).unwrap_or(false),
+            pid: state
+                .and_then(|s| s.pid)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .unwrap_or(0),
+            root: inspected
+                .graph_driver
+                .and_then(|driver| driver.data.get("MergedDir").cloned()),
+            mounts,
             image_id: inspected.image.unwrap_or_default(),
             created: inspected.created.unwrap_or_default(),
             labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),

@@ -273,7 +273,16 @@ pub fn async_runtime() -> Result<tokio::runtime::Runtime> {
 #[derive(Debug, Clone)]
 pub struct ContainerInfo {
     pub id: String,
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
     pub running: bool,
+    /// Its main process's host PID; 0 when it is not running.
+    pub pid: u32,
+    /// Its root filesystem on the host while it runs (the storage driver's merged
+    /// directory), when the engine says.
+    pub root: Option<String>,
+    /// Its volumes and binds: host source, destination inside, writable.
+    pub mounts: Vec<(String, String, bool)>,
     /// The ID of the image it was created from.
     pub image_id: String,
     pub created: String,

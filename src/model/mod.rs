@@ -6,4 +6,5 @@ pub mod config;
 pub mod image;
 pub mod options;
 pub mod plan;
+pub mod target;
 pub mod tracing;

@@ -252,6 +252,12 @@ fn long_spec(name: &str) -> Result<&'static Spec, String> {
     }
 }
 
+/// The mounts among options toolbox made itself, for the tree's mount points to be made
+/// safely; held to the rules of configuration words.
+pub fn mounts(words: &[String]) -> Result<Vec<Mount>, Refused> {
+    Ok(parse(words)?.into_iter().filter_map(|p| p.mount).collect())
+}
+
 /// Parses configuration words into options, refusing those toolbox decides, words that
 /// are not options, options toolbox does not know, and mounts it cannot check (sources
 /// inside the tree, relative paths). Where the mounts land is `plan`'s to check.

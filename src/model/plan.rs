@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::model::config::{self, Settings};
 use crate::model::image::ImageRef;
 use crate::model::options::{self, Mount, MountKind};
+use crate::model::target::Request;
 
 /// What to run inside the toolbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +134,8 @@ pub struct Plan {
     pub storage_demanded: bool,
     /// `TOOLBOX_TRACING`: sessions can trace the host (see `model::tracing`).
     pub tracing: bool,
+    /// `TOOLBOX_TARGET`: a container or process the session debugs (see `model::target`).
+    pub target: Option<Request>,
 }
 
 impl Plan {
@@ -208,6 +211,7 @@ impl Plan {
             storage,
             storage_demanded,
             tracing,
+            target: Request::of(settings)?,
         };
         for (key, mount) in &mounts {
             plan.check_mount(mount).map_err(|why| {

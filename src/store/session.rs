@@ -17,6 +17,8 @@ use anyhow::{Context, Result};
 pub struct Session {
     pub pid: i32,
     pub machine: String,
+    /// The container or process it debugs (`--target`), as given.
+    pub target: Option<String>,
 }
 
 fn records_dir(directory: &Path, name: &str) -> PathBuf {
@@ -31,8 +33,15 @@ fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
     (stat.state != 'Z').then_some(stat.start_time)
 }
 
-/// Records the calling process as a session of toolbox `name` under `machine`.
-pub fn register(directory: &Path, proc_root: &Path, name: &str, machine: &str) -> Result<()> {
+/// Records the calling process as a session of toolbox `name` under `machine`, debugging
+/// `target` (a word without spaces) if it has one.
+pub fn register(
+    directory: &Path,
+    proc_root: &Path,
+    name: &str,
+    machine: &str,
+    target: Option<&str>,
+) -> Result<()> {
     let dir = records_dir(directory, name);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let pid = std::process::id() as i32;
@@ -45,7 +54,10 @@ pub fn register(directory: &Path, proc_root: &Path, name: &str, machine: &str) -
             .create(true)
             .truncate(true)
             .open(&partial)?;
-        writeln!(file, "{started} {machine}")?;
+        match target {
+            Some(target) => writeln!(file, "{started} {machine} {target}")?,
+            None => writeln!(file, "{started} {machine}")?,
+        }
         fs::rename(&partial, &record)
     };
     write().with_context(|| format!("cannot record the session in {}", record.display()))
@@ -81,12 +93,14 @@ pub fn live(directory: &Path, proc_root: &Path, name: &str) -> Result<Vec<Sessio
             continue;
         };
         let record = fs::read_to_string(&path).unwrap_or_default();
-        let (started, machine) = record.trim_end().split_once(' ').unwrap_or_default();
-        let started: Option<u64> = started.parse().ok();
+        let mut fields = record.split_whitespace();
+        let started: Option<u64> = fields.next().and_then(|s| s.parse().ok());
+        let machine = fields.next().unwrap_or_default();
         if started.is_some() && start_time(proc_root, pid) == started {
             sessions.push(Session {
                 pid,
                 machine: machine.to_string(),
+                target: fields.next().map(String::from),
             });
         } else {
             // Ended: best effort, a reader without write access just skips it.
@@ -201,14 +215,20 @@ mod tests {
     fn records_follow_live_processes() {
         let dir = tempfile::tempdir().unwrap();
         let proc_root = Path::new("/proc");
-        register(dir.path(), proc_root, "core-x", "core-x-1").unwrap();
+        register(dir.path(), proc_root, "core-x", "core-x-1", Some("web")).unwrap();
         let me = std::process::id() as i32;
         assert_eq!(
             live(dir.path(), proc_root, "core-x").unwrap(),
             [Session {
                 pid: me,
-                machine: "core-x-1".into()
+                machine: "core-x-1".into(),
+                target: Some("web".into()),
             }]
+        );
+        register(dir.path(), proc_root, "core-x", "core-x-1", None).unwrap();
+        assert_eq!(
+            live(dir.path(), proc_root, "core-x").unwrap()[0].target,
+            None
         );
 
         // A record whose PID is gone, and one whose PID was reused by another process.

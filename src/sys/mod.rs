@@ -136,6 +136,51 @@ pub fn proc_stat(proc_root: &std::path::Path, pid: u32) -> Option<ProcStat> {
     })
 }
 
+/// Moves the calling thread into the namespace `fd` refers to (`/proc/PID/ns/NAME`,
+/// opened earlier so the namespace cannot go away meanwhile): `net`, `ipc` or `uts`, the
+/// kinds a process with other threads may join. A child started or a program executed
+/// afterwards from this thread is in it too.
+pub fn join_namespace(fd: impl AsFd, name: &str) -> io::Result<()> {
+    use rustix::thread::LinkNameSpaceType as Kind;
+    let kind = match name {
+        "net" => Kind::Network,
+        "ipc" => Kind::InterProcessCommunication,
+        "uts" => Kind::HostNameAndNISDomainName,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot join a `{other}` namespace"),
+            ));
+        }
+    };
+    Ok(rustix::thread::move_into_link_name_space(
+        fd.as_fd(),
+        Some(kind),
+    )?)
+}
+
+/// A handle on process `pid` that stays its own even after the PID is reused.
+pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
+}
+
+/// Blocks until the process of `pidfd` has exited.
+pub fn wait_exited(pidfd: impl AsFd) -> io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, None) {
+            Err(Errno::INTR) => continue,
+            result => return result.map(|_| ()).map_err(Into::into),
+        }
+    }
+}
+
 /// Standard input's terminal in raw mode (no echo, no line editing, no signals from keys,
 /// no output processing), as a container's pseudo-terminal wants it; its settings are
 /// restored when this is dropped, on every way out that unwinds.

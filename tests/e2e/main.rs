@@ -17,5 +17,6 @@ mod overlay;
 mod podman;
 mod pull;
 mod spc;
+mod target;
 mod terminal;
 mod tracing;

@@ -259,3 +259,35 @@ fn oci_layouts_and_archives_from_podman_import_alike() {
         assert_eq!(import(format), reference, "{format}");
     }
 }
+
+/// `--target` finds containers through Podman too. A Podman container cannot be started on
+/// this test machine (runc cannot set its rlimits without CAP_SYS_RESOURCE), so a created
+/// one stands for the stopped case and an unknown name for the missing one.
+#[test]
+fn targets_are_found_through_podman() {
+    let Some(t) = podman_env("podman_target") else {
+        return;
+    };
+    let service = PodmanService::start(None);
+    let name = format!("toolbox-test-podman-target-{}", std::process::id());
+    podman(&["create", "--name", &name, BUSYBOX_IMAGE, "true"]);
+    let out = run_with(&t, &service, &["--target", &name, "true"]);
+    let _ = Command::new("podman").args(["rm", "-f", &name]).output();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [format!(
+            "toolbox: container `{name}` is not running; start it first (its files are in \
+             `docker cp` and `docker export` meanwhile)"
+        )]
+    );
+    let out = run_with(&t, &service, &["--target", "toolbox-no-such", "true"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [format!(
+            "toolbox: no container `toolbox-no-such` in the engine at {}",
+            service.host
+        )]
+    );
+}

@@ -43,6 +43,8 @@ pub const ENGINE: &str = "TOOLBOX_ENGINE";
 pub const RUNTIME: &str = "TOOLBOX_RUNTIME";
 pub const SPC_BINDS: &str = "TOOLBOX_SPC_BINDS";
 pub const TRACING: &str = "TOOLBOX_TRACING";
+pub const TARGET: &str = "TOOLBOX_TARGET";
+pub const TARGET_NS: &str = "TOOLBOX_TARGET_NS";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -141,6 +143,18 @@ pub const KEYS: &[Key] = &[
         default: "1",
         words: false,
         doc: "`1`: sessions can trace the host with bpftrace, perf and bcc's tools: the `bpf` and `perf_event_open` system calls are allowed; the host's tracefs, debugfs and bpf filesystem are bound at /sys/kernel/tracing, /sys/kernel/debug and /sys/fs/bpf where the host has them mounted; the host's /lib/modules/$(uname -r) and kernel headers in /usr/src are shown read-only at those paths (under the image's own files there, if any); the locked-memory limit is raised as far as the host allows. `0`: none of this. `--dry-run` shows the options.",
+    },
+    Key {
+        name: TARGET,
+        default: "",
+        words: false,
+        doc: "A running container (name or ID, found through TOOLBOX_ENGINE) or host process (`pid:N`) to debug: the session joins its network namespace, sees its root filesystem and volumes at /media/target, and gets TOOLBOX_TARGET and TOOLBOX_TARGET_PID; the host's PID namespace and / at /media/root stay. Usually given per run as `--target`.",
+    },
+    Key {
+        name: TARGET_NS,
+        default: "net",
+        words: false,
+        doc: "The target's namespaces a session joins, comma-separated: `net`, `ipc`, `uts` (never `pid` or `mnt`).",
     },
 ];
 

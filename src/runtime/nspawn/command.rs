@@ -183,6 +183,10 @@ pub struct Launch {
     /// What lets the session trace the host (`TOOLBOX_TRACING`, see
     /// [`super::tracing`]); empty when it is off.
     pub tracing: Vec<String>,
+    /// The target's options (`--target`, see `model::target`) and the namespaces of it
+    /// the session joins, by name and file.
+    pub target: Vec<String>,
+    pub namespaces: Vec<(&'static str, PathBuf)>,
 }
 
 /// A program, its arguments and the variables added to the inherited environment.
@@ -191,6 +195,8 @@ pub struct Invocation {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub env: Vec<(String, String)>,
+    /// Namespaces it runs in, joined by toolbox beforehand: shown as `nsenter`'s options.
+    pub namespaces: Vec<(&'static str, PathBuf)>,
 }
 
 /// The systemd-nspawn command for `plan`.
@@ -245,6 +251,7 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args.push(bind);
     }
     args.extend(plan.binds.iter().map(OsString::from));
+    args.extend(launch.target.iter().map(OsString::from));
     args.push(format!("--setenv=TOOLBOX_NAME={}", plan.name).into());
     if let Some(root) = plan.host_root() {
         args.push(format!("--setenv={}={root}", crate::host::HOST_ROOT).into());
@@ -262,6 +269,7 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         program: nspawn.program.clone(),
         args,
         env,
+        namespaces: launch.namespaces.clone(),
     }
 }
 
@@ -339,6 +347,16 @@ impl fmt::Display for Invocation {
             .iter()
             .map(|(k, v)| format!("{k}={}", ui::quote(OsStr::new(v))))
             .collect();
+        if !self.namespaces.is_empty() {
+            words.push("nsenter".into());
+            for (name, path) in &self.namespaces {
+                words.push(ui::quote(OsStr::new(&format!(
+                    "--{name}={}",
+                    path.display()
+                ))));
+            }
+            words.push("--".into());
+        }
         words.push(ui::quote(self.program.as_os_str()));
         words.extend(self.args.iter().map(|a| ui::quote(a)));
         write!(f, "{}", words.join(" "))
@@ -412,6 +430,8 @@ mod tests {
             host_exec: Some(PathBuf::from("/usr/bin/toolbox")),
             proxies: vec![("https_proxy".into(), "http://proxy:3128".into())],
             tracing: Vec::new(),
+            target: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 

@@ -13,10 +13,12 @@ use crate::engine::Access;
 use crate::exit::CommandError;
 use crate::host::kernel::Kernel;
 use crate::host::{self, Env, HostPaths, ui};
+use crate::model::options;
 use crate::model::plan::{self, Payload, Plan, UpdateMode};
 use crate::provision::{self, Target};
 use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
 use crate::runtime::nspawn::{mountpoints, tracing};
+use crate::runtime::target::Found;
 use crate::runtime::{host_exec, lookup};
 use crate::store::toolboxes::{self, Metadata};
 use crate::store::{overlay, session as records};
@@ -62,11 +64,19 @@ pub struct Entry {
     metadata: Option<Metadata>,
     /// The running kernel, when sessions may trace it (`TOOLBOX_TRACING`).
     kernel: Option<Kernel>,
+    /// The container or process the session debugs (`--target`).
+    target: Option<Found>,
 }
 
-/// Reads what entering needs; writes only systemd-nspawn's version cache, when
-/// `may_write`.
-pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) -> Result<Entry> {
+/// Reads what entering needs, with the `target` found for it, if any; writes only
+/// systemd-nspawn's version cache, when `may_write`.
+pub fn prepare(
+    mut plan: Plan,
+    env: &Env,
+    paths: &HostPaths,
+    may_write: bool,
+    target: Option<Found>,
+) -> Result<Entry> {
     let nspawn_cache = plan.directory.join(".nspawn-version");
     let nspawn = Nspawn::find(env, &nspawn_cache, may_write)?;
     let mut launch = Launch {
@@ -77,7 +87,18 @@ pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) ->
         host_exec: std::env::current_exe().ok(),
         proxies: host::proxies(env),
         tracing: Vec::new(),
+        target: Vec::new(),
+        namespaces: Vec::new(),
     };
+    if let Some(found) = &target {
+        launch.target = found.target.nspawn_options();
+        launch.namespaces = found
+            .target
+            .namespace_paths()
+            .into_iter()
+            .map(|(ns, path)| (ns.name(), path))
+            .collect();
+    }
     // An existing toolbox keeps the storage it was built with. A normal user cannot see
     // into the toolbox directory: the run through sudo finds out.
     let metadata = match toolboxes::complete_metadata(&plan.path()) {
@@ -97,6 +118,7 @@ pub fn prepare(mut plan: Plan, env: &Env, paths: &HostPaths, may_write: bool) ->
         launch,
         metadata,
         kernel,
+        target,
     })
 }
 
@@ -116,6 +138,7 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
         mut launch,
         mut metadata,
         kernel,
+        target: debugged,
     } = entry;
     toolboxes::tighten_directory(&plan.directory)?;
     let target = Target::of(&plan);
@@ -166,10 +189,24 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
             if session.verbosity >= 2 {
                 ui::say(session.shown(&invocation));
             }
-            match invocation.exec()? {}
+            match debugged {
+                None => match invocation.exec()? {},
+                // toolbox stays to say when the target exits.
+                Some(found) => {
+                    follow(&found, session)?;
+                    invocation.run()
+                }
+            }
         }
-        Some(overlay) => enter_overlay(session, &tree, launch, &overlay),
+        Some(overlay) => enter_overlay(session, &tree, launch, &overlay, debugged),
     }
+}
+
+/// Joins the target's namespaces for the session about to start, and watches it.
+fn follow(found: &Found, session: &Session) -> Result<()> {
+    found.join()?;
+    found.watch(session.quiet());
+    Ok(())
 }
 
 /// A toolbox's tree as a session enters it.
@@ -202,7 +239,10 @@ fn secure_tree(plan: &Plan, launch: &Launch, locked: bool) -> Result<()> {
     };
     let root = plan.root();
     let mut mounts = plan.mounts.clone();
-    mounts.extend(tracing::mounts(&launch.tracing));
+    for own in [&launch.tracing, &launch.target] {
+        mounts
+            .extend(options::mounts(own).map_err(|e| anyhow::anyhow!("toolbox's own option {e}"))?);
+    }
     let secure = |act| mountpoints::secure(&root, &plan.name, &mounts, &own, act);
     if secure(mountpoints::Act::Look)?.is_empty() {
         return Ok(());
@@ -244,6 +284,7 @@ fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> 
         &session.paths.proc,
         &plan.name,
         &plan.session_machine_name(launch.session),
+        plan.target.as_ref().map(|t| t.given.as_str()),
     );
     match registered {
         // A full disk is when the toolbox is needed most: enter it anyway.
@@ -265,6 +306,7 @@ fn enter_overlay(
     tree: &Tree,
     mut launch: Launch,
     overlay: &toolboxes::Overlay,
+    target: Option<Found>,
 ) -> Result<u8> {
     let plan = tree.plan;
     let launch = &mut launch;
@@ -293,6 +335,9 @@ fn enter_overlay(
         start_session(session, plan, launch)
     })();
     let status = mounted.and_then(|()| {
+        if let Some(found) = &target {
+            follow(found, session)?;
+        }
         let invocation = nspawn::invocation(plan, tree.nspawn, launch, session.quiet());
         if session.verbosity >= 2 {
             ui::say(session.shown(&invocation));

@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::path::Path;
 
 use crate::host::kernel::Kernel;
-use crate::model::options::{self, Mount};
 use crate::model::tracing::{self, Placed};
 
 /// How many symlinks one path may pass through, as the kernel allows (`MAXSYMLINKS`).
@@ -30,13 +29,6 @@ pub fn options(root: &Path, kernel: &Kernel, nspawn_version: u32) -> Vec<String>
         })
         .collect();
     tracing::nspawn_options(kernel, &placed, nspawn_version)
-}
-
-/// The mounts among `options`, for the tree's mount points to be made safely.
-pub fn mounts(options: &[String]) -> Vec<Mount> {
-    options::parse(options)
-        .map(|parsed| parsed.into_iter().filter_map(|p| p.mount).collect())
-        .unwrap_or_default()
 }
 
 /// `path` as seen inside the toolbox whose tree is at `root`: each symlink in the tree on
@@ -146,7 +138,8 @@ mod tests {
         assert!(options.contains(
             &"--bind-ro=/usr/src/linux-headers-6.1:/usr/src/linux-headers-6.1".to_string()
         ));
-        let destinations: Vec<String> = mounts(&options)
+        let destinations: Vec<String> = crate::model::options::mounts(&options)
+            .unwrap()
             .into_iter()
             .map(|m| m.destination)
             .collect();

@@ -22,6 +22,7 @@ use crate::host::ui;
 use crate::host::{Env, HOST_ROOT};
 use crate::model::config::{self, Settings};
 use crate::model::plan::{Payload, Plan};
+use crate::model::target::{Namespace, Target};
 use crate::model::tracing;
 
 /// Label on every SPC toolbox creates: its runtime.
@@ -178,6 +179,9 @@ pub struct Inputs<'a> {
     pub use_run_label: bool,
     /// The running kernel, when sessions may trace it (`TOOLBOX_TRACING`).
     pub kernel: Option<&'a Kernel>,
+    /// The container the session debugs (`--target`): it runs in a throwaway container
+    /// that joins the target's network namespace, the one thing fixed at creation.
+    pub target: Option<&'a Target>,
 }
 
 /// The command a session runs when none is given: a login shell, bash if there is one.
@@ -192,8 +196,9 @@ fn login_shell() -> Vec<String> {
 }
 
 impl Spc {
-    pub fn resolve(settings: &Settings, plan: &Plan, inputs: Inputs) -> Result<Spc> {
+    pub fn resolve(settings: &Settings, plan: &Plan, mut inputs: Inputs) -> Result<Spc> {
         let binds = binds(settings)?;
+        inputs.throwaway |= inputs.target.is_some();
         let image = plan.image.reference();
         let mut env = Vec::new();
         // `HOST` says where the host's `/` is, as `atomic run` set it.
@@ -245,6 +250,9 @@ impl Spc {
             container.binds.extend(tracing::spc_binds(kernel));
             container.memlock = tracing::spc_memlock(kernel);
         }
+        if let Some(target) = inputs.target {
+            join_target(&mut container, target)?;
+        }
         container.binds.push(format!(
             "{}:{}:ro",
             inputs.exe,
@@ -295,6 +303,34 @@ impl Spc {
             run_label: inputs.run_label,
         })
     }
+}
+
+/// Puts `container` in the target's namespaces and shows it the target's files. The
+/// engine joins another container's network and IPC namespaces only; its PID namespace
+/// stays the host's.
+fn join_target(container: &mut Container, target: &Target) -> Result<()> {
+    let given = &target.request.given;
+    let Some(id) = &target.container else {
+        bail!(
+            "--target {given}: the spc runtime joins containers only; debug a process with \
+             the nspawn runtime"
+        );
+    };
+    for namespace in &target.request.namespaces {
+        match namespace {
+            Namespace::Net => container.network = format!("container:{id}"),
+            Namespace::Ipc => container.ipc = format!("container:{id}"),
+            Namespace::Uts => bail!(
+                "--target-ns uts: the engine cannot share a container's UTS namespace; \
+                 use the nspawn runtime"
+            ),
+        }
+    }
+    container.binds.extend(target.spc_binds());
+    container
+        .env
+        .extend(target.environment().map(|(k, v)| format!("{k}={v}")));
+    Ok(())
 }
 
 /// `TOOLBOX_SPC_BINDS`, each checked to be `SOURCE:DESTINATION[:OPTIONS]` with absolute
@@ -633,6 +669,7 @@ mod tests {
             run_label: None,
             use_run_label: false,
             kernel: None,
+            target: None,
         };
         change(&mut inputs);
         Spc::resolve(&settings, &plan, inputs)

@@ -28,6 +28,7 @@ use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::UpdateMode;
 use crate::provision;
+use crate::runtime::with_engine;
 use crate::store::toolboxes;
 use crate::sys;
 use crate::sys::signals::{self, Caught, STOPPING, Signal};
@@ -536,28 +537,6 @@ pub struct Options {
     pub update: UpdateMode,
     pub quiet: bool,
     pub verbose: bool,
-}
-
-/// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
-/// `timeout` if one is given.
-fn with_engine<T>(
-    access: &Access,
-    timeout: Option<Duration>,
-    work: impl AsyncFnOnce(&Docker) -> Result<T>,
-) -> Result<T> {
-    let runtime = engine::async_runtime()?;
-    runtime.block_on(async {
-        let work = async {
-            let engine = Docker::connect(access).await?;
-            work(&engine).await
-        };
-        match timeout {
-            None => work.await,
-            Some(timeout) => tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| anyhow!("the engine did not answer within {} s", timeout.as_secs()))?,
-        }
-    })
 }
 
 /// A persistent SPC as `toolbox list` shows it.

@@ -1,0 +1,304 @@
+//! target: a session that debugs a running container or process (`--target`,
+//! `TOOLBOX_TARGET`). Pure: what was asked for, checked, and, once the target is found,
+//! the options that show it inside the toolbox.
+//!
+//! The session joins the target's network namespace (and its IPC and UTS namespaces when
+//! asked), never its PID or mount namespace: the host's PIDs and the toolbox's own tools
+//! must keep working. The target's root filesystem is bound at [`MOUNT_POINT`], with its
+//! volumes at their places beneath it.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::model::config::{self, Settings};
+
+/// Where the target's root filesystem is seen inside the toolbox.
+pub const MOUNT_POINT: &str = "/media/target";
+/// The variables a targeted session gets: the target as given, its main process.
+pub const ENV_TARGET: &str = "TOOLBOX_TARGET";
+pub const ENV_TARGET_PID: &str = "TOOLBOX_TARGET_PID";
+
+/// What `--target` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// A container of the engine, by name or ID.
+    Container(String),
+    /// Any host process (`pid:N`).
+    Process(u32),
+}
+
+/// A namespace a session may share with its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl Namespace {
+    /// Its name in `/proc/PID/ns/` and in `--target-ns`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Namespace::Net => "net",
+            Namespace::Ipc => "ipc",
+            Namespace::Uts => "uts",
+        }
+    }
+}
+
+/// A target as asked for: what it names and which namespaces to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// As given, for messages and `TOOLBOX_TARGET`.
+    pub given: String,
+    pub wanted: Wanted,
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Request {
+    /// `TOOLBOX_TARGET` and `TOOLBOX_TARGET_NS`, checked; `None` without a target.
+    pub fn of(settings: &Settings) -> Result<Option<Request>> {
+        let given = settings.get(config::TARGET);
+        if given.is_empty() {
+            return Ok(None);
+        }
+        let origin = &settings.setting(config::TARGET).origin;
+        if given.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "{origin}: TOOLBOX_TARGET `{}` is not a container name, ID or pid:N",
+                given.escape_debug()
+            );
+        }
+        let wanted = match given.strip_prefix("pid:") {
+            Some(pid) => match pid.parse::<u32>() {
+                Ok(pid) if pid > 0 => Wanted::Process(pid),
+                _ => bail!("{origin}: TOOLBOX_TARGET `{given}`: pid:N needs a process ID"),
+            },
+            None => Wanted::Container(given.to_string()),
+        };
+        let namespaces = namespaces(settings)?;
+        Ok(Some(Request {
+            given: given.to_string(),
+            wanted,
+            namespaces,
+        }))
+    }
+}
+
+/// `TOOLBOX_TARGET_NS`: a comma-separated list of `net`, `ipc`, `uts`.
+fn namespaces(settings: &Settings) -> Result<Vec<Namespace>> {
+    let origin = &settings.setting(config::TARGET_NS).origin;
+    let mut found = Vec::new();
+    for name in settings.get(config::TARGET_NS).split(',') {
+        let namespace = match name.trim() {
+            "net" => Namespace::Net,
+            "ipc" => Namespace::Ipc,
+            "uts" => Namespace::Uts,
+            "pid" | "mnt" => bail!(
+                "{origin}: TOOLBOX_TARGET_NS: a session never joins its target's `{name}` \
+                 namespace (the toolbox's tools and the host's processes would be gone); \
+                 use net, ipc or uts"
+            ),
+            other => bail!(
+                "{origin}: TOOLBOX_TARGET_NS: `{other}` is not a namespace; use net, ipc or uts"
+            ),
+        };
+        if !found.contains(&namespace) {
+            found.push(namespace);
+        }
+    }
+    Ok(found)
+}
+
+/// A mount of the target's, as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// On the host.
+    pub source: PathBuf,
+    /// Inside the target.
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// A target found running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub request: Request,
+    /// Its main process on the host.
+    pub pid: u32,
+    /// The engine's container ID, for a container.
+    pub container: Option<String>,
+    /// Its root filesystem as the host sees it: the container's merged directory, or a
+    /// process's root directory; `None` when it has a mount namespace of its own, whose
+    /// view only `/proc/PID/root` gives.
+    pub root: Option<PathBuf>,
+    /// The container's volumes and binds, shown beneath the root.
+    pub volumes: Vec<Volume>,
+}
+
+impl Target {
+    /// The namespace files the session joins.
+    pub fn namespace_paths(&self) -> Vec<(Namespace, PathBuf)> {
+        self.request
+            .namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    *ns,
+                    PathBuf::from(format!("/proc/{}/ns/{}", self.pid, ns.name())),
+                )
+            })
+            .collect()
+    }
+
+    /// The systemd-nspawn options that show the target inside a session.
+    pub fn nspawn_options(&self) -> Vec<String> {
+        let mut options: Vec<String> = self
+            .root
+            .iter()
+            .map(|root| format!("--bind={}:{MOUNT_POINT}", root.display()))
+            .collect();
+        for volume in &self.volumes {
+            let kind = if volume.read_only {
+                "--bind-ro"
+            } else {
+                "--bind"
+            };
+            options.push(format!(
+                "{kind}={}:{MOUNT_POINT}{}",
+                volume.source.display(),
+                volume.destination
+            ));
+        }
+        options.extend(self.environment().map(|(k, v)| format!("--setenv={k}={v}")));
+        options
+    }
+
+    /// `TOOLBOX_TARGET` and `TOOLBOX_TARGET_PID`.
+    pub fn environment(&self) -> impl Iterator<Item = (&'static str, String)> {
+        [
+            (ENV_TARGET, self.request.given.clone()),
+            (ENV_TARGET_PID, self.pid.to_string()),
+        ]
+        .into_iter()
+    }
+
+    /// A super privileged container's binds for the target, `SOURCE:DESTINATION[:ro]`.
+    pub fn spc_binds(&self) -> Vec<String> {
+        let mut binds: Vec<String> = self
+            .root
+            .iter()
+            .map(|root| format!("{}:{MOUNT_POINT}", root.display()))
+            .collect();
+        binds.extend(self.volumes.iter().map(|v| {
+            format!(
+                "{}:{MOUNT_POINT}{}{}",
+                v.source.display(),
+                v.destination,
+                if v.read_only { ":ro" } else { "" }
+            )
+        }));
+        binds
+    }
+}
+
+/// Whether a path can be passed in a systemd-nspawn or engine bind (which split at `:`).
+pub fn bindable(path: &str) -> bool {
+    !path.contains(':') && path.starts_with('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(pairs: &[(&str, &str)]) -> Result<Option<Request>> {
+        Request::of(&Settings::from_environment(pairs))
+    }
+
+    #[test]
+    fn targets_are_containers_or_processes() {
+        assert_eq!(request(&[]).unwrap(), None);
+        let web = request(&[("TOOLBOX_TARGET", "web")]).unwrap().unwrap();
+        assert_eq!(web.wanted, Wanted::Container("web".into()));
+        assert_eq!(web.namespaces, [Namespace::Net]);
+        let process = request(&[
+            ("TOOLBOX_TARGET", "pid:42"),
+            ("TOOLBOX_TARGET_NS", "net,uts,net"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(process.wanted, Wanted::Process(42));
+        assert_eq!(process.namespaces, [Namespace::Net, Namespace::Uts]);
+    }
+
+    #[test]
+    fn bad_targets_and_namespaces_are_refused_naming_the_setting() {
+        for (pairs, expected) in [
+            (
+                vec![("TOOLBOX_TARGET", "pid:x")],
+                "environment: TOOLBOX_TARGET `pid:x`: pid:N needs a process ID",
+            ),
+            (
+                vec![("TOOLBOX_TARGET", "pid:0")],
+                "environment: TOOLBOX_TARGET `pid:0`: pid:N needs a process ID",
+            ),
+            (
+                vec![("TOOLBOX_TARGET", "a b")],
+                "environment: TOOLBOX_TARGET `a b` is not a container name, ID or pid:N",
+            ),
+            (
+                vec![("TOOLBOX_TARGET", "web"), ("TOOLBOX_TARGET_NS", "net,pid")],
+                "environment: TOOLBOX_TARGET_NS: a session never joins its target's `pid` \
+                 namespace (the toolbox's tools and the host's processes would be gone); \
+                 use net, ipc or uts",
+            ),
+            (
+                vec![("TOOLBOX_TARGET", "web"), ("TOOLBOX_TARGET_NS", "cgroup")],
+                "environment: TOOLBOX_TARGET_NS: `cgroup` is not a namespace; use net, ipc or uts",
+            ),
+        ] {
+            assert_eq!(request(&pairs).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn a_found_target_is_bound_with_its_volumes_and_named_in_the_environment() {
+        let target = Target {
+            request: request(&[("TOOLBOX_TARGET", "web"), ("TOOLBOX_TARGET_NS", "net,ipc")])
+                .unwrap()
+                .unwrap(),
+            pid: 4242,
+            container: Some("abc".into()),
+            root: Some("/var/lib/docker/overlay2/x/merged".into()),
+            volumes: vec![Volume {
+                source: "/var/lib/docker/volumes/data/_data".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+        };
+        assert_eq!(
+            target.nspawn_options(),
+            [
+                "--bind=/var/lib/docker/overlay2/x/merged:/media/target",
+                "--bind-ro=/var/lib/docker/volumes/data/_data:/media/target/data",
+                "--setenv=TOOLBOX_TARGET=web",
+                "--setenv=TOOLBOX_TARGET_PID=4242",
+            ]
+        );
+        assert_eq!(
+            target.namespace_paths(),
+            [
+                (Namespace::Net, PathBuf::from("/proc/4242/ns/net")),
+                (Namespace::Ipc, PathBuf::from("/proc/4242/ns/ipc")),
+            ]
+        );
+        assert_eq!(
+            target.spc_binds(),
+            [
+                "/var/lib/docker/overlay2/x/merged:/media/target",
+                "/var/lib/docker/volumes/data/_data:/media/target/data:ro",
+            ]
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! runtime::target: finding a session's target (see `model::target`): a container through
+//! the engine, or any host process; holding on to its namespaces from the moment it is
+//! found; joining them just before the session starts; and saying, once, when the target
+//! exits while the session runs.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+
+use crate::engine::{Access, Engine};
+use crate::host::ui;
+use crate::model::target::{self, Request, Target, Volume, Wanted};
+use crate::runtime::with_engine;
+use crate::sys;
+
+/// How long finding a container may take the engine.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A target found running, with its namespaces and process held open: the namespaces a
+/// session joins are the ones found, even if the target exits or its PID is reused.
+pub struct Found {
+    pub target: Target,
+    namespaces: Vec<(&'static str, OwnedFd)>,
+    process: OwnedFd,
+}
+
+/// Finds the target `request` names: a container through the engine `access` reaches, or
+/// the host process `pid:N` (`proc_root` is the host's `/proc`). Its namespaces are
+/// opened only when `hold` (a session, not `--dry-run`, which a normal user may run).
+pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) -> Result<Found> {
+    let (pid, container, root, volumes) = match &request.wanted {
+        Wanted::Process(pid) => (*pid, None, process_root(proc_root, *pid), Vec::new()),
+        Wanted::Container(name) => {
+            let info = with_engine(access, Some(ENGINE_TIMEOUT), async |engine| {
+                let address = engine.address().to_string();
+                let info = engine.container(name).await?;
+                info.ok_or_else(|| anyhow!("no container `{name}` in the engine at {address}"))
+            })?;
+            if !info.running || info.pid == 0 {
+                bail!(
+                    "container `{name}` is not running; start it first (its files are in \
+                     `docker cp` and `docker export` meanwhile)"
+                );
+            }
+            let root = match info.root {
+                Some(root) if target::bindable(&root) && Path::new(&root).is_dir() => {
+                    Some(PathBuf::from(root))
+                }
+                _ => process_root(proc_root, info.pid),
+            };
+            let volumes = info
+                .mounts
+                .into_iter()
+                .filter(|(source, destination, _)| {
+                    target::bindable(source) && target::bindable(destination)
+                })
+                .map(|(source, destination, writable)| Volume {
+                    source: source.into(),
+                    destination,
+                    read_only: !writable,
+                })
+                .collect();
+            // Beneath the root only: where it is shown.
+            let volumes = if root.is_some() { volumes } else { Vec::new() };
+            (info.pid, Some(info.id), root, volumes)
+        }
+    };
+    let gone = || anyhow!("target `{}`: process {pid} is gone", request.given);
+    let started = sys::proc_stat(proc_root, pid)
+        .filter(|stat| stat.state != 'Z')
+        .ok_or_else(gone)?
+        .start_time;
+    let process = sys::pidfd(pid).map_err(|_| gone())?;
+    let mut namespaces = Vec::new();
+    for namespace in request.namespaces.iter().filter(|_| hold) {
+        let path = proc_root.join(format!("{pid}/ns/{}", namespace.name()));
+        let fd = std::fs::File::open(&path).map_err(|e| {
+            anyhow!(
+                "target `{}`: cannot open {}: {e}",
+                request.given,
+                path.display()
+            )
+        })?;
+        namespaces.push((namespace.name(), OwnedFd::from(fd)));
+    }
+    // The files opened are the process found only if it has not been replaced meanwhile.
+    if sys::proc_stat(proc_root, pid).map(|stat| stat.start_time) != Some(started) {
+        return Err(gone());
+    }
+    Ok(Found {
+        target: Target {
+            request: request.clone(),
+            pid,
+            container,
+            root,
+            volumes,
+        },
+        namespaces,
+        process,
+    })
+}
+
+/// The root directory of process `pid` as a path of this mount namespace, when the
+/// process shares it (a systemd service, a chroot); `None` when it has mounts of its own,
+/// which no bind made here can show.
+fn process_root(proc_root: &Path, pid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let namespace = |pid: &str| {
+        std::fs::metadata(proc_root.join(pid).join("ns/mnt")).map(|m| (m.dev(), m.ino()))
+    };
+    let shared = namespace(&pid.to_string()).ok()? == namespace("self").ok()?;
+    let root = std::fs::read_link(proc_root.join(pid.to_string()).join("root")).ok()?;
+    (shared && target::bindable(&root.to_string_lossy())).then_some(root)
+}
+
+impl Found {
+    /// Says where the target's files are when they cannot be at /media/target.
+    pub fn explain(&self) {
+        if self.target.root.is_none() {
+            ui::say(format_args!(
+                "target `{}` has mounts of its own: its files are at /proc/{}/root inside \
+                 the toolbox, not at {}",
+                self.target.request.given,
+                self.target.pid,
+                target::MOUNT_POINT
+            ));
+        }
+    }
+
+    /// Moves this thread, and so the session it starts next, into the target's namespaces.
+    pub fn join(&self) -> Result<()> {
+        for (name, fd) in &self.namespaces {
+            sys::join_namespace(fd, name).map_err(|e| {
+                anyhow!(
+                    "cannot join the {name} namespace of target `{}`: {e}",
+                    self.target.request.given
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Says once, on stderr, when the target exits while the session runs; the session
+    /// itself goes on.
+    pub fn watch(&self, quiet: bool) {
+        let Ok(process) = self.process.try_clone() else {
+            return;
+        };
+        let target = self.target.clone();
+        std::thread::spawn(move || {
+            if sys::wait_exited(&process).is_ok() && !quiet {
+                ui::warn(format_args!(
+                    "target `{}` (PID {}) exited; this session goes on, but what it showed of \
+                     the target (its network, {}) is gone with it",
+                    target.request.given,
+                    target.pid,
+                    target::MOUNT_POINT
+                ));
+            }
+        });
+    }
+}
