@@ -1,6 +1,6 @@
 //! Debugging a running container or process (`--target`): a slim busybox container the
-//! test starts on the daemon's bridge, serving HTTP on a port and with a marker file
-//! written at start; a host process in a network namespace of its own (`unshare -n`);
+//! test starts on the daemon's bridge, serving HTTP on a port, with marker files written
+//! at start in its root and in its volume; a host process in a network namespace of its own (`unshare -n`);
 //! the session's namespaces compared with the target's; errors; the super privileged
 //! container runtime doing the same through the engine.
 
@@ -30,10 +30,13 @@ impl Container {
             "-d",
             "--name",
             &name,
+            "--volume",
+            "/data",
             BUSYBOX_IMAGE,
             "sh",
             "-c",
-            "echo marked > /marker && exec httpd -f -p 0.0.0.0:8080",
+            "echo marked > /marker && echo in-volume > /data/marker && \
+             exec httpd -f -p 0.0.0.0:8080",
         ]);
         let container = Container { name };
         wait_for("the target to listen", || {
@@ -54,7 +57,7 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = Command::new("docker")
-            .args(["rm", "-f", &self.name])
+            .args(["rm", "-f", "--volumes", &self.name])
             .output();
     }
 }
@@ -102,12 +105,13 @@ fn succeeded(out: &Output) -> String {
 }
 
 /// A script printing what a session sees: its net and PID namespaces, the target's
-/// variables, the marker, how many ports listen, and `host_file`, a file of the host's.
+/// variables, the markers in its root and its volume, how many ports listen, and
+/// `host_file`, a file of the host's.
 fn report(host_file: &str) -> String {
     format!(
         "for ns in net pid; do readlink /proc/self/ns/$ns; done; \
          echo \"$TOOLBOX_TARGET $TOOLBOX_TARGET_PID\"; \
-         cat /media/target/marker; \
+         cat /media/target/marker /media/target/data/marker; \
          grep -c ' 0A ' /proc/net/tcp; \
          cat {host_file}"
     )
@@ -124,6 +128,7 @@ fn assert_report(out: &Output, container: &Container, host_file: &str) {
             namespace("/proc/self/ns/pid").as_str(),
             &format!("{} {pid}", container.name),
             "marked",
+            "in-volume",
             "1",
             host_file,
         ],
