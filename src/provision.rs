@@ -51,6 +51,9 @@ pub struct Target {
     pub storage: Storage,
     /// No falling back from overlay to copy storage.
     pub storage_demanded: bool,
+    /// The storage was chosen automatically: falling back to copy is said only when
+    /// verbose.
+    pub storage_auto: bool,
 }
 
 impl Target {
@@ -61,6 +64,7 @@ impl Target {
             image: plan.image.clone(),
             storage: plan.storage,
             storage_demanded: plan.storage_demanded,
+            storage_auto: plan.storage_auto,
         }
     }
 
@@ -144,6 +148,9 @@ fn rebuild(
         recorded.image_id == image.id && layers_kept && storage_kept
     });
     if current {
+        if let Some(recorded) = recorded {
+            provisioner.pin_again(target, recorded)?;
+        }
         return Ok(Updated::UpToDate { image_id: image.id });
     }
     let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
@@ -360,7 +367,12 @@ impl<E: Engine> Provisioner<E> {
         if target.storage == Storage::Overlay {
             match self.build_overlay(target, image) {
                 Err(e) if e.is::<Unusable>() && !target.storage_demanded => {
-                    if !self.quiet {
+                    let said = if target.storage_auto {
+                        self.verbose
+                    } else {
+                        !self.quiet
+                    };
+                    if said {
                         ui::say(format_args!(
                             "{e}; copying the image instead of mounting it"
                         ));
@@ -432,11 +444,11 @@ impl<E: Engine> Provisioner<E> {
                     short_id(&image.id)
                 ));
             }
-            // The anchor names the image by ID: the tag may move, the layers may not.
-            let labels = HashMap::from([(LABEL_ANCHOR.to_string(), path.display().to_string())]);
+            // The anchor names the image by ID: the tag may move, the layers may not. A
+            // daemon that cannot run it cannot pin the layers: copy instead.
             let anchor = self
-                .runtime
-                .block_on(self.engine.create_container(&image.id, labels))?;
+                .start_anchor(target, &image.id)
+                .map_err(|e| Unusable(format!("{e:#}")))?;
             let metadata = Metadata {
                 image: reference,
                 image_id: image.id.clone(),
@@ -451,6 +463,55 @@ impl<E: Engine> Provisioner<E> {
                 let _ = self.remove_container(&anchor);
             })
         })
+    }
+
+    /// Gives the overlay toolbox `recorded` describes a running anchor if its own is not
+    /// running (made before anchors ran, or stopped): a new one is recorded, the old one
+    /// removed; the toolbox's files stay as they are.
+    fn pin_again(&mut self, target: &Target, recorded: &Metadata) -> Result<()> {
+        let Some(overlay) = &recorded.overlay else {
+            return Ok(());
+        };
+        let engine = &self.engine;
+        let running = self
+            .runtime
+            .block_on(engine.container(&overlay.anchor))?
+            .is_some_and(|anchor| anchor.running);
+        if running {
+            return Ok(());
+        }
+        let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
+        let anchor = self.start_anchor(target, &recorded.image_id)?;
+        let mut metadata = recorded.clone();
+        if let Some(overlay) = &mut metadata.overlay {
+            overlay.anchor = anchor.clone();
+        }
+        if let Err(e) = toolboxes::replace_metadata(&target.path(), &metadata) {
+            let _ = self.remove_container(&anchor);
+            return Err(e);
+        }
+        self.remove_container(&overlay.anchor)?;
+        if !self.quiet {
+            ui::say(format_args!(
+                "`{}` is pinned by a running anchor ({}) now; its old one was not running",
+                target.name,
+                short_id(&anchor)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts the anchor that pins image `image_id` for the toolbox `target`, running
+    /// toolbox's binary from the toolbox directory.
+    fn start_anchor(&self, target: &Target, image_id: &str) -> Result<String> {
+        let labels = HashMap::from([(
+            LABEL_ANCHOR.to_string(),
+            target.path().display().to_string(),
+        )]);
+        let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
+        let idle = toolboxes::idle_binary(&target.directory, &exe)?;
+        self.runtime
+            .block_on(self.engine.create_anchor(image_id, labels, &idle))
     }
 
     /// Removes a container, as anchors are removed once their toolbox is gone.
@@ -727,6 +788,7 @@ mod tests {
             image: ImageRef::parse(REFERENCE, "latest").unwrap(),
             storage: Storage::Copy,
             storage_demanded: false,
+            storage_auto: false,
         }
     }
 

@@ -15,7 +15,7 @@ Examples:
   toolbox --image debian --tag bookworm    use another image
   toolbox list                             list toolboxes and their sessions
   toolbox update                           rebuild the toolbox if its image changed
-  toolbox --storage overlay                a new toolbox over the daemon's image layers
+  toolbox --storage copy                   a new toolbox unpacked, not over the image's layers
   toolbox --engine podman                  create it through Podman's service
   docker save debian | toolbox import -    a toolbox from an image archive, no engine
   toolbox --runtime spc                    a super privileged container instead
@@ -80,8 +80,8 @@ pub struct Options {
     #[arg(long, global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
 
-    /// How a new toolbox stores the image: `copy` (unpacked) or `overlay` (mounted over
-    /// the daemon's layers) [TOOLBOX_STORAGE; default: copy]
+    /// How a new toolbox stores the image: `overlay` (mounted over the daemon's layers),
+    /// `copy` (unpacked) or `auto` (overlay where it works) [TOOLBOX_STORAGE; default: auto]
     #[arg(long, global = true, value_name = "MODE")]
     pub storage: Option<String>,
 

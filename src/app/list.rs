@@ -64,6 +64,10 @@ pub struct Row {
     pub adopted: bool,
     /// `copy` or `overlay`; `null` for a super privileged container.
     pub storage: Option<&'static str>,
+    /// Where the toolbox's own files are on the host: its tree (copy storage) or its
+    /// overlay's upper directory, which holds what changed; `null` for a super
+    /// privileged container.
+    pub files: Option<String>,
     /// `nspawn` or `spc`.
     pub runtime: Runtime,
 }
@@ -91,6 +95,14 @@ pub fn rows(directory: &Path, proc_root: &Path, access: &Access) -> Result<Vec<R
                 Storage::Overlay => overlay::disk_usage(&path),
             }),
             storage: Some(storage.name()),
+            files: Some(
+                match storage {
+                    Storage::Copy => path.clone(),
+                    Storage::Overlay => overlay::upper(&path),
+                }
+                .display()
+                .to_string(),
+            ),
             runtime: Runtime::Nspawn,
             image: metadata.as_ref().map(|m| m.image.clone()),
             image_id: metadata.as_ref().map(|m| m.image_id.clone()),
@@ -122,6 +134,7 @@ pub fn spc_rows(directory: &Path, access: &Access) -> Result<Vec<Row>> {
             image_changed: spc.image_changed,
             adopted: false,
             storage: None,
+            files: None,
             runtime: Runtime::Spc,
             name: spc.name,
         })

@@ -2,14 +2,15 @@
 //! compatible service, through bollard. Every bollard type stays in this file.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig, ResourcesUlimits,
+    ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig, HostConfigLogConfig,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
@@ -21,8 +22,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, Output, Process,
-    SinkClosed, short_id,
+    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, IDLE_PATH, Output,
+    Process, SinkClosed, short_id,
 };
 use crate::host::ui;
 use crate::model::image::{Image, ImageRef};
@@ -190,6 +191,56 @@ impl Engine for Docker {
                     daemon_message(&e)
                 )
             })?;
+        Ok(created.id)
+    }
+
+    async fn create_anchor(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+        idle: &Path,
+    ) -> Result<String> {
+        let host = HostConfig {
+            binds: Some(vec![format!("{}:{IDLE_PATH}:ro", idle.display())]),
+            network_mode: Some("none".to_string()),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            readonly_rootfs: Some(true),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ALWAYS),
+                maximum_retry_count: None,
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".to_string()),
+                config: None,
+            }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image_id.to_string()),
+            // Whatever the image runs, the anchor runs only toolbox's idle process.
+            entrypoint: Some(vec![IDLE_PATH.to_string()]),
+            cmd: Some(Vec::new()),
+            user: Some("65534:65534".to_string()),
+            labels: Some(labels),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let created = self
+            .client
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create the anchor container of image {}: {}",
+                    short_id(image_id),
+                    daemon_message(&e)
+                )
+            })?;
+        if let Err(e) = self.start(&created.id).await {
+            let _ = self.remove_container(&created.id).await;
+            return Err(e);
+        }
         Ok(created.id)
     }
 

@@ -74,6 +74,15 @@ impl Engine for &Fake {
         )
     }
 
+    async fn create_anchor(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+        _idle: &std::path::Path,
+    ) -> Result<String> {
+        self.create_container(image_id, labels).await
+    }
+
     async fn create_container(
         &self,
         image_id: &str,

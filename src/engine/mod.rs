@@ -31,6 +31,13 @@ pub const LABEL_PID: &str = "toolbox.pid";
 /// toolbox's full path as value (names repeat across toolbox directories; paths do not).
 pub const LABEL_ANCHOR: &str = "toolbox.anchor";
 
+/// The name toolbox answers to as a container's main process that only waits to be
+/// stopped: a persistent SPC's (sessions are `exec`s beside it) and an overlay toolbox's
+/// anchor's.
+pub const IDLE_NAME: &str = "toolbox-idle";
+/// Where toolbox's binary is bound in such a container under that name.
+pub const IDLE_PATH: &str = "/usr/local/bin/toolbox-idle";
+
 /// An image ID as `docker images` shows it: 12 hex digits, without `sha256:`.
 pub fn short_id(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
@@ -62,6 +69,17 @@ pub trait Engine {
         &self,
         image_id: &str,
         labels: HashMap<String, String>,
+    ) -> Result<String>;
+    /// Creates and starts the anchor that pins an overlay toolbox's image: a container of
+    /// image `image_id` whose only process is `idle` (toolbox's binary, bound read-only
+    /// as [`IDLE_PATH`]) waiting to be stopped; no network, no capabilities, a read-only
+    /// root, no logs, and the `always` restart policy. Running, it is what every prune
+    /// spares, with its image; the daemon starts it again after its own restart.
+    async fn create_anchor(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+        idle: &Path,
     ) -> Result<String>;
     /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
     /// Fails with [`SinkClosed`] when the receiving side goes away.

@@ -132,6 +132,9 @@ pub struct Plan {
     pub storage: Storage,
     /// `--storage` was given: no falling back to another mode.
     pub storage_demanded: bool,
+    /// `auto`, the default: overlay where it works, else copy, saying why only when
+    /// verbose.
+    pub storage_auto: bool,
     /// `TOOLBOX_TRACING`: sessions can trace the host (see `model::tracing`).
     pub tracing: bool,
     /// `TOOLBOX_TARGET`: a container or process the session debugs (see `model::target`).
@@ -161,11 +164,12 @@ impl Plan {
                 settings.setting(config::USER).origin
             );
         }
-        let storage = match settings.get(config::STORAGE) {
-            "copy" => Storage::Copy,
-            "overlay" => Storage::Overlay,
+        let (storage, storage_auto) = match settings.get(config::STORAGE) {
+            "copy" => (Storage::Copy, false),
+            "overlay" => (Storage::Overlay, false),
+            "auto" => (Storage::Overlay, true),
             other => bail!(
-                "{}: TOOLBOX_STORAGE must be copy or overlay, not `{other}`",
+                "{}: TOOLBOX_STORAGE must be auto, overlay or copy, not `{other}`",
                 settings.setting(config::STORAGE).origin
             ),
         };
@@ -177,10 +181,11 @@ impl Plan {
                 settings.setting(config::TRACING).origin
             ),
         };
-        let storage_demanded = matches!(
-            settings.setting(config::STORAGE).origin,
-            config::Origin::Option(_)
-        );
+        let storage_demanded = !storage_auto
+            && matches!(
+                settings.setting(config::STORAGE).origin,
+                config::Origin::Option(_)
+            );
         let mut mounts = Vec::new();
         let mut setenv = Vec::new();
         let mut checked = |key: &'static str| -> Result<Vec<String>> {
@@ -210,6 +215,7 @@ impl Plan {
             payload,
             storage,
             storage_demanded,
+            storage_auto,
             tracing,
             target: Request::of(settings)?,
         };
@@ -455,7 +461,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "environment: TOOLBOX_STORAGE must be copy or overlay, not `zfs`"
+            "environment: TOOLBOX_STORAGE must be auto, overlay or copy, not `zfs`"
         );
     }
 
@@ -473,8 +479,18 @@ mod tests {
     }
 
     #[test]
-    fn storage_is_demanded_only_on_the_command_line() {
+    fn storage_is_auto_by_default_and_demanded_only_on_the_command_line() {
         let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
+        assert_eq!(
+            (plan.storage, plan.storage_demanded, plan.storage_auto),
+            (Storage::Overlay, false, true)
+        );
+        let mut auto = Settings::from_environment(&[]);
+        auto.set_option(config::STORAGE, "--storage", "auto".into());
+        let plan = Plan::resolve(&auto, "core", Payload::Shell).unwrap();
+        assert_eq!((plan.storage_demanded, plan.storage_auto), (false, true));
+        let copy = Settings::from_environment(&[(config::STORAGE, "copy")]);
+        let plan = Plan::resolve(&copy, "core", Payload::Shell).unwrap();
         assert_eq!(
             (plan.storage, plan.storage_demanded),
             (Storage::Copy, false)

@@ -62,7 +62,12 @@ impl fmt::Display for LayersGone {
 
 impl std::error::Error for LayersGone {}
 
-/// Where an overlay toolbox in `toolbox` is mounted.
+/// The upper directory of the overlay toolbox at `toolbox`: its own files, what changed.
+pub fn upper(toolbox: &Path) -> PathBuf {
+    toolbox.join(UPPER)
+}
+
+/// The mount point of the toolbox at `toolbox`, which systemd-nspawn enters.
 pub fn root(toolbox: &Path) -> PathBuf {
     toolbox.join(ROOT)
 }

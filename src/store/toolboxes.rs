@@ -303,6 +303,31 @@ pub fn finish(partial: &Path, metadata: &Metadata) -> Result<()> {
     Ok(())
 }
 
+/// Replaces the metadata of the complete toolbox at `path` atomically: a reader sees the
+/// old file or the new one.
+pub fn replace_metadata(path: &Path, metadata: &Metadata) -> Result<()> {
+    let file = path.join(METADATA);
+    let partial = path.join(format!("{METADATA}.partial-{}", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o644)
+            .open(&partial)?;
+        serde_json::to_writer_pretty(&mut out, metadata)?;
+        out.write_all(b"\n")?;
+        out.sync_all()?;
+        fs::rename(&partial, &file)
+    };
+    write()
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&partial);
+        })
+        .with_context(|| format!("cannot replace {}", file.display()))?;
+    sync_parent(&file)
+}
+
 /// Renames a completed partial tree to `path`, replacing an empty directory there. The
 /// rename is atomic: `path` is either absent (or empty) or the whole new tree.
 pub fn install(partial: &Path, path: &Path) -> Result<()> {
@@ -360,6 +385,36 @@ pub fn remove(directory: &Path, name: &str) -> Result<()> {
     ));
     fs::rename(&path, &aside).with_context(|| format!("cannot move {} aside", path.display()))?;
     fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))
+}
+
+/// The file in the toolbox directory that overlay toolboxes' anchors run.
+pub const IDLE_BINARY: &str = ".toolbox-idle";
+
+/// toolbox's own binary `exe`, copied into `directory` as [`IDLE_BINARY`]: what overlay
+/// toolboxes' anchors run (as `toolbox-idle`), at a path that stays when toolbox is
+/// upgraded, moved or removed, since the engine binds it again at every restart. Linked
+/// (or copied) when missing or when `exe` differs in size; replaced atomically.
+pub fn idle_binary(directory: &Path, exe: &Path) -> Result<PathBuf> {
+    let idle = directory.join(IDLE_BINARY);
+    let wanted = fs::metadata(exe).with_context(|| format!("cannot inspect {}", exe.display()))?;
+    if fs::symlink_metadata(&idle).is_ok_and(|m| m.is_file() && m.len() == wanted.len()) {
+        return Ok(idle);
+    }
+    let partial = directory.join(format!("{IDLE_BINARY}.partial-{}", std::process::id()));
+    // A hard link costs no space; toolbox's binary replaced later keeps this one whole.
+    let copied = fs::hard_link(exe, &partial)
+        .or_else(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::copy(exe, &partial)?;
+            fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
+        })
+        .and_then(|()| fs::rename(&partial, &idle));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&partial);
+        return Err(e)
+            .with_context(|| format!("cannot copy {} to {}", exe.display(), idle.display()));
+    }
+    Ok(idle)
 }
 
 /// The names of the toolboxes in `directory`: complete and adopted trees, in order.

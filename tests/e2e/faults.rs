@@ -433,7 +433,7 @@ fn a_daemon_killed_mid_export_then_restarted() {
     let Some(mut t) = faults_env("daemon_killed") else {
         return;
     };
-    let mut daemon = VfsDaemon::start();
+    let mut daemon = OwnDaemon::vfs();
     let mut saved = Command::new("docker")
         .args(["save", FAULTS_IMAGE])
         .stdout(Stdio::piped())

@@ -252,7 +252,7 @@ fn the_anchor_pins_the_layers_until_it_is_removed() {
         .as_str()
         .unwrap()
         .to_string();
-    docker(&["rm", &anchor]);
+    docker(&["rm", "-f", &anchor]);
     // Already gone with the forced rmi, on Docker 20.10.
     let _ = Command::new("docker").args(["rmi", &id]).output();
     let out = run(&t, &["/usr/bin/busybox", "true"]);
@@ -287,7 +287,7 @@ fn another_storage_driver_falls_back_to_copying() {
     let Some(mut t) = TestEnv::new("overlay_vfs", BUSYBOX_IMAGE) else {
         return;
     };
-    let daemon = VfsDaemon::start();
+    let daemon = OwnDaemon::vfs();
     let id = import_marker_image_into(Some(&daemon.host), "vfs");
     daemon.docker(&["tag", &id, "toolbox-vfs:latest"]);
     t.image = "toolbox-vfs:latest".into();
@@ -311,6 +311,28 @@ fn another_storage_driver_falls_back_to_copying() {
         describe(&out)
     );
     assert!(metadata(&t).get("overlay").is_none());
+
+    // Chosen automatically (the default), the reason is given with -v only.
+    for (verbose, said) in [(false, 0), (true, 1)] {
+        let name = format!("auto-{verbose}");
+        let mut command = t.command();
+        with_vfs(&mut command);
+        command
+            .env_remove("TOOLBOX_STORAGE")
+            .args(["--name", &name]);
+        if verbose {
+            command.arg("-v");
+        }
+        let out = command.args(["/usr/bin/busybox", "true"]).output().unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let reasons = toolbox_lines(&out)
+            .iter()
+            .filter(|l| l.contains("copying the image instead of mounting it"))
+            .count();
+        assert_eq!(reasons, said, "{}", describe(&out));
+        let tree = t.toolboxes.join(format!("tester-{name}"));
+        assert!(tree.join("usr/bin/busybox").exists(), "not a copy");
+    }
 
     // Demanded on the command line, it is an error instead, and nothing is left.
     let mut command = t.command();
@@ -472,4 +494,133 @@ fn processes_left_running_keep_the_mount() {
     assert_eq!(mounts(&t), 0);
     assert!(!t.tree().exists());
     assert!(anchors(&t).is_empty());
+}
+
+/// toolbox with no storage setting: the default, `auto`.
+fn default_storage(t: &TestEnv) -> Command {
+    let mut command = t.command();
+    command.env_remove("TOOLBOX_STORAGE");
+    command
+}
+
+#[test]
+fn the_default_is_overlay_pinned_by_a_running_anchor() {
+    let Some(t) = TestEnv::new("overlay_default", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = default_storage(&t).args(["-v", "true"]).output().unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(list_row(&t)["storage"], "overlay");
+    let anchors = anchors(&t);
+    assert_eq!(anchors.len(), 1);
+    let state = docker(&[
+        "inspect",
+        "--format",
+        "{{.State.Running}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.NetworkMode}} \
+         {{.HostConfig.ReadonlyRootfs}} {{.Config.User}} {{.HostConfig.LogConfig.Type}}",
+        &anchors[0],
+    ]);
+    assert_eq!(state, "true always none true 65534:65534 none");
+    // Where the toolbox's own files are, as list says.
+    let out = default_storage(&t)
+        .args(["sh", "-c", "echo mine > /root/mine"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let files = list_row(&t)["files"].as_str().unwrap().to_string();
+    assert_eq!(files, t.tree().join("upper").display().to_string());
+    assert_eq!(
+        fs::read_to_string(t.tree().join("upper/root/mine")).unwrap(),
+        "mine\n"
+    );
+    // An anchor that does not run (stopped by hand, or one made before anchors ran) is
+    // replaced by `update`, the toolbox's files kept.
+    docker(&["stop", &anchors[0]]);
+    let out = default_storage(&t).arg("update").output().unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.contains("is pinned by a running anchor")),
+        "{}",
+        describe(&out)
+    );
+    let renewed = self::anchors(&t);
+    assert_eq!(renewed.len(), 1);
+    assert_ne!(renewed[0], anchors[0]);
+    assert_eq!(metadata(&t)["overlay"]["anchor"], renewed[0].as_str());
+    assert_eq!(
+        docker(&["inspect", "--format", "{{.State.Running}}", &renewed[0]]),
+        "true"
+    );
+    assert_eq!(
+        fs::read_to_string(t.tree().join("upper/root/mine")).unwrap(),
+        "mine\n"
+    );
+
+    // Released by rm: nothing of the toolbox's is left in the daemon.
+    let out = t.run(["rm", &t.name]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(self::anchors(&t).is_empty());
+}
+
+#[test]
+fn prunes_and_daemon_restarts_leave_an_overlay_toolbox_whole() {
+    let Some(t) = TestEnv::new("overlay_prune", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let mut daemon = OwnDaemon::overlay2();
+    let id = import_marker_image_into(Some(&daemon.host), "pinned");
+    daemon.docker(&["tag", &id, "toolbox-pinned:latest"]);
+    let host = daemon.host.clone();
+    let session = |args: &[&str]| {
+        default_storage(&t)
+            .env("DOCKER_HOST", &host)
+            .env("TOOLBOX_DOCKER_IMAGE", "toolbox-pinned:latest")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = session(&[
+        "-v",
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "echo mine > /root/mine",
+    ]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(metadata(&t).get("overlay").is_some(), "{}", describe(&out));
+    let assert_whole = |case: &str| {
+        let out = session(&["/usr/bin/busybox", "cat", "/root/mine", "/etc/marker"]);
+        assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
+        assert_eq!(stdout(&out), "mine\npinned", "{case}");
+    };
+    for prune in [
+        &["system", "prune", "-a", "-f"][..],
+        &["system", "prune", "-a", "-f", "--volumes"],
+        &["container", "prune", "-f"],
+        &["image", "prune", "-a", "-f"],
+    ] {
+        daemon.docker(prune);
+        assert_whole(&prune.join(" "));
+    }
+    // A daemon that dies and comes back, as after a reboot, starts the anchor again.
+    daemon.kill();
+    daemon.restart();
+    let filter = "label=toolbox.anchor";
+    wait_for("the anchor to run again", || {
+        !daemon.docker(&["ps", "-q", "--filter", filter]).is_empty()
+    });
+    daemon.docker(&["system", "prune", "-a", "-f"]);
+    assert_whole("prune after a daemon restart");
+    // `rm` releases the pin: the next prune frees the image, and nothing is left.
+    let out = default_storage(&t)
+        .env("DOCKER_HOST", &daemon.host)
+        .args(["rm", &t.name])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(daemon.docker(&["ps", "-a", "-q"]), "");
+    daemon.docker(&["image", "prune", "-a", "-f"]);
+    assert_eq!(daemon.docker(&["images", "-q"]), "");
 }

@@ -291,3 +291,33 @@ fn targets_are_found_through_podman() {
         )]
     );
 }
+
+/// Overlay storage needs Docker's overlay2 layers: with Podman the default copies, and
+/// says why with -v.
+#[test]
+fn podman_toolboxes_are_copies_by_default() {
+    let Some(t) = podman_env("podman_auto") else {
+        return;
+    };
+    let service = PodmanService::start(None);
+    let out = t
+        .command()
+        .env_remove("TOOLBOX_STORAGE")
+        .env("TOOLBOX_ENGINE", "podman")
+        .env("CONTAINER_HOST", &service.host)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["-v", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.ends_with("copying the image instead of mounting it")),
+        "{}",
+        describe(&out)
+    );
+    let metadata = fs::read_to_string(t.tree().join(toolbox::store::toolboxes::METADATA)).unwrap();
+    assert!(!metadata.contains("\"overlay\""), "{metadata}");
+    assert_eq!(podman_containers(&t), "", "a container was left in Podman");
+}

@@ -116,9 +116,9 @@ pub const KEYS: &[Key] = &[
     },
     Key {
         name: STORAGE,
-        default: "copy",
+        default: "auto",
         words: false,
-        doc: "How a new toolbox holds its image: `copy` unpacks it into the toolbox directory; `overlay` mounts the Docker daemon's overlay2 layers under the toolbox's own upper directory, and falls back to `copy`, saying why, where that cannot work.",
+        doc: "How a new toolbox holds its image: `overlay` mounts the Docker daemon's overlay2 layers under the toolbox's own upper directory (the toolbox's own files are in NAME/upper), pinned by a small running anchor container that every prune spares, and falls back to `copy`, saying why, where that cannot work; `copy` unpacks the image into the toolbox directory; `auto`, the default, is `overlay` that says why it copies only with `-v`.",
     },
     Key {
         name: ENGINE,

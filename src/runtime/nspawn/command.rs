@@ -373,8 +373,11 @@ mod tests {
     use super::*;
     use crate::model::config::{self, Settings};
 
+    /// The plan of a copy toolbox (the tree is the toolbox directory) with `pairs` set.
     fn plan(payload: Payload, pairs: &[(&str, &str)]) -> Plan {
-        Plan::resolve(&Settings::from_environment(pairs), "core", payload).unwrap()
+        let mut all = vec![("TOOLBOX_STORAGE", "copy")];
+        all.extend_from_slice(pairs);
+        Plan::resolve(&Settings::from_environment(&all), "core", payload).unwrap()
     }
 
     fn nspawn(version: u32) -> Nspawn {

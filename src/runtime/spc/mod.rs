@@ -36,11 +36,7 @@ pub const LABEL_IMAGE: &str = "toolbox.image";
 pub const LABEL_DIRECTORY: &str = "toolbox.directory";
 /// Label on an SPC created with its image's `RUN` label applied, with the label as value.
 pub const LABEL_RUN_LABEL: &str = "toolbox.run-label";
-/// The name toolbox answers to as a persistent SPC's main process, which only waits to be
-/// stopped: sessions are `exec`s beside it.
-pub const IDLE_NAME: &str = "toolbox-idle";
-/// Where toolbox's binary is bound in an SPC under that name.
-pub const IDLE_PATH: &str = "/usr/local/bin/toolbox-idle";
+pub use crate::engine::{IDLE_NAME, IDLE_PATH};
 
 /// The highest capability number every Docker and Podman version knows by name
 /// (`CAP_AUDIT_READ`, Linux 3.16). Docker 20.10 refuses `CAP_PERFMON` and later names.

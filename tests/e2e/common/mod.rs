@@ -128,6 +128,9 @@ impl TestEnv {
             .env("TOOLBOX_DIRECTORY", &self.toolboxes)
             .env("TOOLBOX_DOCKER_IMAGE", &self.image)
             .env("TOOLBOX_NAME", &self.name)
+            // Copy storage unless a test asks for another: most tests look at the tree.
+            // The default (`auto`) has tests of its own, which remove this.
+            .env("TOOLBOX_STORAGE", "copy")
             .stdin(std::process::Stdio::null());
         if let Some(host) = std::env::var_os("DOCKER_HOST") {
             command.env("DOCKER_HOST", host);
@@ -406,9 +409,9 @@ pub fn assert_statuses_come_back(run: &dyn Fn(&[&str]) -> Output) {
     }
 }
 
-/// A second dockerd using the `vfs` storage driver, on its own socket, data root and exec
-/// root and bridge; stopped (and its files and bridge removed) when dropped.
-pub struct VfsDaemon {
+/// A second dockerd with a storage driver of the test's choice, on its own socket, data
+/// root, exec root and bridge; stopped (and its files and bridge removed) when dropped.
+pub struct OwnDaemon {
     dir: tempfile::TempDir,
     child: Child,
     /// Its address, for `DOCKER_HOST` and `docker -H`.
@@ -416,13 +419,25 @@ pub struct VfsDaemon {
     /// A bridge of its own: with `--bridge=none`, dockerd deletes `docker0`, the bridge
     /// of the daemon every other test uses.
     bridge: String,
+    driver: &'static str,
 }
 
-impl VfsDaemon {
-    pub fn start() -> VfsDaemon {
+impl OwnDaemon {
+    /// A daemon with the `vfs` storage driver, whose layers overlay storage cannot use.
+    pub fn vfs() -> OwnDaemon {
+        Self::start("vfs")
+    }
+
+    /// A daemon with the `overlay2` storage driver, as on every real host, to prune and
+    /// restart without touching the daemon the other tests use.
+    pub fn overlay2() -> OwnDaemon {
+        Self::start("overlay2")
+    }
+
+    fn start(driver: &'static str) -> OwnDaemon {
         static DAEMONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = tempfile::Builder::new()
-            .prefix("toolbox-vfs-")
+            .prefix("toolbox-dockerd-")
             .tempdir()
             .unwrap();
         let host = format!("unix://{}/docker.sock", dir.path().display());
@@ -433,18 +448,19 @@ impl VfsDaemon {
             .output()
             .unwrap();
         assert!(made.status.success(), "{}", describe(&made));
-        let child = Self::spawn(dir.path(), &host, &bridge);
-        let daemon = VfsDaemon {
+        let child = Self::spawn(dir.path(), &host, &bridge, driver);
+        let daemon = OwnDaemon {
             dir,
             child,
             host,
             bridge,
+            driver,
         };
         daemon.wait_until_up();
         daemon
     }
 
-    fn spawn(dir: &Path, host: &str, bridge: &str) -> Child {
+    fn spawn(dir: &Path, host: &str, bridge: &str, driver: &str) -> Child {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -453,7 +469,8 @@ impl VfsDaemon {
         let path = |name: &str| dir.join(name).display().to_string();
         Command::new("dockerd")
             .args([
-                "--storage-driver=vfs",
+                "--storage-driver",
+                driver,
                 "--iptables=false",
                 "--bridge",
                 bridge,
@@ -479,7 +496,7 @@ impl VfsDaemon {
                 let log = fs::read_to_string(self.dir.path().join("dockerd.log"));
                 let log = log.unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                panic!("the vfs dockerd does not answer: {tail:#?}");
+                panic!("the {} dockerd does not answer: {tail:#?}", self.driver);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -512,7 +529,7 @@ impl VfsDaemon {
     pub fn restart(&mut self) {
         let _ = fs::remove_file(self.dir.path().join("dockerd.pid"));
         let _ = fs::remove_file(self.dir.path().join("exec/containerd/containerd.pid"));
-        self.child = Self::spawn(self.dir.path(), &self.host, &self.bridge);
+        self.child = Self::spawn(self.dir.path(), &self.host, &self.bridge, self.driver);
         self.wait_until_up();
     }
 
@@ -524,7 +541,7 @@ impl VfsDaemon {
     }
 }
 
-impl Drop for VfsDaemon {
+impl Drop for OwnDaemon {
     fn drop(&mut self) {
         toolbox::sys::signals::send(self.child.id() as i32, rustix::process::Signal::TERM);
         if wait_exit(&mut self.child).is_none() {
