@@ -11,8 +11,12 @@ pub const TOOLBOX_FAILED: u8 = 125;
 /// Why the command cannot run; the exit status follows the shell's convention.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandError {
-    /// Exit status 127.
-    NotFound { command: String, toolbox: String },
+    /// Exit status 127. `hint`: what the user may have meant instead.
+    NotFound {
+        command: String,
+        toolbox: String,
+        hint: Option<String>,
+    },
     /// Exit status 126.
     NotExecutable { command: String, reason: String },
 }
@@ -29,8 +33,16 @@ impl CommandError {
 impl fmt::Display for CommandError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CommandError::NotFound { command, toolbox } => {
-                write!(f, "`{command}`: command not found in toolbox `{toolbox}`")
+            CommandError::NotFound {
+                command,
+                toolbox,
+                hint,
+            } => {
+                write!(f, "`{command}`: command not found in toolbox `{toolbox}`")?;
+                match hint {
+                    Some(hint) => write!(f, "; {hint}"),
+                    None => Ok(()),
+                }
             }
             CommandError::NotExecutable { command, reason } => write!(f, "`{command}`: {reason}"),
         }

@@ -249,7 +249,10 @@ pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
     runtime.block_on(async {
         let engine = Docker::connect(access).await?;
         let value = path.display().to_string();
-        for (anchor, _) in engine.labelled_containers(LABEL_ANCHOR, &value).await? {
+        for (anchor, _) in engine
+            .labelled_containers(LABEL_ANCHOR, Some(&value))
+            .await?
+        {
             engine.remove_container(&anchor).await?;
         }
         Ok(())
@@ -387,8 +390,9 @@ impl<E: Engine> Provisioner<E> {
         self.build_copy(target, &image.id)
     }
 
-    /// Removes what a killed toolbox process left: its partial trees, its export
-    /// containers, and anchors no complete toolbox records.
+    /// Removes what a killed toolbox process left: its partial trees, the export
+    /// containers of any toolbox whose creating process is gone (a daemon on this host
+    /// only: a PID means nothing elsewhere), and anchors no complete toolbox records.
     fn clean_up(&mut self, target: &Target) -> Result<()> {
         toolboxes::remove_partials(&target.directory, &target.name)?;
         let path = target.path();
@@ -397,17 +401,22 @@ impl<E: Engine> Provisioner<E> {
             .map(|o| o.anchor);
         let engine = &self.engine;
         self.runtime.block_on(async {
-            for (container, labels) in engine
-                .labelled_containers(LABEL_TOOLBOX, &target.name)
-                .await?
-            {
+            let exports = match engine.is_local() {
+                true => engine.labelled_containers(LABEL_TOOLBOX, None).await?,
+                false => {
+                    engine
+                        .labelled_containers(LABEL_TOOLBOX, Some(&target.name))
+                        .await?
+                }
+            };
+            for (container, labels) in exports {
                 let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
                 if !pid.is_some_and(sys::process_exists) {
                     engine.remove_container(&container).await?;
                 }
             }
             let anchors = engine
-                .labelled_containers(LABEL_ANCHOR, &path.display().to_string())
+                .labelled_containers(LABEL_ANCHOR, Some(&path.display().to_string()))
                 .await?;
             for (anchor, _) in anchors {
                 if kept.as_deref() != Some(anchor.as_str()) {
@@ -832,6 +841,31 @@ mod tests {
         );
         // Complete now: another creation finds it and asks nothing.
         assert!(!create(&fake, &target).unwrap());
+    }
+
+    #[test]
+    fn any_creation_removes_the_export_containers_of_dead_toolbox_processes() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = engine(archive(), Export::Whole);
+        let left_by = |name: &str, pid: &str| {
+            let labels = HashMap::from([
+                (LABEL_TOOLBOX.to_string(), name.to_string()),
+                (LABEL_PID.to_string(), pid.to_string()),
+            ]);
+            fake.containers
+                .lock()
+                .unwrap()
+                .insert(format!("{name}-{pid}"), labels);
+        };
+        // A toolbox process killed mid-export, of another toolbox; and one still running.
+        left_by("core-other", &i32::MAX.to_string());
+        left_by("core-busy", &std::process::id().to_string());
+        assert!(create(&fake, &target(dir.path())).unwrap());
+        assert_eq!(
+            fake.container_ids(),
+            [format!("core-busy-{}", std::process::id())]
+        );
     }
 
     // The promise of the module comment: a failed creation leaves no tree, no partial

@@ -267,6 +267,14 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
+/// The subcommands' names.
+pub fn subcommands() -> Vec<String> {
+    command()
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
+
 /// Parses the command line. `toolbox -- CMD ...` is `toolbox run CMD ...`, so a command
 /// named like a subcommand can still be run that way.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {

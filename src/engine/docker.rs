@@ -261,9 +261,13 @@ impl Engine for Docker {
     async fn labelled_containers(
         &self,
         label: &str,
-        value: &str,
+        value: Option<&str>,
     ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        let containers = self.containers_labelled(format!("{label}={value}")).await?;
+        let filter = match value {
+            Some(value) => format!("{label}={value}"),
+            None => label.to_string(),
+        };
+        let containers = self.containers_labelled(filter).await?;
         Ok(containers
             .into_iter()
             .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))

@@ -125,14 +125,18 @@ impl Engine for &Fake {
     async fn labelled_containers(
         &self,
         label: &str,
-        value: &str,
+        value: Option<&str>,
     ) -> Result<Vec<(String, HashMap<String, String>)>> {
         Ok(self
             .containers
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, labels)| labels.get(label).map(String::as_str) == Some(value))
+            .filter(|(_, labels)| {
+                labels
+                    .get(label)
+                    .is_some_and(|found| value.is_none_or(|value| found == value))
+            })
             .map(|(id, labels)| (id.clone(), labels.clone()))
             .collect())
     }

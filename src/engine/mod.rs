@@ -27,7 +27,7 @@ use crate::model::image::{Image, ImageRef};
 pub const LABEL_TOOLBOX: &str = "toolbox.name";
 /// Label with the ID of the toolbox process that created the container.
 pub const LABEL_PID: &str = "toolbox.pid";
-/// Label on the never-started container that pins an overlay toolbox's image, with the
+/// Label on the running container that pins an overlay toolbox's image, with the
 /// toolbox's full path as value (names repeat across toolbox directories; paths do not).
 pub const LABEL_ANCHOR: &str = "toolbox.anchor";
 
@@ -85,11 +85,12 @@ pub trait Engine {
     /// Fails with [`SinkClosed`] when the receiving side goes away.
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
     async fn remove_container(&self, container: &str) -> Result<()>;
-    /// Containers, running or not, carrying `label` with `value`: their IDs and labels.
+    /// Containers, running or not, carrying `label` with `value` (any value: `None`):
+    /// their IDs and labels.
     async fn labelled_containers(
         &self,
         label: &str,
-        value: &str,
+        value: Option<&str>,
     ) -> Result<Vec<(String, HashMap<String, String>)>>;
     /// Whether the daemon runs on this host, so its storage paths are this host's.
     fn is_local(&self) -> bool;

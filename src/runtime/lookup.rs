@@ -22,6 +22,7 @@ pub fn check(root: &Path, toolbox: &str, command: &OsStr, path: &str) -> Result<
     let not_found = || CommandError::NotFound {
         command: display.clone(),
         toolbox: toolbox.to_string(),
+        hint: None,
     };
     let root = sys::open_dir(root).map_err(|e| CommandError::NotExecutable {
         command: display.clone(),

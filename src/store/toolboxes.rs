@@ -54,7 +54,8 @@ impl Metadata {
 pub struct Overlay {
     /// The image's layer directories on the daemon's host, top first.
     pub layers: Vec<PathBuf>,
-    /// The never-started container that keeps the daemon from deleting those layers.
+    /// The running container (the anchor) that keeps the daemon from deleting those
+    /// layers; one made by an older toolbox was never started.
     pub anchor: String,
 }
 

@@ -362,3 +362,43 @@ fn a_normal_user_goes_through_sudo() {
         describe(&refused)
     );
 }
+
+#[test]
+fn a_mistyped_subcommand_is_suggested_and_list_names_each_column_once() {
+    let Some(t) = TestEnv::new("typo", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = t.run(["lsit"]);
+    assert_eq!(status(&out), 127, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out).last().map(String::as_str),
+        Some(
+            "toolbox: `lsit`: command not found in toolbox `tester-typo`; did you mean \
+             `toolbox list`? (`toolbox run lsit` runs it inside)"
+        ),
+        "{}",
+        describe(&out)
+    );
+    let out = t.run(["run", "lsit"]);
+    assert_eq!(status(&out), 127, "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("did you mean"));
+    let out = t.run(["list"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let listing = stdout(&out);
+    let header: Vec<&str> = listing.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "RUNTIME",
+            "IMAGE",
+            "ID",
+            "CREATED",
+            "STORAGE",
+            "SIZE",
+            "SESSIONS",
+            "FRESHNESS",
+            "TARGETS"
+        ]
+    );
+}

@@ -604,15 +604,24 @@ fn prunes_and_daemon_restarts_leave_an_overlay_toolbox_whole() {
         daemon.docker(prune);
         assert_whole(&prune.join(" "));
     }
-    // A daemon that dies and comes back, as after a reboot, starts the anchor again.
-    daemon.kill();
-    daemon.restart();
-    let filter = "label=toolbox.anchor";
-    wait_for("the anchor to run again", || {
-        !daemon.docker(&["ps", "-q", "--filter", filter]).is_empty()
-    });
-    daemon.docker(&["system", "prune", "-a", "-f"]);
-    assert_whole("prune after a daemon restart");
+    // A daemon stopped and started again, as at a reboot, or killed and started again, as
+    // after a crash, starts the anchor again.
+    for (how, crash) in [("stopped", false), ("killed", true)] {
+        if crash {
+            daemon.kill();
+        } else {
+            daemon.stop();
+        }
+        daemon.restart();
+        let filter = "label=toolbox.anchor";
+        wait_for("the anchor to run again", || {
+            !daemon.docker(&["ps", "-q", "--filter", filter]).is_empty()
+        });
+        daemon.docker(&["system", "prune", "-a", "-f"]);
+        assert_whole(&format!(
+            "prune after the daemon was {how} and started again"
+        ));
+    }
     // `rm` releases the pin: the next prune frees the image, and nothing is left.
     let out = default_storage(&t)
         .env("DOCKER_HOST", &daemon.host)

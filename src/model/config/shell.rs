@@ -44,6 +44,8 @@ impl std::error::Error for SyntaxError {}
 /// text has not assigned itself (earlier sources, then the environment); an unset name
 /// expands to the empty string, as in the shell.
 pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, SyntaxError> {
+    // A byte-order mark, as some editors write at the start of a UTF-8 file.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lexer = Lexer::new(text, Some(lookup));
     let mut parsed = Parsed::default();
     loop {
@@ -220,6 +222,15 @@ impl<'a> Lexer<'a> {
                 _ => {}
             }
             if !self.at_assignment() {
+                if exported && self.peek() == Some('-') {
+                    let word = self.peek_word();
+                    return self.error(
+                        line,
+                        format!(
+                            "`export {word}`: export's options are not supported; write NAME=value"
+                        ),
+                    );
+                }
                 if exported && self.peek().is_some_and(is_name_start) {
                     // `export NAME` marks a variable for export: nothing to record.
                     self.name();
@@ -302,10 +313,25 @@ impl<'a> Lexer<'a> {
                     return Ok(word);
                 }
                 '\\' => {
+                    let line = self.line;
                     self.bump();
                     match self.peek() {
                         None => return self.error(self.line, "backslash at end of file"),
-                        Some('\n') => self.bump(),
+                        Some('\n') => {
+                            self.bump();
+                            let rest = &self.chars[self.pos..];
+                            let blank = rest
+                                .iter()
+                                .take_while(|c| **c != '\n')
+                                .all(|c| is_blank(*c));
+                            if blank {
+                                return self.error(
+                                    line,
+                                    "`\\` at the end of the line continues the value onto \
+                                     the next, which is empty",
+                                );
+                            }
+                        }
                         Some(c) => {
                             word.push(c);
                             self.bump();
@@ -398,6 +424,9 @@ impl<'a> Lexer<'a> {
         let line = self.line;
         self.bump();
         match self.peek() {
+            Some('(') if self.peek_at(1) == Some('(') => {
+                self.error(line, "arithmetic expansion ($((...))) is not supported")
+            }
             Some('(') => self.error(line, "command substitution ($(...)) is not supported"),
             Some('{') => {
                 self.bump();
@@ -593,6 +622,19 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_and_continued_lines_are_read_as_the_shell_reads_them() {
+        let parsed = parse("\u{feff}A=1\nB=x\\\ny\n", &env).unwrap();
+        let values: Vec<(&str, &str)> = parsed
+            .assignments
+            .iter()
+            .map(|a| (a.name.as_str(), a.value.as_str()))
+            .collect();
+        assert_eq!(values, [("A", "1"), ("B", "xy")]);
+        // Only at the start of the file.
+        assert!(parse("A=1\n\u{feff}B=2", &env).is_err());
+    }
+
+    #[test]
     fn everything_else_is_an_error_naming_its_line() {
         let cases = [
             ("A=1\nB=$(id)", 2, "command substitution"),
@@ -612,6 +654,26 @@ mod tests {
             ("A=${1}", 1, "variable name"),
             ("A=$1", 1, "special shell parameter"),
             ("A=x\\", 1, "backslash at end of file"),
+            (
+                "A=$((1+2))",
+                1,
+                "arithmetic expansion ($((...))) is not supported",
+            ),
+            (
+                "export -n A",
+                1,
+                "`export -n`: export's options are not supported",
+            ),
+            (
+                "A=1\nB=x\\\n",
+                2,
+                "continues the value onto the next, which is empty",
+            ),
+            (
+                "A=1\nB=\\\n  \nC=1",
+                2,
+                "continues the value onto the next, which is empty",
+            ),
             (". /etc/profile", 1, "`.` is not an assignment"),
         ];
         for (text, line, message) in cases {

@@ -118,7 +118,7 @@ async fn throwaway(engine: &impl Engine, spc: &Spc, image_id: &str, signals: Cau
 /// Removes throwaway SPCs whose toolbox process is gone (killed outright). Housekeeping:
 /// it never fails the session (another toolbox may be removing the same one).
 async fn remove_abandoned(engine: &impl Engine) {
-    let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, "spc").await else {
+    let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, Some("spc")).await else {
         return;
     };
     for (id, labels) in throwaways {
@@ -482,6 +482,7 @@ fn command_error(message: &str, command: &str, toolbox: &str) -> Option<CommandE
         return Some(CommandError::NotFound {
             command: command.to_string(),
             toolbox: toolbox.to_string(),
+            hint: None,
         });
     }
     let reason = ["permission denied", "is a directory", "exec format error"]

@@ -502,6 +502,17 @@ impl OwnDaemon {
         }
     }
 
+    /// Stops the daemon as its service manager does at shutdown (SIGTERM, then waits):
+    /// it stops its containers first.
+    pub fn stop(&mut self) {
+        toolbox::sys::signals::send(self.child.id() as i32, rustix::process::Signal::TERM);
+        assert!(
+            wait_exit(&mut self.child).is_some(),
+            "the {} dockerd did not stop",
+            self.driver
+        );
+    }
+
     /// Kills the daemon outright (SIGKILL) with the containerd it started, as a crash of
     /// its service does.
     pub fn kill(&mut self) {
