@@ -49,7 +49,9 @@ impl RunContext {
         let invoker = Invoker::identify(&env, &passwd, sys::euid());
         let files = config::files(&paths, &env, &invoker);
         let trust = Trust::of(&invoker, sys::euid());
-        let mut settings = Settings::load(&files, &env, |path| read_settings_file(path, trust))?;
+        let mut settings = Settings::load(&files, &env.for_invoker(&invoker), |path| {
+            read_settings_file(path, trust)
+        })?;
         let overrides = [
             (config::IMAGE, "--image", options.image.clone()),
             (config::TAG, "--tag", options.tag.clone()),

@@ -8,21 +8,32 @@ use anyhow::{Result, anyhow, bail};
 use crate::app::DAEMON_TIMEOUT;
 use crate::engine::Access;
 use crate::host::ui;
-use crate::model::plan::Runtime;
+use crate::model::plan::{self, Runtime};
 use crate::runtime::spc;
 use crate::store::toolboxes::{self, State};
+
+/// The directory names a name given on the command line may mean: itself, as `list`
+/// shows it, if it is one; else `USER-NAME` mapped as `--name NAME` maps it (the one
+/// function, `plan::toolbox_dir_name`: `a b` is `USER-a_b`).
+fn candidates(user: &str, name: &str) -> Vec<String> {
+    let as_is = (!name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    .then(|| name.to_string());
+    let mapped = plan::toolbox_dir_name(user, name).ok();
+    as_is.into_iter().chain(mapped).collect()
+}
 
 /// Finds the toolbox a user named: the directory name `list` shows, or, failing that,
 /// `USER-NAME` as `--name NAME` would have made it.
 pub fn resolve_name(directory: &Path, user: &str, name: &str) -> Result<String> {
-    for candidate in [name.to_string(), format!("{user}-{name}")] {
-        let valid = !candidate.starts_with('.') && !candidate.contains('/');
-        if valid
-            && matches!(
-                toolboxes::state(&directory.join(&candidate))?,
-                State::Complete | State::Adopted
-            )
-        {
+    for candidate in candidates(user, name) {
+        if matches!(
+            toolboxes::state(&directory.join(&candidate))?,
+            State::Complete | State::Adopted
+        ) {
             return Ok(candidate);
         }
     }
@@ -91,7 +102,7 @@ pub fn find(
             )));
         }
     };
-    let spc = [name.to_string(), format!("{user}-{name}")]
+    let spc = candidates(user, name)
         .into_iter()
         .find(|candidate| spcs.contains(candidate));
     match (tree, spc) {
@@ -120,5 +131,20 @@ mod tests {
         assert_eq!(resolve_name(dir.path(), "core", "dbg").unwrap(), "core-dbg");
         assert!(resolve_name(dir.path(), "core", "nope").is_err());
         assert!(resolve_name(dir.path(), "core", "../etc").is_err());
+        // Mapped as `--name` maps it.
+        for made in ["core-a_b", "core-.._x"] {
+            std::fs::create_dir_all(dir.path().join(made).join("etc")).unwrap();
+            std::fs::write(dir.path().join(made).join("etc/os-release"), "").unwrap();
+        }
+        assert_eq!(resolve_name(dir.path(), "core", "a b").unwrap(), "core-a_b");
+        assert_eq!(
+            resolve_name(dir.path(), "core", "core-a_b").unwrap(),
+            "core-a_b"
+        );
+        assert_eq!(
+            resolve_name(dir.path(), "core", "../x").unwrap(),
+            "core-.._x"
+        );
+        assert_eq!(candidates("core", ".."), ["core-.."]);
     }
 }

@@ -6,7 +6,8 @@
 //! - `TOOLBOX_*`: settings, one per entry of `config::KEYS`.
 //! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
 //! - `USER`, `SUDO_USER`, `SUDO_UID`: who invoked toolbox, for the toolbox name and
-//!   whose configuration files to trust.
+//!   whose configuration files to trust. `USER`, `LOGNAME` and `HOME` in settings files
+//!   are the invoker's.
 //! - `http_proxy`, `https_proxy`, `no_proxy` and their upper-case forms: passed through
 //!   sudo and into toolboxes.
 //! - `PATH`: where `systemd-nspawn` is looked up.
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 pub const HOME: &str = "HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 pub const USER: &str = "USER";
+pub const LOGNAME: &str = "LOGNAME";
 pub const SUDO_USER: &str = "SUDO_USER";
 pub const PATH: &str = "PATH";
 pub const DOCKER_HOST: &str = "DOCKER_HOST";
@@ -89,6 +91,22 @@ impl Env {
     /// A variable's value when it is set and not empty.
     pub fn non_empty(&self, name: &str) -> Option<&str> {
         self.get(name).filter(|v| !v.is_empty())
+    }
+
+    /// This environment as settings files see it when read for `invoker`: `USER`,
+    /// `LOGNAME` and `HOME` are the invoker's (under sudo, the sudo user's, as when the
+    /// CoreOS script ran as the user and used sudo per step), whatever sudo set them to.
+    pub fn for_invoker(&self, invoker: &Invoker) -> Env {
+        let mut env = self.clone();
+        env.vars.insert(USER.to_string(), invoker.name.clone());
+        env.vars.insert(LOGNAME.to_string(), invoker.name.clone());
+        match &invoker.home {
+            Some(home) => env
+                .vars
+                .insert(HOME.to_string(), home.display().to_string()),
+            None => env.vars.remove(HOME),
+        };
+        env
     }
 
     pub fn path_var(&self) -> Option<OsString> {

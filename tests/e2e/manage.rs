@@ -284,9 +284,11 @@ fn a_normal_user_goes_through_sudo() {
     );
     fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n")).unwrap();
     let rc = format!("{home}/.toolboxrc");
+    // $USER, $LOGNAME and $HOME are the user's also when read again under sudo.
     fs::write(
         &rc,
-        "TOOLBOX_ENV=\"--setenv=FROM_RC=yes\"\nTOOLBOX_TYPO=1\n",
+        "TOOLBOX_ENV=\"--setenv=FROM_RC=yes --setenv=RC_USER=$USER:$LOGNAME:$HOME\"\n\
+         TOOLBOX_TYPO=1\n",
     )
     .unwrap();
     Command::new("chown")
@@ -322,7 +324,7 @@ fn a_normal_user_goes_through_sudo() {
     let out = run_as_user(&[
         "sh",
         "-c",
-        "echo \"$FROM_RC $https_proxy\"; id -un; id -u; test -d \"$HOME\" && echo \"$HOME\"",
+        "echo \"$FROM_RC $https_proxy $RC_USER\"; id -un; id -u; test -d \"$HOME\" && echo \"$HOME\"",
     ]);
     let uid = Command::new("id").args(["-u", &user]).output().unwrap();
     fs::write(
@@ -339,7 +341,7 @@ fn a_normal_user_goes_through_sudo() {
     assert_eq!(
         stdout(&out),
         format!(
-            "yes http://proxy.invalid:3128\n{user}\n{}{home}\n",
+            "yes http://proxy.invalid:3128 {user}:{user}:{home}\n{user}\n{}{home}\n",
             String::from_utf8_lossy(&uid.stdout)
         )
     );
