@@ -404,3 +404,30 @@ fn a_mistyped_subcommand_is_suggested_and_list_names_each_column_once() {
         ]
     );
 }
+
+#[test]
+fn names_with_characters_a_directory_cannot_have_are_found_by_every_command() {
+    let Some(t) = TestEnv::new("odd_names", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let named = |name: &str, args: &[&str]| {
+        t.command()
+            .env_remove("TOOLBOX_NAME")
+            .args(["--name", name])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (name, directory) in [("a b", "tester-a_b"), ("../x", "tester-.._x")] {
+        let out = named(name, &["true"]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert!(t.toolboxes.join(directory).join(".toolbox.json").exists());
+        let out = named(name, &["update"]);
+        assert_eq!(status(&out), 0, "{name}: {}", describe(&out));
+        let out = t.run(["update", name]);
+        assert_eq!(status(&out), 0, "{name}: {}", describe(&out));
+        let out = t.run(["rm", name]);
+        assert_eq!(status(&out), 0, "{name}: {}", describe(&out));
+        assert!(!t.toolboxes.join(directory).exists());
+    }
+}
