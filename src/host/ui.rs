@@ -290,6 +290,13 @@ const SECRET_NAMES: &[&str] = &[
 ];
 
 /// Quotes a word for a POSIX shell when it needs it.
+/// Text from an archive or a daemon as messages show it: control characters (newlines,
+/// terminal escape sequences) and quotes escaped, so it can neither break a line nor
+/// drive the terminal.
+pub fn escaped(text: &str) -> String {
+    text.escape_debug().collect()
+}
+
 pub fn quote(word: &OsStr) -> String {
     let bytes = word.as_bytes();
     let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b);

@@ -18,7 +18,7 @@ impl ImageRef {
     /// which then wins over `default_tag`. A registry port (`host:5000/img`) is not a tag.
     pub fn parse(image: &str, default_tag: &str) -> Result<ImageRef> {
         if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!("invalid image name `{image}`");
+            bail!("invalid image name `{}`", crate::host::ui::escaped(image));
         }
         if let Some((repository, digest)) = image.split_once('@') {
             return Ok(ImageRef {

@@ -248,3 +248,107 @@ fn an_interrupted_import_leaves_nothing() {
         assert!(!t.toolboxes.join("tester-stopped").exists());
     }
 }
+
+#[test]
+fn odd_archives_are_told_plainly_and_leave_nothing() {
+    let Some(t) = TestEnv::new("import_odd", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let left = || {
+        fs::read_dir(&t.toolboxes)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.ends_with(".lock"))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    // `docker save` of an image that is not there writes nothing.
+    let saved = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker save toolbox-no-such:img 2>/dev/null > {}/nothing.tar",
+            t.root.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(!saved.success());
+    let random = t.root.join("random");
+    let noise: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    fs::write(&random, &noise).unwrap();
+    for (args, feed, expected) in [
+        (
+            vec!["-", "--name", "x"],
+            Some(t.root.join("nothing.tar")),
+            "toolbox: standard input is empty; expected a tar archive".to_string(),
+        ),
+        (
+            vec!["/dev/null", "--name", "x"],
+            None,
+            "toolbox: /dev/null is empty; expected a tar archive".to_string(),
+        ),
+        (
+            vec!["-", "--name", "x"],
+            Some(random.clone()),
+            "toolbox: cannot unpack standard input: reading the archive: the data at byte 0 \
+             is not a tar header"
+                .to_string(),
+        ),
+    ] {
+        let out = import(&t, &args, feed.as_deref());
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        let lines = toolbox_lines(&out);
+        assert_eq!(lines.len(), 1, "{}", describe(&out));
+        assert!(lines[0].starts_with(&expected), "{}", describe(&out));
+        assert!(
+            out.stderr.is_ascii(),
+            "archive bytes printed: {}",
+            describe(&out)
+        );
+        assert!(left().is_empty(), "{:?}", left());
+    }
+    // A `docker save` archive re-packed under `./`, as `tar -C dir -cf out.tar .` does, is
+    // still an image, its digests checked.
+    let archive = save(&t, BUSYBOX_IMAGE, "saved.tar");
+    let unpacked = t.root.join("saved");
+    fs::create_dir(&unpacked).unwrap();
+    let repacked = t.root.join("repacked.tar");
+    for (program, args) in [
+        (
+            "tar",
+            vec![
+                "-xf",
+                archive.to_str().unwrap(),
+                "-C",
+                unpacked.to_str().unwrap(),
+            ],
+        ),
+        (
+            "tar",
+            vec![
+                "-C",
+                unpacked.to_str().unwrap(),
+                "-cf",
+                repacked.to_str().unwrap(),
+                ".",
+            ],
+        ),
+    ] {
+        assert!(
+            Command::new(program)
+                .args(&args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let out = import(&t, &[repacked.to_str().unwrap(), "--name", "dotted"], None);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let tree = t.toolboxes.join("tester-dotted");
+    assert_eq!(recorded(&tree)["image_id"], image_id(BUSYBOX_IMAGE));
+    assert!(!tree.join("manifest.json").exists());
+    assert!(tree.join("usr/bin/busybox").exists());
+}

@@ -35,6 +35,9 @@ const MAX_JSON: u64 = 16 << 20;
 /// Read-buffer size for archives and layers.
 const BLOCK: usize = 256 * 1024;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+/// How much of an archive's start is looked at to tell its kind: a few headers, in case
+/// the first ones are only the archive's root directory.
+const HEAD: usize = 4 * 512;
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 /// An image found in an archive: its name if it carries one, its ID (the config digest),
@@ -74,11 +77,19 @@ pub enum Source {
     Directory(PathBuf),
 }
 
+/// How messages name `input`.
+fn label(input: &Path) -> String {
+    match input == Path::new("-") {
+        true => "standard input".to_string(),
+        false => input.display().to_string(),
+    }
+}
+
 /// Reads `input` (a file, an OCI layout directory, or `-` for standard input) and tells
 /// what it holds. `spool` is where a copy may be made (inside the toolbox directory); the
 /// caller removes it.
 pub fn open(input: &Path, spool: &Path) -> Result<Archive> {
-    let label = input.display().to_string();
+    let label = label(input);
     if input != Path::new("-") && input.is_dir() {
         let source = Source::Directory(input.to_path_buf());
         let image = read_oci_layout(&source)
@@ -97,12 +108,18 @@ pub fn open(input: &Path, spool: &Path) -> Result<Archive> {
         true => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
         false => Box::new(raw),
     };
-    // The first header tells an image archive from a root filesystem.
-    let mut head = Vec::with_capacity(512);
+    // The first headers tell an image archive from a root filesystem.
+    let mut head = Vec::with_capacity(HEAD);
     (&mut stream)
-        .take(512)
+        .take(HEAD as u64)
         .read_to_end(&mut head)
         .with_context(|| format!("cannot read {label}"))?;
+    if head.is_empty() {
+        bail!(
+            "{label} is empty; expected a tar archive (a root filesystem, or an image from \
+             `docker save` or `podman save`)"
+        );
+    }
     let mut stream: Box<dyn Read> = Box::new(io::Cursor::new(head.clone()).chain(stream));
     if !is_image_archive(&head) {
         return Ok(Archive::RootFs(stream));
@@ -140,26 +157,35 @@ fn starts_with(reader: &mut impl BufRead, magic: &[u8]) -> io::Result<bool> {
 /// Whether a tar stream is an image archive rather than a root filesystem, from its first
 /// header: image archives start with members named by digests, `blobs/`, or their JSON
 /// documents; root filesystems with `./` or a top directory.
-fn is_image_archive(header: &[u8]) -> bool {
-    let name_field = &header[..header.len().min(100)];
-    let name = &name_field[..name_field
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(name_field.len())];
-    let name = std::str::from_utf8(name).unwrap_or_default();
-    let first = name
-        .trim_start_matches("./")
-        .split('/')
-        .next()
-        .unwrap_or_default();
+fn is_image_archive(head: &[u8]) -> bool {
     let hex = |text: &str| text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
-    // `<hex>/` (Docker's layer directories), `<hex>.json` (its config), `<hex>.tar`
-    // (Podman's layers).
-    hex(first.split('.').next().unwrap_or_default())
-        || matches!(
-            first,
-            "blobs" | "manifest.json" | "index.json" | "oci-layout" | "repositories"
-        )
+    // Past the archive's own root (`./`, as `tar -C dir -c .` writes first), each
+    // header's first name component: `<hex>/` (Docker's layer directories), `<hex>.json`
+    // (its config), `<hex>.tar` (Podman's layers), or the layouts' own files.
+    for header in head.chunks_exact(512) {
+        let first = header_name(header)
+            .trim_start_matches("./")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if first.is_empty() || first == "." {
+            continue;
+        }
+        return hex(first.split('.').next().unwrap_or_default())
+            || matches!(
+                first.as_str(),
+                "blobs" | "manifest.json" | "index.json" | "oci-layout" | "repositories"
+            );
+    }
+    false
+}
+
+/// The name field of a tar header.
+fn header_name(header: &[u8]) -> &str {
+    let field = &header[..header.len().min(100)];
+    let name = &field[..field.iter().position(|&b| b == 0).unwrap_or(field.len())];
+    std::str::from_utf8(name).unwrap_or_default()
 }
 
 /// Indexes a tar file's regular members: name (without `./`) to data offset and size.
@@ -168,8 +194,10 @@ fn index_tar(mut file: File) -> Result<Source> {
     let mut members = HashMap::new();
     let mut links = Vec::new();
     let mut archive = tar::Archive::new(file.try_clone()?);
+    let mut next_header = 0;
     for entry in archive.entries_with_seek()? {
-        let entry = entry?;
+        let entry = entry.map_err(|e| unpack::not_a_header(e, next_header))?;
+        next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let name = name.trim_start_matches("./").to_string();
         let kind = entry.header().entry_type();
@@ -584,6 +612,16 @@ fn create_spooled(
         Archive::Image(image, _) => (image.reference.clone(), image.id.clone()),
         Archive::RootFs(_) => (None, String::new()),
     };
+    // Stored and printed whatever `--name` says: an image name it must be.
+    if let Some(reference) = &reference {
+        crate::model::image::ImageRef::parse(reference, "latest").map_err(|_| {
+            anyhow!(
+                "{}: the archive names its image `{}`, which is not an image name",
+                label(input),
+                crate::host::ui::escaped(reference)
+            )
+        })?;
+    }
     let name = name_for(reference.as_deref())?;
     let _lock = toolboxes::lock_for_create(directory, &name)?;
     let path = directory.join(&name);
@@ -608,8 +646,14 @@ fn create_spooled(
         stats = match archive {
             Archive::Image(image, source) => apply(&image, &source, partial, options)?,
             Archive::RootFs(reader) => unpack::unpack(reader, partial, options)
-                .with_context(|| format!("cannot unpack {}", input.display()))?,
+                .with_context(|| format!("cannot unpack {}", label(input)))?,
         };
+        if stats.entries == 0 {
+            bail!(
+                "{} holds no files: an empty tar archive makes no toolbox",
+                label(input)
+            );
+        }
         let metadata = Metadata {
             image: image.clone(),
             image_id: image_id.clone(),

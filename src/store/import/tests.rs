@@ -27,6 +27,11 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// A legacy `docker save` archive of two layers: the second deletes `etc/gone` and makes
 /// `opt` opaque. `corrupt` flips a byte of the second layer after its digest was taken.
 fn docker_save(corrupt: bool) -> (Vec<u8>, String) {
+    docker_save_tagged(corrupt, "example/layered:v1")
+}
+
+/// [`docker_save`] with the image named `tag`.
+fn docker_save_tagged(corrupt: bool, tag: &str) -> (Vec<u8>, String) {
     let lower = tar_of(&[
         ("etc/gone", b"x"),
         ("etc/kept", b"kept"),
@@ -50,7 +55,7 @@ fn docker_save(corrupt: bool) -> (Vec<u8>, String) {
     let hex = id.strip_prefix("sha256:").unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!([{
         "Config": format!("{hex}.json"),
-        "RepoTags": ["example/layered:v1"],
+        "RepoTags": [tag],
         "Layers": ["aaaa/layer.tar", "bbbb/layer.tar"],
     }]))
     .unwrap();
@@ -246,4 +251,153 @@ fn a_docker_save_in_the_oci_layout_checks_blob_names() {
     let (_dir, result) = import_file(&archive(&altered));
     let error = format!("{:#}", result.unwrap_err());
     assert!(error.contains("does not match its digest"), "{error}");
+}
+
+/// `archive` re-packed as `tar -C dir -cf out.tar .` writes it: the root directory `./`
+/// first, every name under `./`.
+fn repacked(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut root = tar::Header::new_gnu();
+    root.set_entry_type(tar::EntryType::Directory);
+    root.set_mode(0o755);
+    root.set_size(0);
+    root.set_cksum();
+    builder.append_data(&mut root, "./", io::empty()).unwrap();
+    for (name, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(contents.len() as u64);
+        // Set by bytes: the tar crate would drop the leading `./`.
+        header.as_old_mut().name[..name.len() + 2].copy_from_slice(format!("./{name}").as_bytes());
+        header.set_cksum();
+        builder.append(&header, *contents).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// `archive`'s files, re-packed under `./`.
+fn repack(archive: &[u8]) -> Vec<u8> {
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(archive).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        files.push((name, data));
+    }
+    let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+    repacked(&borrowed)
+}
+
+#[test]
+fn archives_repacked_under_dot_slash_are_recognised_and_checked() {
+    let (archive, id) = docker_save(false);
+    let archive = repack(&archive);
+    assert!(
+        tar::Archive::new(&archive[..])
+            .entries()
+            .unwrap()
+            .any(|e| e.unwrap().path_bytes().starts_with(b"./manifest.json"))
+    );
+    let (_dir, result) = import_file(&archive);
+    let (image, tree) = result.unwrap();
+    assert_eq!(image.id, id);
+    assert_eq!(fs::read(tree.join("opt/new")).unwrap(), b"new");
+    // Its digests are still checked.
+    let (corrupt, _) = docker_save(true);
+    let (_dir, result) = import_file(&repack(&corrupt));
+    assert!(format!("{:#}", result.unwrap_err()).contains("does not match its digest"));
+    // An OCI layout's files, likewise.
+    for name in ["oci-layout", "index.json", "blobs/sha256/x"] {
+        assert!(is_image_archive(&repacked(&[(name, b"{}")])), "{name}");
+    }
+    assert!(!is_image_archive(&repacked(&[("etc/os-release", b"")])));
+}
+
+#[test]
+fn empty_input_and_bytes_that_are_no_archive_are_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    fs::write(&empty, b"").unwrap();
+    let Err(error) = open(&empty, &dir.path().join("spool")) else {
+        panic!("an empty file opened");
+    };
+    assert!(error.to_string().ends_with("is empty; expected a tar archive (a root filesystem, or an image from `docker save` or `podman save`)"), "{error}");
+    let noise: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let target = dir.path().join("tree");
+    fs::create_dir(&target).unwrap();
+    let options = unpack::Options {
+        preserve_owners: false,
+        workers: 2,
+    };
+    let error = unpack::unpack(&noise[..], &target, options)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "reading the archive: the data at byte 0 is not a tar header; expected a tar archive \
+         (a root filesystem, or an image from `docker save` or `podman save`), possibly \
+         gzip-compressed"
+    );
+    // After good entries, the offset is where the next header was due.
+    let mut bad = tar_of(&[("a", b"12345")]);
+    bad.truncate(1024);
+    bad.extend_from_slice(&noise[..512]);
+    let error = unpack::unpack(&bad[..], &target, options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("the data at byte 1024 is not a tar header"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_archive_without_entries_makes_no_toolbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("zeros.tar");
+    fs::write(&input, [0u8; 1024]).unwrap();
+    let toolboxes = dir.path().join("toolboxes");
+    let error = create(&input, &toolboxes, |_| Ok("core-x".to_string())).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("holds no files: an empty tar archive makes no toolbox"),
+        "{error}"
+    );
+    let left: Vec<String> = fs::read_dir(&toolboxes)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_image_name_that_is_no_image_name_is_refused_escaped_even_with_a_name_given() {
+    for tag in ["a/b:c\nd", "evil\u{1b}[2J:v1"] {
+        let (archive, _) = docker_save_tagged(false, tag);
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("saved.tar");
+        fs::write(&input, archive).unwrap();
+        let error = create(&input, &dir.path().join("toolboxes"), |_| {
+            Ok("core-given".to_string())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.ends_with(&format!(
+                "the archive names its image `{}`, which is not an image name",
+                tag.escape_debug()
+            )),
+            "{error}"
+        );
+        assert!(
+            !error.contains('\n') && !error.contains('\u{1b}'),
+            "{error:?}"
+        );
+        assert!(!dir.path().join("toolboxes/core-given").exists());
+    }
 }

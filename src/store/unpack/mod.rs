@@ -252,8 +252,26 @@ const NAME_IN_MESSAGES: usize = 160;
 /// A name for messages: invalid UTF-8 and control characters are escaped, and a very long
 /// name (a hostile archive's 8,000-byte path) keeps only its start and end, so the error
 /// stays one readable line.
+/// The tar reader's complaint about a header, which quotes the header's bytes, as what
+/// was expected and where; other errors (the reading itself) as they are.
+pub fn not_a_header(error: io::Error, offset: u64) -> io::Error {
+    match error.kind() {
+        io::ErrorKind::Other | io::ErrorKind::InvalidData => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the data at byte {offset} is not a tar header; expected a tar archive (a \
+                 root filesystem, or an image from `docker save` or `podman save`), \
+                 possibly gzip-compressed"
+            ),
+        ),
+        _ => error,
+    }
+}
+
 fn printable(name: &[u8]) -> String {
-    let text: Vec<char> = String::from_utf8_lossy(name).escape_debug().collect();
+    let text: Vec<char> = crate::host::ui::escaped(&String::from_utf8_lossy(name))
+        .chars()
+        .collect();
     if text.len() <= NAME_IN_MESSAGES {
         return text.into_iter().collect();
     }
@@ -398,11 +416,14 @@ impl Reader<'_> {
         };
         // Reading in large blocks keeps syscalls few when the source is a file or a pipe.
         let mut archive = tar::Archive::new(io::BufReader::with_capacity(BLOCK, archive));
+        // Where the next header is expected, to say where one was not.
+        let mut next_header = 0;
         for entry in archive.entries().map_err(stream_error)? {
             if self.pending.failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            let mut entry = entry.map_err(stream_error)?;
+            let mut entry = entry.map_err(|e| stream_error(not_a_header(e, next_header)))?;
+            next_header = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
             let name = entry.path_bytes().into_owned();
             self.entry(&mut entry, &name).map_err(|source| Error {
                 entry: Some(printable(&name)),
