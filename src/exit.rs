@@ -17,6 +17,8 @@ pub enum CommandError {
         toolbox: String,
         hint: Option<String>,
     },
+    /// Exit status 127: `host-exec`'s command is not on the host's `PATH`.
+    NotOnHost { command: String },
     /// Exit status 126.
     NotExecutable { command: String, reason: String },
 }
@@ -24,7 +26,7 @@ pub enum CommandError {
 impl CommandError {
     pub fn exit_status(&self) -> u8 {
         match self {
-            CommandError::NotFound { .. } => 127,
+            CommandError::NotFound { .. } | CommandError::NotOnHost { .. } => 127,
             CommandError::NotExecutable { .. } => 126,
         }
     }
@@ -43,6 +45,9 @@ impl fmt::Display for CommandError {
                     Some(hint) => write!(f, "; {hint}"),
                     None => Ok(()),
                 }
+            }
+            CommandError::NotOnHost { command } => {
+                write!(f, "`{command}`: command not found on the host")
             }
             CommandError::NotExecutable { command, reason } => write!(f, "`{command}`: {reason}"),
         }

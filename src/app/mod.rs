@@ -23,6 +23,7 @@ use anyhow::Result;
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
 use crate::host;
+use crate::runtime::nspawn::session;
 use crate::runtime::{host_exec, spc};
 use crate::sys;
 
@@ -40,6 +41,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned());
     if invoked_as.as_deref() == Some(spc::IDLE_NAME.as_ref()) {
         return Ok(spc::session::idle());
+    }
+    if invoked_as.as_deref() == Some(session::NAME.as_ref()) {
+        return session::run(args[1..].to_vec());
     }
     if invoked_as.as_deref() == Some(host_exec::NAME.as_ref()) {
         let host_root = std::env::var_os(host::HOST_ROOT).map(PathBuf::from);

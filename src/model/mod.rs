@@ -2,6 +2,7 @@
 //! their parser, image references, the systemd-nspawn options configuration may carry,
 //! and the plan everything downstream takes. Pure: it reads nothing but what it is given.
 
+pub mod account;
 pub mod config;
 pub mod image;
 pub mod options;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use crate::exit::CommandError;
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// The name toolbox answers to when it should act as host-exec.
@@ -27,6 +29,12 @@ pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> R
     let Some((program, rest)) = args.split_first() else {
         bail!("usage: host-exec CMD [ARGS...]");
     };
+    if !crate::sys::is_root() {
+        bail!(
+            "host-exec needs root inside the toolbox: it enters the host's namespaces, which \
+             only root may; run it as root (the toolbox's default user)"
+        );
+    }
     let cwd = std::env::current_dir().ok();
     // The mount namespace last: entering it changes what /proc paths mean for the rest.
     // PID namespace membership applies to children, which is what runs CMD.
@@ -51,11 +59,23 @@ pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> R
     }
     // setns into a mount namespace leaves the root and working directory at its root.
     let dir = host_dir(cwd.as_deref(), host_root);
-    let status = Command::new(program)
-        .args(rest)
-        .current_dir(&dir)
-        .status()
-        .with_context(|| format!("cannot run `{}` on the host", program.to_string_lossy()))?;
+    let command = program.to_string_lossy().into_owned();
+    let status = match Command::new(program).args(rest).current_dir(&dir).status() {
+        Ok(status) => status,
+        // As a shell (and the launcher, inside the toolbox) reports a command that
+        // cannot run: 127 not found, 126 not executable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CommandError::NotOnHost { command }.into());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(CommandError::NotExecutable {
+                command,
+                reason: "not executable on the host (permission denied)".into(),
+            }
+            .into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot run `{command}` on the host")),
+    };
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(signal)) => 128 + signal as u8,

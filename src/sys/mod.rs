@@ -159,6 +159,25 @@ pub fn join_namespace(fd: impl AsFd, name: &str) -> io::Result<()> {
     )?)
 }
 
+/// Drops this process's root privileges for good: supplementary groups, then group,
+/// then user, as `su` does. Run before starting a command as a toolbox's user.
+pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: `groups` is a valid array of its length; setgroups only reads it.
+    if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: setgid and setuid have no memory-safety preconditions.
+    if unsafe { libc::setgid(gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setuid(uid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A handle on process `pid` that stays its own even after the PID is reused.
 pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     let pid = rustix::process::Pid::from_raw(pid as i32)

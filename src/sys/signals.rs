@@ -115,7 +115,8 @@ pub fn run_child(command: &mut Command) -> io::Result<ExitStatus> {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t and the signal numbers are valid. Blocking before
     // the child exists means no signal meant for the session is lost or kills toolbox;
-    // the child starts with an empty mask (std resets it between fork and exec).
+    // the child unblocks them again before exec (a blocked mask is inherited across exec:
+    // `timeout` and `strace` started with SIGINT blocked never see it).
     unsafe {
         libc::sigemptyset(&mut set);
         for signal in WAITED {
@@ -124,9 +125,13 @@ pub fn run_child(command: &mut Command) -> io::Result<ExitStatus> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     let parent = rustix::process::getpid();
-    // SAFETY: the closure makes only async-signal-safe system calls (prctl, getppid).
+    // SAFETY: the closure makes only async-signal-safe system calls (sigprocmask, prctl,
+    // getppid), and `set` is a copy owned by it.
     unsafe {
         command.pre_exec(move || {
+            if libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             // The parent may have died before the death signal was armed.
             if rustix::process::getppid() != Some(parent) {

@@ -119,7 +119,11 @@ fn dry_run_prints_the_command_and_changes_nothing() {
         line.contains(&format!("--directory={}", t.tree().display())),
         "{line}"
     );
-    assert!(line.trim_end().ends_with("--user=root -- ls -l"), "{line}");
+    assert!(
+        line.trim_end()
+            .ends_with("--user=root -- /run/toolbox-session -- ls -l"),
+        "{line}"
+    );
     assert!(
         !t.toolboxes.exists(),
         "--dry-run wrote {}",
@@ -348,4 +352,68 @@ fn verbosity_says_what_and_why() {
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(t.toolboxes.join("tester-quiet").exists());
     assert!(toolbox_lines(&out).is_empty(), "{}", describe(&out));
+}
+
+#[test]
+fn signals_and_commands_that_cannot_run_give_the_statuses_shells_give() {
+    let Some(t) = TestEnv::new("statuses", BUSYBOX_IMAGE) else {
+        return;
+    };
+    for (script, expected) in [("kill -9 $$", 137), ("kill -TERM $$", 143), ("exit 3", 3)] {
+        let out = t.run(["-c", script]);
+        assert_eq!(status(&out), expected, "{script}: {}", describe(&out));
+    }
+    // host-exec: as the launcher reports a command that cannot run.
+    let out = t.run(["host-exec", "toolbox-no-such-command"]);
+    assert_eq!(status(&out), 127, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        ["toolbox: `toolbox-no-such-command`: command not found on the host"]
+    );
+    let out = t.run(["host-exec", "/etc/passwd"]);
+    assert_eq!(status(&out), 126, "{}", describe(&out));
+    // Run by a user other than root inside, it says what it needs.
+    let out = t.run(["--user", "nobody", "host-exec", "true"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)[0].contains("host-exec needs root inside the toolbox"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn users_are_found_in_images_without_getent() {
+    let Some(t) = TestEnv::new("users", BUSYBOX_IMAGE) else {
+        return;
+    };
+    // busybox has no `getent`, which systemd-nspawn's own --user needs.
+    let out = t.run([
+        "--user",
+        "nobody",
+        "sh",
+        "-c",
+        "id -u; id -g; echo $HOME $USER",
+    ]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "65534\n65534\n/ nobody\n");
+    // A host user the image lacks is added from the host's passwd, then found.
+    let out = t
+        .command()
+        .env("TOOLBOX_USER", "daemon")
+        .args(["id", "-un"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "daemon\n");
+    // Neither in the image nor on the host: one line, 125.
+    let out = t.run(["--user", "toolbox-nonexistent", "true"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [
+            "toolbox: user `toolbox-nonexistent` is not in the toolbox's /etc/passwd; add it, \
+             or choose another --user"
+        ]
+    );
 }

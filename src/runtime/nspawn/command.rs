@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::host::Env;
 use crate::host::ui;
 use crate::model::plan::{Payload, Plan};
+use crate::runtime::nspawn::session;
 
 /// systemd 232 replaced `--share-system` by the `SYSTEMD_NSPAWN_SHARE_SYSTEM` variable
 /// (the flag is still parsed, but only warns).
@@ -245,10 +246,15 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     marker.push(format!(":{MARKER_IN_TOOLBOX}"));
     args.push(marker);
     if let Some(exe) = &launch.host_exec {
-        let mut bind = OsString::from("--bind-ro=");
-        bind.push(exe);
-        bind.push(format!(":{}", crate::runtime::host_exec::PATH_IN_TOOLBOX));
-        args.push(bind);
+        for at in [
+            crate::runtime::host_exec::PATH_IN_TOOLBOX,
+            session::PATH_IN_TOOLBOX,
+        ] {
+            let mut bind = OsString::from("--bind-ro=");
+            bind.push(exe);
+            bind.push(format!(":{at}"));
+            args.push(bind);
+        }
     }
     args.extend(plan.binds.iter().map(OsString::from));
     args.extend(launch.target.iter().map(OsString::from));
@@ -260,10 +266,26 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args.push(format!("--setenv={name}={value}").into());
     }
     args.extend(plan.env.iter().map(OsString::from));
-    args.push(format!("--user={}", plan.user).into());
-    if let Payload::Command(command) = &plan.payload {
-        args.push("--".into());
-        args.extend(command.iter().cloned());
+    match &launch.host_exec {
+        // toolbox's own first process becomes the user and runs the command (see
+        // [`session`]): systemd-nspawn starts it as root, which needs nothing in the image.
+        Some(_) => {
+            args.push("--user=root".into());
+            args.push("--".into());
+            args.push(session::PATH_IN_TOOLBOX.into());
+            let command = match &plan.payload {
+                Payload::Command(command) => command.as_slice(),
+                Payload::Shell => &[],
+            };
+            args.extend(session::arguments(&plan.user, command));
+        }
+        None => {
+            args.push(format!("--user={}", plan.user).into());
+            if let Payload::Command(command) = &plan.payload {
+                args.push("--".into());
+                args.extend(command.iter().cloned());
+            }
+        }
     }
     Invocation {
         program: nspawn.program.clone(),
@@ -454,9 +476,34 @@ mod tests {
              --link-journal=no --console=autopipe --machine=core-fedora-latest-77 \
              --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv \
              --bind-ro=/usr/bin/toolbox:/usr/local/bin/host-exec \
+             --bind-ro=/usr/bin/toolbox:/run/toolbox-session \
              --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run \
              --setenv=TOOLBOX_NAME=core-fedora-latest --setenv=HOST=/media/root \
-             --setenv=https_proxy=http://proxy:3128 --user=root -- strace -p 1"
+             --setenv=https_proxy=http://proxy:3128 --user=root \
+             -- /run/toolbox-session -- strace -p 1"
+        );
+    }
+
+    #[test]
+    fn the_session_starts_as_root_and_becomes_the_user_itself() {
+        let plan = plan(Payload::Shell, &[("TOOLBOX_USER", "core")]);
+        let words: Vec<String> = invocation(&plan, &nspawn(252), &launch(true, true), false)
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(!words.iter().any(|w| w == "--user=core"), "{words:?}");
+        let tail = &words[words.len() - 6..];
+        assert_eq!(
+            tail,
+            [
+                "--user=root",
+                "--",
+                "/run/toolbox-session",
+                "--user",
+                "core",
+                "--"
+            ]
         );
     }
 

@@ -5,4 +5,5 @@
 pub mod command;
 pub mod enter;
 pub mod mountpoints;
+pub mod session;
 pub mod tracing;
