@@ -97,10 +97,19 @@ impl RunContext {
                 }
             }
         }
+        let stall = settings.get(config::STALL_TIMEOUT);
+        let stall = match stall.parse::<u64>() {
+            Ok(seconds) if seconds > 0 => std::time::Duration::from_secs(seconds),
+            _ => bail!(
+                "{}: TOOLBOX_STALL_TIMEOUT must be a number of seconds above 0, not `{stall}`",
+                settings.setting(config::STALL_TIMEOUT).origin
+            ),
+        };
         let access = Access {
             choice,
             sockets: engine::Sockets::for_host(&env),
             env: env.clone(),
+            stall,
         };
         let ctx = RunContext {
             access,

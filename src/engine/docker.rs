@@ -33,9 +33,33 @@ pub struct Docker {
     client: bollard::Docker,
     /// Where the engine is and which it is.
     pub endpoint: Endpoint,
+    /// How long an export or a pull may wait for the next bytes (see [`Access::stall`]).
+    stall: std::time::Duration,
 }
 
 impl Docker {
+    /// The next item of `stream`, or an error when the engine sends nothing for the stall
+    /// timeout while `doing` it.
+    async fn next_or_stall<S: futures_util::Stream + Unpin>(
+        &self,
+        stream: &mut S,
+        doing: &str,
+    ) -> Result<Option<S::Item>> {
+        tokio::time::timeout(self.stall, stream.next())
+            .await
+            .map_err(|_| self.stalled(doing))
+    }
+
+    fn stalled(&self, doing: &str) -> anyhow::Error {
+        anyhow!(
+            "{} at {} sent nothing for {} s while {doing}; stopped waiting \
+             (TOOLBOX_STALL_TIMEOUT sets how long)",
+            self.endpoint.name(),
+            self.endpoint.address,
+            self.stall.as_secs()
+        )
+    }
+
     /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
     /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
     pub async fn connect(access: &Access) -> Result<Docker> {
@@ -50,7 +74,11 @@ impl Docker {
         };
         let client = bollard::Docker::connect_with_host(&address).with_context(unreachable)?;
         let client = client.negotiate_version().await.with_context(unreachable)?;
-        Ok(Docker { client, endpoint })
+        Ok(Docker {
+            client,
+            endpoint,
+            stall: access.stall,
+        })
     }
 
     /// Which engine this is, where, and the API version agreed on, for `-v`.
@@ -148,7 +176,7 @@ impl Engine for Docker {
         // A failed pull arrives either as an HTTP error before the stream starts or as
         // an error message inside the stream; both end up here.
         let pulled = async {
-            while let Some(item) = stream.next().await {
+            while let Some(item) = self.next_or_stall(&mut stream, "pulling").await? {
                 let info = item.map_err(|e| {
                     anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e))
                 })?;
@@ -246,7 +274,7 @@ impl Engine for Docker {
 
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
         let mut stream = self.client.export_container(container);
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = self.next_or_stall(&mut stream, "exporting").await? {
             let chunk = chunk.map_err(|e| {
                 anyhow!(
                     "the export stopped (is the Docker daemon still running?): {}",
@@ -285,7 +313,13 @@ impl Engine for Docker {
             v: true,
             ..Default::default()
         };
-        match self.client.remove_container(container, Some(options)).await {
+        // A daemon that stopped answering keeps the container; the next creation
+        // removes it (its toolbox process is gone by then).
+        let removing = self.client.remove_container(container, Some(options));
+        let removed = tokio::time::timeout(self.stall, removing)
+            .await
+            .map_err(|_| self.stalled("removing a container"))?;
+        match removed {
             Err(e) if !is_not_found(&e) => Err(anyhow!(
                 "cannot remove container `{container}`: {}",
                 daemon_message(&e)

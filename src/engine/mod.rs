@@ -160,7 +160,14 @@ pub struct Access {
     pub env: Env,
     /// Where the engines' sockets are looked for.
     pub sockets: Sockets,
+    /// How long an export or a pull may go without the engine sending anything before
+    /// it is given up (`TOOLBOX_STALL_TIMEOUT`): a daemon that stops answering (stopped,
+    /// a hung storage driver) must not hold a creation forever.
+    pub stall: std::time::Duration,
 }
+
+/// `TOOLBOX_STALL_TIMEOUT`'s default.
+pub const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The local sockets engines listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,6 +405,7 @@ mod tests {
             choice,
             env: Env::from_pairs(env.iter().copied()),
             sockets: sockets(dir),
+            stall: STALL_TIMEOUT,
         }
         .endpoint()
     }

@@ -635,3 +635,57 @@ fn secrets_stay_out_of_errors_and_dry_runs() {
     assert!(!stderr.contains("d0cker-pass"), "{stderr}");
     println!("figure secrets cases=3 hidden=3");
 }
+
+#[test]
+fn a_pull_that_makes_no_progress_ends_after_the_stall_timeout() {
+    let Some(mut t) = TestEnv::pulling("stalled_pull", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
+    let tag = format!("stall-timeout-{}", std::process::id());
+    let registry = Registry::serve(Image {
+        repository: "toolbox-test/stalled".into(),
+        tag: tag.clone(),
+        files: vec![("bin/busybox".into(), 0o755, busybox)],
+        corrupt_layer: false,
+        stall_layer: true,
+    });
+    t.image = format!("{}/toolbox-test/stalled:{tag}", registry.address);
+    let started = Instant::now();
+    let out = t
+        .command()
+        .env("TOOLBOX_STALL_TIMEOUT", "2")
+        .arg("true")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let lines = toolbox_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sent nothing for 2 s while pulling; stopped waiting")),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        took < Duration::from_secs(60),
+        "gave up only after {took:?}"
+    );
+    assert!(!t.tree().exists());
+    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    // A value that is no number of seconds is refused, naming where it came from.
+    let out = t
+        .command()
+        .env("TOOLBOX_STALL_TIMEOUT", "soon")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [
+            "toolbox: environment: TOOLBOX_STALL_TIMEOUT must be a number of seconds above 0, not `soon`"
+        ]
+    );
+}

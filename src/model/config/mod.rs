@@ -44,6 +44,7 @@ pub const RUNTIME: &str = "TOOLBOX_RUNTIME";
 pub const SPC_BINDS: &str = "TOOLBOX_SPC_BINDS";
 pub const TRACING: &str = "TOOLBOX_TRACING";
 pub const TARGET: &str = "TOOLBOX_TARGET";
+pub const STALL_TIMEOUT: &str = "TOOLBOX_STALL_TIMEOUT";
 pub const TARGET_NS: &str = "TOOLBOX_TARGET_NS";
 
 /// Every setting, with the CoreOS script's defaults.
@@ -143,6 +144,12 @@ pub const KEYS: &[Key] = &[
         default: "1",
         words: false,
         doc: "`1`: sessions can trace the host with bpftrace, perf and bcc's tools: the `bpf` and `perf_event_open` system calls are allowed; the host's tracefs, debugfs and bpf filesystem are bound at /sys/kernel/tracing, /sys/kernel/debug and /sys/fs/bpf where the host has them mounted; the host's /lib/modules/$(uname -r) and kernel headers in /usr/src are shown read-only at those paths (under the image's own files there, if any); the locked-memory limit is raised as far as the host allows. `0`: none of this. `--dry-run` shows the options.",
+    },
+    Key {
+        name: STALL_TIMEOUT,
+        default: "30",
+        words: false,
+        doc: "Seconds an image pull or export may go without the engine sending anything before toolbox gives up (125, nothing left): a daemon that stopped answering must not hold a creation forever.",
     },
     Key {
         name: TARGET,
