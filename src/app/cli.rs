@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -262,9 +262,145 @@ pub enum Shell {
     Fish,
 }
 
-/// The clap definition, for completions and the manual page.
+/// The clap definition, for parsing, completions and the manual page.
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+/// A subcommand's `--help` as clap renders it, without the options that do not apply to
+/// it (clap lists every global option under every subcommand).
+pub fn filter_help(rendered: &str, args: &[OsString]) -> String {
+    let command = command();
+    let names = subcommand_names(&command);
+    let Some(sub) = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| names.iter().any(|n| n == a))
+    else {
+        return rendered.to_string();
+    };
+    let refused: Vec<String> = command
+        .get_arguments()
+        .filter(|arg| arg.is_global_set() && !applies(&sub, arg.get_id().as_str()))
+        .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+        .collect();
+    let mut out = String::new();
+    let mut skipping: Option<usize> = None;
+    for line in rendered.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let option = line
+            .trim_start()
+            .split([' ', ','])
+            .find(|word| word.starts_with("--"))
+            .filter(|_| line.trim_start().starts_with('-'));
+        if let Some(depth) = skipping {
+            // A wrapped description continues, indented past the option.
+            if indent > depth && option.is_none() {
+                continue;
+            }
+            skipping = None;
+        }
+        if option.is_some_and(|o| {
+            refused
+                .iter()
+                .any(|r| r == o.split('=').next().unwrap_or(o))
+        }) {
+            skipping = Some(indent);
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn subcommand_names(command: &clap::Command) -> Vec<String> {
+    command
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
+
+/// Whether option `id` (its clap ID: the field name) applies to subcommand `sub`. Running
+/// a command (`run`, or none) takes every option; the management commands only those that
+/// say which toolboxes and engine they act on, and how verbosely; `config` every option
+/// that sets a setting, since it shows them.
+fn applies(sub: &str, id: &str) -> bool {
+    const SAYING: [&str; 2] = ["verbose", "quiet"];
+    const SETTINGS: [&str; 10] = [
+        "image",
+        "tag",
+        "name",
+        "user",
+        "directory",
+        "storage",
+        "engine",
+        "runtime",
+        "target",
+        "target_ns",
+    ];
+    let own: &[&str] = match sub {
+        "run" => return true,
+        "list" => &["directory", "engine", "runtime"],
+        "rm" => &["directory", "engine", "runtime"],
+        "update" => &[
+            "image",
+            "tag",
+            "name",
+            "directory",
+            "storage",
+            "engine",
+            "runtime",
+        ],
+        "import" => &["name", "directory"],
+        "config" => &SETTINGS,
+        _ => &[],
+    };
+    own.contains(&id) || (SAYING.contains(&id) && !matches!(sub, "completions" | "manpages"))
+}
+
+/// Refuses an option given with a subcommand it does not apply to, and `-c` with any
+/// subcommand but `run`.
+fn check_options(
+    command: &mut clap::Command,
+    matches: &clap::ArgMatches,
+) -> Result<(), clap::Error> {
+    let Some((sub, sub_matches)) = matches.subcommand() else {
+        return Ok(());
+    };
+    if command.find_subcommand(sub).is_none() {
+        return Ok(()); // a command to run: every option applies
+    }
+    let given = |m: &clap::ArgMatches, id: &str| {
+        m.try_contains_id(id).unwrap_or(false)
+            && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let mut refused: Vec<String> = Vec::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let applicable = match arg.is_global_set() {
+            true => applies(sub, id),
+            false => sub == "run",
+        };
+        if !applicable && (given(matches, id) || given(sub_matches, id)) {
+            refused.push(match (arg.get_long(), arg.get_short()) {
+                (Some(long), _) => format!("--{long}"),
+                (None, Some(short)) => format!("-{short}"),
+                (None, None) => id.to_string(),
+            });
+        }
+    }
+    match refused.first() {
+        None => Ok(()),
+        Some(option) => {
+            let sub_command = command.find_subcommand_mut(sub).expect("found above");
+            Err(sub_command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("`{option}` does not apply to `toolbox {sub}`"),
+            ))
+        }
+    }
 }
 
 /// The subcommands' names.
@@ -290,10 +426,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Erro
             let mut rewritten = args[..at].to_vec();
             rewritten.push("run".into());
             rewritten.extend_from_slice(&args[at..]);
-            Cli::try_parse_from(rewritten)
+            parse_with_clap(rewritten)
         }
-        _ => Cli::try_parse_from(args),
+        _ => parse_with_clap(args),
     }
+}
+
+fn parse_with_clap(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let mut command = command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    check_options(&mut command, &matches)?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// Whether `arg` is an option that takes the next word as its value (`--image debian`).
@@ -335,6 +478,68 @@ mod tests {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    fn refused(args: &[&str]) -> String {
+        let args = std::iter::once("toolbox").chain(args.iter().copied());
+        parse(args.map(OsString::from)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn options_apply_where_they_mean_something_and_are_refused_elsewhere() {
+        for (args, option, sub) in [
+            (&["config", "--dry-run"][..], "--dry-run", "config"),
+            (&["list", "--storage", "copy"], "--storage", "list"),
+            (&["--rm", "rm", "x"], "--rm", "rm"),
+            (&["-c", "ls", "list"], "-c", "list"),
+            (&["import", "-", "--target", "web"], "--target", "import"),
+            (&["completions", "bash", "-v"], "--verbose", "completions"),
+        ] {
+            let error = refused(args);
+            assert!(
+                error.contains(&format!("`{option}` does not apply to `toolbox {sub}`")),
+                "{args:?}: {error}"
+            );
+        }
+        for args in [
+            &["update", "--storage", "overlay"][..],
+            &["--image", "debian", "config"],
+            &["list", "--json", "-q"],
+            &["import", "-", "--name", "x"],
+            &["--dry-run", "--target", "web", "run", "ss"],
+            &["--dry-run", "ss", "-ltnp"],
+        ] {
+            let args = std::iter::once("toolbox").chain(args.iter().copied());
+            assert!(parse(args.map(OsString::from)).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_subcommands_help_lists_only_its_options() {
+        let help = |sub: &str| {
+            let args: Vec<OsString> = ["toolbox", sub, "--help"].map(OsString::from).to_vec();
+            let rendered = match parse(args.clone()) {
+                Err(e) => e.render().to_string(),
+                Ok(_) => panic!("--help parsed"),
+            };
+            filter_help(&rendered, &args)
+        };
+        let update = help("update");
+        assert!(
+            update.contains("--storage <MODE>") && update.contains("--force"),
+            "{update}"
+        );
+        assert!(
+            !update.contains("--dry-run") && !update.contains("--rm "),
+            "{update}"
+        );
+        let config = help("config");
+        assert!(
+            config.contains("--target <CONTAINER>") && !config.contains("--show-secrets"),
+            "{config}"
+        );
+        let run = help("run");
+        assert!(run.contains("--dry-run") && run.contains("--rm"), "{run}");
     }
 
     #[test]

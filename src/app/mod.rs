@@ -53,7 +53,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
-            print!("{e}");
+            print!("{}", cli::filter_help(&e.render().to_string(), &args));
             return Ok(0);
         }
         Err(e) => return Err(usage_error(&e)),
