@@ -411,8 +411,14 @@ impl<E: Engine> Provisioner<E> {
             };
             for (container, labels) in exports {
                 let pid = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
-                if !pid.is_some_and(sys::process_exists) {
-                    engine.remove_container(&container).await?;
+                if pid.is_some_and(sys::process_exists) {
+                    continue;
+                }
+                let removed = engine.remove_container(&container).await;
+                // Another toolbox's leftover is housekeeping: a creation of that toolbox
+                // may be removing it at this very moment.
+                if labels.get(LABEL_TOOLBOX) == Some(&target.name) {
+                    removed?;
                 }
             }
             let anchors = engine

@@ -369,9 +369,16 @@ fn check_options(
     let Some((sub, sub_matches)) = matches.subcommand() else {
         return Ok(());
     };
-    if command.find_subcommand(sub).is_none() {
+    let Some(subcommand) = command.find_subcommand(sub) else {
         return Ok(()); // a command to run: every option applies
-    }
+    };
+    // The subcommand's own arguments, which may share an ID with an option (`manpages
+    // DIR` and `--directory`).
+    let own: Vec<String> = subcommand
+        .get_arguments()
+        .filter(|arg| !arg.is_global_set())
+        .map(|arg| arg.get_id().to_string())
+        .collect();
     let given = |m: &clap::ArgMatches, id: &str| {
         m.try_contains_id(id).unwrap_or(false)
             && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
@@ -383,6 +390,11 @@ fn check_options(
             true => applies(sub, id),
             false => sub == "run",
         };
+        // Values of a subcommand's own argument also show under a global option of the
+        // same ID: such an option cannot be told apart, and is left alone.
+        if own.iter().any(|o| o == id) {
+            continue;
+        }
         if !applicable && (given(matches, id) || given(sub_matches, id)) {
             refused.push(match (arg.get_long(), arg.get_short()) {
                 (Some(long), _) => format!("--{long}"),
@@ -508,6 +520,8 @@ mod tests {
             &["import", "-", "--name", "x"],
             &["--dry-run", "--target", "web", "run", "ss"],
             &["--dry-run", "ss", "-ltnp"],
+            &["manpages", "/tmp/man"],
+            &["--name", "x", "update"],
         ] {
             let args = std::iter::once("toolbox").chain(args.iter().copied());
             assert!(parse(args.map(OsString::from)).is_ok());
