@@ -118,11 +118,12 @@ fn is_not_found(error: &BollardError) -> bool {
 
 /// The daemon's own message, without bollard's wrapping.
 fn daemon_message(error: &BollardError) -> String {
-    match error {
+    let message = match error {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
         BollardError::DockerStreamError { error } => error.clone(),
         other => other.to_string(),
-    }
+    };
+    ui::escaped(&message)
 }
 
 impl Engine for Docker {
@@ -182,6 +183,7 @@ impl Engine for Docker {
                 })?;
                 if let Some(detail) = info.error_detail {
                     let message = detail.message.unwrap_or_else(|| "unknown error".into());
+                    let message = ui::escaped(&message);
                     bail!("cannot pull image `{reference}`: {message}");
                 }
                 let (current, total) = info

@@ -291,10 +291,16 @@ const SECRET_NAMES: &[&str] = &[
 
 /// Quotes a word for a POSIX shell when it needs it.
 /// Text from an archive or a daemon as messages show it: control characters (newlines,
-/// terminal escape sequences) and quotes escaped, so it can neither break a line nor
-/// drive the terminal.
+/// terminal escape sequences) and backslashes escaped as Rust writes them (`\n`,
+/// `\u{1b}`, `\\`), so it can neither break a line nor drive the terminal; the rest as
+/// it is.
 pub fn escaped(text: &str) -> String {
-    text.escape_debug().collect()
+    text.chars()
+        .map(|c| match c.is_control() || c == '\\' {
+            true => c.escape_debug().collect(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 pub fn quote(word: &OsStr) -> String {
