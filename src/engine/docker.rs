@@ -50,6 +50,27 @@ impl Docker {
             .map_err(|_| self.stalled(doing))
     }
 
+    /// Creates the container `body` describes, `what` of image `image_id`; returns its ID.
+    async fn create(
+        &self,
+        body: ContainerCreateBody,
+        what: &str,
+        image_id: &str,
+    ) -> Result<String> {
+        let created = self
+            .client
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot create {what} of image {}: {}",
+                    short_id(image_id),
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
     fn stalled(&self, doing: &str) -> anyhow::Error {
         anyhow!(
             "{} at {} sent nothing for {} s while {doing}; stopped waiting \
@@ -210,18 +231,7 @@ impl Engine for Docker {
             labels: Some(labels),
             ..Default::default()
         };
-        let created = self
-            .client
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot create a container of image {}: {}",
-                    short_id(image_id),
-                    daemon_message(&e)
-                )
-            })?;
-        Ok(created.id)
+        self.create(body, "a container", image_id).await
     }
 
     async fn create_anchor(
@@ -256,22 +266,12 @@ impl Engine for Docker {
             host_config: Some(host),
             ..Default::default()
         };
-        let created = self
-            .client
-            .create_container(None::<CreateContainerOptions>, body)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot create the anchor container of image {}: {}",
-                    short_id(image_id),
-                    daemon_message(&e)
-                )
-            })?;
-        if let Err(e) = self.start(&created.id).await {
-            let _ = self.remove_container(&created.id).await;
+        let created = self.create(body, "the anchor container", image_id).await?;
+        if let Err(e) = self.start(&created).await {
+            let _ = self.remove_container(&created).await;
             return Err(e);
         }
-        Ok(created.id)
+        Ok(created)
     }
 
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {

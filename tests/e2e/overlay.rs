@@ -9,9 +9,7 @@ use crate::common::*;
 
 /// The toolbox command with overlay storage configured (not demanded).
 fn overlay(t: &TestEnv) -> Command {
-    let mut command = t.command();
-    command.env("TOOLBOX_STORAGE", "overlay");
-    command
+    overlay_command(t)
 }
 
 fn run(t: &TestEnv, args: &[&str]) -> Output {

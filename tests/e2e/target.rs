@@ -91,17 +91,9 @@ fn namespace(path: &str) -> String {
     read_link(path)
 }
 
+/// toolbox with overlay storage: a new toolbox in a fraction of a second.
 fn run(t: &TestEnv, args: &[&str]) -> Output {
-    t.command()
-        .env("TOOLBOX_STORAGE", "overlay")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn succeeded(out: &Output) -> String {
-    assert_eq!(status(out), 0, "{}", describe(out));
-    stdout(out)
+    overlay_command(t).args(args).output().unwrap()
 }
 
 /// A script printing what a session sees: its net and PID namespaces, the target's

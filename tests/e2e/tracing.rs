@@ -67,17 +67,17 @@ fn tracing_env(name: &str) -> Option<TestEnv> {
     Some(t)
 }
 
-fn run(t: &TestEnv, args: &[&str]) -> Output {
-    t.command()
-        .env("TOOLBOX_STORAGE", "overlay")
-        .args(args)
-        .output()
+/// `uname -r`.
+fn kernel_release() -> String {
+    String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
         .unwrap()
+        .trim()
+        .to_string()
 }
 
-fn succeeded(out: &Output) -> String {
-    assert_eq!(status(out), 0, "{}", describe(out));
-    stdout(out)
+/// toolbox with overlay storage: a new toolbox in a fraction of a second.
+fn run(t: &TestEnv, args: &[&str]) -> Output {
+    overlay_command(t).args(args).output().unwrap()
 }
 
 #[test]
@@ -157,10 +157,7 @@ fn a_bcc_tool_compiles_against_the_hosts_headers_and_starts() {
     let Some(t) = tracing_env("tracing_bcc") else {
         return;
     };
-    let release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let release = kernel_release();
     let out = run(&t, &["syscount-bpfcc", "-d", "1"]);
     assert!(
         succeeded(&out).contains("Tracing syscalls"),
@@ -278,10 +275,7 @@ fn the_images_own_kernel_files_stay_and_the_hosts_fill_in() {
     let Some(t) = tracing_env("tracing_kernel_dirs") else {
         return;
     };
-    let release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let release = kernel_release();
     let host_modules = std::fs::canonicalize(format!("/lib/modules/{release}")).unwrap();
     let before = listing(&host_modules);
     let tag = Tag(format!("toolbox-test-kernel-dirs-{}:v", std::process::id()));

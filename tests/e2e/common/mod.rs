@@ -225,6 +225,19 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The toolbox command with overlay storage.
+pub fn overlay_command(t: &TestEnv) -> Command {
+    let mut command = t.command();
+    command.env("TOOLBOX_STORAGE", "overlay");
+    command
+}
+
+/// The standard output of a run that must have succeeded.
+pub fn succeeded(out: &Output) -> String {
+    assert_eq!(status(out), 0, "{}", describe(out));
+    stdout(out)
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
