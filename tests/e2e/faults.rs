@@ -632,7 +632,11 @@ fn secrets_stay_out_of_errors_and_dry_runs() {
         .unwrap();
     assert_eq!(status(&out), 125, "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("d0cker-pass"), "{stderr}");
+    // The address is named, with the password hidden, not left out.
+    assert!(
+        !stderr.contains("d0cker-pass") && stderr.contains("tcp://bob:***@127.0.0.1:1"),
+        "{stderr}"
+    );
     println!("figure secrets cases=3 hidden=3");
 }
 

@@ -197,16 +197,24 @@ fn podman_chosen_without_a_socket_says_how_to_start_one() {
     let Some(t) = podman_env("podman_missing") else {
         return;
     };
+    // No Podman socket anywhere, whatever this host runs: an empty /run of the test's own,
+    // in a mount namespace of its own.
+    let empty_run = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs toolbox-test /run && exec \"$@\"",
+        "sh",
+    ];
     let out = t
-        .command()
+        .command_through(&empty_run)
         .args(["--engine", "podman", "true"])
         .env("XDG_RUNTIME_DIR", t.root.join("runtime"))
         .output()
         .unwrap();
-    if Path::new("/run/podman/podman.sock").exists() {
-        eprintln!("skipped the error check: this host runs Podman's system socket");
-        return;
-    }
     assert_eq!(status(&out), 125, "{}", describe(&out));
     assert_eq!(
         toolbox_lines(&out),
