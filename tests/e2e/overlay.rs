@@ -151,13 +151,16 @@ fn overlay_writes_persist_and_sessions_share_one_mount() {
     assert_eq!(mounts(&t), 1);
     let out = run(&t, &["cat", "/kept"]);
     assert_eq!(stdout(&out), "one\n", "{}", describe(&out));
-    if running("^sleep 1210$") {
-        assert_eq!(mounts(&t), 1, "kept mounted for the orphaned payload");
-        let _ = Command::new("pkill").args(["-f", "^sleep 1210$"]).status();
-        wait_for("the orphaned payload to end", || !running("^sleep 1210$"));
-        let out = run(&t, &["true"]);
-        assert_eq!(status(&out), 0, "{}", describe(&out));
-    }
+    // Nothing ends the payload: it always outlives its killed session.
+    assert!(
+        running("^sleep 1210$"),
+        "the payload ended with its toolbox process"
+    );
+    assert_eq!(mounts(&t), 1, "kept mounted for the orphaned payload");
+    let _ = Command::new("pkill").args(["-f", "^sleep 1210$"]).status();
+    wait_for("the orphaned payload to end", || !running("^sleep 1210$"));
+    let out = run(&t, &["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
     assert_eq!(mounts(&t), 0);
 
     // `rm --force` stops a running session, which unmounts as it ends.
