@@ -255,20 +255,33 @@ fn sigkill_during_update_and_rm() {
     println!("figure kill-update-rm cases={cases} tried={tried} recovered={cases}");
 }
 
-/// Runs toolbox until `point`, sends `signal`, and checks the outcome: exit 128+N, the
+/// Where an interruption lands: a point of the creation, or a pull whose layer `Registry`
+/// has served half of.
+enum At<'a> {
+    Creating(Point),
+    Pulling(&'a Registry),
+}
+
+/// Runs toolbox until `at`, sends `signal`, and checks the outcome: exit 128+N, the
 /// toolbox not created, no container and no partial tree left.
-fn interrupt(t: &TestEnv, point: Option<Point>, signal: rustix::process::Signal) {
+fn interrupt(t: &TestEnv, at: At, signal: rustix::process::Signal) {
     let mut child = t
         .command()
         .arg("true")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    match point {
-        Some(point) => assert!(reach(t, &mut child, point), "{point:?} never came"),
-        // Pulling: the daemon has the layer half downloaded and waits for the rest.
-        None => std::thread::sleep(Duration::from_secs(2)),
-    }
+    let point = match at {
+        At::Creating(point) => {
+            assert!(reach(t, &mut child, point), "{point:?} never came");
+            Some(point)
+        }
+        // The daemon has the layer half downloaded and waits for the rest.
+        At::Pulling(registry) => {
+            wait_for("the layer half served", || registry.half_served());
+            None
+        }
+    };
     toolbox::sys::signals::send(child.id() as i32, signal);
     let out = child.wait_with_output().unwrap();
     let number = signal.as_raw();
@@ -293,7 +306,7 @@ fn sigint_and_sigterm_during_pull_export_and_unpack() {
     let mut cases = 0;
     for signal in [Signal::INT, Signal::TERM] {
         for point in [Point::ContainerCreated, Point::Unpacked(DATA_FILES / 2)] {
-            interrupt(&t, Some(point), signal);
+            interrupt(&t, At::Creating(point), signal);
             cases += 1;
         }
     }
@@ -316,7 +329,7 @@ fn sigint_and_sigterm_during_pull_export_and_unpack() {
             return;
         };
         pulling.image = format!("{}/toolbox-test/stalled:{tag}", registry.address);
-        interrupt(&pulling, None, signal);
+        interrupt(&pulling, At::Pulling(&registry), signal);
         cases += 1;
     }
     println!("figure interrupt cases={cases} clean={cases}");

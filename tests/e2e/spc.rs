@@ -409,9 +409,11 @@ fn signals_and_a_closed_pipe_reach_the_command() {
 
         // SIGTERM and SIGINT to toolbox end the command with them.
         for (signal, expected) in [("TERM", 143), ("INT", 130)] {
-            let mut session = spc(&t, throwaway).args(SLEEP.split(' ')).spawn().unwrap();
+            // This session's own command, not one a previous session left exiting.
+            let sleep = format!("{SLEEP}{}{}", u8::from(throwaway), expected);
+            let mut session = spc(&t, throwaway).args(sleep.split(' ')).spawn().unwrap();
             wait_for("the session's command", || {
-                processes().iter().any(|p| p == SLEEP)
+                processes().iter().any(|p| *p == sleep)
             });
             let out = Command::new("kill")
                 .args([&format!("-{signal}"), &session.id().to_string()])
@@ -442,7 +444,7 @@ fn signals_and_a_closed_pipe_reach_the_command() {
 
     let left = processes();
     assert!(
-        !left.iter().any(|p| p == "yes" || p == SLEEP),
+        !left.iter().any(|p| p == "yes" || p.starts_with(SLEEP)),
         "left running: {left:?}"
     );
 }

@@ -78,8 +78,15 @@ impl Tmux {
 impl Tmux {
     /// At the shell's prompt: Ctrl-C ends a running command, and the shell goes on.
     fn assert_ctrl_c_interrupts_only_the_command(&self) {
-        self.keys(&["sleep 60; echo not-interrupted", "Enter"]);
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        // A duration no other session runs, to see this `sleep` start before Ctrl-C.
+        static SLEEPS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seconds = 60_000
+            + std::process::id() % 10_000 * 10
+            + SLEEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.keys(&[&format!("sleep {seconds}; echo not-interrupted"), "Enter"]);
+        crate::common::wait_for("the command to run", || {
+            running(&format!("^sleep {seconds}$"))
+        });
         self.keys(&["C-c"]);
         self.keys(&["echo after-ctrl-c", "Enter"]);
         self.wait_for("the shell to survive Ctrl-C", |s| {
@@ -262,17 +269,25 @@ fn spc_shell_in_a_real_terminal(test: &str, options: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The new size reaches the container's terminal a moment later: ask until it shows.
     tmux.keys(&["stty size", "Enter"]);
-    tmux.wait_for("the new size", |s| output_lines(s, "30 100") == 1);
+    tmux.wait_for("the new size", |s| {
+        let shown = output_lines(s, "30 100") >= 1;
+        if !shown {
+            tmux.keys(&["stty size", "Enter"]);
+        }
+        shown
+    });
 
     // Ctrl-C reaches the command in the container, not toolbox.
     tmux.assert_ctrl_c_interrupts_only_the_command();
 
     tmux.keys(&["exit 3", "Enter"]);
     tmux.wait_for("toolbox to exit", |s| s.contains("toolbox exited 3"));
-    tmux.wait_for("the terminal's modes", |_| after.exists());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Written whole: `stty -g` prints one line.
+    tmux.wait_for("the terminal's modes", |_| {
+        fs::read_to_string(&after).is_ok_and(|modes| modes.ends_with('\n'))
+    });
     assert_eq!(
         fs::read_to_string(&after).unwrap(),
         fs::read_to_string(&before).unwrap(),

@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
 pub struct Registry {
     pub address: String,
+    /// Set once a stalled layer's first half went out: the daemon is mid-download.
+    half_served: Arc<AtomicBool>,
 }
 
 fn digest(bytes: &[u8]) -> String {
@@ -103,16 +106,27 @@ impl Registry {
 
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
+        let half_served = Arc::new(AtomicBool::new(false));
+        let served = Arc::clone(&half_served);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let routes = Arc::clone(&routes);
                 let stalled = stalled.clone();
+                let served = Arc::clone(&served);
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &routes, stalled.as_deref());
+                    let _ = handle(stream, &routes, stalled.as_deref(), &served);
                 });
             }
         });
-        Registry { address }
+        Registry {
+            address,
+            half_served,
+        }
+    }
+
+    /// Whether a stalled layer's first half has been sent.
+    pub fn half_served(&self) -> bool {
+        self.half_served.load(Ordering::SeqCst)
     }
 }
 
@@ -120,6 +134,7 @@ fn handle(
     mut stream: TcpStream,
     routes: &HashMap<String, (String, Vec<u8>)>,
     stalled: Option<&str>,
+    half_served: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -157,6 +172,7 @@ fn handle(
     if method != "HEAD" && stalled == Some(path) {
         stream.write_all(&body[..body.len() / 2])?;
         stream.flush()?;
+        half_served.store(true, Ordering::SeqCst);
         std::thread::sleep(std::time::Duration::from_secs(300));
     }
     if method != "HEAD" {
