@@ -412,9 +412,7 @@ fn signals_and_a_closed_pipe_reach_the_command() {
             // This session's own command, not one a previous session left exiting.
             let sleep = format!("{SLEEP}{}{}", u8::from(throwaway), expected);
             let mut session = spc(&t, throwaway).args(sleep.split(' ')).spawn().unwrap();
-            wait_for("the session's command", || {
-                processes().iter().any(|p| *p == sleep)
-            });
+            wait_for("the session's command", || processes().contains(&sleep));
             let out = Command::new("kill")
                 .args([&format!("-{signal}"), &session.id().to_string()])
                 .output()
