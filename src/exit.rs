@@ -68,6 +68,17 @@ impl fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The exit status to pass on for a command that ended with `status`: its own, or 128 + N
+/// when signal N killed it, as shells report.
+pub fn of_command(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => TOOLBOX_FAILED,
+    }
+}
+
 /// The exit status for an error: 126 or 127 when the command cannot run, 128 + N when
 /// signal N interrupted toolbox, [`TOOLBOX_FAILED`] for everything else.
 pub fn status_of(error: &anyhow::Error) -> u8 {

@@ -7,7 +7,6 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -76,11 +75,7 @@ pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> R
         }
         Err(e) => return Err(e).with_context(|| format!("cannot run `{command}` on the host")),
     };
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(signal)) => 128 + signal as u8,
-        _ => crate::exit::TOOLBOX_FAILED,
-    })
+    Ok(crate::exit::of_command(status))
 }
 
 /// A process in the host's namespaces: PID 1, or where its namespaces cannot be opened

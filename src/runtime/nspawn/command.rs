@@ -346,18 +346,13 @@ impl Invocation {
     /// 128 + N when signal N killed it. The child dies with this process (see
     /// [`crate::sys::run_child`]), so killing the session's PID ends it, as with `exec`.
     pub fn run(&self) -> Result<u8> {
-        use std::os::unix::process::ExitStatusExt;
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let status = crate::sys::signals::run_child(&mut command)
             .with_context(|| format!("cannot run {}", self.program.display()))?;
-        Ok(match (status.code(), status.signal()) {
-            (Some(code), _) => code as u8,
-            (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
-            (None, None) => crate::exit::TOOLBOX_FAILED,
-        })
+        Ok(crate::exit::of_command(status))
     }
 }
 

@@ -7,7 +7,7 @@
 //! it, as shells and `docker run` report (systemd-nspawn alone exits 1 then).
 
 use std::ffi::OsString;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -101,11 +101,7 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot run {}", shown())),
     };
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
-        (None, None) => crate::exit::TOOLBOX_FAILED,
-    })
+    Ok(crate::exit::of_command(status))
 }
 
 /// Becomes `user` of the tree (its groups and IDs, its home as working directory) and
