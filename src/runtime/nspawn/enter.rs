@@ -109,9 +109,6 @@ pub fn prepare(
         plan.storage = metadata.storage();
     }
     let kernel = plan.tracing.then(|| Kernel::read(&paths.proc));
-    if let Some(kernel) = &kernel {
-        launch.tracing = tracing::options(&plan.root(), kernel, nspawn.version);
-    }
     Ok(Entry {
         plan,
         nspawn,
@@ -123,9 +120,17 @@ pub fn prepare(
 }
 
 impl Entry {
-    /// The systemd-nspawn command this entry would run, for `--dry-run`.
+    /// The systemd-nspawn command this entry would run, for `--dry-run`: the tracing
+    /// options placed in the tree as it is now (a tree not made yet is taken as empty).
     pub fn command(&self, quiet: bool) -> Invocation {
-        nspawn::invocation(&self.plan, &self.nspawn, &self.launch, quiet)
+        let mut launch = self.launch.clone();
+        let tree = Tree {
+            plan: &self.plan,
+            nspawn: &self.nspawn,
+            kernel: self.kernel.as_ref(),
+        };
+        tree.place_tracing(&mut launch);
+        nspawn::invocation(&self.plan, &self.nspawn, &launch, quiet)
     }
 }
 
