@@ -98,8 +98,13 @@ fn reach(t: &TestEnv, child: &mut Child, point: Point) -> bool {
     }
 }
 
+/// SIGKILLs `child` unless it has ended: one reaped already (by `reach`'s `try_wait`) may
+/// have its PID reused by another process; one ended but not reaped keeps its PID until
+/// the `wait` here.
 fn kill_9(child: &mut Child) {
-    toolbox::sys::signals::send(child.id() as i32, rustix::process::Signal::KILL);
+    if child.try_wait().unwrap().is_none() {
+        toolbox::sys::signals::send(child.id() as i32, rustix::process::Signal::KILL);
+    }
     child.wait().unwrap();
 }
 
@@ -231,7 +236,6 @@ fn sigkill_during_update_and_rm() {
         tried += 1;
         let mut finished = false;
         while !(aside.exists() && unpacked(&aside) <= DATA_FILES * (4 - fraction) / 4) {
-            // Reaped here, its PID is never signalled: it may be another process's now.
             if rm.try_wait().unwrap().is_some() {
                 finished = true;
                 break;
