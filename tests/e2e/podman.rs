@@ -84,15 +84,19 @@ fn podman(args: &[&str]) -> String {
     stdout(&out).trim().to_string()
 }
 
-/// Runs toolbox with Podman as its engine.
-fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
-    t.command()
+/// The toolbox command with Podman as its engine (`DOCKER_HOST` pointing nowhere).
+fn podman_command(t: &TestEnv, service: &PodmanService) -> Command {
+    let mut command = t.command();
+    command
         .env("TOOLBOX_ENGINE", "podman")
         .env("CONTAINER_HOST", &service.host)
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .args(args)
-        .output()
-        .unwrap()
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    command
+}
+
+/// Runs toolbox with Podman as its engine.
+fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
+    podman_command(t, service).args(args).output().unwrap()
 }
 
 fn recorded_id(tree: &Path) -> String {
@@ -308,12 +312,8 @@ fn podman_toolboxes_are_copies_by_default() {
         return;
     };
     let service = PodmanService::start(None);
-    let out = t
-        .command()
+    let out = podman_command(&t, &service)
         .env_remove("TOOLBOX_STORAGE")
-        .env("TOOLBOX_ENGINE", "podman")
-        .env("CONTAINER_HOST", &service.host)
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .args(["-v", "true"])
         .output()
         .unwrap();
