@@ -137,6 +137,14 @@ fn is_not_found(error: &BollardError) -> bool {
     )
 }
 
+fn is_removal_in_progress(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError { status_code: 409, message }
+            if message.contains("already in progress")
+    )
+}
+
 /// The daemon's own message, without bollard's wrapping.
 fn daemon_message(error: &BollardError) -> String {
     let message = match error {
@@ -317,7 +325,25 @@ impl Engine for Docker {
         };
         // A daemon that stopped answering keeps the container; the next creation
         // removes it (its toolbox process is gone by then).
-        let removing = self.client.remove_container(container, Some(options));
+        let removing = async {
+            loop {
+                match self
+                    .client
+                    .remove_container(container, Some(options.clone()))
+                    .await
+                {
+                    // Docker refuses a second removal while one runs (409 "removal of
+                    // container ... is already in progress"): another toolbox process's
+                    // clean-up, or the request of a toolbox killed mid-way, which the daemon
+                    // carries on with. Asked again once it ended, it answers 404 (removed) or
+                    // removes what the other attempt left.
+                    Err(e) if is_removal_in_progress(&e) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    removed => return removed,
+                }
+            }
+        };
         let removed = tokio::time::timeout(self.stall, removing)
             .await
             .map_err(|_| self.stalled("removing a container"))?;

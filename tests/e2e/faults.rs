@@ -519,17 +519,36 @@ fn a_daemon_killed_mid_export_then_restarted() {
     println!("figure broken-daemon kind=killed-mid-export cases=1 recovered=1");
 }
 
-/// A proxy in front of the real daemon that removes `image` just before forwarding the
-/// request that creates a container: the image vanishes between inspect and create.
-fn proxy_removing_image_before_create(at: &Path, image: String) {
+/// What a [`proxy`] does with a request the client sent.
+enum Pass {
+    /// Forward it to the daemon.
+    On,
+    /// Answer it with these bytes (a whole HTTP response) without forwarding it.
+    Answer(Vec<u8>),
+}
+
+/// The daemon's socket, as the tests' own `docker` commands reach it.
+fn daemon_socket() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) => PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host)),
+        Err(_) => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+/// A proxy at `at` in front of the real daemon; `decide` sees the start of each chunk a
+/// client sends (a request's head, for toolbox's small requests) and says whether it
+/// passes on.
+fn proxy(at: &Path, decide: impl Fn(&[u8]) -> Pass + Send + Sync + 'static) {
     let listener = UnixListener::bind(at).unwrap();
+    let decide = std::sync::Arc::new(decide);
     std::thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let image = image.clone();
+            let decide = decide.clone();
             std::thread::spawn(move || {
-                let daemon = UnixStream::connect("/var/run/docker.sock").unwrap();
+                let daemon = UnixStream::connect(daemon_socket()).unwrap();
                 let (mut client_in, mut daemon_out) =
                     (client.try_clone().unwrap(), daemon.try_clone().unwrap());
+                let mut answers = client.try_clone().unwrap();
                 std::thread::spawn(move || {
                     let mut buffer = [0; 65536];
                     while let Ok(n) = client_in.read(&mut buffer) {
@@ -537,12 +556,13 @@ fn proxy_removing_image_before_create(at: &Path, image: String) {
                             break;
                         }
                         let chunk = &buffer[..n];
-                        if chunk.starts_with(b"POST ")
-                            && String::from_utf8_lossy(chunk).contains("/containers/create")
-                        {
-                            docker(&["rmi", "-f", &image]);
-                        }
-                        if daemon_out.write_all(chunk).is_err() {
+                        let passed = match decide(chunk) {
+                            // The client waits for this answer before its next request
+                            // on the connection, so nothing from the daemon interleaves.
+                            Pass::Answer(response) => answers.write_all(&response),
+                            Pass::On => daemon_out.write_all(chunk),
+                        };
+                        if passed.is_err() {
                             break;
                         }
                     }
@@ -553,6 +573,19 @@ fn proxy_removing_image_before_create(at: &Path, image: String) {
                 let _ = client_out.shutdown(std::net::Shutdown::Write);
             });
         }
+    });
+}
+
+/// A proxy that removes `image` just before forwarding the request that creates a
+/// container: the image vanishes between inspect and create.
+fn proxy_removing_image_before_create(at: &Path, image: String) {
+    proxy(at, move |chunk| {
+        if chunk.starts_with(b"POST ")
+            && String::from_utf8_lossy(chunk).contains("/containers/create")
+        {
+            docker(&["rmi", "-f", &image]);
+        }
+        Pass::On
     });
 }
 
@@ -585,6 +618,43 @@ fn an_image_removed_between_inspect_and_create() {
         .args(["rmi", "-f", &vanishing])
         .output();
     println!("figure broken-daemon kind=image-removed cases=1 one-line=1");
+}
+
+// Regression: a removal already under way (a parallel creation's clean-up, or the request
+// of a toolbox killed mid-way, which the daemon carries on with) failed a creation with
+// "removal of container ... is already in progress".
+#[test]
+fn a_removal_already_in_progress_is_waited_for() {
+    let Some(t) = TestEnv::new("removal_in_progress", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let socket = t.root.join("proxy.sock");
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refused.clone();
+    proxy(&socket, move |chunk| {
+        let head = String::from_utf8_lossy(chunk);
+        let removal = head.starts_with("DELETE /") && head.contains("/containers/");
+        if !removal || counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3 {
+            return Pass::On;
+        }
+        let body = r#"{"message":"removal of container is already in progress"}"#;
+        let response = format!(
+            "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        Pass::Answer(response.into_bytes())
+    });
+    let out = t
+        .command()
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .args(["cat", "/etc/os-release"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let refusals = refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(refusals > 3, "the proxy saw {refusals} removals");
+    assert!(t.containers().is_empty(), "{:?}", t.containers());
 }
 
 #[test]
