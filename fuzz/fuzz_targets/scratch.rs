@@ -1,9 +1,60 @@
 //! A scratch directory for one fuzz input: an empty `target` to fill and a `sentinel` file
-//! beside it. [`Scratch::check`] fails if the sentinel changed or anything but the names
-//! the target may use appeared beside the target.
+//! beside it, and a victim directory elsewhere (`/tmp/toolbox-fuzz-victim`, a fixed path
+//! so an input can name it in an absolute symlink). [`Scratch::check`] fails if the
+//! sentinel changed, anything but the names the target may use appeared beside the
+//! target, or anything in the victim directory changed or appeared.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Outside the scratch directory: a write through an absolute symlink lands here.
+pub const VICTIM: &str = "/tmp/toolbox-fuzz-victim";
+
+/// The victim directory's state: every name in it, with its type, size and content.
+fn victim_state() -> Vec<(String, String)> {
+    let mut state = Vec::new();
+    let mut stack = vec![PathBuf::from(VICTIM)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            state.push((dir.display().to_string(), "unreadable".into()));
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {:o}", meta_mode(&meta))
+            } else if meta.file_type().is_symlink() {
+                format!("link {}", fs::read_link(&path).unwrap().display())
+            } else {
+                let content = fs::read(&path).unwrap_or_default();
+                format!("file {:o} {}", meta_mode(&meta), String::from_utf8_lossy(&content))
+            };
+            state.push((path.display().to_string(), what));
+        }
+    }
+    state.sort();
+    state
+}
+
+fn meta_mode(meta: &fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode()
+}
+
+/// The victim directory as this process made it, once.
+fn victim() -> &'static [(String, String)] {
+    static STATE: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let victim = Path::new(VICTIM);
+        let _ = fs::create_dir_all(victim.join("etc"));
+        fs::write(victim.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+        fs::write(victim.join("secret"), b"untouched").unwrap();
+        victim_state()
+    })
+}
 
 pub struct Scratch {
     dir: tempfile::TempDir,
@@ -12,6 +63,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
+        victim();
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("target");
         fs::create_dir(&target).unwrap();
@@ -25,10 +77,11 @@ impl Scratch {
     }
 
     /// Asserts that only `target`, `sentinel` and the names in `allowed` are beside the
-    /// target and that the sentinel is untouched; then leaves the tree removable
+    /// target, that the sentinel is untouched and the victim directory unchanged; then leaves the tree removable
     /// (archives may make directories read-only).
     pub fn check(&self, allowed: &[&str]) {
         assert_eq!(fs::read(self.beside("sentinel")).unwrap(), b"untouched");
+        assert_eq!(victim_state(), victim(), "the victim directory {VICTIM} changed");
         for entry in fs::read_dir(self.dir.path()).unwrap() {
             let name = entry.unwrap().file_name();
             let name = name.to_str().unwrap();

@@ -44,7 +44,7 @@ impl RunContext {
     /// read).
     pub fn load(options: &Options, args: &[OsString], report: bool) -> Result<RunContext> {
         let env = Env::from_process();
-        let paths = HostPaths::default();
+        let paths = HostPaths::from_env(&env);
         let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
         let invoker = Invoker::identify(&env, &passwd, sys::euid());
         let files = config::files(&paths, &env, &invoker);

@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::host::PROXY_VARIABLES;
-use crate::host::{CONTAINER_HOST, DOCKER_HOST, Env, XDG_CONFIG_HOME};
+use crate::host::{CONTAINER_HOST, DOCKER_HOST, Env, SYSTEM_CONFIG, XDG_CONFIG_HOME};
 use crate::model::config::KEYS;
 
 /// The command that re-runs toolbox as root: `sudo_words` (the `TOOLBOX_SUDO` words),
@@ -28,7 +28,7 @@ pub fn command(sudo_words: &[String], exe: &Path, args: &[OsString], env: &Env) 
         let kept: Vec<&str> = KEYS
             .iter()
             .map(|k| k.name)
-            .chain([DOCKER_HOST, CONTAINER_HOST, XDG_CONFIG_HOME])
+            .chain([DOCKER_HOST, CONTAINER_HOST, XDG_CONFIG_HOME, SYSTEM_CONFIG])
             .chain(PROXY_VARIABLES.iter().copied())
             .filter(|name| env.get(name).is_some())
             .collect();

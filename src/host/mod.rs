@@ -4,6 +4,8 @@
 //!
 //! Environment variables read by toolbox:
 //! - `TOOLBOX_*`: settings, one per entry of `config::KEYS`.
+//! - `TOOLBOX_SYSTEM_CONFIG`: the system-wide settings file in place of
+//!   `/etc/default/toolbox` (for hosts whose `/etc` is managed elsewhere, and test suites).
 //! - `HOME`, `XDG_CONFIG_HOME`: where the user's configuration files are.
 //! - `USER`, `SUDO_USER`, `SUDO_UID`: who invoked toolbox, for the toolbox name and
 //!   whose configuration files to trust. `USER`, `LOGNAME` and `HOME` in settings files
@@ -38,6 +40,7 @@ pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 pub const SUDO_UID: &str = "SUDO_UID";
 pub const HOST_ROOT: &str = "HOST";
 pub const NO_COLOR: &str = "NO_COLOR";
+pub const SYSTEM_CONFIG: &str = "TOOLBOX_SYSTEM_CONFIG";
 
 /// Proxy variables passed into toolboxes and through sudo (coreos/bugs#1869: sudo
 /// dropped them and package managers inside the toolbox could not reach anything).
@@ -138,6 +141,18 @@ impl Default for HostPaths {
             proc: PathBuf::from("/proc"),
             systemd_booted: PathBuf::from("/run/systemd/system"),
         }
+    }
+}
+
+impl HostPaths {
+    /// The host's files, with the system-wide settings file where `TOOLBOX_SYSTEM_CONFIG`
+    /// says, when it is set.
+    pub fn from_env(env: &Env) -> HostPaths {
+        let mut paths = HostPaths::default();
+        if let Some(path) = env.non_empty(SYSTEM_CONFIG) {
+            paths.etc_default = PathBuf::from(path);
+        }
+        paths
     }
 }
 
@@ -277,5 +292,15 @@ mod tests {
         assert_eq!(invoker.name, "root");
         assert_eq!(invoker.home, Some(PathBuf::from("/root")));
         assert_eq!(Invoker::identify(&env, PASSWD, 4242).name, "4242");
+    }
+
+    #[test]
+    fn the_system_settings_file_moves_only_when_named() {
+        let moved = Env::from_pairs([("TOOLBOX_SYSTEM_CONFIG", "/usr/local/etc/toolbox")]);
+        let etc = |env: &Env| HostPaths::from_env(env).etc_default;
+        assert_eq!(etc(&moved), PathBuf::from("/usr/local/etc/toolbox"));
+        let empty = Env::from_pairs([("TOOLBOX_SYSTEM_CONFIG", "")]);
+        assert_eq!(etc(&empty), PathBuf::from("/etc/default/toolbox"));
+        assert_eq!(etc(&Env::default()), PathBuf::from("/etc/default/toolbox"));
     }
 }

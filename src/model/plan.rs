@@ -534,6 +534,7 @@ mod tests {
         fn env_setting(key: &str, value: &str) -> Settings {
             Settings::from_environment(&[(key, value)])
         }
+        let mut refused = 0;
         for (key, value) in [
             (config::BIND, "--bind=/:/media/root --bind=/tmp/x:/media"),
             (
@@ -559,6 +560,7 @@ mod tests {
                     ),
                 "{value}: {err}"
             );
+            refused += 1;
         }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("toolboxrc");
@@ -575,14 +577,19 @@ mod tests {
                 .starts_with(&format!("{}:2: ", file.display())),
             "{err}"
         );
+        refused += 1;
         // Beneath it, or elsewhere, is fine: the defaults bind /usr and /run beneath it.
+        let mut allowed = 0;
         for value in [
             "--bind=/srv:/media/root/srv",
             "--bind=/mnt --tmpfs=/srv/media",
         ] {
             let bind = format!("{} {value}", Settings::default().get(config::BIND));
             Plan::resolve(&env_setting(config::BIND, &bind), "core", Payload::Shell).unwrap();
+            allowed += 1;
         }
+        // Read by scripts/reliability for docs/RELIABILITY.md.
+        println!("figure host-root-mounts refused={refused} allowed={allowed}");
     }
 
     #[test]

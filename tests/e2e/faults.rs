@@ -144,33 +144,43 @@ fn sigkill_at_twenty_points_of_a_creation() {
     let Some(t) = faults_env("kill_points") else {
         return;
     };
-    let mut hit = 0;
+    let mut figure = Figure::new("kill-creation");
+    let mut landed = 0;
     for (i, point) in twenty_points().into_iter().enumerate() {
         let when = format!("kill {i} at {point:?}");
-        // The moment between the metadata and the rename is short: try it a few times.
-        for _attempt in 0..5 {
-            let mut child = t
-                .command()
-                .arg("true")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let reached = reach(&t, &mut child, point);
-            kill_9(&mut child);
-            assert_absent_or_whole(&t, &when);
-            if reached && !t.tree().exists() {
-                hit += 1;
-                break;
+        let hit = figure.case(&when, || {
+            let mut hit = false;
+            // The moment between the metadata and the rename is short: try it a few times.
+            for _attempt in 0..5 {
+                let mut child = t
+                    .command()
+                    .arg("true")
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let reached = reach(&t, &mut child, point);
+                kill_9(&mut child);
+                assert_absent_or_whole(&t, &when);
+                if reached && !t.tree().exists() {
+                    hit = true;
+                    break;
+                }
+                // Finished before the kill: start over.
+                fs::remove_dir_all(t.tree()).ok();
             }
-            // Finished before the kill: start over.
-            fs::remove_dir_all(t.tree()).ok();
-        }
-        assert_next_run_is_clean(&t, &when);
-        let out = t.run(["rm", &t.toolbox_name()]);
-        assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+            assert_next_run_is_clean(&t, &when);
+            let out = t.run(["rm", &t.toolbox_name()]);
+            assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+            hit
+        });
+        landed += usize::from(hit == Some(true));
     }
-    assert!(hit >= 19, "only {hit} of 20 kills landed before the rename");
-    println!("figure kill-creation points=20 landed={hit} recovered=20");
+    figure.set("landed", landed);
+    figure.finish();
+    assert!(
+        landed >= 19,
+        "only {landed} of 20 kills landed before the rename"
+    );
 }
 
 #[test]
@@ -180,7 +190,8 @@ fn sigkill_during_update_and_rm() {
     };
     let tag = Tag::new("kill-update-rm", BUSYBOX_IMAGE);
     t.image = tag.0.clone();
-    let mut cases = 0;
+    let mut figure = Figure::new("kill-update-rm");
+    let mut landed = 0;
     let mut tried = 0;
     for point in [
         Point::ContainerCreated,
@@ -207,15 +218,18 @@ fn sigkill_during_update_and_rm() {
         if !reach(&t, &mut update, point) {
             continue;
         }
-        kill_9(&mut update);
-        // The old toolbox or the new one, whole.
-        let meta = fs::read_to_string(t.tree().join(toolbox::store::toolboxes::METADATA)).unwrap();
-        let is_new = t.tree().join("data").exists();
-        assert_eq!(t.tree().join("mine").exists(), !is_new, "{when}: {meta}");
-        let out = t.run(["update"]);
-        assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
-        assert_next_run_is_clean(&t, &when);
-        cases += 1;
+        landed += 1;
+        figure.case(&when, || {
+            kill_9(&mut update);
+            // The old toolbox or the new one, whole.
+            let meta =
+                fs::read_to_string(t.tree().join(toolbox::store::toolboxes::METADATA)).unwrap();
+            let is_new = t.tree().join("data").exists();
+            assert_eq!(t.tree().join("mine").exists(), !is_new, "{when}: {meta}");
+            let out = t.run(["update"]);
+            assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+            assert_next_run_is_clean(&t, &when);
+        });
     }
 
     // rm: the tree is renamed aside first, so a kill leaves it whole or gone.
@@ -246,17 +260,20 @@ fn sigkill_during_update_and_rm() {
             assert_absent_or_whole(&t, &when);
             continue;
         }
-        kill_9(&mut rm);
-        assert_absent_or_whole(&t, &when);
-        assert_next_run_is_clean(&t, &when);
-        cases += 1;
+        landed += 1;
+        figure.case(&when, || {
+            kill_9(&mut rm);
+            assert_absent_or_whole(&t, &when);
+            assert_next_run_is_clean(&t, &when);
+        });
     }
+    figure.set("tried", tried);
+    figure.finish();
     // Most points must land, or the test shows little.
     assert!(
-        cases * 4 >= tried * 3,
-        "only {cases} of {tried} kills landed while update or rm ran"
+        landed * 4 >= tried * 3,
+        "only {landed} of {tried} kills landed while update or rm ran"
     );
-    println!("figure kill-update-rm cases={cases} tried={tried} recovered={cases}");
 }
 
 /// Where an interruption lands: a point of the creation, or a pull whose layer `Registry`
@@ -307,14 +324,16 @@ fn sigint_and_sigterm_during_pull_export_and_unpack() {
     let Some(t) = faults_env("interrupt") else {
         return;
     };
-    let mut cases = 0;
+    let mut figure = Figure::new("interrupt");
     for signal in [Signal::INT, Signal::TERM] {
         for point in [Point::ContainerCreated, Point::Unpacked(DATA_FILES / 2)] {
-            interrupt(&t, At::Creating(point), signal);
-            cases += 1;
+            let case = format!("signal {} at {point:?}", signal.as_raw());
+            figure.case(&case, || interrupt(&t, At::Creating(point), signal));
         }
     }
-    assert_next_run_is_clean(&t, "after the interruptions");
+    figure.case("the next run", || {
+        assert_next_run_is_clean(&t, "after the interruptions")
+    });
 
     let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
     for signal in [Signal::INT, Signal::TERM] {
@@ -333,10 +352,12 @@ fn sigint_and_sigterm_during_pull_export_and_unpack() {
             return;
         };
         pulling.image = format!("{}/toolbox-test/stalled:{tag}", registry.address);
-        interrupt(&pulling, At::Pulling(&registry), signal);
-        cases += 1;
+        let case = format!("signal {} while pulling", signal.as_raw());
+        figure.case(&case, || {
+            interrupt(&pulling, At::Pulling(&registry), signal)
+        });
     }
-    println!("figure interrupt cases={cases} clean={cases}");
+    figure.finish();
 }
 
 /// A size-limited tmpfs mounted for a test, unmounted when dropped.
@@ -379,30 +400,35 @@ fn a_full_filesystem_fails_cleanly_and_existing_toolboxes_still_start() {
     };
     assert_eq!(status(&existing(&["true"])), 0);
 
-    // 4,000 files take a page each on tmpfs: 16 MB do not fit in 6.
-    let out = t.run(["-q", "true"]);
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    let lines = toolbox_lines(&out);
-    assert_eq!(lines.len(), 1, "{}", describe(&out));
-    let expected = format!(
-        "toolbox: not enough space in {} for `{}`: ",
-        small.0.display(),
-        t.toolbox_name()
-    );
-    assert!(lines[0].starts_with(&expected), "{}", lines[0]);
-    assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
-    assert!(!t.tree().exists());
-    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
-    assert!(t.containers().is_empty(), "{:?}", t.containers());
+    let mut figure = Figure::new("full-disk");
+    figure.case("a creation that does not fit", || {
+        // 4,000 files take a page each on tmpfs: 16 MB do not fit in 6.
+        let out = t.run(["-q", "true"]);
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        let lines = toolbox_lines(&out);
+        assert_eq!(lines.len(), 1, "{}", describe(&out));
+        let expected = format!(
+            "toolbox: not enough space in {} for `{}`: ",
+            small.0.display(),
+            t.toolbox_name()
+        );
+        assert!(lines[0].starts_with(&expected), "{}", lines[0]);
+        assert!(lines[0].contains("No space left on device"), "{}", lines[0]);
+        assert!(!t.tree().exists());
+        assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+        assert!(t.containers().is_empty(), "{:?}", t.containers());
+    });
 
-    // Fill it to the last byte: the existing toolbox still starts.
-    let mut filler = fs::File::create(small.0.join("filler")).unwrap();
-    while filler.write_all(&[0; 65536]).is_ok() {}
-    drop(filler);
-    let out = existing(&["echo", "still here"]);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert_eq!(stdout(&out), "still here\n");
-    println!("figure full-disk cases=2 clean=2");
+    figure.case("an existing toolbox on a full filesystem", || {
+        // Filled to the last byte: the existing toolbox still starts.
+        let mut filler = fs::File::create(small.0.join("filler")).unwrap();
+        while filler.write_all(&[0; 65536]).is_ok() {}
+        drop(filler);
+        let out = existing(&["echo", "still here"]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert_eq!(stdout(&out), "still here\n");
+    });
+    figure.finish();
 }
 
 /// Runs toolbox quietly with `DOCKER_HOST` set to `docker_host`, through `wrapper` (see
@@ -432,18 +458,22 @@ fn broken_daemons_give_one_line_and_125() {
     fs::create_dir(&sockets).unwrap();
     fs::set_permissions(&sockets, fs::Permissions::from_mode(0o755)).unwrap();
 
-    // Missing: no socket at all.
-    let missing = sockets.join("missing.sock");
-    let host = format!("unix://{}", missing.display());
-    let line = one_line_failure(&t, &[], &host, "missing socket");
-    assert!(line.contains(&missing.display().to_string()), "{line}");
+    let mut figure = Figure::new("broken-daemon");
+    figure.case("missing socket", || {
+        let missing = sockets.join("missing.sock");
+        let host = format!("unix://{}", missing.display());
+        let line = one_line_failure(&t, &[], &host, "missing socket");
+        assert!(line.contains(&missing.display().to_string()), "{line}");
+    });
 
-    // Stopped: the socket file is there, nothing listens.
-    let stopped = sockets.join("stopped.sock");
-    drop(UnixListener::bind(&stopped).unwrap());
-    let host = format!("unix://{}", stopped.display());
-    let line = one_line_failure(&t, &[], &host, "stopped daemon");
-    assert!(line.contains(&stopped.display().to_string()), "{line}");
+    figure.case("stopped daemon", || {
+        // The socket file is there, nothing listens.
+        let stopped = sockets.join("stopped.sock");
+        drop(UnixListener::bind(&stopped).unwrap());
+        let host = format!("unix://{}", stopped.display());
+        let line = one_line_failure(&t, &[], &host, "stopped daemon");
+        assert!(line.contains(&stopped.display().to_string()), "{line}");
+    });
 
     // No permission: a socket only another user may use, and toolbox without the
     // capability that lets root ignore file permissions.
@@ -457,12 +487,16 @@ fn broken_daemons_give_one_line_and_125() {
         "--inh-caps=-all",
     ];
     let host = format!("unix://{}", forbidden.display());
-    let line = one_line_failure(&t, &without_dac_override, &host, "socket not allowed");
-    assert!(line.contains("Permission denied"), "{line}");
+    figure.case("socket not allowed", || {
+        let line = one_line_failure(&t, &without_dac_override, &host, "socket not allowed");
+        assert!(line.contains("Permission denied"), "{line}");
+    });
 
     // After each fault is fixed (the real daemon), the next run succeeds.
-    assert_next_run_is_clean(&t, "after the daemon faults");
-    println!("figure broken-daemon kind=socket cases=3 one-line=3");
+    figure.case("the next run", || {
+        assert_next_run_is_clean(&t, "after the daemon faults")
+    });
+    figure.finish();
 }
 
 #[test]
@@ -483,40 +517,45 @@ fn a_daemon_killed_mid_export_then_restarted() {
         .status()
         .unwrap();
     assert!(saved.wait().unwrap().success() && loaded.success());
-    let mut child = t
-        .command()
-        .env("DOCKER_HOST", &daemon.host)
-        .arg("true")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(reach(&t, &mut child, Point::Unpacked(DATA_FILES / 4)));
-    daemon.kill();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    // The creation's own lines, then one error line.
-    let lines = toolbox_lines(&out);
-    let error = lines.last().unwrap();
-    assert!(error.contains("export"), "{}", describe(&out));
-    println!("killed mid-export: {error}");
-    assert!(!t.tree().exists());
-    assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    let mut figure = Figure::new("daemon-killed");
+    figure.case("killed mid-export", || {
+        let mut child = t
+            .command()
+            .env("DOCKER_HOST", &daemon.host)
+            .arg("true")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(reach(&t, &mut child, Point::Unpacked(DATA_FILES / 4)));
+        daemon.kill();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        // The creation's own lines, then one error line.
+        let lines = toolbox_lines(&out);
+        let error = lines.last().unwrap();
+        assert!(error.contains("export"), "{}", describe(&out));
+        println!("killed mid-export: {error}");
+        assert!(!t.tree().exists());
+        assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
+    });
 
-    daemon.restart();
-    t.image = FAULTS_IMAGE.into();
-    let out = t
-        .command()
-        .env("DOCKER_HOST", &daemon.host)
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    let left = daemon.docker(&["ps", "-a", "-q", "--filter", "label=toolbox.name"]);
-    assert!(
-        left.trim().is_empty(),
-        "containers left in the daemon: {left}"
-    );
-    println!("figure broken-daemon kind=killed-mid-export cases=1 recovered=1");
+    figure.case("the next run, the daemon restarted", || {
+        daemon.restart();
+        t.image = FAULTS_IMAGE.into();
+        let out = t
+            .command()
+            .env("DOCKER_HOST", &daemon.host)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let left = daemon.docker(&["ps", "-a", "-q", "--filter", "label=toolbox.name"]);
+        assert!(
+            left.trim().is_empty(),
+            "containers left in the daemon: {left}"
+        );
+    });
+    figure.finish();
 }
 
 /// What a [`proxy`] does with a request the client sent.
@@ -599,25 +638,30 @@ fn an_image_removed_between_inspect_and_create() {
     t.image = vanishing.clone();
     let socket = t.root.join("proxy.sock");
     proxy_removing_image_before_create(&socket, vanishing.clone());
-    let line = one_line_failure(
-        &t,
-        &[],
-        &format!("unix://{}", socket.display()),
-        "image removed before create",
-    );
-    assert!(line.contains("No such image"), "{line}");
-    assert!(line.contains(&vanishing), "{line}");
-    assert!(t.containers().is_empty());
+    let mut figure = Figure::new("image-removed");
+    figure.case("image removed before create", || {
+        let line = one_line_failure(
+            &t,
+            &[],
+            &format!("unix://{}", socket.display()),
+            "image removed before create",
+        );
+        assert!(line.contains("No such image"), "{line}");
+        assert!(line.contains(&vanishing), "{line}");
+        assert!(t.containers().is_empty());
+    });
 
-    // Fixed: the image is back, and the daemon is reached directly.
-    docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
-    let out = t.run(["busybox", "cat", "/etc/marker"]);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert_eq!(stdout(&out), "vanishing");
+    figure.case("the next run, the image back", || {
+        // The daemon is reached directly.
+        docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
+        let out = t.run(["busybox", "cat", "/etc/marker"]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert_eq!(stdout(&out), "vanishing");
+    });
     let _ = Command::new("docker")
         .args(["rmi", "-f", &vanishing])
         .output();
-    println!("figure broken-daemon kind=image-removed cases=1 one-line=1");
+    figure.finish();
 }
 
 // Regression: a removal already under way (a parallel creation's clean-up, or the request
@@ -662,36 +706,41 @@ fn a_missing_or_too_old_systemd_nspawn_is_named() {
     let Some(t) = TestEnv::new("nspawn_versions", BUSYBOX_IMAGE) else {
         return;
     };
-    let empty = t.root.join("empty-path");
-    fs::create_dir(&empty).unwrap();
-    let out = t
-        .command()
-        .env("PATH", &empty)
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    assert_eq!(
-        toolbox_lines(&out),
-        ["toolbox: systemd-nspawn not found on PATH; install it (Debian: systemd-container)"]
-    );
+    let mut figure = Figure::new("nspawn");
+    figure.case("systemd-nspawn missing", || {
+        let empty = t.root.join("empty-path");
+        fs::create_dir(&empty).unwrap();
+        let out = t
+            .command()
+            .env("PATH", &empty)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        assert_eq!(
+            toolbox_lines(&out),
+            ["toolbox: systemd-nspawn not found on PATH; install it (Debian: systemd-container)"]
+        );
+    });
 
-    let old = t.root.join("old-path");
-    fs::create_dir(&old).unwrap();
-    let fake = old.join("systemd-nspawn");
-    fs::write(&fake, "#!/bin/sh\necho 'systemd 215'\necho '+PAM'\n").unwrap();
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:/usr/bin:/bin", old.display());
-    let out = t.command().env("PATH", path).arg("true").output().unwrap();
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    assert_eq!(
-        toolbox_lines(&out),
-        [format!(
-            "toolbox: {} is from systemd 215; toolbox needs systemd-nspawn from systemd 219 or newer",
-            fake.display()
-        )]
-    );
-    println!("figure nspawn cases=2 named=2");
+    figure.case("systemd-nspawn too old", || {
+        let old = t.root.join("old-path");
+        fs::create_dir(&old).unwrap();
+        let fake = old.join("systemd-nspawn");
+        fs::write(&fake, "#!/bin/sh\necho 'systemd 215'\necho '+PAM'\n").unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:/usr/bin:/bin", old.display());
+        let out = t.command().env("PATH", path).arg("true").output().unwrap();
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        assert_eq!(
+            toolbox_lines(&out),
+            [format!(
+                "toolbox: {} is from systemd 215; toolbox needs systemd-nspawn from systemd 219 or newer",
+                fake.display()
+            )]
+        );
+    });
+    figure.finish();
 }
 
 #[test]
@@ -713,38 +762,45 @@ fn secrets_stay_out_of_errors_and_dry_runs() {
         }
         command.arg("true").output().unwrap()
     };
-    let out = dry_run(false);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    let printed = stdout(&out);
-    assert!(
-        !printed.contains("pr0xy-pass") && !printed.contains("t0ken-value"),
-        "{printed}"
-    );
-    assert!(
-        printed.contains("--setenv=https_proxy=http://alice:***@proxy:3128"),
-        "{printed}"
-    );
-    assert!(printed.contains("--setenv=API_TOKEN=***") && printed.contains("PLAIN=shown"));
-    let printed = stdout(&dry_run(true));
-    assert!(
-        printed.contains("pr0xy-pass") && printed.contains("t0ken-value"),
-        "{printed}"
-    );
+    let mut figure = Figure::new("secrets");
+    figure.case("--dry-run", || {
+        let out = dry_run(false);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let printed = stdout(&out);
+        assert!(
+            !printed.contains("pr0xy-pass") && !printed.contains("t0ken-value"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("--setenv=https_proxy=http://alice:***@proxy:3128"),
+            "{printed}"
+        );
+        assert!(printed.contains("--setenv=API_TOKEN=***") && printed.contains("PLAIN=shown"));
+    });
+    figure.case("--dry-run --show-secrets", || {
+        let printed = stdout(&dry_run(true));
+        assert!(
+            printed.contains("pr0xy-pass") && printed.contains("t0ken-value"),
+            "{printed}"
+        );
+    });
 
-    let out = t
-        .command()
-        .env("DOCKER_HOST", "tcp://bob:d0cker-pass@127.0.0.1:1")
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // The address is named, with the password hidden, not left out.
-    assert!(
-        !stderr.contains("d0cker-pass") && stderr.contains("tcp://bob:***@127.0.0.1:1"),
-        "{stderr}"
-    );
-    println!("figure secrets cases=3 hidden=3");
+    figure.case("an unreachable DOCKER_HOST with a password", || {
+        let out = t
+            .command()
+            .env("DOCKER_HOST", "tcp://bob:d0cker-pass@127.0.0.1:1")
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // The address is named, with the password hidden, not left out.
+        assert!(
+            !stderr.contains("d0cker-pass") && stderr.contains("tcp://bob:***@127.0.0.1:1"),
+            "{stderr}"
+        );
+    });
+    figure.finish();
 }
 
 #[test]

@@ -103,41 +103,40 @@ fn hostile_trees_through_import_leave_the_host_untouched() {
     let _host = host_state_lock();
     let victim = victim(&t);
     let victim_text = victim.display().to_string();
-    let mut entered = 0;
+    let mut figure = Figure::new("host-trees-import");
+    figure.set("trees", HOSTILE.len());
     for (propagation, wrapper) in ROOT_PROPAGATIONS {
         for (i, (path, target)) in HOSTILE.iter().enumerate() {
             let case = format!("{propagation} {path} -> {target}");
-            let target = target.replace("VICTIM", &victim_text);
-            let name = format!("hostile-{propagation}-{i}");
-            let tarball = hostile_rootfs(&t.root, &name, &[(path, &target)]);
-            let before = host_snapshot(&victim);
-            let out = t
-                .command()
-                .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-                .args(["import", "--name", &name])
-                .arg(&tarball)
-                .output()
-                .unwrap();
-            assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
-            let out = enter(&t, wrapper, &name);
-            assert_entered(&out, &case);
-            assert_host_untouched(&before, &victim, &case);
-            // Said once, when the tree was mended; the next entry finds nothing to do.
-            let again = enter(&t, wrapper, &name);
-            assert_entered(&again, &case);
-            assert!(
-                toolbox_lines(&again).is_empty(),
-                "{case}: {}",
-                describe(&again)
-            );
-            assert_host_untouched(&before, &victim, &case);
-            entered += 2;
+            figure.case(&case, || {
+                let target = target.replace("VICTIM", &victim_text);
+                let name = format!("hostile-{propagation}-{i}");
+                let tarball = hostile_rootfs(&t.root, &name, &[(path, &target)]);
+                let before = host_snapshot(&victim);
+                let out = t
+                    .command()
+                    .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+                    .args(["import", "--name", &name])
+                    .arg(&tarball)
+                    .output()
+                    .unwrap();
+                assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
+                let out = enter(&t, wrapper, &name);
+                assert_entered(&out, &case);
+                assert_host_untouched(&before, &victim, &case);
+                // Said once, when the tree was mended; the next entry finds nothing to do.
+                let again = enter(&t, wrapper, &name);
+                assert_entered(&again, &case);
+                assert!(
+                    toolbox_lines(&again).is_empty(),
+                    "{case}: {}",
+                    describe(&again)
+                );
+                assert_host_untouched(&before, &victim, &case);
+            });
         }
     }
-    println!(
-        "figure host-trees via=import trees={} root-propagations=2 entries={entered} host-unchanged={entered}",
-        HOSTILE.len()
-    );
+    figure.finish();
 }
 
 /// `docker import`s a hostile root filesystem as a local image; removed when dropped.
@@ -184,42 +183,41 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
     ];
     let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (*p, t.as_str())).collect();
     let image = HostileImage::new(&t, &links);
-    let mut entered = 0;
+    let mut figure = Figure::new("host-trees-image");
     for storage in ["copy", "overlay"] {
         for (propagation, wrapper) in ROOT_PROPAGATIONS {
             let case = format!("{storage} {propagation}");
-            let name = format!("image-{storage}-{propagation}");
-            let before = host_snapshot(&victim);
-            let out = t
-                .command_through(wrapper)
-                .env("TOOLBOX_DOCKER_IMAGE", &image.0)
-                .env("TOOLBOX_STORAGE", storage)
-                .env("TOOLBOX_NAME", &name)
-                .args([
-                    "sh",
-                    "-c",
-                    "cat /media/root/etc/hostname && ls /run/.toolboxenv",
-                ])
-                .output()
-                .unwrap();
-            assert_entered(&out, &case);
-            let said = toolbox_lines(&out).join("\n");
-            // (The engine's export makes /dev, /proc and /sys directories of its own.)
-            for path in ["/media/root", "/run", "/tmp", "/usr/local/bin", "/var"] {
-                assert!(
-                    said.contains(&format!("replaced the symlink `{path}`")),
-                    "{case}: {said}"
-                );
-            }
-            assert_host_untouched(&before, &victim, &case);
-            let out = t.run(["rm", "--force", &format!("tester-{name}")]);
-            assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
-            entered += 1;
+            figure.case(&case, || {
+                let name = format!("image-{storage}-{propagation}");
+                let before = host_snapshot(&victim);
+                let out = t
+                    .command_through(wrapper)
+                    .env("TOOLBOX_DOCKER_IMAGE", &image.0)
+                    .env("TOOLBOX_STORAGE", storage)
+                    .env("TOOLBOX_NAME", &name)
+                    .args([
+                        "sh",
+                        "-c",
+                        "cat /media/root/etc/hostname && ls /run/.toolboxenv",
+                    ])
+                    .output()
+                    .unwrap();
+                assert_entered(&out, &case);
+                let said = toolbox_lines(&out).join("\n");
+                // (The engine's export makes /dev, /proc and /sys directories of its own.)
+                for path in ["/media/root", "/run", "/tmp", "/usr/local/bin", "/var"] {
+                    assert!(
+                        said.contains(&format!("replaced the symlink `{path}`")),
+                        "{case}: {said}"
+                    );
+                }
+                assert_host_untouched(&before, &victim, &case);
+                let out = t.run(["rm", "--force", &format!("tester-{name}")]);
+                assert_eq!(status(&out), 0, "{case}: {}", describe(&out));
+            });
         }
     }
-    println!(
-        "figure host-trees via=image storage=copy,overlay root-propagations=2 entries={entered} repaired={entered} host-unchanged={entered}"
-    );
+    figure.finish();
 }
 
 #[test]
@@ -230,7 +228,7 @@ fn options_that_would_take_over_the_root_are_refused() {
     let _host = host_state_lock();
     assert_eq!(status(&t.run(["true"])), 0);
     let victim = victim(&t);
-    let mut refused = 0;
+    let mut figure = Figure::new("host-options");
     for (key, value, says) in [
         (
             "TOOLBOX_ENV",
@@ -284,18 +282,17 @@ fn options_that_would_take_over_the_root_are_refused() {
              the host, and systemd-nspawn would create it there",
         ),
     ] {
-        let before = host_snapshot(&victim);
-        let out = t.command().env(key, value).args(["true"]).output().unwrap();
-        assert_eq!(status(&out), 125, "{value}: {}", describe(&out));
-        let lines = toolbox_lines(&out);
-        assert_eq!(lines.len(), 1, "{value}: {}", describe(&out));
-        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
-        assert_host_untouched(&before, &victim, value);
-        refused += 1;
+        figure.case(value, || {
+            let before = host_snapshot(&victim);
+            let out = t.command().env(key, value).args(["true"]).output().unwrap();
+            assert_eq!(status(&out), 125, "{value}: {}", describe(&out));
+            let lines = toolbox_lines(&out);
+            assert_eq!(lines.len(), 1, "{value}: {}", describe(&out));
+            assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+            assert_host_untouched(&before, &victim, value);
+        });
     }
-    println!(
-        "figure host-options refused={refused} one-line-125={refused} host-unchanged={refused}"
-    );
+    figure.finish();
 }
 
 // Real configurations keep working: Flatcar's flags and binds, COS's trailing slashes,
@@ -307,7 +304,7 @@ fn real_world_configurations_still_run() {
     };
     let _host = host_state_lock();
     let victim = victim(&t);
-    let mut ran = 0;
+    let mut figure = Figure::new("host-real-configs");
     for (key, value, check) in [
         (
             "TOOLBOX_FLAGS",
@@ -331,20 +328,21 @@ fn real_world_configurations_still_run() {
             "test -s /etc/resolv.conf",
         ),
     ] {
-        let before = host_snapshot(&victim);
-        let resolv = fs::read("/etc/resolv.conf").unwrap();
-        let out = t
-            .command()
-            .env(key, value)
-            .args(["sh", "-c", check])
-            .output()
-            .unwrap();
-        assert_eq!(status(&out), 0, "{value}: {}", describe(&out));
-        assert_eq!(fs::read("/etc/resolv.conf").unwrap(), resolv, "{value}");
-        assert_host_untouched(&before, &victim, value);
-        ran += 1;
+        figure.case(value, || {
+            let before = host_snapshot(&victim);
+            let resolv = fs::read("/etc/resolv.conf").unwrap();
+            let out = t
+                .command()
+                .env(key, value)
+                .args(["sh", "-c", check])
+                .output()
+                .unwrap();
+            assert_eq!(status(&out), 0, "{value}: {}", describe(&out));
+            assert_eq!(fs::read("/etc/resolv.conf").unwrap(), resolv, "{value}");
+            assert_host_untouched(&before, &victim, value);
+        });
     }
-    println!("figure host-real-configs ran={ran} host-unchanged={ran}");
+    figure.finish();
 }
 
 /// Runs `program` with `args` as user `nobody`; its output. (Not `setpriv`, whose own
@@ -392,46 +390,51 @@ fn other_users_cannot_reach_the_images_setuid_programs() {
         fs::set_permissions(open, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    let out = t
-        .command()
-        .env("TOOLBOX_DOCKER_IMAGE", &tag)
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let mut figure = Figure::new("host-setuid");
     let in_tree = t.tree().join("usr/bin/suid-id");
-    let mode = fs::metadata(&in_tree).unwrap().permissions().mode();
-    assert_eq!(mode & 0o4000, 0o4000, "the image's setuid bit was kept");
     let directory_mode =
         |t: &TestEnv| fs::metadata(&t.toolboxes).unwrap().permissions().mode() & 0o777;
-    assert_eq!(directory_mode(&t), 0o700, "a new toolbox directory");
-    let out = as_nobody(&in_tree, &["-u"]);
-    assert_ne!(status(&out), 0, "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        describe(&out)
-    );
+    figure.case("a new toolbox directory", || {
+        let out = t
+            .command()
+            .env("TOOLBOX_DOCKER_IMAGE", &tag)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let mode = fs::metadata(&in_tree).unwrap().permissions().mode();
+        assert_eq!(mode & 0o4000, 0o4000, "the image's setuid bit was kept");
+        assert_eq!(directory_mode(&t), 0o700, "a new toolbox directory");
+        let out = as_nobody(&in_tree, &["-u"]);
+        assert_ne!(status(&out), 0, "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}",
+            describe(&out)
+        );
+    });
 
-    // A directory made 0755 by the CoreOS script or an older toolbox: the hazard is real...
-    fs::set_permissions(&t.toolboxes, fs::Permissions::from_mode(0o755)).unwrap();
-    let out = as_nobody(&in_tree, &["-u"]);
-    assert_eq!(stdout(&out), "0\n", "{}", describe(&out));
-    // ...until the next entry tightens it, saying so.
-    let out = t
-        .command()
-        .env("TOOLBOX_DOCKER_IMAGE", &tag)
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    let said = toolbox_lines(&out).join("\n");
-    assert!(said.contains("accessible to root only"), "{said}");
-    assert_eq!(directory_mode(&t), 0o700);
-    let out = as_nobody(&in_tree, &["-u"]);
-    assert_ne!(status(&out), 0, "{}", describe(&out));
-    assert_ne!(stdout(&out), "0\n");
-    println!("figure host-setuid directories=new,0755-tightened nobody-denied=2");
+    figure.case("a 0755 toolbox directory", || {
+        // Made 0755 by the CoreOS script or an older toolbox: the hazard is real...
+        fs::set_permissions(&t.toolboxes, fs::Permissions::from_mode(0o755)).unwrap();
+        let out = as_nobody(&in_tree, &["-u"]);
+        assert_eq!(stdout(&out), "0\n", "{}", describe(&out));
+        // ...until the next entry tightens it, saying so.
+        let out = t
+            .command()
+            .env("TOOLBOX_DOCKER_IMAGE", &tag)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let said = toolbox_lines(&out).join("\n");
+        assert!(said.contains("accessible to root only"), "{said}");
+        assert_eq!(directory_mode(&t), 0o700);
+        let out = as_nobody(&in_tree, &["-u"]);
+        assert_ne!(status(&out), 0, "{}", describe(&out));
+        assert_ne!(stdout(&out), "0\n");
+    });
+    figure.finish();
 }
 
 // Regression: of eight parallel first starts, some failed with "Failed to create mount
@@ -459,23 +462,23 @@ fn parallel_cold_and_warm_starts_never_fail() {
             .map(|child| child.wait_with_output().unwrap())
             .collect()
     };
-    let mut runs = 0;
+    let mut figure = Figure::new("host-parallel");
     for storage in ["copy", "overlay"] {
         for round in 0..3 {
             for (kind, command) in [("cold", "true"), ("warm", "sleep 0.$((RANDOM % 5))")] {
                 for (i, out) in starts(storage, command).iter().enumerate() {
                     let case = format!("{storage} round {round} {kind} start {i}");
-                    assert_eq!(status(out), 0, "{case}: {}", describe(out));
-                    assert_eq!(stdout(out), format!("{i}\n"), "{case}: {}", describe(out));
-                    runs += 1;
+                    figure.case(&case, || {
+                        assert_eq!(status(out), 0, "{case}: {}", describe(out));
+                        assert_eq!(stdout(out), format!("{i}\n"), "{case}: {}", describe(out));
+                    });
                 }
             }
             let out = t.run(["rm", &t.toolbox_name()]);
             assert_eq!(status(&out), 0, "{}", describe(&out));
         }
     }
-    assert_eq!(runs, 96);
-    println!("figure host-parallel storage=copy,overlay rounds=3 starts={runs} failed=0");
+    figure.finish();
 }
 
 // Regression: a process left running in a copy toolbox (`setsid ... &`) was not seen, and
@@ -498,14 +501,17 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     let lingering = || running(&pattern);
     assert!(lingering(), "the background process did not start");
 
-    let out = t.run(["rm", &t.toolbox_name()]);
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("still run"),
-        "{}",
-        describe(&out)
-    );
-    assert!(t.tree().join(".toolbox.json").exists());
+    let mut figure = Figure::new("host-lingering");
+    figure.case("rm refuses", || {
+        let out = t.run(["rm", &t.toolbox_name()]);
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("still run"),
+            "{}",
+            describe(&out)
+        );
+        assert!(t.tree().join(".toolbox.json").exists());
+    });
 
     // A new image under the toolbox's tag: update would replace the tree.
     tag.point_at(&import_marker_image("host-lingering"));
@@ -517,29 +523,35 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
         }
         command.output().unwrap()
     };
-    let out = update(false);
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("still run"),
-        "{}",
-        describe(&out)
-    );
-    assert!(lingering());
-    let out = update(true);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(!lingering(), "update --force ends it");
+    figure.case("update refuses", || {
+        let out = update(false);
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("still run"),
+            "{}",
+            describe(&out)
+        );
+        assert!(lingering());
+    });
+    figure.case("update --force ends it", || {
+        let out = update(true);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert!(!lingering(), "update --force ends it");
+    });
 
-    let out = t
-        .command()
-        .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-        .args(leave_running(marker))
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(lingering());
-    let out = t.run(["rm", "--force", &t.toolbox_name()]);
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(!lingering(), "rm --force ends it");
-    assert!(!t.tree().exists());
-    println!("figure host-lingering refused=rm,update ended-by=update--force,rm--force");
+    figure.case("rm --force ends it", || {
+        let out = t
+            .command()
+            .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
+            .args(leave_running(marker))
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert!(lingering());
+        let out = t.run(["rm", "--force", &t.toolbox_name()]);
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        assert!(!lingering(), "rm --force ends it");
+        assert!(!t.tree().exists());
+    });
+    figure.finish();
 }

@@ -253,11 +253,20 @@ fn config_shows_where_each_value_comes_from() {
     assert_eq!(
         stdout(&out),
         format!(
-            "/etc/default/toolbox\tabsent\n{}\tread\n{}\tabsent\n",
+            "{}\tabsent\n{}\tread\n{}\tabsent\n",
+            t.system_config().display(),
             rc.display(),
             t.home.join(".config/toolbox/toolbox.conf").display()
         )
     );
+    // The system-wide file, where TOOLBOX_SYSTEM_CONFIG puts it, comes first.
+    fs::write(t.system_config(), "TOOLBOX_UPDATE_INTERVAL=900\n").unwrap();
+    let out = t.run(["config"]);
+    let system = format!(
+        "TOOLBOX_UPDATE_INTERVAL=900\t# {}:1",
+        t.system_config().display()
+    );
+    assert!(stdout(&out).contains(&system), "{}", describe(&out));
 }
 
 #[test]
@@ -375,8 +384,12 @@ fn a_mistyped_subcommand_is_suggested_and_list_names_each_column_once() {
     assert_eq!(
         toolbox_lines(&out).last().map(String::as_str),
         Some(
-            "toolbox: `lsit`: command not found in toolbox `tester-typo`; did you mean \
-             `toolbox list`? (`toolbox run lsit` runs it inside)"
+            format!(
+                "toolbox: `lsit`: command not found in toolbox `{}`; did you mean \
+                 `toolbox list`? (`toolbox run lsit` runs it inside)",
+                t.toolbox_name()
+            )
+            .as_str()
         ),
         "{}",
         describe(&out)

@@ -428,17 +428,43 @@ fn signals_and_a_closed_pipe_reach_the_command() {
     }
     assert_eq!(running(&name), Some(false));
 
-    // A throwaway whose toolbox is killed outright is removed by the next one.
-    let mut killed = spc(&t, true).args(SLEEP.split(' ')).spawn().unwrap();
+    // A throwaway whose toolbox is killed outright is removed by the next one. On a
+    // daemon of its own: on the shared one, a creation by a test running beside this one
+    // may remove it first.
+    let daemon = OwnDaemon::vfs();
+    let mut save = Command::new("docker")
+        .args(["save", BUSYBOX_IMAGE])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let loaded = Command::new("docker")
+        .args(["-H", &daemon.host, "load", "-q"])
+        .stdin(save.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(save.wait().unwrap().success());
+    assert!(loaded.status.success(), "{}", describe(&loaded));
+    let on_own = |throwaway| {
+        let mut command = spc(&t, throwaway);
+        command.env("DOCKER_HOST", &daemon.host);
+        command
+    };
+    let mut killed = on_own(true).args(SLEEP.split(' ')).spawn().unwrap();
     wait_for("the throwaway's command", || {
         processes().iter().any(|p| p == SLEEP)
     });
     killed.kill().unwrap();
     killed.wait().unwrap();
-    // (A throwaway of a test running beside this one may be the one that removes it.)
     let filter = format!("label=toolbox.pid={}", killed.id());
-    assert_eq!(status(&run(&t, true, &["true"])), 0);
-    assert_eq!(docker(&["ps", "-a", "-q", "--filter", &filter]), "");
+    let left = || daemon.docker(&["ps", "-a", "-q", "--filter", &filter]);
+    assert_ne!(
+        left().trim(),
+        "",
+        "the killed throwaway's container is gone already"
+    );
+    let next = on_own(true).arg("true").output().unwrap();
+    assert_eq!(status(&next), 0, "{}", describe(&next));
+    assert_eq!(left().trim(), "");
 
     let left = processes();
     assert!(

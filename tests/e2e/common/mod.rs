@@ -25,7 +25,9 @@ pub struct TestEnv {
     pub root: PathBuf,
     pub home: PathBuf,
     pub toolboxes: PathBuf,
-    /// The toolbox name for this test (`--name`), unique so tests do not share trees.
+    /// The toolbox name for this test (`--name`): unique, so tests do not share trees,
+    /// and suffixed with this run's ID, so containers a killed run left in the daemon
+    /// (an SPC is named after its toolbox) never collide with the next run's.
     pub name: String,
     pub image: String,
 }
@@ -98,7 +100,7 @@ impl TestEnv {
             root,
             home,
             toolboxes,
-            name: name.replace('_', "-"),
+            name: format!("{}-{:x}", name.replace('_', "-"), std::process::id()),
             image: image.into(),
         })
     }
@@ -131,6 +133,8 @@ impl TestEnv {
             // Copy storage unless a test asks for another: most tests look at the tree.
             // The default (`auto`) has tests of its own, which remove this.
             .env("TOOLBOX_STORAGE", "copy")
+            // The host's own /etc/default/toolbox, if it has one, stays out of the tests.
+            .env("TOOLBOX_SYSTEM_CONFIG", self.system_config())
             .stdin(std::process::Stdio::null());
         if let Some(host) = std::env::var_os("DOCKER_HOST") {
             command.env("DOCKER_HOST", host);
@@ -144,6 +148,12 @@ impl TestEnv {
         S: AsRef<OsStr>,
     {
         self.command().args(args).output().unwrap()
+    }
+
+    /// The system-wide settings file this test's toolbox reads (`TOOLBOX_SYSTEM_CONFIG`),
+    /// absent unless the test writes it.
+    pub fn system_config(&self) -> PathBuf {
+        self.root.join("etc-default-toolbox")
     }
 
     /// The toolbox's directory name: `${USER}-${TOOLBOX_NAME}`.
@@ -830,4 +840,88 @@ pub fn assert_host_untouched(before: &BTreeMap<String, String>, victim: &Path, c
         resolv.len() > 0,
         "{case}: the host's /etc/resolv.conf is empty"
     );
+}
+
+/// A reliability figure: the cases a test ran and how each ended, printed as one line
+/// `figure CLASS cases=N passed=P failed=F [KEY=VALUE...]` that scripts/reliability
+/// turns into a row of docs/RELIABILITY.md. Each case runs to its end even when one
+/// before it failed, so a failing test still reports how far it got; [`Figure::finish`]
+/// then fails the test with every failed case. A test that panics outside a case prints
+/// what it has so far, marked `incomplete`.
+pub struct Figure {
+    class: &'static str,
+    cases: usize,
+    failures: Vec<String>,
+    counts: Vec<(&'static str, String)>,
+    finished: bool,
+}
+
+impl Figure {
+    pub fn new(class: &'static str) -> Figure {
+        Figure {
+            class,
+            cases: 0,
+            failures: Vec::new(),
+            counts: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Runs one case; a panic in it (a failed assertion) is recorded as its failure.
+    pub fn case<T>(&mut self, name: &str, case: impl FnOnce() -> T) -> Option<T> {
+        self.cases += 1;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(case)) {
+            Ok(value) => Some(value),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                self.failures.push(format!("{name}: {message}"));
+                None
+            }
+        }
+    }
+
+    /// A further measured figure for the line (`landed=19`).
+    pub fn set(&mut self, key: &'static str, value: impl std::fmt::Display) {
+        self.counts.retain(|(k, _)| *k != key);
+        self.counts.push((key, value.to_string()));
+    }
+
+    fn line(&self) -> String {
+        let mut line = format!(
+            "figure {} cases={} passed={} failed={}",
+            self.class,
+            self.cases,
+            self.cases - self.failures.len(),
+            self.failures.len()
+        );
+        for (key, value) in &self.counts {
+            line.push_str(&format!(" {key}={value}"));
+        }
+        line
+    }
+
+    /// Prints the figure and fails the test if any case failed.
+    pub fn finish(mut self) {
+        self.finished = true;
+        println!("{}", self.line());
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            self.failures.len(),
+            self.cases,
+            self.failures.join("\n")
+        );
+    }
+}
+
+impl Drop for Figure {
+    fn drop(&mut self) {
+        if !self.finished {
+            println!("{} incomplete", self.line());
+        }
+    }
 }
