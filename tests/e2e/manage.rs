@@ -204,6 +204,8 @@ fn host_exec_and_markers() {
     let out = t.run(["host-exec", "sh", "-c", "exit 3"]);
     assert_eq!(status(&out), 3, "{}", describe(&out));
 
+    // The host's passwd changes: not while another test adds a user or compares snapshots.
+    let host = host_state_lock();
     let user = format!("tbxhe{}", std::process::id());
     let out = t.run([
         "host-exec",
@@ -215,6 +217,7 @@ fn host_exec_and_markers() {
     ]);
     let passwd = fs::read_to_string("/etc/passwd").unwrap();
     let _ = Command::new("userdel").arg(&user).output();
+    drop(host);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(
         passwd.lines().any(|l| l.starts_with(&format!("{user}:"))),
