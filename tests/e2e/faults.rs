@@ -505,18 +505,7 @@ fn a_daemon_killed_mid_export_then_restarted() {
         return;
     };
     let mut daemon = OwnDaemon::vfs();
-    let mut saved = Command::new("docker")
-        .args(["save", FAULTS_IMAGE])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let loaded = Command::new("docker")
-        .args(["-H", &daemon.host, "load", "-q"])
-        .stdin(saved.stdout.take().unwrap())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(saved.wait().unwrap().success() && loaded.success());
+    daemon.load(FAULTS_IMAGE);
     let mut figure = Figure::new("daemon-killed");
     figure.case("killed mid-export", || {
         let mut child = t

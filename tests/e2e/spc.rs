@@ -432,18 +432,7 @@ fn signals_and_a_closed_pipe_reach_the_command() {
     // daemon of its own: on the shared one, a creation by a test running beside this one
     // may remove it first.
     let daemon = OwnDaemon::vfs();
-    let mut save = Command::new("docker")
-        .args(["save", BUSYBOX_IMAGE])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let loaded = Command::new("docker")
-        .args(["-H", &daemon.host, "load", "-q"])
-        .stdin(save.stdout.take().unwrap())
-        .output()
-        .unwrap();
-    assert!(save.wait().unwrap().success());
-    assert!(loaded.status.success(), "{}", describe(&loaded));
+    daemon.load(BUSYBOX_IMAGE);
     let on_own = |throwaway| {
         let mut command = spc(&t, throwaway);
         command.env("DOCKER_HOST", &daemon.host);

@@ -573,6 +573,22 @@ impl OwnDaemon {
         all.extend_from_slice(args);
         docker(&all)
     }
+
+    /// Copies `image` from the default daemon into this one (`docker save | docker load`).
+    pub fn load(&self, image: &str) {
+        let mut saved = Command::new("docker")
+            .args(["save", image])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let loaded = Command::new("docker")
+            .args(["-H", &self.host, "load", "-q"])
+            .stdin(saved.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(saved.wait().unwrap().success(), "docker save {image}");
+        assert!(loaded.status.success(), "{}", describe(&loaded));
+    }
 }
 
 impl Drop for OwnDaemon {
