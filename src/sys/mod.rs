@@ -245,15 +245,18 @@ pub fn capability_bounding_set(proc_root: &Path) -> Option<(u64, u32)> {
     Some((bounding, last.trim().parse().ok()?))
 }
 
-/// This process's peak resident memory so far, in KiB (`getrusage`), for tests that bound
-/// what a piece of work may grow to.
+/// This process's peak resident memory since it was executed, in KiB (`VmHWM` of
+/// `/proc/self/status`), for tests that bound what a piece of work may grow to. Not
+/// `getrusage`: its `ru_maxrss` survives `execve`, so a child started from a large test
+/// process would report the parent's peak and hide any growth below it.
 #[cfg(test)]
 pub fn peak_rss_kib() -> i64 {
-    // SAFETY: rusage is plain data that getrusage fills in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is valid for the call, which only writes it.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    usage.ru_maxrss
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
 }
 
 #[cfg(test)]
