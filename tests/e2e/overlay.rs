@@ -140,7 +140,7 @@ fn overlay_writes_persist_and_sessions_share_one_mount() {
     // shares that mount, and once the payload has ended a session unmounts after itself.
     let mut killed = overlay(&t).args(["sleep", "1210"]).spawn().unwrap();
     wait_for("the session to start", || list_row(&t)["sessions"] == 1);
-    let machine = format!("--machine=tester-overlay-sessions-{}", killed.id());
+    let machine = format!("--machine={}-{}", t.toolbox_name(), killed.id());
     assert!(
         running(&machine),
         "the session's systemd-nspawn is not running"

@@ -194,17 +194,14 @@ fn rm_and_update_cover_spcs() {
     assert_eq!(runtimes, ["nspawn", "spc"]);
 
     // The configured runtime picks: nspawn by default.
-    let out = t.run(["update", "spc-manage"]);
+    let out = t.run(["update", &t.name]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(
         stdout(&out).starts_with(&format!("toolbox `{name}` is up to date ({} ", tag.0)),
         "{}",
         describe(&out)
     );
-    let out = spc(&t, false)
-        .args(["update", "spc-manage"])
-        .output()
-        .unwrap();
+    let out = spc(&t, false).args(["update", &t.name]).output().unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(
         stdout(&out).starts_with(&format!("toolbox `{name}` (spc) is up to date ({} ", tag.0)),
@@ -256,7 +253,7 @@ fn rm_and_update_cover_spcs() {
     wait_for("the session's exec", || {
         spc_row(&t).is_some_and(|r| r["sessions"] == 1)
     });
-    let out = spc(&t, false).args(["rm", "spc-manage"]).output().unwrap();
+    let out = spc(&t, false).args(["rm", &t.name]).output().unwrap();
     assert_eq!(status(&out), 125, "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("has 1 running session(s)"),
@@ -264,7 +261,7 @@ fn rm_and_update_cover_spcs() {
         describe(&out)
     );
     let out = spc(&t, false)
-        .args(["rm", "--force", "spc-manage"])
+        .args(["rm", "--force", &t.name])
         .output()
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
