@@ -488,13 +488,16 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     };
     let tag = Tag::new("host-lingering", BUSYBOX_IMAGE);
     let marker = "sleep 4343";
-    let out = t
-        .command()
-        .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-        .args(leave_running(marker))
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let leave = || {
+        let out = t
+            .command()
+            .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
+            .args(leave_running(marker))
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+    };
+    leave();
     let pattern = format!("^{marker}$");
     let lingering = || running(&pattern);
     assert!(lingering(), "the background process did not start");
@@ -538,13 +541,7 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     });
 
     figure.case("rm --force ends it", || {
-        let out = t
-            .command()
-            .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-            .args(leave_running(marker))
-            .output()
-            .unwrap();
-        assert_eq!(status(&out), 0, "{}", describe(&out));
+        leave();
         assert!(lingering());
         let out = t.run(["rm", "--force", &t.toolbox_name()]);
         assert_eq!(status(&out), 0, "{}", describe(&out));

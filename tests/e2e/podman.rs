@@ -134,10 +134,7 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
 
     // The fully qualified name a Podman user sees is the same image.
     let qualified = TestEnv::new("podman_qualified", BUSYBOX_IMAGE).unwrap();
-    let out = qualified
-        .command()
-        .env("TOOLBOX_ENGINE", "podman")
-        .env("CONTAINER_HOST", &service.host)
+    let out = podman_command(&qualified, &service)
         .env("TOOLBOX_DOCKER_IMAGE", format!("localhost/{BUSYBOX_IMAGE}"))
         .arg("true")
         .output()
@@ -147,10 +144,7 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
 
     // Overlay storage cannot use containers/storage's layers: it says so and copies.
     let overlay = TestEnv::new("podman_overlay", BUSYBOX_IMAGE).unwrap();
-    let out = overlay
-        .command()
-        .env("TOOLBOX_ENGINE", "podman")
-        .env("CONTAINER_HOST", &service.host)
+    let out = podman_command(&overlay, &service)
         .env("TOOLBOX_STORAGE", "overlay")
         .arg("true")
         .output()
