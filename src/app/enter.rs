@@ -14,6 +14,7 @@ use crate::host::ui;
 use crate::model::plan::{Payload, Runtime, UpdateMode};
 use crate::runtime::nspawn::enter::{self, Session};
 use crate::runtime::{spc, target};
+use crate::store::toolboxes;
 use crate::sys;
 
 /// How long `--dry-run` waits for the engine to read an SPC image's `RUN` label.
@@ -71,11 +72,15 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         None => spc::Privilege::Full,
     };
     let kernel = plan.tracing.then(|| Kernel::read(&ctx.paths.proc));
+    if !ctx.dry_run {
+        ctx.become_root()?;
+    }
     let target = plan
         .target
         .as_ref()
-        .map(|request| target::find(request, &ctx.access, &ctx.paths.proc, false))
+        .map(|request| target::find(request, &ctx.access, &ctx.paths.proc, !ctx.dry_run))
         .transpose()?;
+    let target_stage = toolboxes::target_stage(&plan.directory, &plan.name, std::process::id());
     let resolve = |run_label| {
         spc::Spc::resolve(
             &ctx.settings,
@@ -91,6 +96,7 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
                 use_run_label: ctx.use_run_label,
                 kernel: kernel.as_ref(),
                 target: target.as_ref().map(|found| &found.target),
+                target_stage: &target_stage,
             },
         )
     };
@@ -105,11 +111,17 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         println!("{}", ctx.shown(&resolve(run_label)?));
         return Ok(0);
     }
-    ctx.become_root()?;
-    if let Some(found) = &target {
-        found.explain();
-        found.watch(ctx.quiet());
-    }
+    // The target's files, staged for this session until it ends.
+    let _staged = match &target {
+        Some(found) => {
+            found.explain();
+            found.watch(ctx.quiet());
+            toolboxes::make_directory(&plan.directory)?;
+            toolboxes::remove_stale_stages(&plan.directory, &plan.name)?;
+            found.stage(&target_stage, ctx.quiet())?
+        }
+        None => None,
+    };
     let options = spc::session::Options {
         update: UpdateMode::of(&ctx.settings)?,
         quiet: ctx.quiet(),

@@ -178,20 +178,22 @@ fn list(
             (_, Some(false)) => "current",
             (_, None) => "unknown",
         };
+        // What the engine reports (labels, names) is shown, never obeyed by the terminal.
+        let shown = |text: Option<&str>| ui::escaped(text.unwrap_or("-"));
         writeln!(
             out,
             "{:<32} {:<7} {:<32} {:<12} {:<20} {:<7} {:>9} {:>8}  {freshness:<9} {}",
-            row.name,
+            ui::escaped(&row.name),
             row.runtime.name(),
-            row.image.as_deref().unwrap_or("-"),
-            id,
-            row.created.as_deref().unwrap_or("-"),
+            shown(row.image.as_deref()),
+            shown(Some(id)),
+            shown(row.created.as_deref()),
             row.storage.unwrap_or("-"),
             row.size_bytes.map_or("-".to_string(), human_size),
             row.sessions,
             match row.targets.is_empty() {
                 true => "-".to_string(),
-                false => row.targets.join(","),
+                false => ui::escaped(&row.targets.join(",")),
             },
         )?;
     }

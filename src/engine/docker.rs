@@ -13,9 +13,10 @@ use bollard::models::{
     ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    ListContainersOptions, RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions,
-    StartContainerOptions, StopContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions,
+    CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions, StartContainerOptions,
+    StopContainerOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,6 +28,7 @@ use crate::engine::{
 };
 use crate::host::ui;
 use crate::model::image::{Image, ImageRef};
+use crate::sys::{Entry, Kind};
 
 /// A Docker Engine API daemon (Docker, or Podman's compatible service).
 pub struct Docker {
@@ -85,6 +87,7 @@ impl Docker {
     /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
     pub async fn connect(access: &Access) -> Result<Docker> {
         let endpoint = access.endpoint()?;
+        endpoint.check_server()?;
         let address = endpoint.address.clone();
         let unreachable = || {
             let hint = match endpoint.podman {
@@ -100,6 +103,36 @@ impl Docker {
             endpoint,
             stall: access.stall,
         })
+    }
+
+    /// The target of the symlink at `path` in `container`, as written: the API's own
+    /// `linkTarget` is resolved in the container alone, without the mounts that will be
+    /// there, so the link is read from the archive of that one path.
+    async fn link_target(&self, container: &str, path: &str) -> Result<Entry> {
+        /// An archive of one symlink is a few blocks.
+        const MAX_ARCHIVE: usize = 1 << 20;
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self
+            .client
+            .download_from_container(container, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = self.next_or_stall(&mut stream, "reading a link").await? {
+            let chunk = chunk.map_err(|e| anyhow!("cannot read {path}: {}", daemon_message(&e)))?;
+            archive.extend_from_slice(&chunk);
+            if archive.len() > MAX_ARCHIVE {
+                bail!("cannot read the link {path}: the engine sent more than a link");
+            }
+        }
+        let mut archive = tar::Archive::new(archive.as_slice());
+        let target = archive
+            .entries()
+            .ok()
+            .and_then(|mut entries| entries.next()?.ok())
+            .and_then(|entry| Some(entry.link_name().ok()??.to_string_lossy().into_owned()))
+            .ok_or_else(|| anyhow!("cannot read the link {path} from the engine's archive"))?;
+        Ok(Entry::Link(target))
     }
 
     /// Which engine this is, where, and the API version agreed on, for `-v`.
@@ -280,6 +313,45 @@ impl Engine for Docker {
             return Err(e);
         }
         Ok(created)
+    }
+
+    async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
+        // Go's `os.FileMode` bits, as the API reports a path's mode.
+        const DIR: u32 = 1 << 31;
+        const SYMLINK: u32 = 1 << 27;
+        const DEVICE: u32 = 1 << 26;
+        const FIFO: u32 = 1 << 25;
+        const SOCKET: u32 = 1 << 24;
+        const CHAR_DEVICE: u32 = 1 << 21;
+        let cannot = |e: &BollardError| {
+            anyhow!(
+                "cannot look at {path} in container {}: {}",
+                short_id(container),
+                daemon_message(e)
+            )
+        };
+        let options = ContainerArchiveInfoOptions {
+            path: path.to_string(),
+        };
+        let mode = match self
+            .client
+            .get_container_archive_info(container, Some(options))
+            .await
+        {
+            Ok(stat) => stat.file_mode,
+            Err(e) if is_not_found(&e) => return Ok(Entry::Missing),
+            Err(e) => return Err(cannot(&e)),
+        };
+        let kind = match mode {
+            m if m & DIR != 0 => Kind::Directory,
+            m if m & SYMLINK != 0 => return self.link_target(container, path).await,
+            m if m & FIFO != 0 => Kind::Fifo,
+            m if m & SOCKET != 0 => Kind::Socket,
+            m if m & DEVICE != 0 && m & CHAR_DEVICE != 0 => Kind::CharDevice,
+            m if m & DEVICE != 0 => Kind::BlockDevice,
+            _ => Kind::Regular,
+        };
+        Ok(Entry::Found(kind))
     }
 
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {

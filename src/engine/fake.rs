@@ -15,6 +15,7 @@ use crate::engine::{
     Attached, ContainerInfo, ContainerSpec, Engine, ExecState, Process, SinkClosed,
 };
 use crate::model::image::{Image, ImageRef};
+use crate::sys::{Entry, Kind};
 
 /// How an export goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +82,40 @@ impl Engine for &Fake {
         _idle: &std::path::Path,
     ) -> Result<String> {
         self.create_container(image_id, labels).await
+    }
+
+    async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
+        if !self.containers.lock().unwrap().contains_key(container) {
+            bail!("no such container: {container}");
+        }
+        let wanted = path.trim_matches('/');
+        let mut archive = tar::Archive::new(self.archive.as_slice());
+        for entry in archive.entries()? {
+            let entry = entry?;
+            let name = entry.path()?.to_string_lossy().into_owned();
+            let name = name.trim_start_matches("./").trim_end_matches('/');
+            if name == wanted {
+                let header = entry.header();
+                return Ok(match header.entry_type() {
+                    tar::EntryType::Symlink => Entry::Link(
+                        entry
+                            .link_name()?
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                    ),
+                    tar::EntryType::Directory => Entry::Found(Kind::Directory),
+                    tar::EntryType::Fifo => Entry::Found(Kind::Fifo),
+                    tar::EntryType::Char => Entry::Found(Kind::CharDevice),
+                    tar::EntryType::Block => Entry::Found(Kind::BlockDevice),
+                    _ => Entry::Found(Kind::Regular),
+                });
+            }
+            if wanted.is_empty() || name.starts_with(&format!("{wanted}/")) {
+                return Ok(Entry::Found(Kind::Directory));
+            }
+        }
+        Ok(Entry::Missing)
     }
 
     async fn create_container(

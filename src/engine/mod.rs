@@ -81,6 +81,9 @@ pub trait Engine {
         labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String>;
+    /// What is at `path` (absolute) in the files of container `container` (created, never
+    /// started), a symlink there not followed: its target as written.
+    async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry>;
     /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
     /// Fails with [`SinkClosed`] when the receiving side goes away.
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
@@ -206,6 +209,29 @@ impl Endpoint {
         match self.podman {
             true => "Podman",
             false => "the Docker daemon",
+        }
+    }
+
+    /// Refuses, as root, an engine on a Unix socket served by another user: its images and
+    /// containers are that user's to change (a rootless Podman, or one found through a
+    /// user's `XDG_RUNTIME_DIR` kept in root's environment by `su`), and a root toolbox
+    /// would run their programs as root.
+    pub fn check_server(&self) -> Result<()> {
+        let Some(path) = self.address.strip_prefix("unix://") else {
+            return Ok(());
+        };
+        if !crate::sys::is_root() {
+            return Ok(());
+        }
+        // A socket nothing serves is reported when the engine is reached.
+        match crate::sys::socket_server_uid(Path::new(path)) {
+            Ok(uid) if uid != 0 => Err(anyhow!(
+                "refusing {} at `{path}`: it is served by user ID {uid}, and a root toolbox \
+                 runs only images of an engine root runs (use root's engine, or run toolbox \
+                 as that user)",
+                self.name()
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -29,8 +29,10 @@ pub fn colour() -> bool {
     })
 }
 
-/// What is being done: `toolbox: MESSAGE`.
+/// What is being done: `toolbox: MESSAGE`. Every message goes through [`escaped`]: a
+/// path or name from an image, an archive or a daemon in it cannot drive the terminal.
 pub fn say(message: impl Display) {
+    let message = escaped(&message.to_string());
     line(format_args!("toolbox: {message}"));
 }
 
@@ -43,7 +45,7 @@ fn line(text: std::fmt::Arguments) {
 /// Something wrong that does not stop toolbox: `toolbox: warning: MESSAGE`, secrets
 /// hidden ([`redact`]).
 pub fn warn(message: impl Display) {
-    let message = redact(&message.to_string());
+    let message = escaped(&redact(&message.to_string()));
     if colour() {
         line(format_args!("toolbox: \x1b[1;33mwarning:\x1b[0m {message}"));
     } else {
@@ -53,7 +55,7 @@ pub fn warn(message: impl Display) {
 
 /// Why toolbox stopped, on one line: `toolbox: MESSAGE`, secrets hidden ([`redact`]).
 pub fn error(message: impl Display) {
-    let message = redact(&message.to_string());
+    let message = escaped(&redact(&message.to_string()));
     if colour() {
         line(format_args!("\x1b[1;31mtoolbox:\x1b[0m {message}"));
     } else {
@@ -289,20 +291,20 @@ const SECRET_NAMES: &[&str] = &[
     "PRIVATE_KEY",
 ];
 
-/// Quotes a word for a POSIX shell when it needs it.
-/// Text from an archive or a daemon as messages show it: control characters (newlines,
-/// terminal escape sequences) and backslashes escaped as Rust writes them (`\n`,
-/// `\u{1b}`, `\\`), so it can neither break a line nor drive the terminal; the rest as
-/// it is.
+/// Text as toolbox shows it: control characters (newlines, terminal escape sequences)
+/// escaped as Rust writes them (`\n`, `\u{1b}`), so it can neither break a line nor drive
+/// the terminal; the rest as it is. Everything toolbox prints goes through it: messages
+/// ([`say`], [`warn`], [`error`]), printed commands ([`shown`]), tables.
 pub fn escaped(text: &str) -> String {
     text.chars()
-        .map(|c| match c.is_control() || c == '\\' {
+        .map(|c| match c.is_control() {
             true => c.escape_debug().collect(),
             false => c.to_string(),
         })
         .collect()
 }
 
+/// Quotes a word for a POSIX shell when it needs it.
 pub fn quote(word: &OsStr) -> String {
     let bytes = word.as_bytes();
     let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(b);
@@ -317,10 +319,12 @@ pub fn quote(word: &OsStr) -> String {
 
 /// A command as printed: secrets hidden (see [`redact`]) unless `show_secrets`.
 pub fn shown(command: &impl Display, show_secrets: bool) -> String {
-    match show_secrets {
+    let lines = match show_secrets {
         true => command.to_string(),
         false => redact(&command.to_string()),
-    }
+    };
+    // A command of several lines stays so; each line is shown escaped.
+    lines.lines().map(escaped).collect::<Vec<_>>().join("\n")
 }
 
 /// `text` with secrets hidden, for messages and printed commands: the password (or lone
@@ -373,6 +377,14 @@ fn hide_secret_values(text: &str) -> String {
     words.push(&text[start..]);
     let hidden: Vec<String> = words.into_iter().map(hide_if_secret).collect();
     hidden.join(" ")
+}
+
+/// Whether the value of variable `name` may be a secret: its name looks like a secret's
+/// (`API_TOKEN`), or it holds a URL with a password or token in it (a proxy's
+/// `http://user:password@host`).
+pub fn may_be_secret(name: &str, value: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAMES.iter().any(|part| upper.contains(part)) || redact(value) != value
 }
 
 fn hide_if_secret(word: &str) -> String {

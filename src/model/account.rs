@@ -1,6 +1,10 @@
 //! account: a user of a toolbox's tree, from its own `/etc/passwd` and `/etc/group`, as
 //! the C library would find it without NSS. Pure: the files' text goes in.
 
+/// The largest `/etc/passwd` or `/etc/group` of a tree toolbox reads: far above any
+/// real one, and a bound on what a device planted there can make toolbox hold.
+pub const MAX_FILE: u64 = 16 << 20;
+
 /// A user to run a session's command as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

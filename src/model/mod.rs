@@ -6,6 +6,7 @@ pub mod account;
 pub mod config;
 pub mod image;
 pub mod options;
+pub mod placement;
 pub mod plan;
 pub mod target;
 pub mod tracing;

@@ -199,8 +199,31 @@ pub struct Mount {
     pub source: Option<String>,
     /// Inside the toolbox, normalized: absolute, no `.`, `..` or empty components.
     pub destination: String,
+    /// Inside the toolbox, as written: `..` is resolved by the mounting program after the
+    /// symlinks before it, not as text (see `model::placement`).
+    pub written: String,
     /// The words as written, for messages.
     pub word: String,
+    /// The option's value split at `:`, unescaped, and which field is the destination.
+    fields: Vec<String>,
+    destination_field: usize,
+}
+
+impl Mount {
+    /// The option's value with the destination replaced by `destination`, escaped as
+    /// systemd-nspawn reads it.
+    fn value_at(&self, destination: &str) -> String {
+        let mut fields = self.fields.clone();
+        if self.destination_field == fields.len() {
+            fields.push(String::new());
+        }
+        fields[self.destination_field] = destination.to_string();
+        fields
+            .iter()
+            .map(|f| f.replace('\\', "\\\\").replace(':', "\\:"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 /// One option from configuration, parsed.
@@ -209,7 +232,45 @@ pub struct Parsed {
     pub mount: Option<Mount>,
     /// `--setenv=NAME=VALUE` / `-E NAME=VALUE`: the assignment.
     pub setenv: Option<String>,
+    /// The options the words stand for (several for clustered short options), by long
+    /// name, with their values.
+    found: Vec<(&'static str, Option<String>)>,
 }
+
+impl Parsed {
+    /// The words systemd-nspawn is given for this option, each as `--NAME[=VALUE]`: a
+    /// mount at `destination` (where it was placed), a variable by name alone when
+    /// `by_name` (systemd-nspawn 250 and later then take its value from their own
+    /// environment, where no other user can read it).
+    pub fn words(&self, destination: Option<&str>, by_name: bool) -> Vec<String> {
+        self.found
+            .iter()
+            .map(|(long, value)| match (&self.mount, destination, value) {
+                (Some(mount), Some(destination), Some(_)) if MOUNT_OPTIONS.contains(long) => {
+                    format!("--{long}={}", mount.value_at(destination))
+                }
+                (_, _, Some(assignment)) if *long == "setenv" && by_name => {
+                    let name = assignment
+                        .split_once('=')
+                        .map_or(assignment.as_str(), |(n, _)| n);
+                    format!("--setenv={name}")
+                }
+                (_, _, Some(value)) => format!("--{long}={value}"),
+                (_, _, None) => format!("--{long}"),
+            })
+            .collect()
+    }
+}
+
+/// The options that make mounts.
+const MOUNT_OPTIONS: [&str; 6] = [
+    "bind",
+    "bind-ro",
+    "tmpfs",
+    "overlay",
+    "overlay-ro",
+    "inaccessible",
+];
 
 /// Why configuration words were refused: the word and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +384,10 @@ pub fn parse(words: &[String]) -> Result<Vec<Parsed>, Refused> {
         let mut option = Parsed {
             mount: None,
             setenv: None,
+            found: found
+                .iter()
+                .map(|(spec, v)| (spec.long, v.clone()))
+                .collect(),
         };
         for (spec, value) in found {
             match spec.policy {
@@ -361,7 +426,7 @@ fn fields(spec: &str) -> Vec<String> {
 
 fn mount(kind: MountKind, spec: &str, word: &str) -> Result<Mount, Refused> {
     let fields = fields(spec);
-    let (source, destination) = match kind {
+    let (source, destination, destination_field) = match kind {
         MountKind::Bind => {
             let source = fields[0].clone();
             if source.starts_with('+') {
@@ -378,9 +443,9 @@ fn mount(kind: MountKind, spec: &str, word: &str) -> Result<Mount, Refused> {
                 Some(d) if !d.is_empty() => d.clone(),
                 _ => source.clone(),
             };
-            (Some(source), destination)
+            (Some(source), destination, 1)
         }
-        MountKind::Tmpfs | MountKind::Inaccessible => (None, fields[0].clone()),
+        MountKind::Tmpfs | MountKind::Inaccessible => (None, fields[0].clone(), 0),
         MountKind::Overlay => {
             if fields.len() < 2 {
                 return Err(refused(
@@ -396,7 +461,11 @@ fn mount(kind: MountKind, spec: &str, word: &str) -> Result<Mount, Refused> {
                      own symlinks; use host paths",
                 ));
             }
-            (Some(upper), fields[fields.len() - 1].clone())
+            (
+                Some(upper),
+                fields[fields.len() - 1].clone(),
+                fields.len() - 1,
+            )
         }
     };
     if !destination.starts_with('/') {
@@ -406,7 +475,10 @@ fn mount(kind: MountKind, spec: &str, word: &str) -> Result<Mount, Refused> {
         kind,
         source,
         destination: normalize(&destination),
+        written: destination,
         word: word.to_string(),
+        fields,
+        destination_field,
     })
 }
 
@@ -546,6 +618,32 @@ mod tests {
         assert!(refusal("--bind=+/etc:/x").contains("inside the toolbox"));
         assert!(refusal("--bind=relative:/x").contains("absolute host path"));
         assert!(refusal("--bind=/x:relative").contains("absolute path"));
+    }
+
+    #[test]
+    fn options_are_given_canonically_with_their_destination_as_placed() {
+        let parsed = parse(&words(
+            "-qE A=1 --bind /a\\:b:/c:norbind --bind-ro=/s --tmpfs=/t:mode=0755 \
+             --setenv=TOKEN=x --overlay=/l:/u:/o",
+        ))
+        .unwrap();
+        let placed: Vec<Vec<String>> = parsed
+            .iter()
+            .map(|p| p.words(Some("/placed"), false))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                vec!["--quiet".to_string(), "--setenv=A=1".to_string()],
+                vec!["--bind=/a\\:b:/placed:norbind".to_string()],
+                vec!["--bind-ro=/s:/placed".to_string()],
+                vec!["--tmpfs=/placed:mode=0755".to_string()],
+                vec!["--setenv=TOKEN=x".to_string()],
+                vec!["--overlay=/l:/u:/placed".to_string()],
+            ]
+        );
+        assert_eq!(parsed[4].words(None, true), ["--setenv=TOKEN"]);
+        assert_eq!(parsed[1].words(None, false), ["--bind=/a\\:b:/c:norbind"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! must keep working. The target's root filesystem is bound at [`MOUNT_POINT`], with its
 //! volumes at their places beneath it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -152,25 +152,15 @@ impl Target {
             .collect()
     }
 
-    /// The systemd-nspawn options that show the target inside a session.
-    pub fn nspawn_options(&self) -> Vec<String> {
+    /// The systemd-nspawn options that show the target inside a session, its files
+    /// staged at `staged` (its root with its volumes mounted beneath, see
+    /// `runtime::target`): one bind, which systemd-nspawn makes with what is beneath it.
+    pub fn nspawn_options(&self, staged: &Path) -> Vec<String> {
         let mut options: Vec<String> = self
             .root
             .iter()
-            .map(|root| format!("--bind={}:{MOUNT_POINT}", root.display()))
+            .map(|_| format!("--bind={}:{MOUNT_POINT}", staged.display()))
             .collect();
-        for volume in &self.volumes {
-            let kind = if volume.read_only {
-                "--bind-ro"
-            } else {
-                "--bind"
-            };
-            options.push(format!(
-                "{kind}={}:{MOUNT_POINT}{}",
-                volume.source.display(),
-                volume.destination
-            ));
-        }
         options.extend(self.environment().map(|(k, v)| format!("--setenv={k}={v}")));
         options
     }
@@ -184,28 +174,14 @@ impl Target {
         .into_iter()
     }
 
-    /// A super privileged container's binds for the target, `SOURCE:DESTINATION[:ro]`.
-    pub fn spc_binds(&self) -> Vec<String> {
-        let mut binds: Vec<String> = self
-            .root
+    /// A super privileged container's bind for the target, `SOURCE:DESTINATION`, its files
+    /// staged at `staged` (the engine binds what is beneath too).
+    pub fn spc_binds(&self, staged: &Path) -> Vec<String> {
+        self.root
             .iter()
-            .map(|root| format!("{}:{MOUNT_POINT}", root.display()))
-            .collect();
-        binds.extend(self.volumes.iter().map(|v| {
-            format!(
-                "{}:{MOUNT_POINT}{}{}",
-                v.source.display(),
-                v.destination,
-                if v.read_only { ":ro" } else { "" }
-            )
-        }));
-        binds
+            .map(|_| format!("{}:{MOUNT_POINT}", staged.display()))
+            .collect()
     }
-}
-
-/// Whether a path can be passed in a systemd-nspawn or engine bind (which split at `:`).
-pub fn bindable(path: &str) -> bool {
-    !path.contains(':') && path.starts_with('/')
 }
 
 #[cfg(test)]
@@ -263,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_found_target_is_bound_with_its_volumes_and_named_in_the_environment() {
+    fn a_found_target_is_bound_as_staged_and_named_in_the_environment() {
         let target = Target {
             request: request(&[("TOOLBOX_TARGET", "web"), ("TOOLBOX_TARGET_NS", "net,ipc")])
                 .unwrap()
@@ -277,11 +253,11 @@ mod tests {
                 read_only: true,
             }],
         };
+        let staged = Path::new("/var/lib/toolbox/.core-x.target-1");
         assert_eq!(
-            target.nspawn_options(),
+            target.nspawn_options(staged),
             [
-                "--bind=/var/lib/docker/overlay2/x/merged:/media/target",
-                "--bind-ro=/var/lib/docker/volumes/data/_data:/media/target/data",
+                "--bind=/var/lib/toolbox/.core-x.target-1:/media/target",
                 "--setenv=TOOLBOX_TARGET=web",
                 "--setenv=TOOLBOX_TARGET_PID=4242",
             ]
@@ -294,11 +270,8 @@ mod tests {
             ]
         );
         assert_eq!(
-            target.spc_binds(),
-            [
-                "/var/lib/docker/overlay2/x/merged:/media/target",
-                "/var/lib/docker/volumes/data/_data:/media/target/data:ro",
-            ]
+            target.spc_binds(staged),
+            ["/var/lib/toolbox/.core-x.target-1:/media/target"]
         );
     }
 }

@@ -47,6 +47,17 @@ pub fn kernel_directories(kernel: &Kernel) -> Vec<KernelDirectory> {
     modules.chain(headers).collect()
 }
 
+/// The mounts tracing asks for, as systemd-nspawn options, for the session's mount points
+/// to be placed with the rest (see `model::placement`): the filesystems, and the kernel
+/// directories at the paths tools look at.
+pub fn requests(kernel: &Kernel) -> Vec<String> {
+    let filesystems = kernel.mounted.iter().map(|at| format!("--bind={at}"));
+    let directories = kernel_directories(kernel)
+        .into_iter()
+        .map(|dir| format!("--bind-ro={}:{}", dir.host.display(), dir.wanted));
+    filesystems.chain(directories).collect()
+}
+
 /// Where a kernel directory lands in a toolbox's tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {

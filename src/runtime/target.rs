@@ -4,6 +4,7 @@
 //! exits while the session runs.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub struct Found {
     pub target: Target,
     namespaces: Vec<(&'static str, OwnedFd)>,
     process: OwnedFd,
+    /// The target's root directory, opened when it was found (when it has one to show).
+    root: Option<OwnedFd>,
 }
 
 /// Finds the target `request` names: a container through the engine `access` reaches, or
@@ -45,16 +48,14 @@ pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) ->
                 );
             }
             let root = match info.root {
-                Some(root) if target::bindable(&root) && Path::new(&root).is_dir() => {
-                    Some(PathBuf::from(root))
-                }
+                Some(root) if Path::new(&root).is_dir() => Some(PathBuf::from(root)),
                 _ => process_root(proc_root, info.pid),
             };
             let volumes = info
                 .mounts
                 .into_iter()
                 .filter(|(source, destination, _)| {
-                    target::bindable(source) && target::bindable(destination)
+                    source.starts_with('/') && destination.starts_with('/')
                 })
                 .map(|(source, destination, writable)| Volume {
                     source: source.into(),
@@ -73,6 +74,18 @@ pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) ->
         .ok_or_else(gone)?
         .start_time;
     let process = sys::pidfd(pid).map_err(|_| gone())?;
+    // The root shown is the one found: a directory opened now, not a path looked up
+    // again when the session starts.
+    let root_fd = match (&root, hold) {
+        (Some(path), true) => Some(open_root(path).map_err(|e| {
+            anyhow!(
+                "target `{}`: cannot open its files at {}: {e}",
+                request.given,
+                path.display()
+            )
+        })?),
+        _ => None,
+    };
     let mut namespaces = Vec::new();
     for namespace in request.namespaces.iter().filter(|_| hold) {
         let path = proc_root.join(format!("{pid}/ns/{}", namespace.name()));
@@ -99,7 +112,43 @@ pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) ->
         },
         namespaces,
         process,
+        root: root_fd,
     })
+}
+
+/// Opens a target's root directory to mount it from.
+fn open_root(path: &Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// Mounts `volume` at its place inside the target's root `stage`.
+fn stage_volume(stage: &OwnedFd, volume: &Volume) -> std::io::Result<()> {
+    use rustix::fs::{FileType, OFlags, fstat};
+    let source = rustix::fs::open(
+        &volume.source,
+        OFlags::PATH | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let destination = sys::open_in_root(
+        stage,
+        volume.destination.trim_start_matches('/').as_bytes(),
+        OFlags::PATH,
+        0,
+    )?;
+    let is_dir =
+        |fd: &OwnedFd| fstat(fd).map(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+    if is_dir(&source)? != is_dir(&destination)? {
+        return Err(std::io::Error::other(
+            "its place in the target is not of its kind (a file for a directory, or the other way)",
+        ));
+    }
+    let mount = sys::clone_mount(&source)?;
+    sys::set_private(&mount, volume.read_only)?;
+    sys::attach_mount(&mount, &destination)
 }
 
 /// The root directory of process `pid` as a path of this mount namespace, when the
@@ -111,11 +160,72 @@ fn process_root(proc_root: &Path, pid: u32) -> Option<PathBuf> {
         std::fs::metadata(proc_root.join(pid).join("ns/mnt")).map(|m| (m.dev(), m.ino()))
     };
     let shared = namespace(&pid.to_string()).ok()? == namespace("self").ok()?;
-    let root = std::fs::read_link(proc_root.join(pid.to_string()).join("root")).ok()?;
-    (shared && target::bindable(&root.to_string_lossy())).then_some(root)
+    // Its own magic link: opened, it is the process's root itself.
+    shared.then(|| proc_root.join(pid.to_string()).join("root"))
+}
+
+/// The target's files staged for a session: its root mounted on a directory of the
+/// toolbox directory, its volumes mounted beneath at their places, for one bind to show
+/// them all at [`target::MOUNT_POINT`]. Unmounted and removed when dropped.
+pub struct Staged {
+    path: PathBuf,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Best effort: the next session of the toolbox removes what is left.
+        let _ = sys::detach_mount(&self.path);
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
 
 impl Found {
+    /// Stages the target's files at `at` (see [`Staged`]); `None` when it has no root to
+    /// show. The target's tree is live and hostile: each volume's place in it is resolved
+    /// by the kernel inside the target's root (`openat2` with `RESOLVE_IN_ROOT`), so a
+    /// symlink the target swaps in leads to another place of its own, never out of it, and
+    /// the volume is mounted on the directory opened, not on a path looked up again.
+    pub fn stage(&self, at: &Path, quiet: bool) -> Result<Option<Staged>> {
+        let Some(root) = &self.root else {
+            return Ok(None);
+        };
+        let given = &self.target.request.given;
+        let fail = |what: &str, e: std::io::Error| {
+            anyhow!(
+                "target `{given}`: cannot stage its files at {}: {what}: {e}",
+                at.display()
+            )
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(at)
+            .map_err(|e| fail("mkdir", e))?;
+        let staged = Staged {
+            path: at.to_path_buf(),
+        };
+        let mount = sys::clone_mount(root).map_err(|e| fail("its root", e))?;
+        sys::set_private(&mount, false).map_err(|e| fail("its root", e))?;
+        let stage = open_root(at).map_err(|e| fail("open", e))?;
+        sys::attach_mount(&mount, &stage).map_err(|e| fail("its root", e))?;
+        // Opened again: now the target's root, mounted.
+        let stage = open_root(at).map_err(|e| fail("open", e))?;
+        let mut volumes: Vec<&Volume> = self.target.volumes.iter().collect();
+        volumes.sort_by_key(|v| v.destination.matches('/').count());
+        for volume in volumes {
+            if let Err(e) = stage_volume(&stage, volume)
+                && !quiet
+            {
+                ui::warn(format_args!(
+                    "target `{given}`: its volume at {} is not shown at {}{}: {e}",
+                    ui::escaped(&volume.destination),
+                    target::MOUNT_POINT,
+                    ui::escaped(&volume.destination)
+                ));
+            }
+        }
+        Ok(Some(staged))
+    }
+
     /// Says where the target's files are when they cannot be at /media/target.
     pub fn explain(&self) {
         if self.target.root.is_none() {

@@ -109,7 +109,15 @@ pub fn complete_metadata(path: &Path) -> Result<Option<Metadata>> {
 /// Reads a complete toolbox's metadata.
 pub fn read_metadata(path: &Path) -> Result<Metadata> {
     let file = path.join(METADATA);
-    let text = fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let cannot_read = || format!("cannot read {}", file.display());
+    // In a copy toolbox it lies in the tree, which sessions write in: never followed out
+    // of it, and never a FIFO or device.
+    let opened = sys::open_regular(&file, OFlags::RDONLY | OFlags::NOFOLLOW)
+        .with_context(cannot_read)?
+        .ok_or_else(|| anyhow::anyhow!("{}: it is gone", cannot_read()))?;
+    let text = sys::read_bounded(opened, crate::host::files::MAX_FILE)
+        .with_context(cannot_read)?
+        .ok_or_else(|| anyhow::anyhow!("{}: it is too large", cannot_read()))?;
     serde_json::from_slice(&text)
         .with_context(|| format!("{}: malformed toolbox metadata", file.display()))
 }
@@ -165,6 +173,7 @@ fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
 /// through the tree's path (Docker keeps /var/lib/docker at 0710 for the same reason).
 /// Missing parents are created as `mkdir -p` would.
 pub fn make_directory(directory: &Path) -> Result<()> {
+    check_ownership(directory)?;
     if let Some(parent) = directory.parent() {
         fs::create_dir_all(parent)
             .with_context(|| format!("cannot create toolbox directory {}", directory.display()))?;
@@ -176,10 +185,78 @@ pub fn make_directory(directory: &Path) -> Result<()> {
     }
 }
 
+/// Refuses, as root, a toolbox directory another user could change: it (or, not made
+/// yet, the nearest directory above it that is there) and every directory above it must
+/// belong to root, and those above be writable by root alone (or sticky, like /tmp),
+/// checked on the directory actually opened, wherever symlinks led, as sshd checks the
+/// paths of a user's keys. Another user's directory could have a tree swapped in whose
+/// programs root would then run.
+pub fn check_ownership(directory: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !sys::is_root() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "refusing toolbox directory {}: {why}, who could replace what root runs from it; \
+             make it root's, or choose another TOOLBOX_DIRECTORY",
+            directory.display()
+        )
+    };
+    let mut there = directory;
+    let opened = loop {
+        match rfs::open(
+            there,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(opened) => break opened,
+            Err(Errno::NOENT) => match there.parent() {
+                Some(parent) => there = parent,
+                None => return Ok(()),
+            },
+            Err(e) => {
+                return Err(io::Error::from(e))
+                    .with_context(|| format!("cannot open toolbox directory {}", there.display()));
+            }
+        }
+    };
+    let real = fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&opened)
+    ))
+    .with_context(|| format!("cannot resolve {}", there.display()))?;
+    for (depth, dir) in real.ancestors().enumerate() {
+        let meta = match depth {
+            0 => File::from(opened.try_clone()?).metadata(),
+            _ => fs::metadata(dir),
+        }
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+        if meta.uid() != 0 {
+            return Err(refuse(format!(
+                "{} belongs to user ID {}",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        // The toolbox directory's own mode is mended by `tighten_directory`.
+        if (depth > 0 || there != directory) && meta.mode() & 0o022 != 0 && !sticky {
+            return Err(refuse(format!(
+                "{} is writable by others (mode {:o})",
+                dir.display(),
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Takes away the access of others to an existing toolbox directory (one the CoreOS
 /// script or an older toolbox made 0755), saying so; once done, a `stat` finds nothing to do.
 pub fn tighten_directory(directory: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    check_ownership(directory)?;
     let mode = match fs::metadata(directory) {
         Ok(meta) => meta.permissions().mode() & 0o7777,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -217,6 +294,36 @@ pub fn remove_partials(directory: &Path, name: &str) -> Result<()> {
                 )
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Where the session `session` of toolbox `name` stages its target's files (see
+/// `runtime::target`): a directory beside the toolbox, the target mounted on it.
+pub fn target_stage(directory: &Path, name: &str, session: u32) -> PathBuf {
+    directory.join(format!(".{name}.target-{session}"))
+}
+
+/// Removes the target stages of toolbox `name` whose session is gone (killed outright):
+/// unmounted, then removed.
+pub fn remove_stale_stages(directory: &Path, name: &str) -> Result<()> {
+    let prefix = format!(".{name}.target-");
+    let Ok(entries) = fs::read_dir(directory) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if pid.parse().is_ok_and(sys::process_exists) {
+            continue;
+        }
+        let path = entry.path();
+        // Nothing mounted there any more is as good.
+        let _ = sys::detach_mount(&path);
+        fs::remove_dir(&path)
+            .with_context(|| format!("cannot remove stale target stage {}", path.display()))?;
     }
     Ok(())
 }
@@ -266,14 +373,32 @@ pub fn prepare_tree(tree: &Path) -> Result<()> {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(io::Error::from(e)).with_context(|| fail("etc")),
     }
-    // O_CREAT without O_TRUNC: an existing os-release is left as it is.
-    sys::open_in_root(
-        &root,
-        b"etc/os-release",
-        OFlags::WRONLY | OFlags::CREATE,
-        0o644,
-    )
-    .with_context(|| fail("etc/os-release"))?;
+    // An existing os-release is left as it is; one that is not a regular file (a FIFO
+    // would hang the open) is refused. A dangling link is left too.
+    match sys::open_in_root(&root, b"etc/os-release", OFlags::PATH, 0) {
+        Ok(found) => {
+            let kind = rfs::FileType::from_raw_mode(rfs::fstat(&found)?.st_mode);
+            if kind != rfs::FileType::RegularFile {
+                bail!(
+                    "`/etc/os-release` in the image is {}, where a regular file is needed",
+                    sys::NotRegular::describe_type(kind)
+                );
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match sys::open_in_root(
+                &root,
+                b"etc/os-release",
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+                0o644,
+            ) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| fail("etc/os-release")),
+            }
+        }
+        Err(e) => return Err(e).with_context(|| fail("etc/os-release")),
+    }
     Ok(())
 }
 
@@ -420,6 +545,7 @@ pub fn idle_binary(directory: &Path, exe: &Path) -> Result<PathBuf> {
 
 /// The names of the toolboxes in `directory`: complete and adopted trees, in order.
 pub fn list(directory: &Path) -> Result<Vec<(String, State)>> {
+    check_ownership(directory)?;
     let entries = match fs::read_dir(directory) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -482,38 +608,51 @@ pub fn add_user(root: &Path, passwd_line: &str, group_line: Option<&str>) -> Res
     };
     let (uid, gid): (u32, u32) = (uid.parse()?, gid.parse()?);
     let tree = sys::open_dir(root).with_context(|| format!("cannot open {}", root.display()))?;
-    let read = |path: &[u8]| -> String {
-        let Ok(fd) = sys::open_in_root(&tree, path, OFlags::RDONLY, 0) else {
-            return String::new();
-        };
-        io::read_to_string(File::from(fd)).unwrap_or_default()
+    let cannot = |path: &[u8]| {
+        format!(
+            "cannot use {} in {}",
+            String::from_utf8_lossy(path),
+            root.display()
+        )
     };
-    if read(b"etc/passwd")
+    // Regular files only, bounded: a FIFO would hang this, a device feed it without end.
+    let read = |path: &[u8]| -> Result<String> {
+        let Some(file) =
+            sys::open_regular_in_root(&tree, path, OFlags::RDONLY).with_context(|| cannot(path))?
+        else {
+            return Ok(String::new());
+        };
+        let bytes = sys::read_bounded(file, crate::model::account::MAX_FILE)
+            .with_context(|| cannot(path))?
+            .ok_or_else(|| anyhow::anyhow!("{}: it is too large", cannot(path)))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    if read(b"etc/passwd")?
         .lines()
         .any(|l| l.split(':').next() == Some(name))
     {
         return Ok(false);
     }
     let append = |path: &[u8], line: &str| -> Result<()> {
-        let fd = sys::open_in_root(
-            &tree,
-            path,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
-            0o644,
-        )
-        .with_context(|| {
-            format!(
-                "cannot open {} in {}",
-                String::from_utf8_lossy(path),
-                root.display()
-            )
-        })?;
-        let mut file = File::from(fd);
+        let file = sys::open_regular_in_root(&tree, path, OFlags::WRONLY | OFlags::APPEND)
+            .with_context(|| cannot(path))?;
+        let mut file = match file {
+            Some(file) => file,
+            None => File::from(
+                sys::open_in_root(
+                    &tree,
+                    path,
+                    OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::EXCL,
+                    0o644,
+                )
+                .with_context(|| cannot(path))?,
+            ),
+        };
         writeln!(file, "{line}")?;
         Ok(())
     };
     append(b"etc/passwd", passwd_line)?;
-    let has_group = read(b"etc/group")
+    let has_group = read(b"etc/group")?
         .lines()
         .any(|l| l.split(':').nth(2).and_then(|g| g.parse().ok()) == Some(gid));
     if let (false, Some(group_line)) = (has_group, group_line) {

@@ -58,6 +58,204 @@ pub fn open_in_root(root: impl AsFd, path: &[u8], flags: OFlags, mode: u32) -> i
     }
 }
 
+/// A file that is not a regular file where one is read or written: a FIFO would hang the
+/// reader, a device feed it without end or take the writes.
+#[derive(Debug)]
+pub struct NotRegular(pub Kind);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, not a regular file", self.0.describe())
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+impl NotRegular {
+    /// A file type for messages: `a FIFO`.
+    pub fn describe_type(file_type: rfs::FileType) -> &'static str {
+        Kind::of(file_type).describe()
+    }
+}
+
+/// Opens the regular file at `path` inside `root` (resolved as [`open_in_root`] does) with
+/// `flags` (`O_RDONLY`, `O_WRONLY | O_APPEND`, ...), after checking what is there without
+/// opening it for reading or writing: `None` when nothing is, an error wrapping
+/// [`NotRegular`] when it is not a regular file. The file opened is the one checked.
+pub fn open_regular_in_root(
+    root: impl AsFd,
+    path: &[u8],
+    flags: OFlags,
+) -> io::Result<Option<std::fs::File>> {
+    let found = match open_in_root(root, path, OFlags::PATH, 0) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    reopen_regular(found, flags).map(Some)
+}
+
+/// Opens the regular file at `path` with `flags`, checked as [`open_regular_in_root`]
+/// checks it (`None` when there is none), following symlinks as `open` does unless
+/// `flags` has `O_NOFOLLOW`.
+pub fn open_regular(path: &Path, flags: OFlags) -> io::Result<Option<std::fs::File>> {
+    let follow = flags & OFlags::NOFOLLOW;
+    let found = match rfs::open(path, OFlags::PATH | follow | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(found) => found,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    reopen_regular(found, flags).map(Some)
+}
+
+/// `found` (an `O_PATH` descriptor) opened again with `flags` if it is a regular file.
+fn reopen_regular(found: OwnedFd, flags: OFlags) -> io::Result<std::fs::File> {
+    let kind = Kind::of(rfs::FileType::from_raw_mode(rfs::fstat(&found)?.st_mode));
+    if kind != Kind::Regular {
+        return Err(io::Error::other(NotRegular(kind)));
+    }
+    // Through the descriptor's own magic link: the inode checked, whatever its path
+    // names now.
+    let fd = rfs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&found)),
+        (flags - OFlags::NOFOLLOW) | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Reads `file` whole if it holds at most `limit` bytes; `None` when it holds more.
+pub fn read_bounded(file: impl io::Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    use io::Read;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// The kind of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    Regular,
+    Symlink,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+    Socket,
+}
+
+impl Kind {
+    fn of(file_type: rfs::FileType) -> Kind {
+        use rfs::FileType as T;
+        match file_type {
+            T::Directory => Kind::Directory,
+            T::Fifo => Kind::Fifo,
+            T::CharacterDevice => Kind::CharDevice,
+            T::BlockDevice => Kind::BlockDevice,
+            T::Socket => Kind::Socket,
+            T::Symlink => Kind::Symlink,
+            _ => Kind::Regular,
+        }
+    }
+
+    /// The kind for messages: `a FIFO`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Directory => "a directory",
+            Kind::Regular => "a file",
+            Kind::Symlink => "a symlink",
+            Kind::Fifo => "a FIFO",
+            Kind::CharDevice => "a character device",
+            Kind::BlockDevice => "a block device",
+            Kind::Socket => "a socket",
+        }
+    }
+}
+
+/// What is at a path, a symlink there not followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    Found(Kind),
+    /// A symlink, with its target as written.
+    Link(String),
+}
+
+impl Entry {
+    fn from_stat(
+        stat: io::Result<rfs::Stat>,
+        read_link: impl FnOnce() -> io::Result<std::ffi::CString>,
+    ) -> io::Result<Entry> {
+        let stat = match stat {
+            Ok(stat) => stat,
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
+                return Ok(Entry::Missing);
+            }
+            Err(e) => return Err(e),
+        };
+        match rfs::FileType::from_raw_mode(stat.st_mode) {
+            rfs::FileType::Symlink => Ok(Entry::Link(read_link()?.to_string_lossy().into_owned())),
+            other => Ok(Entry::Found(Kind::of(other))),
+        }
+    }
+}
+
+/// What is at `path` (relative, `/`-separated) beneath the directory `dir`, its last
+/// component not followed. Every directory on the way must be a real directory beneath
+/// `dir`: a symlink among them (one swapped in meanwhile) is an error, not followed.
+pub fn entry_beneath(dir: impl AsFd, path: &str) -> io::Result<Entry> {
+    let (parent, leaf) = match path.trim_matches('/').rsplit_once('/') {
+        Some((parent, leaf)) => (parent, leaf),
+        None => ("", path.trim_matches('/')),
+    };
+    if leaf.is_empty() {
+        return Ok(Entry::Found(Kind::Directory));
+    }
+    let parent = match rfs::openat2(
+        dir.as_fd(),
+        if parent.is_empty() { "." } else { parent },
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(parent) => parent,
+        Err(Errno::NOENT) => return Ok(Entry::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let stat = rfs::statat(&parent, leaf, rfs::AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into);
+    Entry::from_stat(stat, || Ok(rfs::readlinkat(&parent, leaf, Vec::new())?))
+}
+
+/// What is at `path` on this host, its last component not followed.
+pub fn entry(path: &Path) -> io::Result<Entry> {
+    let stat = rfs::lstat(path).map_err(Into::into);
+    Entry::from_stat(stat, || Ok(rfs::readlink(path, Vec::new())?))
+}
+
+/// What is at `rest` beneath `root`, the mount point of a kernel filesystem on this host,
+/// as a new mount of that filesystem shows it (the one systemd-nspawn or the engine makes
+/// for a container): the host's own mounts beneath `root` (tracefs in sysfs, cgroupfs)
+/// are empty directories there.
+pub fn kernel_entry(root: &Path, rest: &str) -> io::Result<Entry> {
+    let device = rfs::stat(root)?.st_dev;
+    let mut path = root.to_path_buf();
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let found = entry(&path)?;
+        let last = i + 1 == parts.len();
+        if last || found != Entry::Found(Kind::Directory) {
+            return Ok(found);
+        }
+        if rfs::lstat(&path)?.st_dev != device {
+            // Another filesystem is mounted here on the host; a new mount shows the
+            // directory empty.
+            return Ok(Entry::Missing);
+        }
+    }
+    Ok(Entry::Found(Kind::Directory))
+}
+
 /// Flushes the filesystem holding `fd` to disk: one call for a whole tree, instead of an
 /// fsync per file.
 pub fn sync_filesystem(fd: impl AsFd) -> io::Result<()> {
@@ -111,6 +309,87 @@ pub fn mount_overlay(target: &Path, options: &CStr) -> io::Result<()> {
 /// Unmounts the filesystem at `target`; fails with `EBUSY` while a process uses it.
 pub fn unmount(target: &Path) -> io::Result<()> {
     Ok(rustix::mount::unmount(target, UnmountFlags::empty())?)
+}
+
+/// A copy of the mount tree at `fd` (a directory or file opened with `O_PATH`), with its
+/// submounts, attached nowhere yet (`open_tree(OPEN_TREE_CLONE)`, Linux 5.2): what was
+/// opened is what gets mounted, whatever its path names meanwhile.
+pub fn clone_mount(fd: impl AsFd) -> io::Result<OwnedFd> {
+    use rustix::mount::{OpenTreeFlags, open_tree};
+    Ok(open_tree(
+        fd,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets the detached mount tree `mount` (from [`clone_mount`]) private, so that nothing
+/// mounted in it reaches the mounts it was copied from (a volume staged in a container's
+/// root would otherwise appear in the engine's own view of it), and read-only when
+/// `read_only` (`mount_setattr`, Linux 5.12).
+pub fn set_private(mount: impl AsFd, read_only: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a valid `struct mount_attr` of the size passed, the path a valid
+    // empty C string; the kernel only reads both.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_fd().as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    match result {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Attaches the mount `mount` (from [`clone_mount`]) on `at`, an opened directory or file:
+/// the very one opened, with no path looked up again.
+pub fn attach_mount(mount: impl AsFd, at: impl AsFd) -> io::Result<()> {
+    use rustix::mount::{MoveMountFlags, move_mount};
+    Ok(move_mount(
+        mount,
+        "",
+        at,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )?)
+}
+
+/// Detaches the mount at `target` with everything mounted beneath it, at once for new
+/// lookups and for good once nothing uses it (`MNT_DETACH`).
+pub fn detach_mount(target: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(target, UnmountFlags::DETACH)?)
+}
+
+/// The user ID of the process serving the Unix socket at `path`, as the kernel recorded it
+/// when that process started listening (`SO_PEERCRED`).
+pub fn socket_server_uid(path: &Path) -> io::Result<u32> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    Ok(rustix::net::sockopt::socket_peercred(&stream)?.uid.as_raw())
 }
 
 /// What toolbox reads of `/proc/PID/stat`.

@@ -15,7 +15,9 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::host::Env;
 use crate::host::ui;
+use crate::model::options;
 use crate::model::plan::{Payload, Plan};
+use crate::runtime::nspawn::mountpoints::Placement;
 use crate::runtime::nspawn::session;
 
 /// systemd 232 replaced `--share-system` by the `SYSTEMD_NSPAWN_SHARE_SYSTEM` variable
@@ -30,6 +32,11 @@ const PIPE_SINCE: u32 = 242;
 
 /// systemd 239 added `--resolv-conf=` and `--timezone=`.
 const RESOLV_CONF_SINCE: u32 = 239;
+
+/// systemd 250 takes `--setenv=NAME` alone to pass its own variable `NAME` on: a value
+/// given that way is in no command line, which any local user can read in
+/// `/proc/PID/cmdline`.
+const SETENV_BY_NAME_SINCE: u32 = 250;
 
 /// Files systemd-nspawn writes in the tree on every start (systemd 252
 /// `setup_resolv_conf` copies the host's file with `O_TRUNC`, `setup_timezone` replaces
@@ -188,6 +195,63 @@ pub struct Launch {
     /// the session joins, by name and file.
     pub target: Vec<String>,
     pub namespaces: Vec<(&'static str, PathBuf)>,
+    /// Where the session's mounts were placed in the tree (see [`super::mountpoints`]).
+    pub placement: Placement,
+}
+
+impl Launch {
+    /// toolbox's own binds: the marker, and toolbox's binary as `host-exec` and as the
+    /// session's first process.
+    pub fn own_binds(&self) -> Vec<String> {
+        let mut binds = vec![format!(
+            "--bind-ro={}:{MARKER_IN_TOOLBOX}",
+            self.marker.display()
+        )];
+        if let Some(exe) = &self.host_exec {
+            for at in [
+                crate::runtime::host_exec::PATH_IN_TOOLBOX,
+                session::PATH_IN_TOOLBOX,
+            ] {
+                binds.push(format!("--bind-ro={}:{at}", exe.display()));
+            }
+        }
+        binds
+    }
+}
+
+/// Options as systemd-nspawn is given them: each mount at its destination as placed, and,
+/// where systemd-nspawn can take them so, the variables whose values may be secrets by
+/// name alone, their values added to `env`.
+fn placed(
+    words: &[String],
+    placement: &Placement,
+    by_name: bool,
+    env: &mut Vec<(String, String)>,
+) -> Vec<OsString> {
+    // Every word here was parsed when the plan was made, or is toolbox's own.
+    let Ok(parsed) = options::parse(words) else {
+        return words.iter().map(OsString::from).collect();
+    };
+    let mut args = Vec::new();
+    for option in parsed {
+        let destination = option
+            .mount
+            .as_ref()
+            .map(|m| placement.destination(&m.destination));
+        let secret = option.setenv.as_deref().and_then(|assignment| {
+            let (name, value) = assignment.split_once('=')?;
+            (by_name && ui::may_be_secret(name, value))
+                .then(|| (name.to_string(), value.to_string()))
+        });
+        args.extend(
+            option
+                .words(destination, secret.is_some())
+                .into_iter()
+                .map(OsString::from),
+        );
+        env.extend(secret);
+    }
+    args
 }
 
 /// A program, its arguments and the variables added to the inherited environment.
@@ -235,37 +299,26 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
         args.push("--console=pipe".into());
     }
     args.push(format!("--machine={}", plan.session_machine_name(launch.session)).into());
-    for (_, off) in covered_files(plan) {
+    for (_, off) in covered_files(plan, &launch.placement) {
         args.push(off.into());
     }
+    let by_name = nspawn.version >= SETENV_BY_NAME_SINCE;
+    let placement = &launch.placement;
     // Before the configured words, which may add to them or override the limit.
-    args.extend(launch.tracing.iter().map(OsString::from));
-    args.extend(plan.flags.iter().map(OsString::from));
-    let mut marker = OsString::from("--bind-ro=");
-    marker.push(&launch.marker);
-    marker.push(format!(":{MARKER_IN_TOOLBOX}"));
-    args.push(marker);
-    if let Some(exe) = &launch.host_exec {
-        for at in [
-            crate::runtime::host_exec::PATH_IN_TOOLBOX,
-            session::PATH_IN_TOOLBOX,
-        ] {
-            let mut bind = OsString::from("--bind-ro=");
-            bind.push(exe);
-            bind.push(format!(":{at}"));
-            args.push(bind);
-        }
-    }
-    args.extend(plan.binds.iter().map(OsString::from));
-    args.extend(launch.target.iter().map(OsString::from));
-    args.push(format!("--setenv=TOOLBOX_NAME={}", plan.name).into());
+    args.extend(placed(&launch.tracing, placement, by_name, &mut env));
+    args.extend(placed(&plan.flags, placement, by_name, &mut env));
+    args.extend(placed(&launch.own_binds(), placement, by_name, &mut env));
+    args.extend(placed(&plan.binds, placement, by_name, &mut env));
+    args.extend(placed(&launch.target, placement, by_name, &mut env));
+    let mut variables = vec![format!("--setenv=TOOLBOX_NAME={}", plan.name)];
     if let Some(root) = plan.host_root() {
-        args.push(format!("--setenv={}={root}", crate::host::HOST_ROOT).into());
+        variables.push(format!("--setenv={}={root}", crate::host::HOST_ROOT));
     }
     for (name, value) in &launch.proxies {
-        args.push(format!("--setenv={name}={value}").into());
+        variables.push(format!("--setenv={name}={value}"));
     }
-    args.extend(plan.env.iter().map(OsString::from));
+    args.extend(placed(&variables, placement, by_name, &mut env));
+    args.extend(placed(&plan.env, placement, by_name, &mut env));
     match &launch.host_exec {
         // toolbox's own first process becomes the user and runs the command (see
         // [`session`]): systemd-nspawn starts it as root, which needs nothing in the image.
@@ -295,21 +348,24 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     }
 }
 
-/// The files of [`WRITTEN_FILES`] that a bind from the host covers, with the option that
-/// keeps systemd-nspawn from writing them.
-fn covered_files(plan: &Plan) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+/// The files of [`WRITTEN_FILES`] that a bind from the host covers where it is placed,
+/// with the option that keeps systemd-nspawn from writing them.
+fn covered_files<'a>(
+    plan: &'a Plan,
+    placement: &'a Placement,
+) -> impl Iterator<Item = (&'static str, &'static str)> + 'a {
     WRITTEN_FILES.into_iter().filter(|(file, _)| {
         plan.mounts.iter().any(|m| {
-            m.kind == crate::model::options::MountKind::Bind
-                && crate::model::options::is_within(file, &m.destination)
+            m.kind == options::MountKind::Bind
+                && options::is_within(file, placement.destination(&m.destination))
         })
     })
 }
 
-/// Refuses a plan this systemd-nspawn cannot run without writing on the host.
-pub fn check_supported(plan: &Plan, nspawn: &Nspawn) -> Result<()> {
+/// Refuses a launch this systemd-nspawn cannot run without writing on the host.
+pub fn check_supported(plan: &Plan, nspawn: &Nspawn, launch: &Launch) -> Result<()> {
     if nspawn.version < RESOLV_CONF_SINCE
-        && let Some((file, _)) = covered_files(plan).next()
+        && let Some((file, _)) = covered_files(plan, &launch.placement).next()
     {
         return Err(anyhow!(
             "a bind covers {file}, which systemd-nspawn {} would overwrite with the host's \
@@ -452,6 +508,7 @@ mod tests {
             tracing: Vec::new(),
             target: Vec::new(),
             namespaces: Vec::new(),
+            placement: Placement::default(),
         }
     }
 
@@ -568,7 +625,10 @@ mod tests {
                 .map(|a| a.to_string_lossy().into_owned())
                 .filter(|a| a.ends_with("=off"))
                 .collect();
-            (off, check_supported(&plan, &nspawn(238)).is_ok())
+            (
+                off,
+                check_supported(&plan, &nspawn(238), &launch(true, true)).is_ok(),
+            )
         };
         assert_eq!(args("--bind=/:/media/root"), (vec![], true));
         assert_eq!(

@@ -15,6 +15,7 @@ use crate::host::kernel::Kernel;
 use crate::host::{self, Env, HostPaths, ui};
 use crate::model::options;
 use crate::model::plan::{self, Payload, Plan, UpdateMode};
+use crate::model::tracing as model_tracing;
 use crate::provision::{self, Target};
 use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
 use crate::runtime::nspawn::{mountpoints, tracing};
@@ -89,9 +90,11 @@ pub fn prepare(
         tracing: Vec::new(),
         target: Vec::new(),
         namespaces: Vec::new(),
+        placement: mountpoints::Placement::default(),
     };
     if let Some(found) = &target {
-        launch.target = found.target.nspawn_options();
+        let staged = toolboxes::target_stage(&plan.directory, &plan.name, launch.session);
+        launch.target = found.target.nspawn_options(&staged);
         launch.namespaces = found
             .target
             .namespace_paths()
@@ -120,8 +123,9 @@ pub fn prepare(
 }
 
 impl Entry {
-    /// The systemd-nspawn command this entry would run, for `--dry-run`: the tracing
-    /// options placed in the tree as it is now (a tree not made yet is taken as empty).
+    /// The systemd-nspawn command this entry would run, for `--dry-run`: the mounts
+    /// placed in the tree as it is now, as they would be once it is mended (a tree not
+    /// made yet is taken as empty).
     pub fn command(&self, quiet: bool) -> Invocation {
         let mut launch = self.launch.clone();
         let tree = Tree {
@@ -129,7 +133,10 @@ impl Entry {
             nspawn: &self.nspawn,
             kernel: self.kernel.as_ref(),
         };
-        tree.place_tracing(&mut launch);
+        // Nothing is written, and a tree not made yet, or one that cannot be looked at,
+        // keeps the destinations as written: entering says what is wrong with it.
+        let placement = tree.place(&launch, mountpoints::Act::Look);
+        tree.apply(&mut launch, placement.unwrap_or_default());
         nspawn::invocation(&self.plan, &self.nspawn, &launch, quiet)
     }
 }
@@ -179,16 +186,23 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
             plan.name
         ));
     }
-    nspawn::check_supported(&plan, &nspawn)?;
     let tree = Tree {
         plan: &plan,
         nspawn: &nspawn,
         kernel: kernel.as_ref(),
     };
+    // The target's files, staged for this session until it ends.
+    let _staged = match &debugged {
+        Some(found) => {
+            toolboxes::remove_stale_stages(&plan.directory, &plan.name)?;
+            let at = toolboxes::target_stage(&plan.directory, &plan.name, launch.session);
+            found.stage(&at, session.quiet())?
+        }
+        None => None,
+    };
     match overlay {
         None => {
-            tree.place_tracing(&mut launch);
-            secure_tree(&plan, &launch, false)?;
+            tree.secure(&mut launch, false)?;
             start_session(session, &plan, &launch)?;
             let invocation = nspawn::invocation(&plan, &nspawn, &launch, session.quiet());
             if session.verbosity >= 2 {
@@ -222,57 +236,70 @@ struct Tree<'a> {
 }
 
 impl Tree<'_> {
-    /// Where the host's kernel directories land depends on the tree's own files: decided
-    /// once the tree is there (and, for overlay storage, mounted).
-    fn place_tracing(&self, launch: &mut Launch) {
-        if let Some(kernel) = self.kernel {
-            launch.tracing = tracing::options(&self.plan.root(), kernel, self.nspawn.version);
+    /// Every mount of the session: configuration's, toolbox's own, the target's, and
+    /// what tracing asks for.
+    fn mounts(&self, launch: &Launch) -> Result<Vec<options::Mount>> {
+        let mut mounts = self.plan.mounts.clone();
+        let tracing = self.kernel.map(model_tracing::requests).unwrap_or_default();
+        for own in [&launch.own_binds(), &tracing, &launch.target] {
+            mounts.extend(
+                options::mounts(own).map_err(|e| anyhow::anyhow!("toolbox's own option {e}"))?,
+            );
         }
+        Ok(mounts)
     }
-}
 
-/// Makes the tree safe to hand to systemd-nspawn (see [`mountpoints`]): a look first,
-/// and only when something is to change, a repair under the toolbox's mount lock, which
-/// the caller may hold already (`locked`).
-fn secure_tree(plan: &Plan, launch: &Launch, locked: bool) -> Result<()> {
-    let own = mountpoints::Own {
-        host_exec: launch
-            .host_exec
-            .as_ref()
-            .map(|_| host_exec::PATH_IN_TOOLBOX),
-        marker: nspawn::MARKER_IN_TOOLBOX,
-    };
-    let root = plan.root();
-    let mut mounts = plan.mounts.clone();
-    for own in [&launch.tracing, &launch.target] {
-        mounts
-            .extend(options::mounts(own).map_err(|e| anyhow::anyhow!("toolbox's own option {e}"))?);
+    /// Checks the tree (and with [`mountpoints::Act::Repair`], mends it) and places the
+    /// session's mounts in it (see [`mountpoints`]).
+    fn place(&self, launch: &Launch, act: mountpoints::Act) -> Result<mountpoints::Placement> {
+        let plan = self.plan;
+        let host_root = plan.host_root();
+        let mounts = self.mounts(launch)?;
+        mountpoints::secure(&plan.root(), &plan.name, &mounts, host_root.as_deref(), act)
     }
-    let secure = |act| mountpoints::secure(&root, &plan.name, &mounts, &own, act);
-    if secure(mountpoints::Act::Look)?.is_empty() {
-        return Ok(());
-    }
-    let _lock = match locked {
-        true => None,
-        false => Some(toolboxes::lock_for_mount(&plan.directory, &plan.name)?),
-    };
-    for change in secure(mountpoints::Act::Repair)? {
-        if let mountpoints::Change::Replaced {
-            path,
-            target,
-            directory,
-        } = change
-        {
-            ui::say(format_args!(
-                "replaced the symlink `{path}` -> `{}` in `{}` with an empty {}: \
-                 systemd-nspawn mounts on it and would follow the link",
-                target.display(),
-                plan.name,
-                if directory { "directory" } else { "file" }
-            ));
+
+    /// Gives `launch` the mounts as placed, and the tracing options that follow from
+    /// where the host's kernel directories land.
+    fn apply(&self, launch: &mut Launch, placement: mountpoints::Placement) {
+        if let Some(kernel) = self.kernel {
+            launch.tracing =
+                tracing::options(&self.plan.root(), kernel, &placement, self.nspawn.version);
         }
+        launch.placement = placement;
     }
-    Ok(())
+
+    /// Makes the tree safe to hand to systemd-nspawn and places the session's mounts: a
+    /// look first, and only when something is to change, a repair under the toolbox's
+    /// mount lock, which the caller may hold already (`locked`).
+    fn secure(&self, launch: &mut Launch, locked: bool) -> Result<()> {
+        let plan = self.plan;
+        let mut placement = self.place(launch, mountpoints::Act::Look)?;
+        if !placement.changes.is_empty() {
+            let _lock = match locked {
+                true => None,
+                false => Some(toolboxes::lock_for_mount(&plan.directory, &plan.name)?),
+            };
+            placement = self.place(launch, mountpoints::Act::Repair)?;
+            for change in &placement.changes {
+                if let mountpoints::Change::Replaced {
+                    path,
+                    target,
+                    directory,
+                } = change
+                {
+                    ui::say(format_args!(
+                        "replaced the symlink `{path}` -> `{}` in `{}` with an empty {}: \
+                         systemd-nspawn mounts on it and would follow the link",
+                        target.display(),
+                        plan.name,
+                        if *directory { "directory" } else { "file" }
+                    ));
+                }
+            }
+        }
+        self.apply(launch, placement);
+        nspawn::check_supported(plan, self.nspawn, launch)
+    }
 }
 
 /// What every session needs before systemd-nspawn starts: the user, a payload that can
@@ -335,8 +362,7 @@ fn enter_overlay(
             .into());
         }
         overlay::mount(&path, &overlay.layers)?;
-        tree.place_tracing(launch);
-        secure_tree(plan, launch, true)?;
+        tree.secure(launch, true)?;
         start_session(session, plan, launch)
     })();
     let status = mounted.and_then(|()| {

@@ -1,32 +1,43 @@
-//! mountpoints: make a toolbox tree safe to hand to systemd-nspawn, on every entry.
+//! mountpoints: make a toolbox tree safe to hand to systemd-nspawn, on every entry, and
+//! place every mount of the session where systemd-nspawn will put it.
 //!
-//! systemd-nspawn 252 resolves mount destinations inside the tree (`chase_symlinks` with
-//! the tree as root), but then writes through plain paths: `/run/host/...`, `/dev/...`,
-//! `/sys/fs/cgroup`, `/var/log/journal` are joined to the tree's path and handed to the
+//! systemd-nspawn writes through plain paths (systemd 252): `/run/host/...`, `/dev/...`,
+//! `/sys/fs/cgroup`, `/etc/resolv.conf` are joined to the tree's path and handed to the
 //! kernel, which follows a symlink in the tree out of it (`run -> /tmp/victim` made it
-//! create `/tmp/victim/host/container-uuid` on the host). And a destination whose symlinks
-//! resolve to the tree's root or to a directory it writes in (`media/root -> /`) puts the
-//! host's files where it writes (it emptied the host's `/etc/resolv.conf` by copying it
-//! onto itself). So before systemd-nspawn runs, every directory it mounts on or writes in,
-//! and every mount point toolbox asks it for, must be a real directory (or file) inside the
-//! tree: a symlink there is replaced by an empty directory (saying so), anything else in
-//! the way is refused, and missing mount points are created here, under the toolbox's
-//! mount lock, so concurrent sessions never race to create them. A mount point that lands
-//! inside another bind (`/media/root/usr` inside the host's `/`) is the host's path: it
-//! must exist there, or systemd-nspawn would create it on the host.
+//! create `/tmp/victim/host/container-uuid` on the host). So the directories it mounts its
+//! own filesystems on or writes in must be real directories of the tree: a symlink there
+//! is replaced by an empty directory (saying so), anything else in the way refused. The
+//! files it reads through plain paths (`/etc/machine-id`) must be regular files, and the
+//! files the session reads (`/etc/passwd`, `/etc/group`) too: a FIFO hangs the reader, a
+//! device feeds it without end.
 //!
-//! The check reads a few entries with `fstatat` and writes nothing when the tree is as it
-//! should be; it never writes outside the tree.
+//! Every mount's destination is placed with [`crate::model::placement`], the way
+//! systemd-nspawn's `chase_symlinks` resolves it, through the tree's links and those of the
+//! host inside every bind: a symlink of the tree is followed while it stays in the tree's
+//! own files, and replaced by an empty directory when it leads out (into the host's `/`,
+//! `/sys`, a tmpfs) or around (a loop), or would put the mount over the root or over a
+//! directory systemd-nspawn needs. A mount point in the tree is made here, under the
+//! toolbox's mount lock, so concurrent sessions never race to make it; one inside a bind
+//! of the host (or in `/proc` or `/sys`) must exist there already, or systemd-nspawn would
+//! create it on the host: refused. systemd-nspawn is then given the placed destinations,
+//! with no symlink left in them to resolve differently.
+//!
+//! The check reads a few entries and writes nothing when the tree is as it should be; it
+//! never writes outside the tree. A process left running inside a toolbox can still change
+//! the tree between this check and systemd-nspawn's mounts: it is root on the host
+//! (`/media/root`), and nothing here defends against it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
 use crate::model::options::{self, Mount, MountKind};
-use crate::sys::Errno;
+use crate::model::placement::{self, Backing, Entry, Kind, Landing, Layer, TreeLink, Unresolved};
+use crate::sys::{self, Errno};
 
 /// Directories systemd-nspawn mounts its own filesystems on and writes beneath through
 /// plain paths: created when missing, as systemd-nspawn would.
@@ -36,6 +47,13 @@ const API_DIRECTORIES: [&str; 5] = ["/dev", "/proc", "/sys", "/run", "/tmp"];
 const WRITTEN_DIRECTORIES: [&str; 2] = ["/etc", "/var"];
 /// The file systemd-nspawn copies the host's resolver configuration into.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The file systemd-nspawn reads the machine ID from, through the plain path (systemd
+/// 252 `setup_machine_id`).
+const MACHINE_ID: &str = "/etc/machine-id";
+/// The files a session's first process reads to become its user.
+const ACCOUNT_FILES: [&str; 2] = ["/etc/passwd", "/etc/group"];
+/// How many symlinks of the tree one mount point may make toolbox replace.
+const MAX_REPAIRS: usize = 40;
 
 /// What must be at a path in the tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +64,25 @@ enum Need {
     PresentDirectory,
     /// A non-directory to mount a file on, created empty if missing.
     File,
-    /// Its directories real, itself left as it is if present (systemd-nspawn checks it).
-    Existing,
     /// Its directories real; itself, if present, a regular file or a symlink, which
     /// systemd-nspawn opens with `O_NOFOLLOW`: never a device it would write to.
     Written,
+    /// Its directories real; itself, if present, a regular file, which systemd-nspawn
+    /// reads through the plain path (a symlink would be followed on the host).
+    Read,
 }
 
-/// A path systemd-nspawn will mount on or write at, and where its mount point lies.
+impl Need {
+    fn what(self) -> &'static str {
+        match self {
+            Need::Directory | Need::PresentDirectory => "a directory",
+            Need::File => "a file",
+            Need::Written | Need::Read => "a regular file",
+        }
+    }
+}
+
+/// A path systemd-nspawn writes at or reads, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Point {
     destination: String,
@@ -82,184 +111,369 @@ pub enum Act {
     Repair,
 }
 
-/// The toolbox's own mounts, beside those from configuration: toolbox's binary as
-/// `host-exec` (a file), and the `/run/.toolboxenv` marker.
-pub struct Own<'a> {
-    pub host_exec: Option<&'a str>,
-    pub marker: &'a str,
+/// What [`secure`] found: the changes made (or to make), and where each mount's
+/// destination is placed, by its destination as written (normalized).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub changes: Vec<Change>,
+    pub destinations: BTreeMap<String, String>,
 }
 
-/// The points of a launch: systemd-nspawn's directories, the marker, `host-exec`, and
-/// every mount from configuration. `source_is_dir` tells what a bind's source is.
-fn points(mounts: &[Mount], own: &Own, source_is_dir: &dyn Fn(&str) -> bool) -> Vec<Point> {
+impl Placement {
+    /// Where the mount at `destination` (normalized) goes.
+    pub fn destination<'a>(&'a self, destination: &'a str) -> &'a str {
+        self.destinations
+            .get(destination)
+            .map_or(destination, String::as_str)
+    }
+}
+
+/// The paths systemd-nspawn writes through or reads as plain paths.
+fn plain_points() -> Vec<Point> {
+    let nspawn = |destination: &str, need| Point {
+        destination: destination.to_string(),
+        need,
+        word: "systemd-nspawn".into(),
+    };
     let mut points: Vec<Point> = API_DIRECTORIES
         .iter()
-        .map(|d| (d, Need::Directory))
-        .chain(
-            WRITTEN_DIRECTORIES
-                .iter()
-                .map(|d| (d, Need::PresentDirectory)),
-        )
-        .map(|(d, need)| Point {
-            destination: d.to_string(),
-            need,
-            word: "systemd-nspawn".into(),
-        })
+        .map(|d| nspawn(d, Need::Directory))
         .collect();
-    points.push(Point {
-        destination: RESOLV_CONF.into(),
-        need: Need::Written,
-        word: "systemd-nspawn".into(),
-    });
-    for (destination, word) in [
-        (Some(own.marker), "the toolbox marker"),
-        (own.host_exec, "host-exec"),
-    ] {
-        if let Some(destination) = destination {
-            points.push(Point {
-                destination: destination.into(),
-                need: Need::File,
-                word: word.into(),
-            });
-        }
-    }
-    for mount in mounts {
-        let need = match (mount.kind, &mount.source) {
-            (MountKind::Inaccessible, _) => Need::Existing,
-            (MountKind::Bind, Some(source)) if !source_is_dir(source) => Need::File,
-            _ => Need::Directory,
-        };
-        points.push(Point {
-            destination: mount.destination.clone(),
-            need,
-            word: mount.word.clone(),
-        });
-    }
+    points.extend(
+        WRITTEN_DIRECTORIES
+            .iter()
+            .map(|d| nspawn(d, Need::PresentDirectory)),
+    );
+    points.push(nspawn(RESOLV_CONF, Need::Written));
+    points.push(nspawn(MACHINE_ID, Need::Read));
     points
 }
 
-/// Where a point's mount point is made: in the tree, inside a directory of the host
-/// (another bind's source), or inside a filesystem systemd-nspawn or a tmpfs mounts first.
-#[derive(Debug, PartialEq, Eq)]
-enum Place {
-    Tree,
-    /// Inside the bind of host directory `.0`, at `.1` beneath it.
-    Host(PathBuf, PathBuf),
-    Fresh,
+/// The container as systemd-nspawn builds it before its custom mounts: the tree, its own
+/// filesystems, and `mounts` (their destinations as placed so far).
+fn layers(mounts: &[Mount], placed: &BTreeMap<String, String>) -> Vec<Layer> {
+    let mut layers = vec![
+        Layer::new("/", Backing::Tree),
+        Layer::new("/proc", Backing::Kernel("/proc".into())),
+        Layer::new("/sys", Backing::Kernel("/sys".into())),
+        Layer::new("/dev", Backing::Fresh),
+        Layer::new("/tmp", Backing::Fresh),
+        Layer::new("/run", Backing::Fresh),
+    ];
+    for mount in mounts {
+        let destination = placed.get(&mount.destination).unwrap_or(&mount.destination);
+        let (backing, file) = match (mount.kind, &mount.source) {
+            (MountKind::Inaccessible, _) => continue,
+            (MountKind::Tmpfs, _) | (_, None) => (Backing::Fresh, false),
+            (MountKind::Bind | MountKind::Overlay, Some(source)) => {
+                let file = !Path::new(source).is_dir();
+                (
+                    Backing::Host(source.into()),
+                    file && mount.kind == MountKind::Bind,
+                )
+            }
+        };
+        layers.push(Layer {
+            destination: destination.clone(),
+            backing,
+            file,
+        });
+    }
+    layers
 }
 
-/// The mount, of `mounts` or systemd-nspawn's own, that `destination` lies inside.
-fn place(destination: &str, mounts: &[Mount]) -> Place {
-    let inside = |outer: &str| destination != outer && options::is_within(destination, outer);
-    let enclosing = mounts
-        .iter()
-        .filter(|m| m.kind != MountKind::Inaccessible && inside(&m.destination))
-        .max_by_key(|m| m.destination.len());
-    let api = API_DIRECTORIES.iter().find(|d| inside(d));
-    match (enclosing, api) {
-        (_, Some(_)) => Place::Fresh,
-        (None, None) => Place::Tree,
-        (Some(outer), None) => match (&outer.kind, &outer.source) {
-            (MountKind::Bind | MountKind::Overlay, Some(source)) => {
-                let rest = &destination[outer.destination.len()..];
-                Place::Host(source.into(), rest.trim_start_matches('/').into())
-            }
-            _ => Place::Fresh,
-        },
+/// What is where, for [`placement`]: the tree through its directory, the host's files.
+struct Lookups<'a> {
+    tree: &'a OwnedFd,
+}
+
+impl placement::Lookup for Lookups<'_> {
+    fn tree(&mut self, path: &str) -> io::Result<Entry> {
+        sys::entry_beneath(self.tree, path)
+    }
+
+    fn host(&mut self, path: &Path) -> io::Result<Entry> {
+        sys::entry(path)
+    }
+
+    fn kernel(&mut self, root: &Path, rest: &str) -> io::Result<Entry> {
+        sys::kernel_entry(root, rest)
     }
 }
 
 /// Checks (and with [`Act::Repair`], repairs) the tree at `root` for a launch with
-/// `mounts` from configuration and toolbox's `own` mounts; `name` is the toolbox's, for
-/// messages. Returns what was (or would be) changed; anything it cannot repair is an
-/// error naming the path.
+/// `mounts` (configuration's and toolbox's own); `name` is the toolbox's, `host_root`
+/// where the host's `/` is bound, for messages and checks. Returns what was (or would
+/// be) changed and where each mount goes; anything it cannot repair is an error naming
+/// the path.
 pub fn secure(
     root: &Path,
     name: &str,
     mounts: &[Mount],
-    own: &Own,
-    mode: Act,
-) -> Result<Vec<Change>> {
-    let source_is_dir = |source: &str| std::fs::metadata(source).is_ok_and(|m| m.is_dir());
-    let tree = crate::sys::open_dir(root)
-        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", root.display()))?;
-    let mut changes = Vec::new();
-    for point in points(mounts, own, &source_is_dir) {
-        match place(&point.destination, mounts) {
-            Place::Fresh => {}
-            Place::Tree => walk(&tree, name, &point, mode, &mut changes)?,
-            // Only a mount point is made there; a path systemd-nspawn writes at is left
-            // alone under a bind (told not to, for resolv.conf and localtime).
-            Place::Host(source, rest) if matches!(point.need, Need::Directory | Need::File) => {
-                let path = source.join(&rest);
-                match host_path(&source, &rest) {
-                    HostPath::Real => {}
-                    HostPath::Missing => bail!(
-                        "`{}`: {} is not on the host, and systemd-nspawn would create it \
-                         there to mount on; create it, or mount elsewhere",
-                        point.word,
-                        path.display()
-                    ),
-                    HostPath::Symlink(link) => bail!(
-                        "`{}`: {} on the host is a symlink, which systemd-nspawn would \
-                         follow inside the toolbox instead; mount at the path it points to",
-                        point.word,
-                        link.display()
-                    ),
+    host_root: Option<&str>,
+    act: Act,
+) -> Result<Placement> {
+    let tree = sys::open_dir(root).map_err(|e| anyhow!("cannot open {}: {e}", root.display()))?;
+    let mut placement = Placement::default();
+    for point in plain_points() {
+        walk(&tree, name, &point, act, &mut placement.changes)?;
+    }
+    let mut lookups = Lookups { tree: &tree };
+    check_account_files(&layers(mounts, &placement.destinations), &mut lookups, name)?;
+    // Each mount is placed in the container its own placement leaves: once every
+    // destination stays where the last round put it, systemd-nspawn, mounting them in
+    // order of those paths, finds every one where it was placed.
+    for _ in 0..3 {
+        let layers = layers(mounts, &placement.destinations);
+        let mut placed = BTreeMap::new();
+        for mount in mounts.iter().filter(|m| m.kind != MountKind::Inaccessible) {
+            let need = match (mount.kind, &mount.source) {
+                (MountKind::Bind, Some(source)) if !Path::new(source).is_dir() => Need::File,
+                _ => Need::Directory,
+            };
+            let point = Point {
+                destination: mount.written.clone(),
+                need,
+                word: mount.word.clone(),
+            };
+            let own = placement.destination(&mount.destination).to_string();
+            let covers = |path: &str| covers_what_nspawn_needs(path, mount, host_root);
+            let at = place(
+                &layers,
+                &mut lookups,
+                &tree,
+                (name, &own),
+                &point,
+                &covers,
+                act,
+                &mut placement.changes,
+            )?;
+            placed.insert(mount.destination.clone(), at);
+        }
+        if act == Act::Look && !placement.changes.is_empty() {
+            // What follows depends on the repairs: the caller repairs first.
+            placement.destinations = placed;
+            return Ok(placement);
+        }
+        if placed == placement.destinations {
+            return Ok(placement);
+        }
+        placement.destinations = placed;
+    }
+    bail!(
+        "the mount points of toolbox `{name}` move each time they are placed (symlinks in \
+         the tree lead from one into another); remove them from the toolbox"
+    )
+}
+
+/// Whether a mount at `path` would cover the root or a directory systemd-nspawn mounts
+/// its own filesystems on or writes in: no symlink of the tree may lead a mount there
+/// (the host's `/` at `/etc` would get the host's resolver configuration and time zone
+/// written into its own `/`).
+fn needed_by_nspawn(path: &str) -> bool {
+    path == "/"
+        || API_DIRECTORIES
+            .iter()
+            .chain(WRITTEN_DIRECTORIES.iter())
+            .any(|dir| options::is_within(dir, path))
+}
+
+/// What `mount`, placed at `path`, would cover of what the session needs: the root,
+/// `/run` and `/run/host`, where systemd-nspawn writes its own files, or the host's `/` at
+/// `host_root` (unless it is that bind); as `Plan` checks destinations as written.
+fn covers_what_nspawn_needs(path: &str, mount: &Mount, host_root: Option<&str>) -> Option<String> {
+    if path == "/" || path == "/run" || options::is_within(path, "/run/host") {
+        return Some(path.to_string());
+    }
+    let host_root = host_root?;
+    let binds_host_root = mount.kind == MountKind::Bind
+        && mount.source.as_deref().map(options::normalize).as_deref() == Some("/");
+    (options::is_within(host_root, path) && !(path == host_root && binds_host_root))
+        .then(|| host_root.to_string())
+}
+
+/// Places one mount point: follows the tree's links while they stay in it, replaces one
+/// that leads out, makes the mount point in the tree, refuses one to be made on the host.
+/// Returns the destination to give systemd-nspawn.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    layers: &[Layer],
+    lookups: &mut Lookups,
+    tree: &OwnedFd,
+    (name, own): (&str, &str),
+    point: &Point,
+    covers: &dyn Fn(&str) -> Option<String>,
+    act: Act,
+    changes: &mut Vec<Change>,
+) -> Result<String> {
+    for _ in 0..MAX_REPAIRS {
+        let resolved = placement::resolve_destination(layers, lookups, &point.destination, own);
+        let landing = match resolved {
+            Ok(landing) => landing,
+            Err(Unresolved::Loop(Some(link))) => {
+                replace(tree, name, &link, act, changes)?;
+                if act == Act::Look {
+                    return Ok(point.destination.clone());
                 }
+                continue;
             }
-            Place::Host(..) => {}
+            Err(Unresolved::Loop(None)) => bail!(
+                "`{}`: {} leads around in a loop of the host's symlinks; mount elsewhere",
+                point.word,
+                point.destination
+            ),
+            Err(Unresolved::NotDirectory { path, kind }) => bail!(
+                "`{}`: {path} is {} inside toolbox `{name}`, where systemd-nspawn needs a \
+                 directory to mount on; mount elsewhere",
+                point.word,
+                kind.describe()
+            ),
+            Err(Unresolved::Io(e)) => {
+                bail!("`{}`: cannot place {}: {e}", point.word, point.destination)
+            }
+        };
+        let covered = covers(&landing.path);
+        let astray = landing.left_tree || covered.is_some() || needed_by_nspawn(&landing.path);
+        match (&landing.through, astray) {
+            (Some(link), true) => {
+                replace(tree, name, link, act, changes)?;
+                if act == Act::Look {
+                    return Ok(point.destination.clone());
+                }
+                continue;
+            }
+            (None, true) if covered.is_some() => bail!(
+                "`{}`: {} lands on {}, which would cover {}; mount elsewhere",
+                point.word,
+                point.destination,
+                landing.path,
+                covered.unwrap_or_default()
+            ),
+            _ => {}
+        }
+        return land(layers, tree, name, point, &landing, act, changes);
+    }
+    bail!(
+        "`{}`: {} passes through too many symlinks in toolbox `{name}`",
+        point.word,
+        point.destination
+    )
+}
+
+/// Checks or makes the mount point where `landing` says it goes.
+fn land(
+    layers: &[Layer],
+    tree: &OwnedFd,
+    name: &str,
+    point: &Point,
+    landing: &Landing,
+    act: Act,
+    changes: &mut Vec<Change>,
+) -> Result<String> {
+    let layer = &layers[landing.layer];
+    let host_path = |root: &Path| {
+        let rest = landing.path[layer.destination.len()..].trim_start_matches('/');
+        root.join(rest)
+    };
+    match (&layer.backing, &landing.found) {
+        (Backing::Tree, _) => {
+            let placed = Point {
+                destination: landing.path.clone(),
+                ..point.clone()
+            };
+            walk(tree, name, &placed, act, changes)?;
+        }
+        (Backing::Fresh, _) => {}
+        (Backing::Host(source) | Backing::Kernel(source), Entry::Missing) => bail!(
+            "`{}`: {} is not on the host, and systemd-nspawn would create it there to mount \
+             on; create it, or mount elsewhere",
+            point.word,
+            host_path(source).display()
+        ),
+        (Backing::Host(source) | Backing::Kernel(source), Entry::Found(kind)) => {
+            if (*kind == Kind::Directory) != (point.need == Need::Directory) {
+                bail!(
+                    "`{}`: {} on the host is {}, where systemd-nspawn needs {}; mount elsewhere",
+                    point.word,
+                    host_path(source).display(),
+                    kind.describe(),
+                    point.need.what()
+                );
+            }
+        }
+        (_, Entry::Link(_)) => unreachable!("a landing is never a symlink"),
+    }
+    Ok(landing.path.clone())
+}
+
+/// The files a session reads to become its user, as the session sees them: regular files
+/// or absent.
+fn check_account_files(layers: &[Layer], lookups: &mut Lookups, name: &str) -> Result<()> {
+    for file in ACCOUNT_FILES {
+        let refused = |what: String| {
+            anyhow!(
+                "`{file}` in toolbox `{name}` is {what}, where a session reads a regular file; \
+                 remove it from the toolbox"
+            )
+        };
+        match placement::resolve(layers, lookups, file) {
+            Ok(Landing {
+                found: Entry::Found(kind),
+                ..
+            }) if kind != Kind::Regular => return Err(refused(kind.describe().into())),
+            Err(Unresolved::Loop(_)) => return Err(refused("a loop of symlinks".into())),
+            _ => {}
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
-/// What a path on the host is, to mount on inside the bind that shows it.
-enum HostPath {
-    Real,
-    Missing,
-    /// A symlink on the way, which systemd-nspawn resolves inside the toolbox, somewhere
-    /// else than the host's path.
-    Symlink(PathBuf),
-}
-
-/// What is at `rest` beneath the host directory `source`: the bind has resolved `source`
-/// itself, symlinks and all; systemd-nspawn resolves `rest` inside the toolbox.
-fn host_path(source: &Path, rest: &Path) -> HostPath {
-    let mut walked = source.to_path_buf();
-    if !walked.is_dir() {
-        return HostPath::Missing;
+/// Replaces the tree's symlink `link` with an empty directory (saying so in `changes`).
+fn replace(
+    tree: &OwnedFd,
+    name: &str,
+    link: &TreeLink,
+    act: Act,
+    changes: &mut Vec<Change>,
+) -> Result<()> {
+    changes.push(Change::Replaced {
+        path: link.path.clone(),
+        target: link.target.clone().into(),
+        directory: true,
+    });
+    if act == Act::Look {
+        return Ok(());
     }
-    for part in rest.components() {
-        walked.push(part);
-        match std::fs::symlink_metadata(&walked) {
-            Ok(meta) if meta.file_type().is_symlink() => return HostPath::Symlink(walked),
-            Ok(_) => {}
-            Err(_) => return HostPath::Missing,
-        }
+    let (parent, leaf) = link.path.rsplit_once('/').unwrap_or(("", &link.path));
+    let parent = parent.trim_start_matches('/');
+    let dir = rfs::openat2(
+        tree,
+        if parent.is_empty() { "." } else { parent },
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        rfs::ResolveFlags::BENEATH | rfs::ResolveFlags::NO_SYMLINKS,
+    )
+    .map_err(|e| {
+        anyhow!(
+            "cannot open the directory of `{}` in `{name}`: {e}",
+            link.path
+        )
+    })?;
+    let stat = rfs::statat(&dir, leaf, AtFlags::SYMLINK_NOFOLLOW);
+    if stat.is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink) {
+        rfs::unlinkat(&dir, leaf, AtFlags::empty())
+            .map_err(|e| anyhow!("cannot remove the symlink `{}` in `{name}`: {e}", link.path))?;
     }
-    HostPath::Real
+    create(&dir, leaf, Need::Directory, &link.path, name)
 }
 
-fn kind_name(kind: FileType) -> &'static str {
-    match kind {
-        FileType::RegularFile => "a file",
-        FileType::Directory => "a directory",
-        FileType::Symlink => "a symlink",
-        FileType::Fifo => "a FIFO",
-        FileType::Socket => "a socket",
-        FileType::CharacterDevice => "a character device",
-        FileType::BlockDevice => "a block device",
-        FileType::Unknown => "something unknown",
-    }
-}
-
-/// Walks `point` from the tree's root, component by component, never following a symlink.
+/// Walks `point` from the tree's root, component by component, never following a symlink:
+/// a symlink on the way is replaced, a missing mount point made.
 fn walk(
     tree: &OwnedFd,
     name: &str,
     point: &Point,
-    mode: Act,
+    act: Act,
     changes: &mut Vec<Change>,
 ) -> Result<()> {
     let parts: Vec<&str> = point
@@ -284,14 +498,10 @@ fn walk(
             _ => Need::Directory,
         };
         let refuse = |what: &str| {
-            anyhow::anyhow!(
+            anyhow!(
                 "`{path}` in toolbox `{name}` is {what}, where systemd-nspawn needs {} \
                  (for {}); remove it from the toolbox",
-                if need == Need::Directory {
-                    "a directory"
-                } else {
-                    "a file"
-                },
+                need.what(),
                 point.word
             )
         };
@@ -305,9 +515,10 @@ fn walk(
         match (found, need) {
             (None, _) if !made => return Ok(()),
             (Some(FileType::Directory), Need::Directory) => {}
-            (Some(FileType::Directory), Need::File) => return Err(refuse("a directory")),
+            (Some(FileType::Directory), _) if last => return Err(refuse("a directory")),
             (Some(FileType::Directory), _) => {}
-            (Some(FileType::Symlink), Need::Existing | Need::Written) if last => return Ok(()),
+            (Some(FileType::Symlink), Need::Written) if last => return Ok(()),
+            (Some(FileType::Symlink), Need::Read) if last => return Err(refuse("a symlink")),
             (Some(FileType::Symlink), _) => {
                 let target = rfs::readlinkat(&dir, *part, Vec::new())
                     .map(|t| PathBuf::from(t.to_string_lossy().into_owned()))
@@ -317,27 +528,28 @@ fn walk(
                     target,
                     directory: need == Need::Directory,
                 });
-                if mode == Act::Repair {
+                if act == Act::Repair {
                     rfs::unlinkat(&dir, *part, AtFlags::empty()).map_err(|e| {
-                        anyhow::anyhow!("cannot remove the symlink `{path}` in `{name}`: {e}")
+                        anyhow!("cannot remove the symlink `{path}` in `{name}`: {e}")
                     })?;
                     create(&dir, part, need, &path, name)?;
                 }
             }
             (None, _) => {
                 changes.push(Change::Created(path.clone()));
-                if mode == Act::Repair {
+                if act == Act::Repair {
                     create(&dir, part, need, &path, name)?;
                 }
             }
-            (Some(FileType::RegularFile), Need::File | Need::Existing | Need::Written) if last => {}
-            (Some(_), Need::File | Need::Existing) if last => {}
+            (Some(FileType::RegularFile), Need::File | Need::Written | Need::Read) if last => {}
+            // A file is mounted on any non-directory, as systemd-nspawn allows.
+            (Some(_), Need::File) if last => {}
             (Some(kind), _) => return Err(refuse(kind_name(kind))),
         }
         if last {
             return Ok(());
         }
-        if mode == Act::Look && !matches!(found, Some(FileType::Directory)) {
+        if act == Act::Look && !matches!(found, Some(FileType::Directory)) {
             // What follows would be made with this directory: nothing more to look at.
             return Ok(());
         }
@@ -347,9 +559,22 @@ fn walk(
             OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| anyhow::anyhow!("cannot open `{path}` in `{name}`: {e}"))?;
+        .map_err(|e| anyhow!("cannot open `{path}` in `{name}`: {e}"))?;
     }
     Ok(())
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Symlink => "a symlink",
+        FileType::Unknown => "something unknown",
+        FileType::Directory => Kind::Directory.describe(),
+        FileType::RegularFile => Kind::Regular.describe(),
+        FileType::Fifo => Kind::Fifo.describe(),
+        FileType::Socket => Kind::Socket.describe(),
+        FileType::CharacterDevice => Kind::CharDevice.describe(),
+        FileType::BlockDevice => Kind::BlockDevice.describe(),
+    }
 }
 
 /// Makes an empty directory or file at `part` in `dir`; one made meanwhile by another
@@ -384,63 +609,49 @@ mod tests {
             .unwrap()
     }
 
+    const ROOT: Option<&str> = None;
+
+    /// The CoreOS binds and toolbox's own: the marker and `host-exec`.
     fn defaults() -> Vec<Mount> {
         [
             "--bind=/:/media/root",
             "--bind=/usr:/media/root/usr",
             "--bind=/run:/media/root/run",
+            "--bind-ro=/etc/hostname:/run/.toolboxenv",
+            "--bind-ro=/etc/hostname:/usr/local/bin/host-exec",
         ]
         .map(mount)
         .to_vec()
-    }
-
-    const OWN: Own = Own {
-        host_exec: Some("/usr/local/bin/host-exec"),
-        marker: "/run/.toolboxenv",
-    };
-
-    #[test]
-    fn places() {
-        let mounts = defaults();
-        assert_eq!(place("/media/root", &mounts), Place::Tree);
-        assert_eq!(
-            place("/media/root/usr", &mounts),
-            Place::Host("/".into(), "usr".into())
-        );
-        assert_eq!(
-            place("/media/root/a/b", &mounts),
-            Place::Host("/".into(), "a/b".into())
-        );
-        assert_eq!(place("/run/.toolboxenv", &mounts), Place::Fresh);
-        assert_eq!(place("/srv/x", &[mount("--tmpfs=/srv")]), Place::Fresh);
     }
 
     #[test]
     fn a_fresh_tree_gets_its_mount_points_once() {
         let dir = tempfile::tempdir().unwrap();
         let mounts = defaults();
-        let changes = secure(dir.path(), "t", &mounts, &OWN, Act::Look).unwrap();
+        let placement = secure(dir.path(), "t", &mounts, ROOT, Act::Look).unwrap();
         assert!(
-            changes.contains(&Change::Created("/media".into())),
-            "{changes:?}"
+            placement
+                .changes
+                .contains(&Change::Created("/media".into())),
+            "{placement:?}"
         );
         assert!(
             fs::read_dir(dir.path()).unwrap().next().is_none(),
             "check wrote"
         );
-        secure(dir.path(), "t", &mounts, &OWN, Act::Repair).unwrap();
+        secure(dir.path(), "t", &mounts, ROOT, Act::Repair).unwrap();
         assert!(dir.path().join("media/root").is_dir());
         assert!(dir.path().join("usr/local/bin/host-exec").is_file());
         assert!(dir.path().join("run").is_dir() && !dir.path().join("run/.toolboxenv").exists());
-        assert_eq!(
-            secure(dir.path(), "t", &mounts, &OWN, Act::Look).unwrap(),
-            []
-        );
+        let placement = secure(dir.path(), "t", &mounts, ROOT, Act::Look).unwrap();
+        assert_eq!(placement.changes, []);
+        assert_eq!(placement.destination("/media/root/usr"), "/media/root/usr");
     }
 
     // Regression: `media/root -> /` made systemd-nspawn bind the host's `/` over the
-    // container's root, and `run -> /tmp/victim` (absolute or relative) made it write in
-    // the victim directory.
+    // container's root, `run -> /tmp/victim` (absolute or relative) made it write in the
+    // victim directory, and a link leading a bind onto `/etc` or `/var` (`media/root ->
+    // /etc`) would have it write the resolver configuration into the bind's source.
     #[test]
     fn symlinks_out_of_the_tree_are_replaced_by_directories() {
         let outside = tempfile::tempdir().unwrap();
@@ -448,17 +659,31 @@ mod tests {
         fs::create_dir(&victim).unwrap();
         let dir = outside.path().join("tree");
         fs::create_dir_all(dir.join("media")).unwrap();
+        fs::create_dir_all(dir.join("usr/local")).unwrap();
         symlink("/", dir.join("media/root")).unwrap();
         symlink(&victim, dir.join("run")).unwrap();
         symlink("../../../../../../tmp", dir.join("tmp")).unwrap();
         symlink(&victim, dir.join("etc")).unwrap();
-        let changes = secure(&dir, "t", &defaults(), &OWN, Act::Repair).unwrap();
-        for path in ["/media/root", "/run", "/tmp", "/etc"] {
+        symlink("/media/root/tmp", dir.join("usr/local/bin")).unwrap();
+        fs::create_dir_all(dir.join("srv")).unwrap();
+        symlink("/var", dir.join("srv/data")).unwrap();
+        let mut mounts = defaults();
+        mounts.push(mount("--bind=/srv:/srv/data"));
+        let placement = secure(&dir, "t", &mounts, ROOT, Act::Repair).unwrap();
+        for path in [
+            "/media/root",
+            "/run",
+            "/tmp",
+            "/etc",
+            "/usr/local/bin",
+            "/srv/data",
+        ] {
             assert!(
-                changes
+                placement
+                    .changes
                     .iter()
                     .any(|c| matches!(c, Change::Replaced { path: p, .. } if p == path)),
-                "{path}: {changes:?}"
+                "{path}: {placement:?}"
             );
             let meta = fs::symlink_metadata(dir.join(&path[1..])).unwrap();
             assert!(meta.is_dir(), "{path}");
@@ -466,15 +691,60 @@ mod tests {
         assert!(fs::read_dir(&victim).unwrap().next().is_none());
     }
 
+    // Links that stay in the tree are followed, as systemd-nspawn follows them: a
+    // merged-/usr image keeps its `/lib -> usr/lib`.
+    #[test]
+    fn symlinks_inside_the_tree_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("usr/lib/modules")).unwrap();
+        symlink("usr/lib", dir.path().join("lib")).unwrap();
+        let mounts = [mount("--bind-ro=/usr:/lib/modules/6.1")];
+        let placement = secure(dir.path(), "t", &mounts, ROOT, Act::Repair).unwrap();
+        assert_eq!(
+            placement.destination("/lib/modules/6.1"),
+            "/usr/lib/modules/6.1"
+        );
+        assert!(
+            fs::symlink_metadata(dir.path().join("lib"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert!(dir.path().join("usr/lib/modules/6.1").is_dir());
+    }
+
+    // Regression: a link into a bind of the host's tracefs or bpffs (`usr/src ->
+    // /sys/kernel/tracing/instances`, `lib -> /sys/fs/bpf`) made systemd-nspawn create
+    // ftrace instances and /sys/fs/bpf/modules on the host.
+    #[test]
+    fn symlinks_into_binds_of_the_host_are_replaced() {
+        let host = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("usr")).unwrap();
+        symlink("/sys/fs/bpf", dir.path().join("usr/src")).unwrap();
+        let mounts = [
+            mount(&format!("--bind={}:/sys/fs/bpf", host.path().display())),
+            mount("--bind-ro=/usr:/usr/src/linux-6.1"),
+        ];
+        let placement = secure(dir.path(), "t", &mounts, ROOT, Act::Repair).unwrap();
+        assert!(
+            placement
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Replaced { path, .. } if path == "/usr/src"))
+        );
+        assert!(dir.path().join("usr/src/linux-6.1").is_dir());
+        assert!(fs::read_dir(host.path()).unwrap().next().is_none());
+    }
+
     #[test]
     fn etc_and_var_are_not_made_but_must_be_directories() {
         let outside = tempfile::tempdir().unwrap();
         let dir = outside.path().join("tree");
         fs::create_dir(&dir).unwrap();
-        secure(&dir, "t", &[], &OWN, Act::Repair).unwrap();
+        secure(&dir, "t", &[], ROOT, Act::Repair).unwrap();
         assert!(!dir.join("etc").exists() && !dir.join("var").exists());
         symlink(outside.path(), dir.join("var")).unwrap();
-        secure(&dir, "t", &[], &OWN, Act::Repair).unwrap();
+        secure(&dir, "t", &[], ROOT, Act::Repair).unwrap();
         assert!(fs::symlink_metadata(dir.join("var")).unwrap().is_dir());
     }
 
@@ -482,19 +752,31 @@ mod tests {
     fn what_cannot_be_repaired_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("media"), "").unwrap();
-        let err = secure(dir.path(), "t", &defaults(), &OWN, Act::Look).unwrap_err();
+        let err = secure(dir.path(), "t", &defaults(), ROOT, Act::Look).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`/media` in toolbox `t` is a file, where systemd-nspawn needs a directory (for \
-             --bind=/:/media/root); remove it from the toolbox"
+            "`--bind=/:/media/root`: /media is a file inside toolbox `t`, where \
+             systemd-nspawn needs a directory to mount on; mount elsewhere"
         );
         fs::remove_file(dir.path().join("media")).unwrap();
         fs::create_dir_all(dir.path().join("usr/local/bin/host-exec")).unwrap();
-        let err = secure(dir.path(), "t", &defaults(), &OWN, Act::Repair).unwrap_err();
+        let err = secure(dir.path(), "t", &defaults(), ROOT, Act::Repair).unwrap_err();
         assert!(
             err.to_string()
-                .contains("is a directory, where systemd-nspawn needs a file")
+                .contains("is a directory, where systemd-nspawn needs a file"),
+            "{err}"
         );
+    }
+
+    fn fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -506,7 +788,7 @@ mod tests {
             dir.path().join("etc/resolv.conf"),
         )
         .unwrap();
-        secure(dir.path(), "t", &[], &OWN, Act::Repair).unwrap();
+        secure(dir.path(), "t", &[], ROOT, Act::Repair).unwrap();
         assert!(
             fs::symlink_metadata(dir.path().join("etc/resolv.conf"))
                 .unwrap()
@@ -514,15 +796,8 @@ mod tests {
                 .is_symlink()
         );
         fs::remove_file(dir.path().join("etc/resolv.conf")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            dir.path().join("etc/resolv.conf"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
-        let err = secure(dir.path(), "t", &[], &OWN, Act::Look).unwrap_err();
+        fifo(&dir.path().join("etc/resolv.conf"));
+        let err = secure(dir.path(), "t", &[], ROOT, Act::Look).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("`/etc/resolv.conf` in toolbox `t` is a FIFO"),
@@ -530,40 +805,129 @@ mod tests {
         );
     }
 
+    // Regression: a FIFO at /etc/machine-id hung systemd-nspawn, a device there ended in
+    // its own error; a FIFO or /dev/zero at /etc/passwd hung a session or grew it without
+    // end.
     #[test]
-    fn mount_points_inside_a_bind_must_exist_on_the_host() {
+    fn files_read_through_plain_paths_must_be_regular() {
         let dir = tempfile::tempdir().unwrap();
-        let mut mounts = defaults();
-        mounts.push(mount("--bind=/srv:/media/root/no-such-dir-on-this-host"));
-        let err = secure(dir.path(), "t", &mounts, &OWN, Act::Look).unwrap_err();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fifo(&dir.path().join("etc/machine-id"));
+        let err = secure(dir.path(), "t", &[], ROOT, Act::Look).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`--bind=/srv:/media/root/no-such-dir-on-this-host`: /no-such-dir-on-this-host is \
-             not on the host, and systemd-nspawn would create it there to mount on; create it, \
-             or mount elsewhere"
+            "`/etc/machine-id` in toolbox `t` is a FIFO, where systemd-nspawn needs a regular \
+             file (for systemd-nspawn); remove it from the toolbox"
         );
-        // A file systemd-nspawn would write in a bound /etc is not checked on the host: it
-        // is told to leave it alone, and the host's may be a link (systemd-resolved's).
-        let outside = tempfile::tempdir().unwrap();
-        let etc = outside.path().join("etc");
-        fs::create_dir(&etc).unwrap();
-        symlink("../run/resolv.conf", etc.join("resolv.conf")).unwrap();
-        let bind = format!("--bind={}:/etc", etc.display());
-        secure(dir.path(), "t", &[mount(&bind)], &OWN, Act::Look).unwrap();
-        // A mount point behind a symlink on the host is refused, naming the link.
-        let bind = format!("--bind={}:/etc", outside.path().display());
-        let nested = "--bind=/srv:/etc/etc/resolv.conf/x";
+        fs::remove_file(dir.path().join("etc/machine-id")).unwrap();
+        symlink("/etc/machine-id", dir.path().join("etc/machine-id")).unwrap();
+        let err = secure(dir.path(), "t", &[], ROOT, Act::Look).unwrap_err();
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        fs::remove_file(dir.path().join("etc/machine-id")).unwrap();
+        fs::write(dir.path().join("etc/machine-id"), "").unwrap();
+        fifo(&dir.path().join("etc/group"));
+        symlink("group", dir.path().join("etc/passwd")).unwrap();
+        let err = secure(dir.path(), "t", &[], ROOT, Act::Look).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`/etc/passwd` in toolbox `t` is a FIFO, where a session reads a regular file; \
+             remove it from the toolbox"
+        );
+    }
+
+    // Regression: the checks normalized `..` as text, but systemd-nspawn follows the
+    // host's `/bin -> usr/bin` inside `/media/root` first, and created the host's
+    // /tmp/victim/made.
+    #[test]
+    fn mount_points_inside_a_bind_are_resolved_through_the_hosts_links() {
+        let host = tempfile::tempdir().unwrap();
+        fs::create_dir_all(host.path().join("usr/bin")).unwrap();
+        symlink("usr/bin", host.path().join("bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let host_root = format!("--bind={}:/media/root", host.path().display());
+        let sneaky = "--bind=/srv:/media/root/bin/../../victim/made";
         let err = secure(
             dir.path(),
             "t",
-            &[mount(&bind), mount(nested)],
-            &OWN,
+            &[mount(&host_root), mount(sneaky)],
+            ROOT,
+            Act::Repair,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`{sneaky}`: {}/victim/made is not on the host, and systemd-nspawn would \
+                 create it there to mount on; create it, or mount elsewhere",
+                host.path().display()
+            )
+        );
+        // Through a link of the tree: the link is replaced, nothing made on the host.
+        symlink("/media/root/bin/../../victim", dir.path().join("lib")).unwrap();
+        let placement = secure(
+            dir.path(),
+            "t",
+            &[mount(&host_root), mount("--bind-ro=/usr:/lib/modules")],
+            ROOT,
+            Act::Repair,
+        )
+        .unwrap();
+        assert_eq!(placement.destination("/lib/modules"), "/lib/modules");
+        assert!(dir.path().join("lib/modules").is_dir());
+        assert!(!host.path().join("victim").exists());
+        // A mount point that exists on the host is placed where the host's links lead.
+        fs::create_dir_all(host.path().join("usr/share")).unwrap();
+        let placement = secure(
+            dir.path(),
+            "t",
+            &[
+                mount(&host_root),
+                mount("--bind=/srv:/media/root/bin/../share"),
+            ],
+            ROOT,
+            Act::Repair,
+        )
+        .unwrap();
+        assert_eq!(
+            placement.destination("/media/root/share"),
+            "/media/root/usr/share"
+        );
+    }
+
+    #[test]
+    fn a_mount_landing_on_what_systemd_nspawn_needs_is_refused() {
+        let host = tempfile::tempdir().unwrap();
+        symlink("/", host.path().join("up")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let host_root = format!("--bind={}:/media/root", host.path().display());
+        let err = secure(
+            dir.path(),
+            "t",
+            &[mount(&host_root), mount("--bind=/srv:/media/root/up")],
+            ROOT,
             Act::Look,
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("on the host is a symlink"),
+            err.to_string().contains("lands on /, which would cover /"),
             "{err}"
+        );
+        // Nothing may hide the host's `/` but its own bind.
+        fs::create_dir(host.path().join("srv")).unwrap();
+        symlink("/media", dir.path().join("srv")).unwrap();
+        let placement = secure(
+            dir.path(),
+            "t",
+            &[mount("--bind=/:/media/root"), mount("--bind=/tmp:/srv")],
+            Some("/media/root"),
+            Act::Repair,
+        )
+        .unwrap();
+        assert_eq!(placement.destination("/srv"), "/srv");
+        assert!(
+            fs::symlink_metadata(dir.path().join("srv"))
+                .unwrap()
+                .is_dir()
         );
     }
 }

@@ -104,11 +104,32 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
     Ok(crate::exit::of_command(status))
 }
 
+/// The text of the tree's account file `path`, empty when there is none: a regular file
+/// of at most [`crate::model::account::MAX_FILE`] bytes, or refused (a FIFO would hang the session, a
+/// device feed it without end).
+fn account_file(path: &str) -> Result<String> {
+    let refused = |why: String| anyhow::anyhow!("cannot read the toolbox's {path}: {why}");
+    let file = sys::open_regular(Path::new(path), rustix::fs::OFlags::RDONLY)
+        .map_err(|e| refused(e.to_string()))?;
+    let Some(file) = file else {
+        return Ok(String::new());
+    };
+    let bytes = sys::read_bounded(file, crate::model::account::MAX_FILE)
+        .map_err(|e| refused(e.to_string()))?
+        .ok_or_else(|| {
+            refused(format!(
+                "it is larger than {} MiB",
+                crate::model::account::MAX_FILE >> 20
+            ))
+        })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Becomes `user` of the tree (its groups and IDs, its home as working directory) and
 /// returns the variables a login gives it.
 fn log_in(user: &str) -> Result<Vec<(&'static str, String)>> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = account_file("/etc/passwd")?;
+    let group = account_file("/etc/group")?;
     let Some(account) = account::find(&passwd, &group, user) else {
         bail!(
             "user `{user}` is not in the toolbox's /etc/passwd; add it, or choose another --user"

@@ -9,6 +9,7 @@
 //! an image's `RUN` label applied to it. [`session`] runs it. Nothing here talks to an
 //! engine or touches the host.
 
+pub mod mounts;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -133,6 +134,9 @@ pub struct Container {
     pub uts: String,
     /// `SOURCE:DESTINATION[:OPTIONS]`, as `docker run -v` takes them.
     pub binds: Vec<String>,
+    /// Binds for tracing, likewise: left out, saying so, when the image would have the
+    /// engine make them on the host (see [`mounts`]).
+    pub tracing_binds: Vec<String>,
     /// `NAME=VALUE`.
     pub env: Vec<String>,
     pub labels: BTreeMap<String, String>,
@@ -178,6 +182,8 @@ pub struct Inputs<'a> {
     /// The container the session debugs (`--target`): it runs in a throwaway container
     /// that joins the target's network namespace, the one thing fixed at creation.
     pub target: Option<&'a Target>,
+    /// Where the target's files are staged for the session (see `runtime::target`).
+    pub target_stage: &'a std::path::Path,
 }
 
 /// The command a session runs when none is given: a login shell, bash if there is one.
@@ -232,6 +238,7 @@ impl Spc {
             ipc: "host".into(),
             uts: "host".into(),
             binds,
+            tracing_binds: Vec::new(),
             env,
             labels,
             cap_add: Vec::new(),
@@ -243,11 +250,11 @@ impl Spc {
         // Tracing the host: the same filesystems and kernel directories as an nspawn
         // session; the system calls need no more than the privilege (no seccomp filter).
         if let Some(kernel) = inputs.kernel {
-            container.binds.extend(tracing::spc_binds(kernel));
+            container.tracing_binds = tracing::spc_binds(kernel);
             container.memlock = tracing::spc_memlock(kernel);
         }
         if let Some(target) = inputs.target {
-            join_target(&mut container, target)?;
+            join_target(&mut container, target, inputs.target_stage)?;
         }
         container.binds.push(format!(
             "{}:{}:ro",
@@ -304,7 +311,7 @@ impl Spc {
 /// Puts `container` in the target's namespaces and shows it the target's files. The
 /// engine joins another container's network and IPC namespaces only; its PID namespace
 /// stays the host's.
-fn join_target(container: &mut Container, target: &Target) -> Result<()> {
+fn join_target(container: &mut Container, target: &Target, staged: &std::path::Path) -> Result<()> {
     let given = &target.request.given;
     let Some(id) = &target.container else {
         bail!(
@@ -322,7 +329,7 @@ fn join_target(container: &mut Container, target: &Target) -> Result<()> {
             ),
         }
     }
-    container.binds.extend(target.spc_binds());
+    container.binds.extend(target.spc_binds(staged));
     container
         .env
         .extend(target.environment().map(|(k, v)| format!("{k}={v}")));
@@ -481,6 +488,11 @@ pub fn apply_run_label(
 }
 
 impl Container {
+    /// Every bind, `SOURCE:DESTINATION[:OPTIONS]`.
+    pub fn all_binds(&self) -> impl Iterator<Item = &String> {
+        self.binds.iter().chain(&self.tracing_binds)
+    }
+
     /// The options `docker run` takes for this container; a throwaway's with its
     /// `session`'s.
     fn run_options(&self, session: &Process) -> Vec<String> {
@@ -518,7 +530,7 @@ impl Container {
         ] {
             words.push(format!("{option}={mode}"));
         }
-        words.extend(self.binds.iter().map(|b| format!("--volume={b}")));
+        words.extend(self.all_binds().map(|b| format!("--volume={b}")));
         words.extend(self.env.iter().map(|e| format!("--env={e}")));
         words.extend(self.labels.iter().map(|(k, v)| format!("--label={k}={v}")));
         if let Some(workdir) = &self.workdir {
@@ -546,7 +558,7 @@ impl Container {
             pid: self.pid.clone(),
             ipc: self.ipc.clone(),
             uts: self.uts.clone(),
-            binds: self.binds.clone(),
+            binds: self.all_binds().cloned().collect(),
             cap_add: self.cap_add.clone(),
             security_opt: self.security_opt.clone(),
             labels: self.labels.clone(),
@@ -666,6 +678,7 @@ mod tests {
             use_run_label: false,
             kernel: None,
             target: None,
+            target_stage: std::path::Path::new("/var/lib/toolbox/.core-fedora-latest.target-1"),
         };
         change(&mut inputs);
         Spc::resolve(&settings, &plan, inputs)

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc};
+use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc, mounts};
 use crate::engine::{
     self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, LABEL_PID, Output, short_id,
 };
@@ -66,7 +66,7 @@ pub fn enter(
         };
         let spc = resolve(image.run_label.clone())?;
         match &spc.container.name {
-            None => throwaway(&engine, &spc, &image.id, signals).await,
+            None => throwaway(&engine, &spc, &image.id, quiet, signals).await,
             Some(name) => {
                 persistent(&engine, &spc, name, &image.id, directory, options, signals).await
             }
@@ -78,12 +78,18 @@ pub fn enter(
 }
 
 /// A throwaway SPC: created, attached, started, waited for, and removed.
-async fn throwaway(engine: &impl Engine, spc: &Spc, image_id: &str, signals: Caught) -> Result<u8> {
+async fn throwaway(
+    engine: &impl Engine,
+    spc: &Spc,
+    image_id: &str,
+    quiet: bool,
+    signals: Caught,
+) -> Result<u8> {
     let session = &spc.session;
     remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
     // killed before it can.
-    let mut container = spc.container.clone();
+    let mut container = mounts::place(engine, image_id, &spc.container, quiet).await?;
     container
         .labels
         .insert(LABEL_PID.to_string(), std::process::id().to_string());
@@ -174,7 +180,8 @@ async fn persistent(
         let container = match found {
             Some(found) => found,
             None => {
-                let id = engine.create_spc(&spc.container.spec(image_id, None)).await?;
+                let container = mounts::place(engine, image_id, &spc.container, options.quiet).await?;
+                let id = engine.create_spc(&container.spec(image_id, None)).await?;
                 if verbose {
                     ui::say(format_args!("created container `{name}` ({})", short_id(&id)));
                 }
