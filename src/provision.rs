@@ -116,23 +116,55 @@ pub enum Updated {
     Rebuilt {
         old_id: Option<String>,
         new_id: String,
+        /// Files changed in the replaced tree, which is kept as the previous one.
+        kept_changes: u64,
     },
+}
+
+/// What an update would lose: the previous toolbox kept by the last update, with the
+/// files changed in it. Refused unless forced or confirmed.
+#[derive(Debug)]
+pub struct WouldDiscard {
+    pub name: String,
+    pub files: u64,
+}
+
+impl std::fmt::Display for WouldDiscard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "updating `{}` would discard its previous tree, kept by the last update, with {} \
+             file(s) changed in it; `toolbox update --rollback` goes back to it, `toolbox \
+             update --force` discards it",
+            self.name, self.files
+        )
+    }
+}
+
+impl std::error::Error for WouldDiscard {}
+
+/// Whether an update may discard what [`WouldDiscard`] says: `--force`, or a question
+/// the user answered.
+pub enum Discard<'a> {
+    Allowed,
+    Ask(&'a dyn Fn(&WouldDiscard) -> bool),
 }
 
 /// Pulls the toolbox's image and rebuilds the toolbox when needed: when the image's ID
 /// differs from the recorded one, when an overlay toolbox's layers moved or vanished, or
 /// when `--storage` demands the other mode. The new tree is built beside the old one and
-/// swapped in atomically; the old tree (and its anchor) is removed only after the swap.
-/// `prepare` runs under the toolbox's lock just before the swap: it deals with running
-/// sessions, unmounts, and returns the mount lock, held over the swap. A pull that fails
-/// while the image is local updates from the local image, with a warning. `recorded` is
-/// `None` for an adopted CoreOS tree.
+/// swapped in atomically; the old tree is then kept as the previous toolbox (see
+/// [`toolboxes::previous`]), with its anchor, and the one kept before it is removed, if
+/// `discard` allows losing the files changed in it. `prepare` runs under the toolbox's
+/// lock just before the swap: it deals with running sessions, unmounts, and returns the
+/// mount lock, held over the swap. A pull that fails while the image is local updates
+/// from the local image, with a warning. `recorded` is `None` for an adopted CoreOS tree.
 fn rebuild(
     target: &Target,
     recorded: Option<&Metadata>,
     access: &Access,
-    quiet: bool,
-    verbose: bool,
+    (quiet, verbose): (bool, bool),
+    discard: Discard,
     prepare: &mut dyn FnMut() -> Result<toolboxes::Lock>,
 ) -> Result<Updated> {
     let mut provisioner = Provisioner::connect(access, quiet, verbose)?;
@@ -154,34 +186,62 @@ fn rebuild(
         return Ok(Updated::UpToDate { image_id: image.id });
     }
     let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
+    let previous = toolboxes::previous(&target.directory, &target.name);
+    let kept = match toolboxes::state(&previous)? {
+        State::Complete => Some(toolboxes::read_metadata(&previous)?),
+        // A CoreOS tree has no creation time: every file in it may be the user's.
+        State::Adopted => Some(Metadata {
+            created: humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH).to_string(),
+            ..Metadata::adopted()
+        }),
+        _ => None,
+    };
+    if let Some(kept) = kept {
+        let files = toolboxes::changed_files(&previous, &kept);
+        let would = WouldDiscard {
+            name: target.name.clone(),
+            files,
+        };
+        let allowed = match discard {
+            Discard::Allowed => true,
+            Discard::Ask(ask) => files == 0 || ask(&would),
+        };
+        if !allowed {
+            return Err(would.into());
+        }
+    }
     let partial = provisioner.build(target, &image)?;
     let path = target.path();
     let swapped = prepare().and_then(|_mount| toolboxes::swap(&partial, &path));
-    if swapped.is_err() {
+    if let Err(e) = swapped {
         provisioner.forget_new_anchor(&partial);
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
     }
-    // After the swap `partial` holds the old tree; before it, the unused new one.
-    let removed = fs::remove_dir_all(&partial)
-        .with_context(|| format!("cannot remove {}", partial.display()));
-    swapped?;
-    removed?;
-    if let Some(anchor) = recorded.and_then(|r| r.overlay.as_ref()).map(|o| &o.anchor) {
-        provisioner.remove_container(anchor)?;
+    // `partial` holds the old tree now: kept, with its anchor, as the previous one.
+    let replaced = toolboxes::keep_previous(&target.directory, &target.name, &partial)?;
+    if let Some(anchor) = replaced.and_then(|r| r.overlay).map(|o| o.anchor) {
+        provisioner.remove_container(&anchor)?;
     }
+    let kept_changes = recorded.map_or(0, |r| toolboxes::changed_files(&previous, r));
     Ok(Updated::Rebuilt {
         old_id: recorded.map(|r| r.image_id.clone()),
         new_id: image.id,
+        kept_changes,
     })
 }
 
 /// `toolbox update`: rebuilds `name` from its image when the image's ID changed (see
 /// [`rebuild`]). The toolbox keeps its storage mode unless `--storage` says
-/// otherwise.
+/// otherwise. `force` stops sessions and processes left in the toolbox, and allows
+/// discarding the previous tree whatever `ask` answers.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     target: &Target,
     proc_root: &Path,
     access: &Access,
     force: bool,
+    ask: &dyn Fn(&WouldDiscard) -> bool,
     quiet: bool,
     verbose: bool,
     report: &mut dyn Write,
@@ -212,12 +272,16 @@ pub fn update(
     }
     let target = &target;
     let mut prepare = || quiesce::quiesce(&target.directory, proc_root, &target.name, force);
+    let discard = match force {
+        true => Discard::Allowed,
+        false => Discard::Ask(ask),
+    };
     let updated = rebuild(
         target,
         recorded.as_ref(),
         access,
-        quiet,
-        verbose,
+        (quiet, verbose),
+        discard,
         &mut prepare,
     )?;
     if !quiet {
@@ -229,9 +293,15 @@ pub fn update(
                 target.image.reference(),
                 short_id(image_id)
             )?,
-            Updated::Rebuilt { old_id, new_id } => writeln!(
+            Updated::Rebuilt {
+                old_id,
+                new_id,
+                kept_changes,
+            } => writeln!(
                 report,
-                "toolbox `{}` rebuilt from {} ({} -> {})",
+                "toolbox `{}` rebuilt from {} ({} -> {}); the tree it replaced is kept, with \
+                 the {kept_changes} file(s) changed in it: `toolbox update --rollback` goes \
+                 back to it",
                 target.name,
                 target.image.reference(),
                 old_id.as_deref().map(short_id).unwrap_or("adopted"),
@@ -240,6 +310,44 @@ pub fn update(
         }
     }
     Ok(updated)
+}
+
+/// `toolbox update --rollback`: puts the previous toolbox kept by the last update back in
+/// place of the current one, which is kept as the previous one in turn (a second rollback
+/// goes forward again). Sessions are refused, or stopped with `force`.
+pub fn rollback(
+    target: &Target,
+    proc_root: &Path,
+    force: bool,
+    quiet: bool,
+    report: &mut dyn Write,
+) -> Result<()> {
+    let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
+    let previous = toolboxes::previous(&target.directory, &target.name);
+    if !matches!(
+        toolboxes::state(&previous)?,
+        State::Complete | State::Adopted
+    ) {
+        bail!(
+            "toolbox `{}` has no previous tree to go back to (`toolbox update` keeps the one \
+             it replaces)",
+            target.name
+        );
+    }
+    let _mount = quiesce::quiesce(&target.directory, proc_root, &target.name, force)?;
+    toolboxes::swap(&previous, &target.path())?;
+    if !quiet {
+        let image = toolboxes::complete_metadata(&target.path())?
+            .map(|m| format!("{} ({})", m.image, short_id(&m.image_id)))
+            .unwrap_or_else(|| "its adopted tree".to_string());
+        writeln!(
+            report,
+            "toolbox `{}` is back on {image}; the tree it replaced is kept: `toolbox update \
+             --rollback` goes forward again",
+            target.name
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes the anchor containers of the toolbox at `path`, which is gone: the daemon may
@@ -396,9 +504,14 @@ impl<E: Engine> Provisioner<E> {
     fn clean_up(&mut self, target: &Target) -> Result<()> {
         toolboxes::remove_partials(&target.directory, &target.name)?;
         let path = target.path();
-        let kept = toolboxes::complete_metadata(&path)?
-            .and_then(|m| m.overlay)
-            .map(|o| o.anchor);
+        let previous = toolboxes::previous(&target.directory, &target.name);
+        // The current toolbox's anchor, and the previous one's, which pins its layers.
+        let mut kept = Vec::new();
+        for toolbox in [&path, &previous] {
+            if let Some(overlay) = toolboxes::complete_metadata(toolbox)?.and_then(|m| m.overlay) {
+                kept.push(overlay.anchor);
+            }
+        }
         let engine = &self.engine;
         self.runtime.block_on(async {
             let exports = match engine.is_local() {
@@ -425,7 +538,7 @@ impl<E: Engine> Provisioner<E> {
                 .labelled_containers(LABEL_ANCHOR, Some(&path.display().to_string()))
                 .await?;
             for (anchor, _) in anchors {
-                if kept.as_deref() != Some(anchor.as_str()) {
+                if !kept.contains(&anchor) {
                     engine.remove_container(&anchor).await?;
                 }
             }
@@ -447,7 +560,9 @@ impl<E: Engine> Provisioner<E> {
                 Ok(unusable) => unusable,
                 Err(e) => Unusable(format!("{e:#}")),
             })?;
-            let prepared = toolboxes::prepare_tree(&overlay::root(partial));
+            let tree = overlay::root(partial);
+            let prepared =
+                toolboxes::prepare_tree(&tree).and_then(|()| toolboxes::check_account_files(&tree));
             let unmounted = overlay::unmount(partial);
             prepared?;
             unmounted?;

@@ -167,6 +167,10 @@ Examples:
     },
     /// Remove toolboxes
     #[command(after_help = "\
+A toolbox goes with every file changed in it, and with the tree its last update replaced;
+nothing asks first. Copy out what you want to keep (its files are where `toolbox list
+--json` says) before removing it.
+
 Examples:
   toolbox rm core-fedora-latest
   toolbox rm fedora-latest          the same, without the user prefix
@@ -205,18 +209,28 @@ Examples:
     },
     /// Rebuild a toolbox when its image has changed
     #[command(after_help = "\
+The tree an update replaces is kept, with every file changed in it, until the next update
+replaces it or `rm` removes the toolbox: `toolbox update --rollback` puts it back (and a
+second rollback goes forward again). An update that would discard a kept tree holding
+changed files asks first on a terminal, and elsewhere needs --force.
+
 Examples:
   toolbox update                    the configured toolbox
   toolbox update core-debian-bookworm --force
+  toolbox update --rollback         back to the tree the last update replaced
   toolbox update --storage overlay  rebuild it over the daemon's layers
   toolbox --runtime spc update      recreate the super privileged container if its image changed")]
     Update {
         /// Toolbox name, as `toolbox list` shows it [default: the configured toolbox]
         #[arg(value_name = "NAME")]
         name: Option<String>,
-        /// Stop running sessions first instead of refusing
+        /// Stop running sessions first instead of refusing, and discard changed files the
+        /// update would lose without asking
         #[arg(short, long)]
         force: bool,
+        /// Go back to the tree the last update replaced
+        #[arg(long)]
+        rollback: bool,
     },
     /// Show the effective settings and where each comes from
     #[command(after_help = "\

@@ -52,6 +52,15 @@ impl RunContext {
         let mut settings = Settings::load(&files, &env.for_invoker(&invoker), |path| {
             read_settings_file(path, trust)
         })?;
+        // A system-wide file named on purpose and not there is worth a word; the default
+        // one is optional.
+        if env.non_empty(crate::host::SYSTEM_CONFIG).is_some() && !paths.etc_default.exists() {
+            settings.warnings.push(format!(
+                "{} names {}, which is not there; no system-wide settings are read",
+                crate::host::SYSTEM_CONFIG,
+                paths.etc_default.display()
+            ));
+        }
         let overrides = [
             (config::IMAGE, "--image", options.image.clone()),
             (config::TAG, "--tag", options.tag.clone()),

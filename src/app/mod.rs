@@ -76,7 +76,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
     match cli.action {
         Some(Action::List { json, names }) => list::run(&ctx, json, names),
         Some(Action::Rm { names, all, force }) => rm::run(&ctx, &names, all, force),
-        Some(Action::Update { name, force }) => update::run(&ctx, name, force),
+        Some(Action::Update {
+            name,
+            force,
+            rollback,
+        }) => update::run(&ctx, name, force, rollback),
         Some(Action::Import { archive }) => import::run(&ctx, &archive),
         Some(Action::Config { path }) => config::run(&ctx, path),
         action => {

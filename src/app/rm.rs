@@ -67,8 +67,12 @@ fn remove(
             let overlay = toolboxes::complete_metadata(&path)?.and_then(|m| m.overlay);
             let _mount = quiesce::quiesce(directory, proc_root, name, force)?;
             toolboxes::remove(directory, name)?;
+            let previous = toolboxes::remove_previous(directory, name)?;
             session::forget(directory, name)?;
             toolboxes::remove_partials(directory, name)?;
+            toolboxes::remove_stale_stages(directory, name)?;
+            toolboxes::remove_companions(directory, name)?;
+            let overlay = overlay.or(previous.and_then(|m| m.overlay));
             if let Some(overlay) = overlay
                 && let Err(e) = provision::remove_anchors(&path, access)
             {

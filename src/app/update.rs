@@ -1,22 +1,23 @@
 //! `toolbox update`: rebuilds a toolbox, or replaces a super privileged container, when
 //! its image changed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::app::context::RunContext;
 use crate::app::names::{self, Named};
 use crate::engine::{Access, short_id};
+use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::{self, Payload};
 use crate::provision::{self, Target};
 use crate::runtime::spc;
 use crate::store::toolboxes;
 
-/// `toolbox update [--force] [NAME]`.
-pub fn run(ctx: &RunContext, name: Option<String>, force: bool) -> Result<u8> {
+/// `toolbox update [--force] [--rollback] [NAME]`.
+pub fn run(ctx: &RunContext, name: Option<String>, force: bool, rollback: bool) -> Result<u8> {
     ctx.become_root()?;
     let plan = ctx.plan(Payload::Shell)?;
     let named = match (name, ctx.runtime) {
@@ -33,6 +34,12 @@ pub fn run(ctx: &RunContext, name: Option<String>, force: bool) -> Result<u8> {
     let target = match named {
         None => Target::of(&plan),
         Some(Named::Spc(name)) => {
+            if rollback {
+                bail!(
+                    "toolbox `{name}` (spc): a super privileged container keeps no previous \
+                     one to go back to"
+                );
+            }
             update_spc(
                 &plan.directory,
                 &ctx.access,
@@ -57,16 +64,33 @@ pub fn run(ctx: &RunContext, name: Option<String>, force: bool) -> Result<u8> {
         }
     };
     let report = &mut std::io::stdout();
+    if rollback {
+        provision::rollback(&target, &ctx.paths.proc, force, ctx.quiet(), report)?;
+        return Ok(0);
+    }
     provision::update(
         &target,
         &ctx.paths.proc,
         &ctx.access,
         force,
+        &|would| confirm(&format!("{would}; discard it?")),
         ctx.quiet(),
         ctx.verbose(),
         report,
     )?;
     Ok(0)
+}
+
+/// Asks `question` on the terminal, when there is one to answer it: whether the user
+/// answered yes. Without a terminal, the answer is no (and `--force` says yes).
+fn confirm(question: &str) -> bool {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    eprint!("toolbox: {} [y/N] ", ui::escaped(question));
+    let mut answer = String::new();
+    stdin.read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
 /// `toolbox update` of a super privileged container: see [`spc::session::update`].
@@ -78,7 +102,7 @@ pub fn update_spc(
     quiet: bool,
     report: &mut dyn Write,
 ) -> Result<()> {
-    let updated = spc::session::update(access, directory, name, force, quiet)?;
+    let updated = spc::session::update(access, directory, name, force, &confirm, quiet)?;
     if !quiet {
         match updated {
             spc::session::SpcUpdate::UpToDate { image, image_id } => writeln!(

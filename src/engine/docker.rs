@@ -315,6 +315,25 @@ impl Engine for Docker {
         Ok(created)
     }
 
+    async fn changed_paths(&self, container: &str) -> Result<Vec<String>> {
+        let changes = self
+            .client
+            .container_changes(container)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot list the changes in container {}: {}",
+                    short_id(container),
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(changes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|change| change.path)
+            .collect())
+    }
+
     async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
         // Go's `os.FileMode` bits, as the API reports a path's mode.
         const DIR: u32 = 1 << 31;

@@ -84,6 +84,10 @@ impl Engine for &Fake {
         self.create_container(image_id, labels).await
     }
 
+    async fn changed_paths(&self, _container: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
         if !self.containers.lock().unwrap().contains_key(container) {
             bail!("no such container: {container}");

@@ -134,6 +134,10 @@ pub trait Engine {
 
     /// Sends signal number `signal` to the container's main process.
     async fn kill(&self, container: &str, signal: i32) -> Result<()>;
+
+    /// The paths changed in the container's files since it was created (added, changed or
+    /// removed), with the directories above them.
+    async fn changed_paths(&self, container: &str) -> Result<Vec<String>>;
 }
 
 /// Which engine toolbox talks to (`TOOLBOX_ENGINE`, `--engine`).

@@ -130,6 +130,9 @@ pub struct HostPaths {
     pub proc: PathBuf,
     /// Exists when systemd is the host's init: `/run/systemd/system`.
     pub systemd_booted: PathBuf,
+    /// Where systemd-nspawn keeps a directory per running machine for machined to pass
+    /// mounts through, and leaves it when killed: `/run/systemd/nspawn/propagate`.
+    pub nspawn_propagate: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -140,6 +143,7 @@ impl Default for HostPaths {
             group: PathBuf::from("/etc/group"),
             proc: PathBuf::from("/proc"),
             systemd_booted: PathBuf::from("/run/systemd/system"),
+            nspawn_propagate: PathBuf::from("/run/systemd/nspawn/propagate"),
         }
     }
 }

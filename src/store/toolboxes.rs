@@ -41,6 +41,17 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// What toolbox knows of an adopted CoreOS tree: nothing but its storage.
+    pub fn adopted() -> Metadata {
+        Metadata {
+            image: String::new(),
+            image_id: String::new(),
+            created: String::new(),
+            overlay: None,
+            imported_from: None,
+        }
+    }
+
     pub fn storage(&self) -> Storage {
         match self.overlay {
             Some(_) => Storage::Overlay,
@@ -154,18 +165,44 @@ pub fn lock_for_spc(directory: &Path, name: &str) -> Result<Lock> {
 }
 
 fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
+    use std::os::unix::fs::MetadataExt;
     make_directory(directory)?;
     let path = directory.join(file_name);
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))?;
-    sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
-    Ok(Lock { _file: file })
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
+        // `rm` removes a toolbox's lock files while holding them: a lock taken on a file
+        // no longer at its path guards nothing, and is taken again on the path's file.
+        let held = file.metadata()?.ino();
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {
+            return Ok(Lock { _file: file });
+        }
+    }
+}
+
+/// Removes the files toolbox keeps beside toolbox `name` (its locks, held by the caller,
+/// and its freshness stamp), once the toolbox is gone.
+pub fn remove_companions(directory: &Path, name: &str) -> Result<()> {
+    for file in [
+        format!(".{name}.lock"),
+        format!(".{name}.mount.lock"),
+        format!(".{name}.checked"),
+    ] {
+        match fs::remove_file(directory.join(&file)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {file}"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Creates the toolbox directory, readable by root alone: the trees in it hold the images'
@@ -402,6 +439,32 @@ pub fn prepare_tree(tree: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a tree whose `/etc/passwd` or `/etc/group` (symlinks followed inside it) is
+/// there but not a regular file: the engine reads both whenever it starts a container of
+/// the image (even for a numeric user), and a FIFO there blocks it, holding the
+/// container's lock, until something opens the FIFO.
+pub fn check_account_files(tree: &Path) -> Result<()> {
+    let root = sys::open_dir(tree).with_context(|| format!("cannot open {}", tree.display()))?;
+    for file in ["etc/passwd", "etc/group"] {
+        let found = match sys::open_in_root(&root, file.as_bytes(), OFlags::PATH, 0) {
+            Ok(found) => found,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot look at /{file} in the image"));
+            }
+        };
+        let kind = rfs::FileType::from_raw_mode(rfs::fstat(&found)?.st_mode);
+        if kind != rfs::FileType::RegularFile {
+            bail!(
+                "`/{file}` in the image is {}, where the engine reads a regular file to start \
+                 a container; remove it from the image",
+                sys::NotRegular::describe_type(kind)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes the metadata file at the top of a new toolbox directory and flushes the
 /// directory's filesystem to disk; the toolbox is complete once this returns.
 pub fn finish(partial: &Path, metadata: &Metadata) -> Result<()> {
@@ -511,6 +574,96 @@ pub fn remove(directory: &Path, name: &str) -> Result<()> {
     ));
     fs::rename(&path, &aside).with_context(|| format!("cannot move {} aside", path.display()))?;
     fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))
+}
+
+/// Where the toolbox `name` that the last update replaced is kept, whole, until the next
+/// update replaces it or `rm` removes the toolbox: `toolbox update --rollback` puts it
+/// back.
+pub fn previous(directory: &Path, name: &str) -> PathBuf {
+    directory.join(format!(".{name}.previous"))
+}
+
+/// Keeps `old` (a toolbox tree just swapped out by an update) as the previous one of
+/// toolbox `name`, in place of the one kept before, which is removed; returns that one's
+/// metadata (for its anchor), if there was one.
+pub fn keep_previous(directory: &Path, name: &str, old: &Path) -> Result<Option<Metadata>> {
+    let previous = previous(directory, name);
+    let replaced = complete_metadata(&previous).unwrap_or(None);
+    if fs::symlink_metadata(&previous).is_ok() {
+        let aside = directory.join(format!(
+            "{}removing-{}",
+            partial_prefix(name),
+            std::process::id()
+        ));
+        fs::rename(&previous, &aside)
+            .with_context(|| format!("cannot move {} aside", previous.display()))?;
+        fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+    }
+    fs::rename(old, &previous)
+        .with_context(|| format!("cannot keep {} as {}", old.display(), previous.display()))?;
+    sync_parent(&previous)?;
+    Ok(replaced)
+}
+
+/// Removes the previous toolbox kept for `name`, if any; returns its metadata.
+pub fn remove_previous(directory: &Path, name: &str) -> Result<Option<Metadata>> {
+    let previous = previous(directory, name);
+    let metadata = complete_metadata(&previous).unwrap_or(None);
+    match fs::symlink_metadata(&previous) {
+        Ok(_) => {
+            crate::store::overlay::unmount(&previous)?;
+            fs::remove_dir_all(&previous)
+                .with_context(|| format!("cannot remove {}", previous.display()))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", previous.display())),
+    }
+    Ok(metadata)
+}
+
+/// How many files of the toolbox at `path` (complete, with `metadata`) were changed since
+/// it was created: for overlay storage, what its upper directory holds (removals
+/// included); for a copy, what was written after its creation. Empty files (the mount
+/// points sessions need) and directories are not counted.
+pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let (top, since) = match metadata.overlay {
+        Some(_) => (crate::store::overlay::upper(path), None),
+        None => {
+            let created = humantime::parse_rfc3339(&metadata.created)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            (path.to_path_buf(), Some(created))
+        }
+    };
+    let Ok(device) = fs::symlink_metadata(&top).map(|m| m.dev()) else {
+        return 0;
+    };
+    let mut changed = 0;
+    let mut pending = vec![top];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.dev() != device || entry.file_name() == METADATA {
+                continue;
+            }
+            if meta.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let empty = meta.is_file() && meta.len() == 0;
+            // A second's grace: the unpacked files' changes share the creation's second.
+            let recent = since.is_none_or(|created| meta.ctime() > created + 1);
+            if !empty && recent {
+                changed += 1;
+            }
+        }
+    }
+    changed
 }
 
 /// The file in the toolbox directory that overlay toolboxes' anchors run.

@@ -267,6 +267,19 @@ pub fn lock_exclusive(fd: impl AsFd) -> io::Result<()> {
     Ok(rfs::flock(fd, rfs::FlockOperation::LockExclusive)?)
 }
 
+/// Has this process killed when its parent dies (`PR_SET_PDEATHSIG` with `SIGKILL`); fails
+/// if the parent, `parent`, is gone already.
+pub fn die_with_parent(parent: u32) -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    // The parent may have died before the death signal was armed.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+        return Err(io::Error::other(
+            "the process that started this one is gone",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a process with this ID exists (signal 0).
 pub fn process_exists(pid: i32) -> bool {
     match rustix::process::Pid::from_raw(pid) {

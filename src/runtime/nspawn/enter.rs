@@ -305,6 +305,7 @@ impl Tree<'_> {
 /// What every session needs before systemd-nspawn starts: the user, a payload that can
 /// run, the marker file, and the session's record.
 fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> {
+    remove_stale_propagation(&session.paths.nspawn_propagate, plan);
     add_user(session, plan)?;
     check_payload(plan)?;
     if !launch.marker.exists() {
@@ -327,6 +328,28 @@ fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> 
             Ok(())
         }
         result => result,
+    }
+}
+
+/// Removes what systemd-nspawn, killed outright, left of this toolbox's sessions in its
+/// directory of machines' propagation directories (where `/run` is not a tmpfs, nothing
+/// else does): the empty directories of sessions whose process is gone.
+fn remove_stale_propagation(propagate: &std::path::Path, plan: &Plan) {
+    let Ok(entries) = std::fs::read_dir(propagate) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if plan.session_machine_name(pid) == name && !sys::process_exists(pid as i32) {
+            // Only ever an empty directory: one with anything in it stays.
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 }
 
@@ -458,16 +481,30 @@ fn check_freshness(
     }
     // The command's output owns stdout: the report goes to stderr.
     let report = &mut std::io::stderr();
+    // Nobody is asked on the way in: a previous tree with changes is never discarded here.
     let updated = provision::update(
         target,
         &session.paths.proc,
         session.access,
         false,
+        &|_| false,
         session.quiet(),
         session.verbose(),
         report,
-    )?;
-    Ok(matches!(updated, provision::Updated::Rebuilt { .. }))
+    );
+    match updated {
+        Ok(updated) => Ok(matches!(updated, provision::Updated::Rebuilt { .. })),
+        Err(e) if e.is::<provision::WouldDiscard>() => {
+            if !session.quiet() {
+                ui::warn(format_args!(
+                    "image {} has changed, but {e}; entering it as it is",
+                    target.image.reference()
+                ));
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A `TOOLBOX_USER` the toolbox lacks but the host has is added with the host's UID, GID,

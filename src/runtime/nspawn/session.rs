@@ -38,7 +38,13 @@ pub fn arguments(user: &str, command: &[OsString]) -> Vec<OsString> {
 }
 
 /// Runs inside the toolbox with `args` (after the program name); returns the status.
+/// It dies with systemd-nspawn, its parent (the host's PID namespace is shared), and the
+/// command with it: nothing of a session's command is left running when toolbox or
+/// systemd-nspawn is killed outright (what the command detached itself, with `setsid`,
+/// stays, as `rm` and `update` find).
 pub fn run(args: Vec<OsString>) -> Result<u8> {
+    sys::die_with_parent(std::os::unix::process::parent_id())
+        .context("cannot start the session")?;
     let mut rest = args.as_slice();
     let mut user = None;
     if let [flag, name, tail @ ..] = rest

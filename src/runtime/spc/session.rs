@@ -155,8 +155,13 @@ async fn persistent(
             check_ownership(container, name, directory)?;
         }
         if let Some(container) = found.take_if(|c| c.image_id != image_id) {
+            // Never at the cost of files changed in it.
+            let changed = match options.update {
+                UpdateMode::Auto if !container.running => changed_files(engine, &container).await?,
+                _ => 0,
+            };
             match options.update {
-                UpdateMode::Auto if !container.running => {
+                UpdateMode::Auto if !container.running && changed == 0 => {
                     engine.remove_container(&container.id).await?;
                     if !options.quiet {
                         ui::say(format_args!(
@@ -168,8 +173,12 @@ async fn persistent(
                 UpdateMode::Never => found = Some(container),
                 _ => {
                     if !options.quiet {
+                        let kept = match changed {
+                            0 => String::new(),
+                            n => format!(" (losing the {n} file(s) changed in it)"),
+                        };
                         ui::say(format_args!(
-                            "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it",
+                            "image {} has changed since `{name}` was created; `toolbox --runtime spc update` recreates it{kept}",
                             spc.container.image
                         ));
                     }
@@ -643,14 +652,32 @@ pub enum SpcUpdate {
     },
 }
 
+/// The files changed in `container` since it was created: the changed paths with nothing
+/// changed beneath them, less its mount points.
+async fn changed_files(engine: &impl Engine, container: &ContainerInfo) -> Result<usize> {
+    let paths = engine.changed_paths(&container.id).await?;
+    let mounts: Vec<&str> = container
+        .mounts
+        .iter()
+        .map(|(_, d, _)| d.as_str())
+        .collect();
+    let changed = paths.iter().filter(|path| {
+        let beneath = format!("{path}/");
+        !mounts.contains(&path.as_str()) && !paths.iter().any(|p| p.starts_with(&beneath))
+    });
+    Ok(changed.count())
+}
+
 /// Pulls the image of persistent SPC `name` and, when its ID changed, removes the
 /// container (refused while sessions run, unless `force`) so that its next session
-/// creates it from the new image with the current settings.
+/// creates it from the new image with the current settings. Files changed in the
+/// container go with it: unless `force`, only when `ask` says so.
 pub fn update(
     access: &Access,
     directory: &Path,
     name: &str,
     force: bool,
+    ask: &dyn Fn(&str) -> bool,
     quiet: bool,
 ) -> Result<SpcUpdate> {
     let _lock = toolboxes::lock_for_spc(directory, name)?;
@@ -675,6 +702,18 @@ pub fn update(
         let sessions = running_sessions(engine, &container.exec_ids, None).await;
         if sessions > 0 && !force {
             bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
+        }
+        let changed = changed_files(engine, &container).await?;
+        if changed > 0 && !force {
+            let lost = format!(
+                "updating `{name}` (spc) would lose its container, with {changed} file(s) \
+                 changed in it"
+            );
+            if !ask(&format!("{lost}; go on?")) {
+                bail!(
+                    "{lost}; copy them out (`docker cp`), or `toolbox --runtime spc update --force`"
+                );
+            }
         }
         engine.remove_container(&container.id).await?;
         Ok(SpcUpdate::Replaced {
