@@ -21,6 +21,11 @@ pub enum Payload {
     Command(Vec<OsString>),
 }
 
+/// The files systemd-nspawn writes in the tree on every start (systemd 252
+/// `setup_resolv_conf` copies the host's resolver configuration, `setup_timezone` links
+/// the time zone): never the user's changes.
+pub const SESSION_WRITTEN_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/localtime"];
+
 /// The mount point inside an overlay toolbox's directory, which systemd-nspawn enters.
 pub const OVERLAY_ROOT: &str = "root";
 

@@ -624,7 +624,8 @@ pub fn remove_previous(directory: &Path, name: &str) -> Result<Option<Metadata>>
 /// How many files of the toolbox at `path` (complete, with `metadata`) were changed since
 /// it was created: for overlay storage, what its upper directory holds (removals
 /// included); for a copy, what was written after its creation. Empty files (the mount
-/// points sessions need) and directories are not counted.
+/// points sessions need), directories and what systemd-nspawn writes on every start are
+/// not counted.
 pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let (top, since) = match metadata.overlay {
@@ -640,6 +641,10 @@ pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
     let Ok(device) = fs::symlink_metadata(&top).map(|m| m.dev()) else {
         return 0;
     };
+    let written: Vec<PathBuf> = crate::model::plan::SESSION_WRITTEN_FILES
+        .iter()
+        .map(|file| top.join(file.trim_start_matches('/')))
+        .collect();
     let mut changed = 0;
     let mut pending = vec![top];
     while let Some(dir) = pending.pop() {
@@ -648,7 +653,10 @@ pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
-            if meta.dev() != device || entry.file_name() == METADATA {
+            if meta.dev() != device
+                || entry.file_name() == METADATA
+                || written.contains(&entry.path())
+            {
                 continue;
             }
             if meta.is_dir() {
@@ -841,6 +849,7 @@ pub fn add_user(root: &Path, passwd_line: &str, group_line: Option<&str>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn metadata() -> Metadata {
         Metadata {
@@ -998,6 +1007,91 @@ mod tests {
         let groups = fs::read_to_string(dir.path().join("etc/group")).unwrap();
         assert_eq!(groups.lines().count(), if me == 0 { 1 } else { 2 });
         assert!(dir.path().join("home/bob").is_dir());
+    }
+
+    #[test]
+    fn changed_files_are_what_sessions_wrote_less_mount_points_and_nspawns_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("core-x");
+        fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::create_dir_all(tree.join("root/deep")).unwrap();
+        fs::write(tree.join("root/keep"), "precious").unwrap();
+        fs::write(tree.join("root/deep/also"), "x").unwrap();
+        fs::write(tree.join("etc/resolv.conf"), "nameserver 192.0.2.1").unwrap();
+        fs::write(tree.join("mount-point"), "").unwrap();
+        fs::write(tree.join(METADATA), "{}").unwrap();
+        let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        let created = Metadata {
+            created: humantime::format_rfc3339_seconds(earlier).to_string(),
+            ..metadata()
+        };
+        assert_eq!(changed_files(&tree, &created), 2);
+        let later = Metadata {
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            ..metadata()
+        };
+        assert_eq!(changed_files(&tree, &later), 0, "written as it was created");
+        // Overlay storage: whatever the upper directory holds.
+        let overlay = Metadata {
+            overlay: Some(Overlay {
+                layers: Vec::new(),
+                anchor: "a".into(),
+            }),
+            ..later
+        };
+        fs::create_dir_all(tree.join("upper/etc")).unwrap();
+        fs::write(tree.join("upper/mine"), "x").unwrap();
+        fs::write(tree.join("upper/etc/localtime"), "UTC").unwrap();
+        assert_eq!(changed_files(&tree, &overlay), 1);
+    }
+
+    #[test]
+    fn an_update_keeps_one_previous_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        for (tree, file) in [("old", "first"), ("older", "second")] {
+            let path = dir.path().join(tree);
+            fs::create_dir(&path).unwrap();
+            fs::write(path.join(file), "").unwrap();
+            keep_previous(dir.path(), "core-x", &path).unwrap();
+            assert!(!path.exists());
+        }
+        let previous = previous(dir.path(), "core-x");
+        assert!(previous.join("second").exists() && !previous.join("first").exists());
+        remove_previous(dir.path(), "core-x").unwrap();
+        assert!(!previous.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    // Regression: a toolbox directory made first by another user stayed hers after
+    // toolbox tightened its mode, and she could swap in a tree root then ran.
+    #[test]
+    fn a_toolbox_directory_another_user_owns_is_refused() {
+        if !sys::is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let hers = dir.path().join("hers");
+        fs::create_dir(&hers).unwrap();
+        std::os::unix::fs::chown(&hers, Some(65534), Some(65534)).unwrap();
+        let err = check_ownership(&hers).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{} belongs to user ID 65534", hers.display())),
+            "{err}"
+        );
+        // Not made yet, beneath hers: the same.
+        assert!(check_ownership(&hers.join("toolboxes")).is_err());
+        assert!(make_directory(&hers.join("toolboxes")).is_err());
+        assert!(!hers.join("toolboxes").exists());
+        // A directory others may write in, above a root-owned one.
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check_ownership(&open.join("toolboxes"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is writable by others (mode 777)"), "{err}");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_ownership(&open.join("toolboxes")).unwrap();
     }
 
     #[test]

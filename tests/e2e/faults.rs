@@ -760,11 +760,18 @@ fn secrets_stay_out_of_errors_and_dry_runs() {
             !printed.contains("pr0xy-pass") && !printed.contains("t0ken-value"),
             "{printed}"
         );
+        // Secrets go to systemd-nspawn by name, their values in its environment.
         assert!(
-            printed.contains("--setenv=https_proxy=http://alice:***@proxy:3128"),
+            printed.contains("https_proxy=http://alice:***@proxy:3128 ")
+                && printed.contains(" --setenv=https_proxy "),
             "{printed}"
         );
-        assert!(printed.contains("--setenv=API_TOKEN=***") && printed.contains("PLAIN=shown"));
+        assert!(
+            printed.contains("API_TOKEN=*** ")
+                && printed.contains(" --setenv=API_TOKEN ")
+                && printed.contains(" --setenv=PLAIN=shown "),
+            "{printed}"
+        );
     });
     figure.case("--dry-run --show-secrets", || {
         let printed = stdout(&dry_run(true));

@@ -256,7 +256,7 @@ fn config_shows_where_each_value_comes_from() {
     assert_eq!(
         stdout(&out),
         format!(
-            "{}\tabsent\n{}\tread\n{}\tabsent\n",
+            "{}\tread\n{}\tread\n{}\tabsent\n",
             t.system_config().display(),
             rc.display(),
             t.home.join(".config/toolbox/toolbox.conf").display()
@@ -270,6 +270,19 @@ fn config_shows_where_each_value_comes_from() {
         t.system_config().display()
     );
     assert!(stdout(&out).contains(&system), "{}", describe(&out));
+    // Named and not there: said once, and nothing else changes.
+    fs::remove_file(t.system_config()).unwrap();
+    let out = t.run(["config"]);
+    assert_eq!(
+        toolbox_lines(&out),
+        [format!(
+            "toolbox: warning: TOOLBOX_SYSTEM_CONFIG names {}, which is not there; no \
+             system-wide settings are read",
+            t.system_config().display()
+        )],
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

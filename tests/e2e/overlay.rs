@@ -29,10 +29,12 @@ fn mounts(t: &TestEnv) -> usize {
 /// The anchor containers labelled with this test's toolbox.
 fn anchors(t: &TestEnv) -> Vec<String> {
     let filter = format!("label=toolbox.anchor={}", t.tree().display());
-    docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+    let mut anchors: Vec<String> = docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
         .split_whitespace()
         .map(String::from)
-        .collect()
+        .collect();
+    anchors.sort();
+    anchors
 }
 
 /// Whether a process whose command line matches `pattern` (pgrep -f) runs.
@@ -201,7 +203,10 @@ fn overlay_update_gives_a_fresh_toolbox() {
     let recorded = metadata(&t);
     assert_eq!(recorded["image_id"], second.as_str());
     let new_anchor = recorded["overlay"]["anchor"].as_str().unwrap().to_string();
-    assert_eq!(anchors(&t), std::slice::from_ref(&new_anchor));
+    // The old anchor stays: it pins the layers of the tree the update kept.
+    let mut both = vec![new_anchor.clone(), old_anchor.clone()];
+    both.sort();
+    assert_eq!(anchors(&t), both);
     assert_ne!(new_anchor, old_anchor);
     let out = run(&t, &["/usr/bin/busybox", "cat", "/etc/marker", "/mine"]);
     assert_eq!(
@@ -212,13 +217,22 @@ fn overlay_update_gives_a_fresh_toolbox() {
     );
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 
-    // `--storage` on the command line converts it.
+    // `--storage` on the command line converts it; the kept tree holds `/mine`, which
+    // only --force discards without a terminal to ask on.
     let out = t.run(["update", "--storage", "copy"]);
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)[0].contains("1 file(s) changed in it"),
+        "{}",
+        describe(&out)
+    );
+    let out = t.run(["update", "--storage", "copy", "--force"]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(stdout(&out).contains("rebuilt"), "{}", describe(&out));
     assert!(metadata(&t).get("overlay").is_none());
     assert!(t.tree().join("usr/bin/busybox").is_file());
-    assert!(anchors(&t).is_empty());
+    // The overlay tree replaced is kept, pinned by its anchor; the one before it is gone.
+    assert_eq!(anchors(&t), [new_anchor]);
     assert_eq!(list_row(&t)["storage"], "copy");
     drop(tag);
     for id in [first, second] {

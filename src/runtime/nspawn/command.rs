@@ -16,7 +16,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::host::Env;
 use crate::host::ui;
 use crate::model::options;
-use crate::model::plan::{Payload, Plan};
+use crate::model::plan::{Payload, Plan, SESSION_WRITTEN_FILES};
 use crate::runtime::nspawn::mountpoints::Placement;
 use crate::runtime::nspawn::session;
 
@@ -45,8 +45,8 @@ const SETENV_BY_NAME_SINCE: u32 = 250;
 /// host's `/etc/resolv.conf` onto itself empties it. Such a mount is what the user asked
 /// to see, so systemd-nspawn is told to leave the file alone.
 const WRITTEN_FILES: [(&str, &str); 2] = [
-    ("/etc/resolv.conf", "--resolv-conf=off"),
-    ("/etc/localtime", "--timezone=off"),
+    (SESSION_WRITTEN_FILES[0], "--resolv-conf=off"),
+    (SESSION_WRITTEN_FILES[1], "--timezone=off"),
 ];
 
 /// The oldest systemd-nspawn toolbox drives: systemd 219 (CentOS 7, the oldest host the

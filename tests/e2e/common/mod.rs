@@ -95,6 +95,8 @@ impl TestEnv {
         let home = root.join("home");
         let toolboxes = root.join("toolboxes");
         std::fs::create_dir_all(&home).unwrap();
+        // The system-wide settings file, empty: one named and missing is warned about.
+        std::fs::write(root.join("etc-default-toolbox"), "").unwrap();
         Some(TestEnv {
             _dir: dir,
             root,
@@ -151,7 +153,7 @@ impl TestEnv {
     }
 
     /// The system-wide settings file this test's toolbox reads (`TOOLBOX_SYSTEM_CONFIG`),
-    /// absent unless the test writes it.
+    /// empty unless the test writes it.
     pub fn system_config(&self) -> PathBuf {
         self.root.join("etc-default-toolbox")
     }
