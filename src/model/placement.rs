@@ -111,11 +111,19 @@ pub enum Unresolved {
 }
 
 /// The layer of `layers` that shows `path` (normalized), and `path` beneath its
-/// destination: the last of the longest destinations that contain it.
-pub fn enclosing<'a>(layers: &'a [Layer], path: &str) -> (usize, &'a Layer, String) {
+/// destination: the last of the longest destinations that contain it, those at or beneath
+/// `skipped` left out.
+pub fn enclosing<'a>(
+    layers: &'a [Layer],
+    path: &str,
+    skipped: Option<&str>,
+) -> (usize, &'a Layer, String) {
     let mut best: Option<usize> = None;
     for (i, layer) in layers.iter().enumerate() {
-        if options::is_within(path, &layer.destination)
+        let left_out = layer.destination != "/"
+            && skipped.is_some_and(|skipped| options::is_within(&layer.destination, skipped));
+        if !left_out
+            && options::is_within(path, &layer.destination)
             && best.is_none_or(|b| layers[b].destination.len() <= layer.destination.len())
         {
             best = Some(i);
@@ -164,17 +172,7 @@ pub fn resolve_destination(
     destination: &str,
     own: &str,
 ) -> Result<Landing, Unresolved> {
-    let before: Vec<Layer> = layers
-        .iter()
-        .filter(|layer| layer.destination == "/" || !options::is_within(&layer.destination, own))
-        .cloned()
-        .collect();
-    let mut landing = resolve(&before, lookup, destination)?;
-    landing.layer = layers
-        .iter()
-        .position(|layer| *layer == before[landing.layer])
-        .expect("a layer of the ones given");
-    Ok(landing)
+    resolve_without(layers, lookup, destination, Some(own))
 }
 
 /// Resolves `path` in the container made of `layers` (the first is the root, `/`; every
@@ -185,6 +183,17 @@ pub fn resolve(
     lookup: &mut dyn Lookup,
     path: &str,
 ) -> Result<Landing, Unresolved> {
+    resolve_without(layers, lookup, path, None)
+}
+
+/// [`resolve`], the layers at or beneath `skipped` left out.
+fn resolve_without(
+    layers: &[Layer],
+    lookup: &mut dyn Lookup,
+    path: &str,
+    skipped: Option<&str>,
+) -> Result<Landing, Unresolved> {
+    let enclosing = |path: &str| enclosing(layers, path, skipped);
     let mut done: Vec<String> = Vec::new();
     let mut todo: VecDeque<String> = components(path).collect();
     let mut links = 0;
@@ -197,13 +206,16 @@ pub fn resolve(
         }
         done.push(part);
         let here = join(&done);
-        let (index, layer, rest) = enclosing(layers, &here);
+        let (index, layer, rest) = enclosing(&here);
         if through.is_some() && layer.backing != Backing::Tree {
             left_tree = true;
         }
         let mut found = look(layer, &rest, lookup).map_err(|e| Unresolved::Io(e.to_string()))?;
-        let beneath =
-            |l: &Layer| l.destination != here && options::is_within(&l.destination, &here);
+        let beneath = |l: &Layer| {
+            l.destination != here
+                && options::is_within(&l.destination, &here)
+                && !skipped.is_some_and(|skipped| options::is_within(&l.destination, skipped))
+        };
         if found == Entry::Missing && layers.iter().any(beneath) {
             // Made as a mount's mount point, or a directory above one, before the mount.
             found = Entry::Found(Kind::Directory);
@@ -242,13 +254,13 @@ pub fn resolve(
                 if climbs {
                     // What the mounting program is given is this path, without `..`
                     // (see the callers): it is resolved as such.
-                    return resolve(layers, lookup, &path).map(|mut landing| {
+                    return resolve_without(layers, lookup, &path, skipped).map(|mut landing| {
                         landing.through = landing.through.or(through);
                         landing.left_tree |= left_tree;
                         landing
                     });
                 }
-                let (layer, _, _) = enclosing(layers, &path);
+                let (layer, _, _) = enclosing(&path);
                 return Ok(Landing {
                     path,
                     layer,
@@ -274,7 +286,7 @@ pub fn resolve(
         }
     }
     // The root itself (or a path that climbed back to it).
-    let (layer, _, _) = enclosing(layers, "/");
+    let (layer, _, _) = enclosing("/");
     Ok(Landing {
         path: "/".to_string(),
         layer,
@@ -486,10 +498,16 @@ mod tests {
             "/usr/local/bin/host-exec"
         );
         assert_eq!(
-            enclosing(&layers, "/sys/fs/bpf/x").1.destination,
+            enclosing(&layers, "/sys/fs/bpf/x", None).1.destination,
             "/sys/fs/bpf"
         );
-        assert_eq!(enclosing(&layers, "/sys/fs").2, "fs");
+        assert_eq!(enclosing(&layers, "/sys/fs", None).2, "fs");
+        assert_eq!(
+            enclosing(&layers, "/sys/fs/bpf/x", Some("/sys/fs"))
+                .1
+                .destination,
+            "/sys"
+        );
     }
 
     // Regression: `media/root -> /` put the host's `/` over the container's root. A mount

@@ -235,25 +235,18 @@ pub fn entry(path: &Path) -> io::Result<Entry> {
 /// What is at `rest` beneath `root`, the mount point of a kernel filesystem on this host,
 /// as a new mount of that filesystem shows it (the one systemd-nspawn or the engine makes
 /// for a container): the host's own mounts beneath `root` (tracefs in sysfs, cgroupfs)
-/// are empty directories there.
+/// are empty directories there. The directories above `rest` are taken to be `root`'s
+/// own (as a resolution, component by component, has found them).
 pub fn kernel_entry(root: &Path, rest: &str) -> io::Result<Entry> {
-    let device = rfs::stat(root)?.st_dev;
-    let mut path = root.to_path_buf();
-    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        let found = entry(&path)?;
-        let last = i + 1 == parts.len();
-        if last || found != Entry::Found(Kind::Directory) {
-            return Ok(found);
-        }
-        if rfs::lstat(&path)?.st_dev != device {
-            // Another filesystem is mounted here on the host; a new mount shows the
-            // directory empty.
+    let rest = rest.trim_matches('/');
+    let path = root.join(rest);
+    if let Some((parent, _)) = rest.rsplit_once('/') {
+        // Another filesystem mounted there on the host: empty in a new mount.
+        if rfs::lstat(&root.join(parent))?.st_dev != rfs::stat(root)?.st_dev {
             return Ok(Entry::Missing);
         }
     }
-    Ok(Entry::Found(Kind::Directory))
+    entry(&path)
 }
 
 /// Flushes the filesystem holding `fd` to disk: one call for a whole tree, instead of an

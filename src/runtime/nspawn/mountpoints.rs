@@ -27,7 +27,7 @@
 //! the tree between this check and systemd-nspawn's mounts: it is root on the host
 //! (`/media/root`), and nothing here defends against it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -151,7 +151,7 @@ fn plain_points() -> Vec<Point> {
 
 /// The container as systemd-nspawn builds it before its custom mounts: the tree, its own
 /// filesystems, and `mounts` (their destinations as placed so far).
-fn layers(mounts: &[Mount], placed: &BTreeMap<String, String>) -> Vec<Layer> {
+fn layers(mounts: &[Mount], files: &[bool], placed: &BTreeMap<String, String>) -> Vec<Layer> {
     let mut layers = vec![
         Layer::new("/", Backing::Tree),
         Layer::new("/proc", Backing::Kernel("/proc".into())),
@@ -160,17 +160,13 @@ fn layers(mounts: &[Mount], placed: &BTreeMap<String, String>) -> Vec<Layer> {
         Layer::new("/tmp", Backing::Fresh),
         Layer::new("/run", Backing::Fresh),
     ];
-    for mount in mounts {
+    for (mount, file) in mounts.iter().zip(files) {
         let destination = placed.get(&mount.destination).unwrap_or(&mount.destination);
         let (backing, file) = match (mount.kind, &mount.source) {
             (MountKind::Inaccessible, _) => continue,
             (MountKind::Tmpfs, _) | (_, None) => (Backing::Fresh, false),
             (MountKind::Bind | MountKind::Overlay, Some(source)) => {
-                let file = !Path::new(source).is_dir();
-                (
-                    Backing::Host(source.into()),
-                    file && mount.kind == MountKind::Bind,
-                )
+                (Backing::Host(source.into()), *file)
             }
         };
         layers.push(Layer {
@@ -182,22 +178,41 @@ fn layers(mounts: &[Mount], placed: &BTreeMap<String, String>) -> Vec<Layer> {
     layers
 }
 
-/// What is where, for [`placement`]: the tree through its directory, the host's files.
+/// What is where, for [`placement`]: the tree through its directory, the host's files;
+/// each path looked at once per entry, however many mounts pass through it (one that
+/// changes meanwhile is a process inside racing the check: see the module's comment).
 struct Lookups<'a> {
     tree: &'a OwnedFd,
+    seen: HashMap<(u8, PathBuf), Entry>,
+}
+
+impl Lookups<'_> {
+    fn cached(
+        &mut self,
+        key: (u8, PathBuf),
+        look: impl FnOnce() -> io::Result<Entry>,
+    ) -> io::Result<Entry> {
+        if let Some(entry) = self.seen.get(&key) {
+            return Ok(entry.clone());
+        }
+        let entry = look()?;
+        self.seen.insert(key, entry.clone());
+        Ok(entry)
+    }
 }
 
 impl placement::Lookup for Lookups<'_> {
     fn tree(&mut self, path: &str) -> io::Result<Entry> {
-        sys::entry_beneath(self.tree, path)
+        let tree = self.tree;
+        self.cached((0, path.into()), || sys::entry_beneath(tree, path))
     }
 
     fn host(&mut self, path: &Path) -> io::Result<Entry> {
-        sys::entry(path)
+        self.cached((1, path.into()), || sys::entry(path))
     }
 
     fn kernel(&mut self, root: &Path, rest: &str) -> io::Result<Entry> {
-        sys::kernel_entry(root, rest)
+        self.cached((2, root.join(rest)), || sys::kernel_entry(root, rest))
     }
 }
 
@@ -214,22 +229,48 @@ pub fn secure(
     act: Act,
 ) -> Result<Placement> {
     let tree = sys::open_dir(root).map_err(|e| anyhow!("cannot open {}: {e}", root.display()))?;
-    let mut placement = Placement::default();
+    // Each destination where it is written, to begin with: where they stay, one round
+    // of placing them confirms it.
+    let mut placement = Placement {
+        changes: Vec::new(),
+        destinations: mounts
+            .iter()
+            .filter(|m| m.kind != MountKind::Inaccessible)
+            .map(|m| (m.destination.clone(), m.destination.clone()))
+            .collect(),
+    };
     for point in plain_points() {
         walk(&tree, name, &point, act, &mut placement.changes)?;
     }
-    let mut lookups = Lookups { tree: &tree };
-    check_account_files(&layers(mounts, &placement.destinations), &mut lookups, name)?;
+    let mut lookups = Lookups {
+        tree: &tree,
+        seen: HashMap::new(),
+    };
+    // Which binds are of a file, asked once.
+    let files: Vec<bool> = mounts
+        .iter()
+        .map(|m| {
+            m.kind == MountKind::Bind && m.source.as_ref().is_some_and(|s| !Path::new(s).is_dir())
+        })
+        .collect();
+    check_account_files(
+        &layers(mounts, &files, &placement.destinations),
+        &mut lookups,
+        name,
+    )?;
     // Each mount is placed in the container its own placement leaves: once every
     // destination stays where the last round put it, systemd-nspawn, mounting them in
     // order of those paths, finds every one where it was placed.
     for _ in 0..3 {
-        let layers = layers(mounts, &placement.destinations);
+        let layers = layers(mounts, &files, &placement.destinations);
         let mut placed = BTreeMap::new();
-        for mount in mounts.iter().filter(|m| m.kind != MountKind::Inaccessible) {
-            let need = match (mount.kind, &mount.source) {
-                (MountKind::Bind, Some(source)) if !Path::new(source).is_dir() => Need::File,
-                _ => Need::Directory,
+        for (mount, file) in mounts.iter().zip(&files) {
+            if mount.kind == MountKind::Inaccessible {
+                continue;
+            }
+            let need = match file {
+                true => Need::File,
+                false => Need::Directory,
             };
             let point = Point {
                 destination: mount.written.clone(),
@@ -312,6 +353,7 @@ fn place(
             Ok(landing) => landing,
             Err(Unresolved::Loop(Some(link))) => {
                 replace(tree, name, &link, act, changes)?;
+                lookups.seen.clear();
                 if act == Act::Look {
                     return Ok(point.destination.clone());
                 }
@@ -337,6 +379,7 @@ fn place(
         match (&landing.through, astray) {
             (Some(link), true) => {
                 replace(tree, name, link, act, changes)?;
+                lookups.seen.clear();
                 if act == Act::Look {
                     return Ok(point.destination.clone());
                 }
@@ -351,7 +394,13 @@ fn place(
             ),
             _ => {}
         }
-        return land(layers, tree, name, point, &landing, act, changes);
+        let made = changes.len();
+        let placed = land(layers, tree, name, point, &landing, act, changes);
+        if changes.len() != made {
+            // What was looked at before is not what is there now.
+            lookups.seen.clear();
+        }
+        return placed;
     }
     bail!(
         "`{}`: {} passes through too many symlinks in toolbox `{name}`",
@@ -375,7 +424,11 @@ fn land(
         let rest = landing.path[layer.destination.len()..].trim_start_matches('/');
         root.join(rest)
     };
+    let fits = |kind: &Kind| (*kind == Kind::Directory) == (point.need == Need::Directory);
     match (&layer.backing, &landing.found) {
+        // There already, as it must be: nothing to make.
+        (Backing::Tree, Entry::Found(kind)) if fits(kind) => {}
+        // Made, or refused with what is in the way.
         (Backing::Tree, _) => {
             let placed = Point {
                 destination: landing.path.clone(),
@@ -391,7 +444,7 @@ fn land(
             host_path(source).display()
         ),
         (Backing::Host(source) | Backing::Kernel(source), Entry::Found(kind)) => {
-            if (*kind == Kind::Directory) != (point.need == Need::Directory) {
+            if !fits(kind) {
                 bail!(
                     "`{}`: {} on the host is {}, where systemd-nspawn needs {}; mount elsewhere",
                     point.word,
