@@ -242,7 +242,7 @@ pub fn kernel_entry(root: &Path, rest: &str) -> io::Result<Entry> {
     let path = root.join(rest);
     if let Some((parent, _)) = rest.rsplit_once('/') {
         // Another filesystem mounted there on the host: empty in a new mount.
-        if rfs::lstat(&root.join(parent))?.st_dev != rfs::stat(root)?.st_dev {
+        if rfs::lstat(root.join(parent))?.st_dev != rfs::stat(root)?.st_dev {
             return Ok(Entry::Missing);
         }
     }
