@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, anyhow, bail};
 
 use super::{Container, LABEL_RUNTIME};
-use crate::engine::{Engine, LABEL_PID};
+use crate::engine::{Engine, LABEL_PID, short_id};
 use crate::host::ui;
 use crate::model::placement::{self, Backing, Entry, Kind, Layer, Lookup, Unresolved};
 use crate::sys;
@@ -102,7 +102,9 @@ impl Lookup for ImageFiles {
 /// started.
 struct Reader<'a, E: Engine> {
     engine: &'a E,
-    container: String,
+    image_id: &'a str,
+    /// The container read through, made when a path is first not known.
+    container: Option<String>,
     files: ImageFiles,
 }
 
@@ -123,9 +125,20 @@ impl<E: Engine> Reader<'_, E> {
             };
             match (resolved, self.files.wanted.take()) {
                 (Err(Unresolved::Io(_)), Some(wanted)) => {
+                    let container = match &self.container {
+                        Some(container) => container.clone(),
+                        None => {
+                            let labels = HashMap::from([
+                                (LABEL_RUNTIME.to_string(), "spc".to_string()),
+                                (LABEL_PID.to_string(), std::process::id().to_string()),
+                            ]);
+                            let made = self.engine.create_container(self.image_id, labels).await?;
+                            self.container.insert(made).clone()
+                        }
+                    };
                     let entry = self
                         .engine
-                        .path_entry(&self.container, &format!("/{wanted}"))
+                        .path_entry(&container, &format!("/{wanted}"))
                         .await?;
                     self.files.known.insert(wanted, entry);
                 }
@@ -133,6 +146,84 @@ impl<E: Engine> Reader<'_, E> {
             }
         }
     }
+}
+
+/// What was read of image `image_id` before, from `cache`: a line of its ID, then a line
+/// per path, `KIND\tPATH[\tTARGET]`. Anything else (another image's, a damaged file) is
+/// no cache.
+fn read_cache(cache: &Path, image_id: &str) -> HashMap<String, Entry> {
+    let mut known = HashMap::new();
+    let Ok(Some(file)) = sys::open_regular(
+        cache,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW,
+    ) else {
+        return known;
+    };
+    let Ok(Some(bytes)) = sys::read_bounded(file, crate::host::files::MAX_FILE) else {
+        return known;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    if lines.next() != Some(image_id) {
+        return known;
+    }
+    for line in lines {
+        let mut fields = line.splitn(3, '\t');
+        let (Some(kind), Some(path)) = (fields.next(), fields.next()) else {
+            return HashMap::new();
+        };
+        let entry = match (kind, fields.next()) {
+            ("-", None) => Entry::Missing,
+            ("l", Some(target)) => Entry::Link(target.to_string()),
+            ("d", None) => Entry::Found(Kind::Directory),
+            ("f", None) => Entry::Found(Kind::Regular),
+            ("p", None) => Entry::Found(Kind::Fifo),
+            ("c", None) => Entry::Found(Kind::CharDevice),
+            ("b", None) => Entry::Found(Kind::BlockDevice),
+            ("s", None) => Entry::Found(Kind::Socket),
+            _ => return HashMap::new(),
+        };
+        known.insert(path.to_string(), entry);
+    }
+    known
+}
+
+/// Keeps `known` (read of image `image_id`) in `cache`, replaced at once. Paths that
+/// would not survive a line of it are left out, to be read again.
+fn write_cache(cache: &Path, image_id: &str, known: &HashMap<String, Entry>) -> io::Result<()> {
+    use std::io::Write;
+    let plain = |text: &str| !text.contains(['\t', '\n', '\r']);
+    let mut text = format!("{image_id}\n");
+    for (path, entry) in known.iter().filter(|(path, _)| plain(path)) {
+        let line = match entry {
+            Entry::Missing => format!("-\t{path}"),
+            Entry::Link(target) if plain(target) => format!("l\t{path}\t{target}"),
+            Entry::Link(_) => continue,
+            Entry::Found(kind) => {
+                let letter = match kind {
+                    Kind::Directory => "d",
+                    Kind::Regular | Kind::Symlink => "f",
+                    Kind::Fifo => "p",
+                    Kind::CharDevice => "c",
+                    Kind::BlockDevice => "b",
+                    Kind::Socket => "s",
+                };
+                format!("{letter}\t{path}")
+            }
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let partial = cache.with_extension(format!("partial-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    std::fs::rename(&partial, cache).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
 }
 
 /// The container's mounts as the engine will make them: the image, the kernel's and
@@ -160,27 +251,36 @@ fn layers(binds: &[Bind], destinations: &[Option<String>]) -> Vec<Layer> {
 /// Checks `container`'s mount points against image `image_id` (see the module's
 /// comment), reading the image's files through `engine`; returns the container with its
 /// binds placed, the tracing binds that cannot be placed left out (said unless `quiet`).
+///
+/// What was read of the image is kept in `directory` (an image's files never change
+/// under its ID): the next container of the image is placed without reading it again.
 pub async fn place(
     engine: &impl Engine,
     image_id: &str,
     container: &Container,
+    directory: &Path,
     quiet: bool,
 ) -> Result<Container> {
-    let labels = HashMap::from([
-        (LABEL_RUNTIME.to_string(), "spc".to_string()),
-        (LABEL_PID.to_string(), std::process::id().to_string()),
-    ]);
-    let reader_container = engine.create_container(image_id, labels).await?;
+    crate::store::toolboxes::make_directory(directory)?;
+    let cache = directory.join(format!(".spc-image-{}", short_id(image_id)));
     let mut reader = Reader {
         engine,
-        container: reader_container.clone(),
+        image_id,
+        container: None,
         files: ImageFiles {
-            known: HashMap::new(),
+            known: read_cache(&cache, image_id),
             wanted: None,
         },
     };
     let placed = place_with(&mut reader, container, quiet).await;
-    let removed = engine.remove_container(&reader_container).await;
+    let removed = match &reader.container {
+        Some(read_through) => {
+            // Best effort: it is only a cache.
+            let _ = write_cache(&cache, image_id, &reader.files.known);
+            engine.remove_container(read_through).await
+        }
+        None => Ok(()),
+    };
     let placed = placed?;
     removed?;
     Ok(placed)
@@ -411,7 +511,14 @@ mod tests {
 
     fn place(fake: &Fake, container: &Container) -> Result<Container> {
         let runtime = crate::engine::async_runtime().unwrap();
-        runtime.block_on(super::place(&fake, "sha256:1", container, true))
+        let directory = tempfile::tempdir().unwrap();
+        runtime.block_on(super::place(
+            &fake,
+            "sha256:1",
+            container,
+            directory.path(),
+            true,
+        ))
     }
 
     // Regression: `usr/local/bin -> /host/tmp/victim/ulb` had the engine create
@@ -461,6 +568,40 @@ mod tests {
         .unwrap();
         assert_eq!(placed.binds, ["/:/host"]);
         assert_eq!(placed.tracing_binds, ["/usr/lib:/usr/lib/modules/6.1:ro"]);
+    }
+
+    // What was read of an image is kept: the next container of it asks the engine nothing.
+    #[test]
+    fn what_was_read_of_an_image_is_kept() {
+        let mut fake = image(&[("usr/lib/", None), ("lib", Some("usr/lib"))]);
+        let directory = tempfile::tempdir().unwrap();
+        let runtime = crate::engine::async_runtime().unwrap();
+        let binds = container(&["/:/host"], &["/usr/lib:/lib/modules/6.1:ro"]);
+        let first = runtime
+            .block_on(super::place(
+                &&fake,
+                "sha256:1",
+                &binds,
+                directory.path(),
+                true,
+            ))
+            .unwrap();
+        // The image's files, if the engine were asked again, would say otherwise now.
+        fake.archive = Vec::new();
+        let second = runtime
+            .block_on(super::place(
+                &&fake,
+                "sha256:1",
+                &binds,
+                directory.path(),
+                true,
+            ))
+            .unwrap();
+        assert_eq!(first, second);
+        assert!(fake.container_ids().is_empty());
+        let cache = read_cache(&directory.path().join(".spc-image-1"), "sha256:1");
+        assert_eq!(cache.get("lib"), Some(&Entry::Link("usr/lib".into())));
+        assert!(read_cache(&directory.path().join(".spc-image-1"), "sha256:2").is_empty());
     }
 
     // Regression: a FIFO at /etc/passwd left a dockerd thread blocked in it.

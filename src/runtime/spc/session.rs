@@ -66,7 +66,7 @@ pub fn enter(
         };
         let spc = resolve(image.run_label.clone())?;
         match &spc.container.name {
-            None => throwaway(&engine, &spc, &image.id, quiet, signals).await,
+            None => throwaway(&engine, &spc, &image.id, directory, quiet, signals).await,
             Some(name) => {
                 persistent(&engine, &spc, name, &image.id, directory, options, signals).await
             }
@@ -82,6 +82,7 @@ async fn throwaway(
     engine: &impl Engine,
     spc: &Spc,
     image_id: &str,
+    directory: &Path,
     quiet: bool,
     signals: Caught,
 ) -> Result<u8> {
@@ -89,7 +90,7 @@ async fn throwaway(
     remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
     // killed before it can.
-    let mut container = mounts::place(engine, image_id, &spc.container, quiet).await?;
+    let mut container = mounts::place(engine, image_id, &spc.container, directory, quiet).await?;
     container
         .labels
         .insert(LABEL_PID.to_string(), std::process::id().to_string());
@@ -189,7 +190,8 @@ async fn persistent(
         let container = match found {
             Some(found) => found,
             None => {
-                let container = mounts::place(engine, image_id, &spc.container, options.quiet).await?;
+                let container =
+                    mounts::place(engine, image_id, &spc.container, directory, options.quiet).await?;
                 let id = engine.create_spc(&container.spec(image_id, None)).await?;
                 if verbose {
                     ui::say(format_args!("created container `{name}` ({})", short_id(&id)));
