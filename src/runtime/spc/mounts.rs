@@ -510,15 +510,13 @@ mod tests {
     }
 
     fn place(fake: &Fake, container: &Container) -> Result<Container> {
+        place_at(fake, container, tempfile::tempdir().unwrap().path())
+    }
+
+    /// [`place`], keeping what was read of the image in `directory`.
+    fn place_at(fake: &Fake, container: &Container, directory: &Path) -> Result<Container> {
         let runtime = crate::engine::async_runtime().unwrap();
-        let directory = tempfile::tempdir().unwrap();
-        runtime.block_on(super::place(
-            &fake,
-            "sha256:1",
-            container,
-            directory.path(),
-            true,
-        ))
+        runtime.block_on(super::place(&fake, "sha256:1", container, directory, true))
     }
 
     // Regression: `usr/local/bin -> /host/tmp/victim/ulb` had the engine create
@@ -575,28 +573,11 @@ mod tests {
     fn what_was_read_of_an_image_is_kept() {
         let mut fake = image(&[("usr/lib/", None), ("lib", Some("usr/lib"))]);
         let directory = tempfile::tempdir().unwrap();
-        let runtime = crate::engine::async_runtime().unwrap();
         let binds = container(&["/:/host"], &["/usr/lib:/lib/modules/6.1:ro"]);
-        let first = runtime
-            .block_on(super::place(
-                &&fake,
-                "sha256:1",
-                &binds,
-                directory.path(),
-                true,
-            ))
-            .unwrap();
+        let first = place_at(&fake, &binds, directory.path()).unwrap();
         // The image's files, if the engine were asked again, would say otherwise now.
         fake.archive = Vec::new();
-        let second = runtime
-            .block_on(super::place(
-                &&fake,
-                "sha256:1",
-                &binds,
-                directory.path(),
-                true,
-            ))
-            .unwrap();
+        let second = place_at(&fake, &binds, directory.path()).unwrap();
         assert_eq!(first, second);
         assert!(fake.container_ids().is_empty());
         let cache = read_cache(&directory.path().join(".spc-image-1"), "sha256:1");
