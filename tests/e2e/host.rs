@@ -2,54 +2,18 @@
 //! mounts and writes), through `toolbox import` and through images, with the host's `/`
 //! mounted private and shared; options from configuration that would take over the
 //! container's root; the images' setuid programs out of other users' reach; parallel
-//! cold and warm starts; processes left in a copy toolbox. Each test that hands hostile
-//! input to toolbox compares a snapshot of the host before and after. Lines starting
-//! `figure ` are read by scripts/reliability for docs/RELIABILITY.md.
+//! cold and warm starts; processes left in a copy toolbox, and none left by a killed
+//! session. Each test that hands hostile input to toolbox compares a snapshot of the
+//! host before and after. Lines starting `figure ` are read by scripts/reliability for
+//! docs/RELIABILITY.md.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::common::*;
-
-/// A busybox root filesystem with `links` (path in the tree, target) added, as a tarball.
-fn hostile_rootfs(dir: &Path, name: &str, links: &[(&str, &str)]) -> PathBuf {
-    let tree = dir.join(name);
-    fs::create_dir_all(tree.join("usr/bin")).unwrap();
-    fs::create_dir_all(tree.join("etc")).unwrap();
-    fs::copy("/bin/busybox", tree.join("usr/bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "true", "ls", "sleep"] {
-        symlink("busybox", tree.join("usr/bin").join(applet)).unwrap();
-    }
-    symlink("usr/bin", tree.join("bin")).unwrap();
-    fs::write(tree.join("etc/os-release"), "ID=hostile\n").unwrap();
-    for (path, target) in links {
-        let at = tree.join(path);
-        fs::create_dir_all(at.parent().unwrap()).unwrap();
-        let _ = fs::remove_dir_all(&at);
-        symlink(target, &at).unwrap();
-    }
-    let tarball = dir.join(format!("{name}.tar"));
-    let tar = Command::new("tar")
-        .arg("-C")
-        .arg(&tree)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(tar.status.success(), "{}", describe(&tar));
-    tarball
-}
-
-/// A victim directory beside the toolbox directory, with a file in it.
-fn victim(t: &TestEnv) -> PathBuf {
-    let victim = t.root.join("victim");
-    fs::create_dir_all(&victim).unwrap();
-    fs::write(victim.join("resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
-    victim
-}
 
 /// The symlinks each hostile tree carries, `VICTIM` standing for the victim directory.
 const HOSTILE: &[(&str, &str)] = &[
@@ -111,7 +75,7 @@ fn hostile_trees_through_import_leave_the_host_untouched() {
             figure.case(&case, || {
                 let target = target.replace("VICTIM", &victim_text);
                 let name = format!("hostile-{propagation}-{i}");
-                let tarball = hostile_rootfs(&t.root, &name, &[(path, &target)]);
+                let tarball = rootfs_tarball(&t.root, &name, &[Entry::Link(path, &target)]);
                 let before = host_snapshot(&victim);
                 let out = t
                     .command()
@@ -139,24 +103,6 @@ fn hostile_trees_through_import_leave_the_host_untouched() {
     figure.finish();
 }
 
-/// `docker import`s a hostile root filesystem as a local image; removed when dropped.
-struct HostileImage(String);
-
-impl HostileImage {
-    fn new(t: &TestEnv, links: &[(&str, &str)]) -> HostileImage {
-        let tarball = hostile_rootfs(&t.root, "image", links);
-        let tag = format!("toolbox-test-hostile-{}:v", std::process::id());
-        docker(&["import", tarball.to_str().unwrap(), &tag]);
-        HostileImage(tag)
-    }
-}
-
-impl Drop for HostileImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
-    }
-}
-
 #[test]
 fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
     let Some(t) = TestEnv::new("host_image", BUSYBOX_IMAGE) else {
@@ -181,8 +127,8 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
         ("proc", in_victim("proc")),
         ("sys", in_victim("sys")),
     ];
-    let links: Vec<(&str, &str)> = links.iter().map(|(p, t)| (*p, t.as_str())).collect();
-    let image = HostileImage::new(&t, &links);
+    let links: Vec<Entry> = links.iter().map(|(p, t)| Entry::Link(p, t)).collect();
+    let image = ImportedImage::new(&t, "hostile", &links);
     let mut figure = Figure::new("host-trees-image");
     for storage in ["copy", "overlay"] {
         for (propagation, wrapper) in ROOT_PROPAGATIONS {
@@ -488,6 +434,8 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     };
     let tag = Tag::new("host-lingering", BUSYBOX_IMAGE);
     let marker = "sleep 4343";
+    // Leaves the marker running in the toolbox; the root it runs in, once it does (found
+    // through the toolbox: another test's `sleep` is not this one's).
     let leave = || {
         let out = t
             .command()
@@ -496,11 +444,12 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
             .output()
             .unwrap();
         assert_eq!(status(&out), 0, "{}", describe(&out));
+        let root = ToolboxRoot::at(&t.tree()).expect("no tree after a session");
+        wait_for("the background process", || root.find(marker).is_some());
+        Reaper(root)
     };
-    leave();
-    let pattern = format!("^{marker}$");
-    let lingering = || running(&pattern);
-    assert!(lingering(), "the background process did not start");
+    let first = leave();
+    let lingering = || first.0.find(marker).is_some();
 
     let mut figure = Figure::new("host-lingering");
     figure.case("rm refuses", || {
@@ -541,12 +490,36 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     });
 
     figure.case("rm --force ends it", || {
-        leave();
-        assert!(lingering());
+        let second = leave();
         let out = t.run(["rm", "--force", &t.toolbox_name()]);
         assert_eq!(status(&out), 0, "{}", describe(&out));
-        assert!(!lingering(), "rm --force ends it");
+        assert_eq!(second.0.find(marker), None, "rm --force ends it");
         assert!(!t.tree().exists());
     });
     figure.finish();
+}
+
+// Regression: killing a copy session's toolbox process outright (after its exec, that is
+// systemd-nspawn itself) left the session's command running in the host's PID namespace.
+#[test]
+fn a_killed_copy_session_leaves_nothing_running() {
+    let Some(t) = TestEnv::new("host_killed_copy", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let payload = "sleep 1211";
+    let mut killed = t.command().args(payload.split(' ')).spawn().unwrap();
+    wait_for("the session's tree", || {
+        t.tree().join(".toolbox.json").exists()
+    });
+    let root = ToolboxRoot::at(&t.tree()).unwrap();
+    let _reaper = Reaper(root);
+    wait_for("the session's command", || root.find(payload).is_some());
+    let pid = root.find(payload).unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(
+        ends_within(pid, Duration::from_secs(5)),
+        "the session's command (PID {pid}) outlived its killed systemd-nspawn: {:?}",
+        root.processes()
+    );
 }

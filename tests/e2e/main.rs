@@ -6,6 +6,7 @@
 
 mod common;
 
+mod attacks;
 mod basics;
 mod equivalence;
 mod faults;

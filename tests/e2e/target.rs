@@ -5,31 +5,17 @@
 //! container runtime doing the same through the engine.
 
 use std::process::{Child, Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::common::*;
 
 /// The port the target listens on, as `/proc/net/tcp` writes it (8080).
 const PORT_HEX: &str = ":1F90";
 
-/// A running busybox container, removed when dropped.
-struct Container {
-    name: String,
-}
-
-impl Container {
-    fn start(test: &str) -> Container {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "toolbox-test-{test}-{}-{}",
-            std::process::id(),
-            STARTED.fetch_add(1, Ordering::Relaxed)
-        );
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
+/// A running busybox container serving HTTP, with a volume and marker files.
+fn start_serving(test: &str) -> Container {
+    let container = Container::run(
+        test,
+        &[
             "--volume",
             "/data",
             BUSYBOX_IMAGE,
@@ -37,29 +23,14 @@ impl Container {
             "-c",
             "echo marked > /marker && echo in-volume > /data/marker && \
              exec httpd -f -p 0.0.0.0:8080",
-        ]);
-        let container = Container { name };
-        wait_for("the target to listen", || {
-            container.pid() != 0
-                && std::fs::read_to_string(format!("/proc/{}/net/tcp", container.pid()))
-                    .is_ok_and(|tcp| tcp.contains(&format!("{PORT_HEX} 00000000:0000 0A")))
-        });
-        container
-    }
-
-    fn pid(&self) -> u32 {
-        docker(&["inspect", "-f", "{{.State.Pid}}", &self.name])
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "--volumes", &self.name])
-            .output();
-    }
+        ],
+    );
+    wait_for("the target to listen", || {
+        container.pid() != 0
+            && std::fs::read_to_string(format!("/proc/{}/net/tcp", container.pid()))
+                .is_ok_and(|tcp| tcp.contains(&format!("{PORT_HEX} 00000000:0000 0A")))
+    });
+    container
 }
 
 /// A host process in a network namespace of its own, killed when dropped.
@@ -143,7 +114,7 @@ fn a_session_joins_a_containers_network_and_sees_its_files() {
     let Some(t) = TestEnv::new("target_container", DEBIAN_IMAGE) else {
         return;
     };
-    let container = Container::start("target");
+    let container = start_serving("target");
     let (_file, relative, content) = host_file();
     let script = report(&format!("/media/root/{relative}"));
     let out = run(&t, &["--target", &container.name, "-c", &script]);
@@ -263,7 +234,7 @@ fn dry_run_shows_the_resolved_target_and_list_shows_a_targeted_session() {
     let Some(t) = TestEnv::new("target_list", BUSYBOX_IMAGE) else {
         return;
     };
-    let container = Container::start("list");
+    let container = start_serving("list");
     let pid = container.pid();
     let out = run(&t, &["--target", &container.name, "--dry-run"]);
     let command = succeeded(&out);
@@ -310,7 +281,7 @@ fn a_target_that_exits_ends_only_the_sessions_view_of_it() {
     let Some(t) = TestEnv::new("target_exits", BUSYBOX_IMAGE) else {
         return;
     };
-    let container = Container::start("exits");
+    let container = start_serving("exits");
     let marker = t.root.join("session-started");
     let session = t
         .command()
@@ -370,7 +341,7 @@ fn a_super_privileged_container_joins_the_target_through_the_engine() {
     let Some(t) = TestEnv::new("target_spc", BUSYBOX_IMAGE) else {
         return;
     };
-    let container = Container::start("spc");
+    let container = start_serving("spc");
     let (_file, relative, content) = host_file();
     let spc = |args: &[&str]| {
         t.command()

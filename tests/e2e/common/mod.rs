@@ -5,7 +5,12 @@
 //! When Docker, systemd-nspawn, root or the test images are missing, a test fails if
 //! `TOOLBOX_E2E=required` (CI sets it) and otherwise prints why it skipped.
 
+pub mod hostile;
+pub mod process;
 pub mod registry;
+
+pub use hostile::*;
+pub use process::*;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -778,7 +783,10 @@ pub const ROOT_PROPAGATIONS: [(&str, &[&str]); 2] = [("private", &[]), ("shared"
 
 /// The host's state a toolbox session must leave as it was: the entries of `/` and of
 /// `/run` (less the daemons' own), everything under `/etc` and `/media`, and everything
-/// under `victim`, with type, mode, owner, link target and content.
+/// under `victim`, with type, mode, owner, link target and content; and the kernel's
+/// filesystems a session binds for tracing, where a directory made is a kernel object
+/// (an ftrace instance, a bpffs directory): the entries of
+/// `/sys/kernel/tracing/instances` and everything under `/sys/fs/bpf`, by name and type.
 pub fn host_snapshot(victim: &Path) -> BTreeMap<String, String> {
     let mut snapshot = BTreeMap::new();
     for (top, recursive) in [
@@ -812,7 +820,40 @@ pub fn host_snapshot(victim: &Path) -> BTreeMap<String, String> {
             snapshot.insert(format!("{}/{path}", top.display()), line);
         }
     }
+    for (top, recursive) in [
+        (Path::new("/sys/kernel/tracing/instances"), false),
+        (Path::new("/sys/fs/bpf"), true),
+    ] {
+        for (path, kind) in kinds(top, recursive) {
+            snapshot.insert(format!("{}/{path}", top.display()), kind);
+        }
+    }
     snapshot
+}
+
+/// The entries under `top` (beneath it too when `recursive`), relative to it, with their
+/// type only: nothing is read from them (reading a tracefs file can start or change a
+/// trace, and a bpffs pin is no file to read).
+fn kinds(top: &Path, recursive: bool) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut pending = vec![top.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && recursive {
+                pending.push(path.clone());
+            }
+            let rel = path.strip_prefix(top).unwrap().display().to_string();
+            found.insert(rel, format!("{kind:?}"));
+        }
+    }
+    found
 }
 
 /// Entries of the host's `/run` that its daemons and other tests change while tests run
@@ -891,12 +932,8 @@ impl Figure {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(case)) {
             Ok(value) => Some(value),
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                self.failures.push(format!("{name}: {message}"));
+                self.failures
+                    .push(format!("{name}: {}", panic_message(panic.as_ref())));
                 None
             }
         }
@@ -934,6 +971,26 @@ impl Figure {
             self.failures.join("\n")
         );
     }
+}
+
+/// What a panic (a failed assertion) said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Runs every check, then fails with what each that failed said: a case reports every
+/// way it went wrong (its status and the host's changes), not only the first.
+pub fn check_all(checks: &[&dyn Fn()]) {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter_map(|check| std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).err())
+        .map(|panic| panic_message(panic.as_ref()))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 impl Drop for Figure {
