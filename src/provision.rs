@@ -119,6 +119,9 @@ pub enum Updated {
         /// Files changed in the replaced tree, which is kept as the previous one.
         kept_changes: u64,
     },
+    /// The toolbox was rolled back from the image's ID, which an update at entry leaves
+    /// alone (see [`toolboxes::hold`]).
+    Held { image_id: String },
 }
 
 /// What an update would lose: the previous toolbox kept by the last update, with the
@@ -163,7 +166,7 @@ fn rebuild(
     target: &Target,
     recorded: Option<&Metadata>,
     access: &Access,
-    (quiet, verbose): (bool, bool),
+    (quiet, verbose, at_entry): (bool, bool, bool),
     discard: Discard,
     prepare: &mut dyn FnMut() -> Result<toolboxes::Lock>,
 ) -> Result<Updated> {
@@ -184,6 +187,9 @@ fn rebuild(
             provisioner.pin_again(target, recorded)?;
         }
         return Ok(Updated::UpToDate { image_id: image.id });
+    }
+    if at_entry && toolboxes::held(&target.directory, &target.name).as_ref() == Some(&image.id) {
+        return Ok(Updated::Held { image_id: image.id });
     }
     let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
     let previous = toolboxes::previous(&target.directory, &target.name);
@@ -220,6 +226,7 @@ fn rebuild(
     }
     // `partial` holds the old tree now: kept, with its anchor, as the previous one.
     let replaced = toolboxes::keep_previous(&target.directory, &target.name, &partial)?;
+    toolboxes::release(&target.directory, &target.name)?;
     if let Some(anchor) = replaced.and_then(|r| r.overlay).map(|o| o.anchor) {
         provisioner.remove_container(&anchor)?;
     }
@@ -234,7 +241,8 @@ fn rebuild(
 /// `toolbox update`: rebuilds `name` from its image when the image's ID changed (see
 /// [`rebuild`]). The toolbox keeps its storage mode unless `--storage` says
 /// otherwise. `force` stops sessions and processes left in the toolbox, and allows
-/// discarding the previous tree whatever `ask` answers.
+/// discarding the previous tree whatever `ask` answers. An update `at_entry` leaves a
+/// toolbox rolled back from the image as it is.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
     target: &Target,
@@ -242,8 +250,7 @@ pub fn update(
     access: &Access,
     force: bool,
     ask: &dyn Fn(&WouldDiscard) -> bool,
-    quiet: bool,
-    verbose: bool,
+    (quiet, verbose, at_entry): (bool, bool, bool),
     report: &mut dyn Write,
 ) -> Result<Updated> {
     let path = target.path();
@@ -280,7 +287,7 @@ pub fn update(
         target,
         recorded.as_ref(),
         access,
-        (quiet, verbose),
+        (quiet, verbose, at_entry),
         discard,
         &mut prepare,
     )?;
@@ -289,6 +296,14 @@ pub fn update(
             Updated::UpToDate { image_id } => writeln!(
                 report,
                 "toolbox `{}` is up to date ({} {})",
+                target.name,
+                target.image.reference(),
+                short_id(image_id)
+            )?,
+            Updated::Held { image_id } => writeln!(
+                report,
+                "toolbox `{}` was rolled back from {} ({}): left as it is; `toolbox update` \
+                 applies it again",
                 target.name,
                 target.image.reference(),
                 short_id(image_id)
@@ -335,7 +350,13 @@ pub fn rollback(
         );
     }
     let _mount = quiesce::quiesce(&target.directory, proc_root, &target.name, force)?;
+    let replaced = toolboxes::complete_metadata(&target.path())?;
     toolboxes::swap(&previous, &target.path())?;
+    // An update at entry would put straight back what was rolled back from.
+    match replaced {
+        Some(replaced) => toolboxes::hold(&target.directory, &target.name, &replaced.image_id)?,
+        None => toolboxes::release(&target.directory, &target.name)?,
+    }
     if !quiet {
         let image = toolboxes::complete_metadata(&target.path())?
             .map(|m| format!("{} ({})", m.image, short_id(&m.image_id)))

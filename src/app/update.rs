@@ -74,8 +74,7 @@ pub fn run(ctx: &RunContext, name: Option<String>, force: bool, rollback: bool) 
         &ctx.access,
         force,
         &|would| confirm(&format!("{would}; discard it?")),
-        ctx.quiet(),
-        ctx.verbose(),
+        (ctx.quiet(), ctx.verbose(), false),
         report,
     )?;
     Ok(0)

@@ -194,6 +194,7 @@ pub fn remove_companions(directory: &Path, name: &str) -> Result<()> {
         format!(".{name}.lock"),
         format!(".{name}.mount.lock"),
         format!(".{name}.checked"),
+        format!(".{name}.held"),
     ] {
         match fs::remove_file(directory.join(&file)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -628,13 +629,13 @@ pub fn remove_previous(directory: &Path, name: &str) -> Result<Option<Metadata>>
 /// not counted.
 pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    // A copy's files changed after its metadata file was written, the last of its
+    // creation (a tree without one, adopted, counts whole).
     let (top, since) = match metadata.overlay {
         Some(_) => (crate::store::overlay::upper(path), None),
         None => {
-            let created = humantime::parse_rfc3339(&metadata.created)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() as i64);
+            let created = fs::symlink_metadata(path.join(METADATA))
+                .map_or((0, 0), |m| (m.ctime(), m.ctime_nsec()));
             (path.to_path_buf(), Some(created))
         }
     };
@@ -646,32 +647,72 @@ pub fn changed_files(path: &Path, metadata: &Metadata) -> u64 {
         .map(|file| top.join(file.trim_start_matches('/')))
         .collect();
     let mut changed = 0;
-    let mut pending = vec![top];
+    let mut pending = vec![top.clone()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
+            let path = entry.path();
             if meta.dev() != device
                 || entry.file_name() == METADATA
-                || written.contains(&entry.path())
+                || written.contains(&path)
+                || is_base_link(&top, &path)
             {
                 continue;
             }
             if meta.is_dir() {
-                pending.push(entry.path());
+                pending.push(path);
                 continue;
             }
             let empty = meta.is_file() && meta.len() == 0;
-            // A second's grace: the unpacked files' changes share the creation's second.
-            let recent = since.is_none_or(|created| meta.ctime() > created + 1);
+            let recent = since.is_none_or(|created| (meta.ctime(), meta.ctime_nsec()) > created);
             if !empty && recent {
                 changed += 1;
             }
         }
     }
     changed
+}
+
+/// Whether `path` is one of the links systemd-nspawn makes at the top of a tree that lacks
+/// them (`bin -> usr/bin`, as systemd 252 `base_filesystem_create` does): its, not a user's.
+fn is_base_link(top: &Path, path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    path.parent() == Some(top)
+        && ["bin", "sbin", "lib", "lib64"].contains(&name)
+        && fs::read_link(path).is_ok_and(|target| target == Path::new("usr").join(name))
+}
+
+/// Records that toolbox `name` was rolled back from image `image_id`: an update at entry
+/// (`TOOLBOX_UPDATE=auto`) does not apply that image again; `toolbox update` does.
+pub fn hold(directory: &Path, name: &str, image_id: &str) -> Result<()> {
+    let path = directory.join(format!(".{name}.held"));
+    fs::write(&path, image_id).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The image toolbox `name` was rolled back from, if it was (see [`hold`]).
+pub fn held(directory: &Path, name: &str) -> Option<String> {
+    let file = sys::open_regular(
+        &directory.join(format!(".{name}.held")),
+        OFlags::RDONLY | OFlags::NOFOLLOW,
+    )
+    .ok()??;
+    let bytes = sys::read_bounded(file, 1024).ok()??;
+    Some(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// Forgets a rollback's hold (see [`hold`]).
+pub fn release(directory: &Path, name: &str) -> Result<()> {
+    match fs::remove_file(directory.join(format!(".{name}.held"))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot release the hold of `{name}`"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The file in the toolbox directory that overlay toolboxes' anchors run.
@@ -1014,23 +1055,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("core-x");
         fs::create_dir_all(tree.join("etc")).unwrap();
+        fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        fs::write(tree.join("etc/unpacked"), "from the image").unwrap();
+        // Created: its metadata written last. (Change times move with the kernel's tick.)
+        fs::write(tree.join(METADATA), "{}").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
         fs::create_dir_all(tree.join("root/deep")).unwrap();
         fs::write(tree.join("root/keep"), "precious").unwrap();
         fs::write(tree.join("root/deep/also"), "x").unwrap();
         fs::write(tree.join("etc/resolv.conf"), "nameserver 192.0.2.1").unwrap();
         fs::write(tree.join("mount-point"), "").unwrap();
-        fs::write(tree.join(METADATA), "{}").unwrap();
-        let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
-        let created = Metadata {
-            created: humantime::format_rfc3339_seconds(earlier).to_string(),
-            ..metadata()
-        };
-        assert_eq!(changed_files(&tree, &created), 2);
-        let later = Metadata {
-            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            ..metadata()
-        };
-        assert_eq!(changed_files(&tree, &later), 0, "written as it was created");
+        std::os::unix::fs::symlink("usr/bin", tree.join("bin")).unwrap();
+        let copy = metadata();
+        assert_eq!(changed_files(&tree, &copy), 2);
+        // An adopted tree, with no metadata file: every file may be the user's.
+        fs::remove_file(tree.join(METADATA)).unwrap();
+        assert_eq!(changed_files(&tree, &copy), 3);
+        let later = metadata();
         // Overlay storage: whatever the upper directory holds.
         let overlay = Metadata {
             overlay: Some(Overlay {

@@ -79,6 +79,10 @@ pub fn prepare(
     target: Option<Found>,
 ) -> Result<Entry> {
     let nspawn_cache = plan.directory.join(".nspawn-version");
+    if may_write {
+        // Before anything is written there.
+        toolboxes::check_ownership(&plan.directory)?;
+    }
     let nspawn = Nspawn::find(env, &nspawn_cache, may_write)?;
     let mut launch = Launch {
         systemd_booted: paths.systemd_booted.exists(),
@@ -488,8 +492,7 @@ fn check_freshness(
         session.access,
         false,
         &|_| false,
-        session.quiet(),
-        session.verbose(),
+        (session.quiet(), session.verbose(), true),
         report,
     );
     match updated {
