@@ -81,6 +81,13 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
         .map(|request| target::find(request, &ctx.access, &ctx.paths.proc, !ctx.dry_run))
         .transpose()?;
     let target_stage = toolboxes::target_stage(&plan.directory, &plan.name, std::process::id());
+    // The target's files are staged where the engine can see them; an engine in another
+    // mount namespace binds the target's root alone, by its host path.
+    let stage_seen = target.is_some()
+        && ctx
+            .access
+            .endpoint()
+            .is_ok_and(|engine| engine.shares_mounts(&ctx.paths.proc));
     let resolve = |run_label| {
         spc::Spc::resolve(
             &ctx.settings,
@@ -96,7 +103,7 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
                 use_run_label: ctx.use_run_label,
                 kernel: kernel.as_ref(),
                 target: target.as_ref().map(|found| &found.target),
-                target_stage: &target_stage,
+                target_stage: stage_seen.then_some(target_stage.as_path()),
             },
         )
     };
@@ -118,7 +125,13 @@ fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
             found.watch(ctx.quiet());
             toolboxes::make_directory(&plan.directory)?;
             toolboxes::remove_stale_stages(&plan.directory, &plan.name)?;
-            found.stage(&target_stage, ctx.quiet())?
+            match stage_seen {
+                true => found.stage(&target_stage, ctx.quiet())?,
+                false => {
+                    found.volumes_unseen(ctx.quiet());
+                    None
+                }
+            }
         }
         None => None,
     };

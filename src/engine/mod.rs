@@ -228,8 +228,8 @@ impl Endpoint {
             return Ok(());
         }
         // A socket nothing serves is reported when the engine is reached.
-        match crate::sys::socket_server_uid(Path::new(path)) {
-            Ok(uid) if uid != 0 => Err(anyhow!(
+        match crate::sys::socket_server(Path::new(path)) {
+            Ok((uid, _)) if uid != 0 => Err(anyhow!(
                 "refusing {} at `{path}`: it is served by user ID {uid}, and a root toolbox \
                  runs only images of an engine root runs (use root's engine, or run toolbox \
                  as that user)",
@@ -237,6 +237,18 @@ impl Endpoint {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the engine sees the mounts this process makes: it serves a local socket
+    /// from this mount namespace. Not when toolbox runs in a mount namespace of its own (a
+    /// container, a sandboxed service), nor for a remote engine.
+    pub fn shares_mounts(&self, proc_root: &Path) -> bool {
+        let Some(path) = self.address.strip_prefix("unix://") else {
+            return false;
+        };
+        crate::sys::socket_server(Path::new(path))
+            .and_then(|(_, pid)| crate::sys::shares_mount_namespace(proc_root, pid))
+            .unwrap_or(false)
     }
 
     fn unix(socket: &Path, podman: bool) -> Endpoint {

@@ -174,12 +174,13 @@ impl Target {
         .into_iter()
     }
 
-    /// A super privileged container's bind for the target, `SOURCE:DESTINATION`, its files
-    /// staged at `staged` (the engine binds what is beneath too).
-    pub fn spc_binds(&self, staged: &Path) -> Vec<String> {
+    /// A super privileged container's bind for the target, `SOURCE:DESTINATION`: its
+    /// files staged at `staged` (the engine binds what is beneath too), or, when the
+    /// engine cannot see the stage (`None`), its root alone, by its path on the host.
+    pub fn spc_binds(&self, staged: Option<&Path>) -> Vec<String> {
         self.root
             .iter()
-            .map(|_| format!("{}:{MOUNT_POINT}", staged.display()))
+            .map(|root| format!("{}:{MOUNT_POINT}", staged.unwrap_or(root).display()))
             .collect()
     }
 }
@@ -270,8 +271,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            target.spc_binds(staged),
+            target.spc_binds(Some(staged)),
             ["/var/lib/toolbox/.core-x.target-1:/media/target"]
+        );
+        assert_eq!(
+            target.spc_binds(None),
+            ["/var/lib/docker/overlay2/x/merged:/media/target"]
         );
     }
 }

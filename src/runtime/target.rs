@@ -226,6 +226,22 @@ impl Found {
         Ok(Some(staged))
     }
 
+    /// Says, when the target has volumes, that they are not shown at /media/target (the
+    /// engine cannot see toolbox's stage), and where they are.
+    pub fn volumes_unseen(&self, quiet: bool) {
+        if self.target.volumes.is_empty() || quiet {
+            return;
+        }
+        ui::warn(format_args!(
+            "target `{}`: its volumes are not shown at {}: the engine runs in another mount \
+             namespace than toolbox, which cannot mount them where the engine would see \
+             them; the target's files, volumes included, are at /proc/{}/root",
+            self.target.request.given,
+            target::MOUNT_POINT,
+            self.target.pid
+        ));
+    }
+
     /// Says where the target's files are when they cannot be at /media/target.
     pub fn explain(&self) {
         if self.target.root.is_none() {

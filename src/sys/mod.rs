@@ -391,11 +391,21 @@ pub fn detach_mount(target: &Path) -> io::Result<()> {
     Ok(rustix::mount::unmount(target, UnmountFlags::DETACH)?)
 }
 
-/// The user ID of the process serving the Unix socket at `path`, as the kernel recorded it
-/// when that process started listening (`SO_PEERCRED`).
-pub fn socket_server_uid(path: &Path) -> io::Result<u32> {
+/// The user and process IDs of the process serving the Unix socket at `path`, as the
+/// kernel recorded them when it started listening (`SO_PEERCRED`).
+pub fn socket_server(path: &Path) -> io::Result<(u32, u32)> {
     let stream = std::os::unix::net::UnixStream::connect(path)?;
-    Ok(rustix::net::sockopt::socket_peercred(&stream)?.uid.as_raw())
+    let cred = rustix::net::sockopt::socket_peercred(&stream)?;
+    Ok((cred.uid.as_raw(), cred.pid.as_raw_nonzero().get() as u32))
+}
+
+/// Whether process `pid` is in this process's mount namespace (`proc_root` is `/proc`).
+pub fn shares_mount_namespace(proc_root: &Path, pid: u32) -> io::Result<bool> {
+    let namespace = |of: &str| -> io::Result<(u64, u64)> {
+        let stat = rfs::stat(proc_root.join(of).join("ns/mnt"))?;
+        Ok((stat.st_dev, stat.st_ino))
+    };
+    Ok(namespace(&pid.to_string())? == namespace("self")?)
 }
 
 /// What toolbox reads of `/proc/PID/stat`.

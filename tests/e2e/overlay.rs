@@ -217,6 +217,16 @@ fn overlay_update_gives_a_fresh_toolbox() {
     );
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 
+    // `--storage` on entry does not change an existing toolbox, and says so.
+    let out = t.run(["--storage", "copy", "/usr/bin/busybox", "true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.contains("with overlay storage, which --storage copy does not change")),
+        "{}",
+        describe(&out)
+    );
     // `--storage` on the command line converts it; the kept tree holds `/mine`, which
     // only --force discards without a terminal to ask on.
     let out = t.run(["update", "--storage", "copy"]);

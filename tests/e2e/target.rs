@@ -352,7 +352,29 @@ fn a_super_privileged_container_joins_the_target_through_the_engine() {
     };
     let script = report(&format!("/host/{relative}"));
     let out = spc(&["--target", &container.name, "sh", "-c", &script]);
-    assert_report(&out, &container, &content);
+    if std::env::var("TOOLBOX_E2E_ROOT").as_deref() == Ok("shared") {
+        // toolbox in a mount namespace of its own (`scripts/test` with the host's `/`
+        // shared), the engine in the machine's: the engine cannot see toolbox's stage, so
+        // the target's root is bound by its host path and its volume is shown where the
+        // shared PID namespace has it, as toolbox says.
+        let said = toolbox_lines(&out).join("\n");
+        assert!(
+            said.contains("its volumes are not shown"),
+            "{}",
+            describe(&out)
+        );
+        let pid = container.pid();
+        let out = spc(&[
+            "--target",
+            &container.name,
+            "cat",
+            "/media/target/marker",
+            &format!("/proc/{pid}/root/data/marker"),
+        ]);
+        assert_eq!(succeeded(&out), "marked\nin-volume\n", "{}", describe(&out));
+    } else {
+        assert_report(&out, &container, &content);
+    }
     let unshared = Unshared::start();
     let out = spc(&["--target", &format!("pid:{}", unshared.0.id()), "true"]);
     assert_eq!(status(&out), 125, "{}", describe(&out));

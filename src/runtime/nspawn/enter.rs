@@ -113,7 +113,18 @@ pub fn prepare(
         found => found?,
     };
     if let Some(metadata) = &metadata {
-        plan.storage = metadata.storage();
+        let built = metadata.storage();
+        if plan.storage_demanded && plan.storage != built {
+            ui::warn(format_args!(
+                "`{}` holds its image with {} storage, which --storage {} does not change; \
+                 `toolbox update --storage {}` rebuilds it so",
+                plan.name,
+                built.name(),
+                plan.storage.name(),
+                plan.storage.name()
+            ));
+        }
+        plan.storage = built;
     }
     let kernel = plan.tracing.then(|| Kernel::read(&paths.proc));
     Ok(Entry {

@@ -182,8 +182,9 @@ pub struct Inputs<'a> {
     /// The container the session debugs (`--target`): it runs in a throwaway container
     /// that joins the target's network namespace, the one thing fixed at creation.
     pub target: Option<&'a Target>,
-    /// Where the target's files are staged for the session (see `runtime::target`).
-    pub target_stage: &'a std::path::Path,
+    /// Where the target's files are staged for the session (see `runtime::target`);
+    /// `None` when the engine cannot see a stage (it runs in another mount namespace).
+    pub target_stage: Option<&'a std::path::Path>,
 }
 
 /// The command a session runs when none is given: a login shell, bash if there is one.
@@ -311,7 +312,11 @@ impl Spc {
 /// Puts `container` in the target's namespaces and shows it the target's files. The
 /// engine joins another container's network and IPC namespaces only; its PID namespace
 /// stays the host's.
-fn join_target(container: &mut Container, target: &Target, staged: &std::path::Path) -> Result<()> {
+fn join_target(
+    container: &mut Container,
+    target: &Target,
+    staged: Option<&std::path::Path>,
+) -> Result<()> {
     let given = &target.request.given;
     let Some(id) = &target.container else {
         bail!(
@@ -678,7 +683,9 @@ mod tests {
             use_run_label: false,
             kernel: None,
             target: None,
-            target_stage: std::path::Path::new("/var/lib/toolbox/.core-fedora-latest.target-1"),
+            target_stage: Some(std::path::Path::new(
+                "/var/lib/toolbox/.core-fedora-latest.target-1",
+            )),
         };
         change(&mut inputs);
         Spc::resolve(&settings, &plan, inputs)

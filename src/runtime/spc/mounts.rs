@@ -499,7 +499,7 @@ mod tests {
                 use_run_label: false,
                 kernel: None,
                 target: None,
-                target_stage: Path::new("/nowhere"),
+                target_stage: None,
             },
         )
         .unwrap()
