@@ -572,7 +572,12 @@ impl<E: Engine> Provisioner<E> {
     /// overlay storage cannot work here, before anything is left in the daemon.
     fn build_overlay(&mut self, target: &Target, image: &Image) -> Result<PathBuf> {
         let path = target.path();
-        overlay::check(image, self.engine.is_local(), self.engine.address(), &path)?;
+        let source = overlay::Source {
+            engine: self.engine.name(),
+            address: self.engine.address(),
+            local: self.engine.is_local(),
+        };
+        overlay::check(image, source, &path)?;
         toolboxes::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a

@@ -193,6 +193,10 @@ impl Engine for Docker {
         &self.endpoint.address
     }
 
+    fn name(&self) -> &str {
+        self.endpoint.name()
+    }
+
     async fn image(&self, reference: &str) -> Result<Option<Image>> {
         match self.client.inspect_image(reference).await {
             Ok(image) => {

@@ -188,6 +188,10 @@ impl Engine for &Fake {
         "fake://"
     }
 
+    fn name(&self) -> &str {
+        "the Docker daemon"
+    }
+
     // It runs nothing: super privileged containers are tested end to end.
 
     async fn container(&self, _name: &str) -> Result<Option<ContainerInfo>> {

@@ -99,6 +99,8 @@ pub trait Engine {
     fn is_local(&self) -> bool;
     /// Where the engine is, for messages (`unix:///var/run/docker.sock`).
     fn address(&self) -> &str;
+    /// What the engine is called in messages (`the Docker daemon`, `Podman`).
+    fn name(&self) -> &str;
 
     // The super privileged container runtime's calls.
 

@@ -43,7 +43,7 @@ const NAME: Policy = Policy::Owned("toolbox names each session's machine itself"
 const USER: Policy = Policy::Owned("set TOOLBOX_USER or use --user instead");
 const NAMESPACES: Policy = Policy::Owned("a toolbox shares the host's user namespace");
 const REGISTRATION: Policy =
-    Policy::Owned("toolbox registers sessions where systemd runs as PID 1, and only there");
+    Policy::Owned("a session shares the host's PID namespace: no machine is registered");
 const JOURNAL: Policy =
     Policy::Owned("linking journals would write in the host's /var/log/journal");
 

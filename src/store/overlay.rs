@@ -72,31 +72,54 @@ pub fn root(toolbox: &Path) -> PathBuf {
     toolbox.join(ROOT)
 }
 
-/// Checks that an overlay toolbox can be built at `toolbox` from `image`, as the daemon
-/// at `address` (`local` when on this host) reports it: the reason when it cannot.
-pub fn check(image: &Image, local: bool, address: &str, toolbox: &Path) -> Result<(), Unusable> {
-    if !local {
+/// The engine an image comes from, as overlay storage needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// What it is called in messages (`the Docker daemon`, `Podman`).
+    pub engine: &'a str,
+    /// Where it is (`unix:///var/run/docker.sock`).
+    pub address: &'a str,
+    /// Whether it runs on this host, so its layer directories are this host's.
+    pub local: bool,
+}
+
+/// Checks that an overlay toolbox can be built at `toolbox` from `image`, as the engine
+/// `source` reports it: the reason when it cannot.
+pub fn check(image: &Image, source: Source, toolbox: &Path) -> Result<(), Unusable> {
+    let Source {
+        engine, address, ..
+    } = source;
+    if !source.local {
         return Err(Unusable(format!(
-            "the Docker daemon at `{address}` is not on this host"
+            "{engine} at `{address}` is not on this host"
         )));
     }
     match image.driver.as_deref() {
         Some("overlay2") => {}
+        // What Docker's containerd image store reports: containerd's snapshotter, with
+        // no layer directories in the inspect.
+        Some(driver @ "overlayfs") => {
+            return Err(Unusable(format!(
+                "{engine} keeps images in containerd's image store (snapshotter `{driver}`), \
+                 whose snapshots toolbox does not mount yet"
+            )));
+        }
         Some(driver) => {
             return Err(Unusable(format!(
-                "the Docker daemon stores images with `{driver}`, not overlay2"
+                "{engine} stores images with `{driver}`; toolbox mounts only the Docker \
+                 daemon's overlay2 layers yet"
             )));
         }
         None => {
-            return Err(Unusable(
-                "the Docker daemon does not say where the image's layers are".into(),
-            ));
+            return Err(Unusable(format!(
+                "{engine} does not say where the image's layers are"
+            )));
         }
     }
     if image.layers.is_empty() {
-        return Err(Unusable(
-            "the Docker daemon reported no layer directories for the image".into(),
-        ));
+        return Err(Unusable(format!(
+            "{engine} reported no layer directories for the image"
+        )));
     }
     if let Some(missing) = missing_layer(&image.layers) {
         return Err(Unusable(format!(
@@ -137,6 +160,22 @@ pub fn options(layers: &[PathBuf], toolbox: &Path) -> Result<CString, Unusable> 
         )));
     }
     Ok(CString::new(options).expect("checked for NUL above"))
+}
+
+/// The toolbox in `toolbox` over `layers` as a session would see it, read-only and
+/// attached nowhere (see [`sys::detached_overlay`]): to look at while it is not mounted.
+/// Needs root.
+pub fn view(toolbox: &Path, layers: &[PathBuf]) -> Result<std::os::fd::OwnedFd> {
+    let upper = upper(toolbox);
+    let mut lower = vec![upper.as_path()];
+    lower.extend(layers.iter().map(PathBuf::as_path));
+    let names: Option<Vec<&str>> = lower
+        .iter()
+        .map(|dir| dir.to_str().filter(|name| !name.contains([',', ':', '\\'])))
+        .collect();
+    let names = names.context("a layer cannot be named in overlay mount options")?;
+    sys::detached_overlay(&names.join(":"))
+        .with_context(|| format!("cannot mount a view of {}", toolbox.display()))
 }
 
 /// The first of `layers` that is not a directory here.
@@ -234,6 +273,12 @@ pub fn disk_usage(toolbox: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    const DOCKER: Source = Source {
+        engine: "the Docker daemon",
+        address: "unix:///s",
+        local: true,
+    };
+
     fn image(driver: Option<&str>, layers: &[&Path]) -> Image {
         Image {
             id: "sha256:1".into(),
@@ -281,25 +326,41 @@ mod tests {
         let layer = dir.path().join("layer");
         fs::create_dir(&layer).unwrap();
         let usable = image(Some("overlay2"), &[&layer]);
-        assert_eq!(check(&usable, true, "unix:///s", &toolbox), Ok(()));
-        let err = check(&usable, false, "tcp://h:2375", &toolbox).unwrap_err();
+        assert_eq!(check(&usable, DOCKER, &toolbox), Ok(()));
+        let remote = Source {
+            address: "tcp://h:2375",
+            local: false,
+            ..DOCKER
+        };
+        let err = check(&usable, remote, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
             "the Docker daemon at `tcp://h:2375` is not on this host"
         );
-        let err = check(&image(Some("vfs"), &[]), true, "unix:///s", &toolbox).unwrap_err();
+        let err = check(&image(Some("vfs"), &[]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
-            "the Docker daemon stores images with `vfs`, not overlay2"
+            "the Docker daemon stores images with `vfs`; toolbox mounts only the Docker \
+             daemon's overlay2 layers yet"
+        );
+        let err = check(&image(Some("overlayfs"), &[]), DOCKER, &toolbox).unwrap_err();
+        assert_eq!(
+            err.0,
+            "the Docker daemon keeps images in containerd's image store (snapshotter \
+             `overlayfs`), whose snapshots toolbox does not mount yet"
+        );
+        let podman = Source {
+            engine: "Podman",
+            ..DOCKER
+        };
+        let err = check(&image(Some("overlay"), &[&layer]), podman, &toolbox).unwrap_err();
+        assert_eq!(
+            err.0,
+            "Podman stores images with `overlay`; toolbox mounts only the Docker daemon's \
+             overlay2 layers yet"
         );
         let gone = dir.path().join("gone");
-        let err = check(
-            &image(Some("overlay2"), &[&layer, &gone]),
-            true,
-            "unix:///s",
-            &toolbox,
-        )
-        .unwrap_err();
+        let err = check(&image(Some("overlay2"), &[&layer, &gone]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
             format!("layer directory {} is not on this host", gone.display())

@@ -312,6 +312,24 @@ pub fn mount_overlay(target: &Path, options: &CStr) -> io::Result<()> {
     )?)
 }
 
+/// A read-only overlay of the directories `lowerdir` names (overlayfs's syntax, top first)
+/// attached nowhere (`fsopen`, `fsmount`, Linux 5.2): it is seen only through the returned
+/// descriptor, by this process, and is gone once that is closed.
+pub fn detached_overlay(lowerdir: &str) -> io::Result<OwnedFd> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_string, fsmount,
+        fsopen,
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "lowerdir", lowerdir)?;
+    fsconfig_create(&fs)?;
+    Ok(fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )?)
+}
+
 /// Unmounts the filesystem at `target`; fails with `EBUSY` while a process uses it.
 pub fn unmount(target: &Path) -> io::Result<()> {
     Ok(rustix::mount::unmount(target, UnmountFlags::empty())?)

@@ -8,6 +8,7 @@ mod common;
 
 mod attacks;
 mod basics;
+mod engines;
 mod equivalence;
 mod faults;
 mod help;
@@ -18,6 +19,7 @@ mod overlay;
 mod podman;
 mod pull;
 mod spc;
+mod systemd;
 mod target;
 mod terminal;
 mod tracing;

@@ -332,8 +332,8 @@ fn another_storage_driver_falls_back_to_copying() {
     assert_eq!(stdout(&out), "vfs");
     assert!(
         toolbox_lines(&out).iter().any(|l| l
-            == "toolbox: the Docker daemon stores images with `vfs`, not overlay2; \
-                copying the image instead of mounting it"),
+            == "toolbox: the Docker daemon stores images with `vfs`; toolbox mounts only the \
+                Docker daemon's overlay2 layers yet; copying the image instead of mounting it"),
         "{}",
         describe(&out)
     );
@@ -373,7 +373,7 @@ fn another_storage_driver_falls_back_to_copying() {
         toolbox_lines(&out),
         [
             "toolbox: cannot use overlay storage (--storage overlay): the Docker daemon stores \
-          images with `vfs`, not overlay2"
+          images with `vfs`; toolbox mounts only the Docker daemon's overlay2 layers yet"
         ]
     );
     assert!(!t.toolboxes.join("tester-demanded").exists());

@@ -12,14 +12,14 @@ use crate::common::*;
 
 /// `podman system service` on its own socket, with a registries.conf that lets it pull
 /// over plain HTTP from the loopback registries tests serve; stopped when dropped.
-struct PodmanService {
+pub(crate) struct PodmanService {
     dir: tempfile::TempDir,
     child: Child,
-    host: String,
+    pub(crate) host: String,
 }
 
 impl PodmanService {
-    fn start(insecure_registry: Option<&str>) -> PodmanService {
+    pub(crate) fn start(insecure_registry: Option<&str>) -> PodmanService {
         let dir = tempfile::Builder::new()
             .prefix("toolbox-podman-")
             .tempdir()
@@ -59,7 +59,7 @@ impl Drop for PodmanService {
 
 /// A test environment whose toolbox talks to Podman only, or `None` when the
 /// prerequisites are missing and not required.
-fn podman_env(name: &str) -> Option<TestEnv> {
+pub(crate) fn podman_env(name: &str) -> Option<TestEnv> {
     let t = TestEnv::new(name, BUSYBOX_IMAGE)?;
     let image = Command::new("podman")
         .args(["image", "exists", BUSYBOX_IMAGE])
@@ -78,7 +78,7 @@ fn podman_env(name: &str) -> Option<TestEnv> {
     Some(t)
 }
 
-fn podman(args: &[&str]) -> String {
+pub(crate) fn podman(args: &[&str]) -> String {
     let out = Command::new("podman").args(args).output().unwrap();
     assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
     stdout(&out).trim().to_string()
@@ -95,7 +95,7 @@ fn podman_command(t: &TestEnv, service: &PodmanService) -> Command {
 }
 
 /// Runs toolbox with Podman as its engine.
-fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
+pub(crate) fn run_with(t: &TestEnv, service: &PodmanService, args: &[&str]) -> Output {
     podman_command(t, service).args(args).output().unwrap()
 }
 

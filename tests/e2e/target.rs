@@ -316,7 +316,7 @@ fn a_target_that_exits_ends_only_the_sessions_view_of_it() {
         }
         all
     });
-    said.recv_timeout(std::time::Duration::from_secs(30))
+    said.recv_timeout(patient(std::time::Duration::from_secs(30)))
         .expect("no word of the target's exit");
     std::fs::remove_file(&marker).unwrap();
     let out = session.wait_with_output().unwrap();

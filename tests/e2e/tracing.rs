@@ -372,6 +372,11 @@ fn dry_run_and_config_show_tracing_and_zero_turns_it_off() {
         ],
     );
     assert!(succeeded(&out).contains("begin ok"), "{}", describe(&out));
+    // The toolbox exists now, its overlay unmounted: the dry run places the host's
+    // modules where a session does, through the image's `/lib -> usr/lib`.
+    let command = succeeded(&run(&t, &["--dry-run"]));
+    let modules = format!(":/usr/lib/modules/{} ", kernel_release());
+    assert!(command.contains(&modules), "no {modules} in {command}");
 }
 
 #[test]

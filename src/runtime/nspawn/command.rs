@@ -149,9 +149,10 @@ impl Nspawn {
             "namespaces shared with --share-system"
         };
         let register = if systemd_booted {
-            "registered with systemd-machined"
+            "no machine registered with systemd-machined (a session shares the host's PID \
+             namespace), the session in the caller's unit"
         } else {
-            "not registered: systemd is not PID 1"
+            "no machine registered (systemd is not PID 1), the session in the caller's cgroup"
         };
         let console = if self.version >= AUTOPIPE_SINCE {
             "--console=autopipe"
@@ -287,12 +288,13 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     // Any number of sessions share one tree: lift nspawn's directory lock ("Directory
     // tree ... is currently busy", flatcar/toolbox#4); each session has its own name.
     env.push(("SYSTEMD_NSPAWN_LOCK".to_string(), "0".to_string()));
-    if !launch.systemd_booted {
-        // Without systemd as PID 1 there is no system bus to register the machine or
-        // allocate a scope unit with.
-        args.push("--register=no".into());
-        args.push("--keep-unit".into());
-    }
+    // systemd-nspawn registers no machine that shares the host's PID namespace, and
+    // without systemd as PID 1 there is no bus to register with. It would still move the
+    // session into a scope of its own in machine.slice (where systemd runs): kept in the
+    // caller's unit instead, a unit's session logs to that unit's journal, stays under its
+    // limits and ends with it, as any other command it runs.
+    args.push("--register=no".into());
+    args.push("--keep-unit".into());
     if nspawn.version >= AUTOPIPE_SINCE {
         args.push("--console=autopipe".into());
     } else if nspawn.version >= PIPE_SINCE && !launch.terminal {
@@ -525,7 +527,8 @@ mod tests {
             inv.to_string(),
             "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 SYSTEMD_NSPAWN_LOCK=0 /usr/bin/systemd-nspawn --quiet \
              --directory=/var/lib/toolbox/core-fedora-latest --capability=all \
-             --link-journal=no --console=autopipe --machine=core-fedora-latest-77 \
+             --link-journal=no --register=no --keep-unit --console=autopipe \
+             --machine=core-fedora-latest-77 \
              --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv \
              --bind-ro=/usr/bin/toolbox:/usr/local/bin/host-exec \
              --bind-ro=/usr/bin/toolbox:/run/toolbox-session \

@@ -5,6 +5,8 @@
 //! parent to unmount after the last session (overlay storage).
 
 use std::io::IsTerminal;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -143,10 +145,23 @@ impl Entry {
     /// made yet is taken as empty).
     pub fn command(&self, quiet: bool) -> Invocation {
         let mut launch = self.launch.clone();
+        // An overlay toolbox no session has mounted is looked at through a view of its
+        // layers that only this process sees: its links decide where mounts land.
+        let view = self
+            .metadata
+            .as_ref()
+            .and_then(|m| m.overlay.as_ref())
+            .filter(|_| sys::is_root())
+            .filter(|_| !overlay::is_mounted(&self.plan.path()).unwrap_or(true))
+            .and_then(|o| overlay::view(&self.plan.path(), &o.layers).ok());
         let tree = Tree {
             plan: &self.plan,
             nspawn: &self.nspawn,
             kernel: self.kernel.as_ref(),
+            root: match &view {
+                Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                None => self.plan.root(),
+            },
         };
         // Nothing is written, and a tree not made yet, or one that cannot be looked at,
         // keeps the destinations as written: entering says what is wrong with it.
@@ -205,6 +220,7 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
         plan: &plan,
         nspawn: &nspawn,
         kernel: kernel.as_ref(),
+        root: plan.root(),
     };
     // The target's files, staged for this session until it ends.
     let _staged = match &debugged {
@@ -248,6 +264,8 @@ struct Tree<'a> {
     plan: &'a Plan,
     nspawn: &'a Nspawn,
     kernel: Option<&'a Kernel>,
+    /// Where the tree is seen: the plan's root, or a view of it.
+    root: PathBuf,
 }
 
 impl Tree<'_> {
@@ -270,15 +288,14 @@ impl Tree<'_> {
         let plan = self.plan;
         let host_root = plan.host_root();
         let mounts = self.mounts(launch)?;
-        mountpoints::secure(&plan.root(), &plan.name, &mounts, host_root.as_deref(), act)
+        mountpoints::secure(&self.root, &plan.name, &mounts, host_root.as_deref(), act)
     }
 
     /// Gives `launch` the mounts as placed, and the tracing options that follow from
     /// where the host's kernel directories land.
     fn apply(&self, launch: &mut Launch, placement: mountpoints::Placement) {
         if let Some(kernel) = self.kernel {
-            launch.tracing =
-                tracing::options(&self.plan.root(), kernel, &placement, self.nspawn.version);
+            launch.tracing = tracing::options(&self.root, kernel, &placement, self.nspawn.version);
         }
         launch.placement = placement;
     }

@@ -143,7 +143,11 @@ impl TestEnv {
             // The host's own /etc/default/toolbox, if it has one, stays out of the tests.
             .env("TOOLBOX_SYSTEM_CONFIG", self.system_config())
             .stdin(std::process::Stdio::null());
-        if let Some(host) = std::env::var_os("DOCKER_HOST") {
+        // In the testbed's Podman configuration the tests' docker client reaches Podman
+        // through DOCKER_HOST, and toolbox finds Podman's socket itself, as on a host
+        // with Podman alone.
+        let podman_alone = std::env::var("TOOLBOX_E2E_TESTBED").as_deref() == Ok("podman");
+        if let Some(host) = std::env::var_os("DOCKER_HOST").filter(|_| !podman_alone) {
             command.env("DOCKER_HOST", host);
         }
         command
@@ -249,6 +253,21 @@ pub fn overlay_command(t: &TestEnv) -> Command {
     command
 }
 
+/// The storage modes a toolbox can have with the engine the tests run against: `copy`,
+/// and `overlay` where that engine is Docker keeping its images in overlay2 (not Podman,
+/// not Docker's containerd image store).
+pub fn storages() -> Vec<&'static str> {
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.Driver}}"])
+        .output()
+        .map(|out| stdout(&out))
+        .unwrap_or_default();
+    match info.trim() {
+        "overlay2" => vec!["copy", "overlay"],
+        _ => vec!["copy"],
+    }
+}
+
 /// The standard output of a run that must have succeeded.
 pub fn succeeded(out: &Output) -> String {
     assert_eq!(status(out), 0, "{}", describe(out));
@@ -286,7 +305,7 @@ pub fn read_link(path: impl AsRef<Path>) -> String {
 }
 
 pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + patient(Duration::from_secs(30));
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
@@ -294,7 +313,7 @@ pub fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 pub fn wait_exit(child: &mut Child) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + patient(Duration::from_secs(20));
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
             return Some(status);
@@ -520,7 +539,7 @@ impl OwnDaemon {
                 .output()
                 .is_ok_and(|out| out.status.success())
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + patient(Duration::from_secs(30));
         while !answers() {
             if Instant::now() > deadline {
                 let log = fs::read_to_string(self.dir.path().join("dockerd.log"));

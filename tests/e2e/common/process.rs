@@ -14,8 +14,26 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-/// How long a command that could hang may run before a test stops it.
-pub const HANG_LIMIT: Duration = Duration::from_secs(20);
+/// How long a command that could hang may run before a test stops it: 20 s, times
+/// [`patience`].
+pub fn hang_limit() -> Duration {
+    patient(Duration::from_secs(20))
+}
+
+/// How many times longer than on real hardware things may take here:
+/// `TOOLBOX_E2E_PATIENCE` (scripts/testbed sets it for a guest under emulation), else 1.
+pub fn patience() -> u32 {
+    std::env::var("TOOLBOX_E2E_PATIENCE")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .filter(|&p| p >= 1)
+        .unwrap_or(1)
+}
+
+/// `limit`, a deadline measured on real hardware, stretched by [`patience`].
+pub fn patient(limit: Duration) -> Duration {
+    limit * patience()
+}
 
 /// A run that may hang: what it wrote, how it ended, and whether it had to be killed.
 pub struct Timed {
@@ -38,11 +56,11 @@ impl Timed {
 }
 
 /// Runs `command` in a process group of its own, collecting its output. If it has not
-/// ended within [`HANG_LIMIT`], the whole group is killed (SIGKILL) and the run is marked
+/// ended within [`hang_limit`], the whole group is killed (SIGKILL) and the run is marked
 /// `hung`; what it leaves elsewhere (a container's processes, a stuck daemon) is the
 /// test's to clean up.
 pub fn run_timed(command: &mut Command) -> Timed {
-    run_within(command, HANG_LIMIT)
+    run_within(command, hang_limit())
 }
 
 /// [`run_timed`] with a deadline of `limit`.
@@ -187,9 +205,9 @@ pub fn gone(pid: u32) -> bool {
     toolbox::sys::proc_stat(Path::new("/proc"), pid).is_none_or(|s| matches!(s.state, 'Z' | 'X'))
 }
 
-/// Waits up to `limit` for process `pid` to end; whether it did.
+/// Waits up to `limit` (stretched by [`patience`]) for process `pid` to end; whether it did.
 pub fn ends_within(pid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + patient(limit);
     while !gone(pid) {
         if Instant::now() > deadline {
             return false;
