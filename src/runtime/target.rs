@@ -6,7 +6,6 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 
@@ -15,9 +14,6 @@ use crate::host::ui;
 use crate::model::target::{self, Request, Target, Volume, Wanted};
 use crate::runtime::with_engine;
 use crate::sys;
-
-/// How long finding a container may take the engine.
-const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A target found running, with its namespaces and process held open: the namespaces a
 /// session joins are the ones found, even if the target exits or its PID is reused.
@@ -36,7 +32,7 @@ pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) ->
     let (pid, container, root, volumes) = match &request.wanted {
         Wanted::Process(pid) => (*pid, None, process_root(proc_root, *pid), Vec::new()),
         Wanted::Container(name) => {
-            let info = with_engine(access, Some(ENGINE_TIMEOUT), async |engine| {
+            let info = with_engine(access, Some(access.stall), async |engine| {
                 let address = engine.address().to_string();
                 let info = engine.container(name).await?;
                 info.ok_or_else(|| anyhow!("no container `{name}` in the engine at {address}"))

@@ -1293,6 +1293,13 @@ fn update_keeps_the_users_files_for_a_rollback() {
             assert_host_untouched(&before, &victim, &case);
         });
 
+        // Entering waits 300 ms for the engine to say whether the image changed (a start
+        // is never held up longer): an engine under emulation answers later, and the
+        // update comes at a later entry. This case runs where the engine is at full speed.
+        if patience() > 1 {
+            eprintln!("{storage}: automatic update at entry: not run under emulation");
+            continue;
+        }
         let case = format!("{storage}: automatic update at entry");
         let tag = Tag::new(&format!("tbxatk-auto-{storage}"), BUSYBOX_IMAGE);
         let marker = format!("tbxatk-auto-{storage}");

@@ -114,7 +114,7 @@ fn a_container_podman_runs_is_a_target() {
     wait_for("the target's volume marker", || {
         fs::read_to_string(format!("/proc/{pid}/root/data/marker")).is_ok()
     });
-    let script = "readlink /proc/self/ns/net /proc/self/ns/pid; \
+    let script = "readlink /proc/self/ns/net; readlink /proc/self/ns/pid; \
                   echo \"$TOOLBOX_TARGET $TOOLBOX_TARGET_PID\"; \
                   cat /media/target/marker /media/target/data/marker; \
                   test -d /media/root/proc/1 && echo host-root";

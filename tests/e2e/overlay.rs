@@ -662,3 +662,36 @@ fn prunes_and_daemon_restarts_leave_an_overlay_toolbox_whole() {
     daemon.docker(&["image", "prune", "-a", "-f"]);
     assert_eq!(daemon.docker(&["images", "-q"]), "");
 }
+
+/// A dry run prints what a session runs. For an overlay toolbox no session has mounted,
+/// the mounts are placed through the image's own links all the same (`lib -> usr/lib`:
+/// the host's modules at /usr/lib/modules/R, where a session finds them).
+#[test]
+fn a_dry_run_places_mounts_as_a_session_does_while_unmounted() {
+    let Some(t) = TestEnv::new("overlay_dry_run", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let release =
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    let release = release.trim();
+    assert!(
+        std::path::Path::new("/lib/modules").join(release).is_dir(),
+        "the host has no /lib/modules/{release} (scripts/test links one)"
+    );
+    let image = ImportedImage::new(&t, "overlay-dry-run", &[Entry::Link("lib", "usr/lib")]);
+    let run = |args: &[&str]| {
+        overlay(&t)
+            .env("TOOLBOX_DOCKER_IMAGE", &image.0)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let modules = format!("/usr/lib/modules/{release}");
+    succeeded(&run(&["ls", &modules]));
+    assert_eq!(mounts(&t), 0, "a session is still mounted");
+    let command = succeeded(&run(&["--dry-run"]));
+    assert!(
+        command.contains(&format!(":{modules} ")),
+        "no :{modules} in {command}"
+    );
+}

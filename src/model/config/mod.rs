@@ -149,7 +149,7 @@ pub const KEYS: &[Key] = &[
         name: STALL_TIMEOUT,
         default: "30",
         words: false,
-        doc: "Seconds an image pull or export may go without the engine sending anything before toolbox gives up (125, nothing left): a daemon that stopped answering must not hold a creation forever.",
+        doc: "Seconds an image pull or export may go without the engine sending anything, and finding a `--target` container may take, before toolbox gives up (125, nothing left): a daemon that stopped answering must not hold a creation or a session forever.",
     },
     Key {
         name: TARGET,

@@ -143,6 +143,11 @@ impl TestEnv {
             // The host's own /etc/default/toolbox, if it has one, stays out of the tests.
             .env("TOOLBOX_SYSTEM_CONFIG", self.system_config())
             .stdin(std::process::Stdio::null());
+        // An engine under emulation answers that much later.
+        if patience() > 1 {
+            let stall = patient(Duration::from_secs(30)).as_secs();
+            command.env("TOOLBOX_STALL_TIMEOUT", stall.to_string());
+        }
         // In the testbed's Podman configuration the tests' docker client reaches Podman
         // through DOCKER_HOST, and toolbox finds Podman's socket itself, as on a host
         // with Podman alone.
