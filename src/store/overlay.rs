@@ -96,8 +96,8 @@ pub fn check(image: &Image, source: Source, toolbox: &Path) -> Result<(), Unusab
     }
     match image.driver.as_deref() {
         Some("overlay2") => {}
-        // What Docker's containerd image store reports: containerd's snapshotter, with
-        // no layer directories in the inspect.
+        // What Docker's containerd image store reports with containerd's default
+        // snapshotter, and no layer directories, in an inspect.
         Some(driver @ "overlayfs") => {
             return Err(Unusable(format!(
                 "{engine} keeps images in containerd's image store (snapshotter `{driver}`), \
@@ -106,8 +106,8 @@ pub fn check(image: &Image, source: Source, toolbox: &Path) -> Result<(), Unusab
         }
         Some(driver) => {
             return Err(Unusable(format!(
-                "{engine} stores images with `{driver}`; toolbox mounts only the Docker \
-                 daemon's overlay2 layers yet"
+                "{engine} stores images with `{driver}`; toolbox mounts Docker's overlay2 \
+                 layers only"
             )));
         }
         None => {
@@ -166,15 +166,13 @@ pub fn options(layers: &[PathBuf], toolbox: &Path) -> Result<CString, Unusable> 
 /// attached nowhere (see [`sys::detached_overlay`]): to look at while it is not mounted.
 /// Needs root.
 pub fn view(toolbox: &Path, layers: &[PathBuf]) -> Result<std::os::fd::OwnedFd> {
+    // The paths were checked for overlay's option syntax when the toolbox was made
+    // (`options`), which older kernels' one `lowerdir` value needs.
+    options(layers, toolbox)?;
     let upper = upper(toolbox);
     let mut lower = vec![upper.as_path()];
     lower.extend(layers.iter().map(PathBuf::as_path));
-    let names: Option<Vec<&str>> = lower
-        .iter()
-        .map(|dir| dir.to_str().filter(|name| !name.contains([',', ':', '\\'])))
-        .collect();
-    let names = names.context("a layer cannot be named in overlay mount options")?;
-    sys::detached_overlay(&names.join(":"))
+    sys::detached_overlay(&lower)
         .with_context(|| format!("cannot mount a view of {}", toolbox.display()))
 }
 
@@ -340,8 +338,8 @@ mod tests {
         let err = check(&image(Some("vfs"), &[]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
-            "the Docker daemon stores images with `vfs`; toolbox mounts only the Docker \
-             daemon's overlay2 layers yet"
+            "the Docker daemon stores images with `vfs`; toolbox mounts Docker's overlay2 \
+             layers only"
         );
         let err = check(&image(Some("overlayfs"), &[]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
@@ -356,8 +354,7 @@ mod tests {
         let err = check(&image(Some("overlay"), &[&layer]), podman, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
-            "Podman stores images with `overlay`; toolbox mounts only the Docker daemon's \
-             overlay2 layers yet"
+            "Podman stores images with `overlay`; toolbox mounts Docker's overlay2 layers only"
         );
         let gone = dir.path().join("gone");
         let err = check(&image(Some("overlay2"), &[&layer, &gone]), DOCKER, &toolbox).unwrap_err();

@@ -312,16 +312,27 @@ pub fn mount_overlay(target: &Path, options: &CStr) -> io::Result<()> {
     )?)
 }
 
-/// A read-only overlay of the directories `lowerdir` names (overlayfs's syntax, top first)
-/// attached nowhere (`fsopen`, `fsmount`, Linux 5.2): it is seen only through the returned
-/// descriptor, by this process, and is gone once that is closed.
-pub fn detached_overlay(lowerdir: &str) -> io::Result<OwnedFd> {
+/// A read-only overlay of the directories `layers` (top first), attached nowhere
+/// (`fsopen`, `fsmount`): it is reached only through the returned descriptor (by this
+/// process, or by root through `/proc/PID/fd`), and is gone once that is closed. Each
+/// layer is added on its own (`lowerdir+`, Linux 6.8), as one `lowerdir` value may not
+/// exceed 256 bytes; older kernels get them as that one value, in overlay's syntax (the
+/// caller has checked the paths can be named in it).
+pub fn detached_overlay(layers: &[&Path]) -> io::Result<OwnedFd> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_string, fsmount,
         fsopen,
     };
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    fsconfig_set_string(&fs, "lowerdir", lowerdir)?;
+    let mut fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    if let Err(e) = layers
+        .iter()
+        .try_for_each(|layer| fsconfig_set_string(&fs, "lowerdir+", *layer))
+    {
+        let names: Option<Vec<&str>> = layers.iter().map(|layer| layer.to_str()).collect();
+        let names = names.ok_or(io::Error::from(e))?;
+        fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+        fsconfig_set_string(&fs, "lowerdir", names.join(":"))?;
+    }
     fsconfig_create(&fs)?;
     Ok(fsmount(
         &fs,

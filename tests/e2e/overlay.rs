@@ -332,8 +332,8 @@ fn another_storage_driver_falls_back_to_copying() {
     assert_eq!(stdout(&out), "vfs");
     assert!(
         toolbox_lines(&out).iter().any(|l| l
-            == "toolbox: the Docker daemon stores images with `vfs`; toolbox mounts only the \
-                Docker daemon's overlay2 layers yet; copying the image instead of mounting it"),
+            == "toolbox: the Docker daemon stores images with `vfs`; toolbox mounts Docker's \
+                overlay2 layers only; copying the image instead of mounting it"),
         "{}",
         describe(&out)
     );
@@ -373,7 +373,7 @@ fn another_storage_driver_falls_back_to_copying() {
         toolbox_lines(&out),
         [
             "toolbox: cannot use overlay storage (--storage overlay): the Docker daemon stores \
-          images with `vfs`; toolbox mounts only the Docker daemon's overlay2 layers yet"
+          images with `vfs`; toolbox mounts Docker's overlay2 layers only"
         ]
     );
     assert!(!t.toolboxes.join("tester-demanded").exists());
@@ -665,7 +665,9 @@ fn prunes_and_daemon_restarts_leave_an_overlay_toolbox_whole() {
 
 /// A dry run prints what a session runs. For an overlay toolbox no session has mounted,
 /// the mounts are placed through the image's own links all the same (`lib -> usr/lib`:
-/// the host's modules at /usr/lib/modules/R, where a session finds them).
+/// the host's modules at /usr/lib/modules/R, where a session finds them, over the
+/// image's own files there), through layers whose paths are more than one overlay option
+/// holds, and what is printed names the toolbox's tree, not the view it was read from.
 #[test]
 fn a_dry_run_places_mounts_as_a_session_does_while_unmounted() {
     let Some(t) = TestEnv::new("overlay_dry_run", BUSYBOX_IMAGE) else {
@@ -678,20 +680,35 @@ fn a_dry_run_places_mounts_as_a_session_does_while_unmounted() {
         std::path::Path::new("/lib/modules").join(release).is_dir(),
         "the host has no /lib/modules/{release} (scripts/test links one)"
     );
-    let image = ImportedImage::new(&t, "overlay-dry-run", &[Entry::Link("lib", "usr/lib")]);
+    let base = ImportedImage::new(&t, "overlay-dry-run", &[Entry::Link("lib", "usr/lib")]);
+    let modules = format!("/usr/lib/modules/{release}");
+    let layered = ImportedImage(format!(
+        "toolbox-test-overlay-dry-run-layered-{}:v",
+        std::process::id()
+    ));
+    build_image(
+        &layered.0,
+        &format!(
+            "FROM {}\n\
+             RUN [\"/usr/bin/busybox\", \"mkdir\", \"-p\", \"{modules}/from-the-image\"]\n\
+             RUN [\"/usr/bin/busybox\", \"mkdir\", \"/layer-three\"]\n",
+            base.0
+        ),
+    );
     let run = |args: &[&str]| {
         overlay(&t)
-            .env("TOOLBOX_DOCKER_IMAGE", &image.0)
+            .env("TOOLBOX_DOCKER_IMAGE", &layered.0)
             .args(args)
             .output()
             .unwrap()
     };
-    let modules = format!("/usr/lib/modules/{release}");
-    succeeded(&run(&["ls", &modules]));
+    succeeded(&run(&["ls", &format!("{modules}/from-the-image")]));
     assert_eq!(mounts(&t), 0, "a session is still mounted");
     let command = succeeded(&run(&["--dry-run"]));
+    let tree = t.tree().join("root").display().to_string();
     assert!(
-        command.contains(&format!(":{modules} ")),
-        "no :{modules} in {command}"
+        command.contains(&format!(":{tree}{modules}:{modules} ")),
+        "the host's modules not over the image's at {modules}: {command}"
     );
+    assert!(!command.contains("/proc/self/fd"), "{command}");
 }

@@ -153,7 +153,8 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
     assert!(
         toolbox_lines(&out)
             .iter()
-            .any(|l| l.ends_with("copying the image instead of mounting it")),
+            .any(|l| l.starts_with("toolbox: Podman ")
+                && l.ends_with("; copying the image instead of mounting it")),
         "{}",
         describe(&out)
     );
@@ -299,7 +300,7 @@ fn targets_are_found_through_podman() {
 }
 
 /// Overlay storage needs Docker's overlay2 layers: with Podman the default copies, and
-/// says why with -v.
+/// says why with -v, naming Podman.
 #[test]
 fn podman_toolboxes_are_copies_by_default() {
     let Some(t) = podman_env("podman_auto") else {
@@ -315,7 +316,8 @@ fn podman_toolboxes_are_copies_by_default() {
     assert!(
         toolbox_lines(&out)
             .iter()
-            .any(|l| l.ends_with("copying the image instead of mounting it")),
+            .any(|l| l.starts_with("toolbox: Podman ")
+                && l.ends_with("; copying the image instead of mounting it")),
         "{}",
         describe(&out)
     );

@@ -150,7 +150,7 @@ impl Nspawn {
         };
         let register = if systemd_booted {
             "no machine registered with systemd-machined (a session shares the host's PID \
-             namespace), the session in the caller's unit"
+             namespace), the session in a scope of its own in machine.slice"
         } else {
             "no machine registered (systemd is not PID 1), the session in the caller's cgroup"
         };
@@ -288,13 +288,15 @@ pub fn invocation(plan: &Plan, nspawn: &Nspawn, launch: &Launch, quiet: bool) ->
     // Any number of sessions share one tree: lift nspawn's directory lock ("Directory
     // tree ... is currently busy", flatcar/toolbox#4); each session has its own name.
     env.push(("SYSTEMD_NSPAWN_LOCK".to_string(), "0".to_string()));
-    // systemd-nspawn registers no machine that shares the host's PID namespace, and
-    // without systemd as PID 1 there is no bus to register with. It would still move the
-    // session into a scope of its own in machine.slice (where systemd runs): kept in the
-    // caller's unit instead, a unit's session logs to that unit's journal, stays under its
-    // limits and ends with it, as any other command it runs.
-    args.push("--register=no".into());
-    args.push("--keep-unit".into());
+    // systemd-nspawn registers no machine that shares the host's PID namespace; where
+    // systemd runs it puts the session in a scope of its own (machine.slice/MACHINE.scope),
+    // as for the CoreOS script. Without systemd as PID 1 there is no bus for either.
+    // (`--keep-unit` where systemd runs would make cgroups in the caller's, which is not
+    // delegated to it from a login session, and older versions refuse it there.)
+    if !launch.systemd_booted {
+        args.push("--register=no".into());
+        args.push("--keep-unit".into());
+    }
     if nspawn.version >= AUTOPIPE_SINCE {
         args.push("--console=autopipe".into());
     } else if nspawn.version >= PIPE_SINCE && !launch.terminal {
@@ -527,8 +529,7 @@ mod tests {
             inv.to_string(),
             "SYSTEMD_NSPAWN_SHARE_SYSTEM=1 SYSTEMD_NSPAWN_LOCK=0 /usr/bin/systemd-nspawn --quiet \
              --directory=/var/lib/toolbox/core-fedora-latest --capability=all \
-             --link-journal=no --register=no --keep-unit --console=autopipe \
-             --machine=core-fedora-latest-77 \
+             --link-journal=no --console=autopipe --machine=core-fedora-latest-77 \
              --bind-ro=/var/lib/toolbox/.toolboxenv:/run/.toolboxenv \
              --bind-ro=/usr/bin/toolbox:/usr/local/bin/host-exec \
              --bind-ro=/usr/bin/toolbox:/run/toolbox-session \

@@ -146,14 +146,22 @@ impl Entry {
     pub fn command(&self, quiet: bool) -> Invocation {
         let mut launch = self.launch.clone();
         // An overlay toolbox no session has mounted is looked at through a view of its
-        // layers that only this process sees: its links decide where mounts land.
-        let view = self
-            .metadata
-            .as_ref()
-            .and_then(|m| m.overlay.as_ref())
-            .filter(|_| sys::is_root())
-            .filter(|_| !overlay::is_mounted(&self.plan.path()).unwrap_or(true))
-            .and_then(|o| overlay::view(&self.plan.path(), &o.layers).ok());
+        // layers that only this process holds: its links decide where mounts land.
+        let layers = self.metadata.as_ref().and_then(|m| m.overlay.as_ref());
+        let path = self.plan.path();
+        let view = match layers {
+            Some(overlay) if sys::is_root() && !overlay::is_mounted(&path).unwrap_or(true) => {
+                overlay::view(&path, &overlay.layers)
+                    .inspect_err(|e| {
+                        ui::warn(format_args!(
+                            "{e:#}: the mounts are shown as written, not where the tree's \
+                             links take them"
+                        ))
+                    })
+                    .ok()
+            }
+            _ => None,
+        };
         let tree = Tree {
             plan: &self.plan,
             nspawn: &self.nspawn,
@@ -295,7 +303,9 @@ impl Tree<'_> {
     /// where the host's kernel directories land.
     fn apply(&self, launch: &mut Launch, placement: mountpoints::Placement) {
         if let Some(kernel) = self.kernel {
-            launch.tracing = tracing::options(&self.root, kernel, &placement, self.nspawn.version);
+            let root = self.plan.root();
+            launch.tracing =
+                tracing::options((&self.root, &root), kernel, &placement, self.nspawn.version);
         }
         launch.placement = placement;
     }

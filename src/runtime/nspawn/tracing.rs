@@ -12,9 +12,9 @@ use crate::runtime::nspawn::mountpoints::Placement;
 
 /// The systemd-nspawn options that let a session of the tree at `root` trace the host,
 /// its mounts placed by `placement` (for `--dry-run` before the first start, the tree is
-/// taken as empty).
+/// taken as empty); the tree is looked at through `seen` (`root` itself, or a view of it).
 pub fn options(
-    root: &Path,
+    (seen, root): (&Path, &Path),
     kernel: &Kernel,
     placement: &Placement,
     nspawn_version: u32,
@@ -24,8 +24,8 @@ pub fn options(
         .map(|dir| {
             let wanted = crate::model::options::normalize(&dir.wanted);
             let destination = placement.destination(&wanted).to_string();
-            let own = root.join(destination.trim_start_matches('/'));
-            let tree_has = has_files(&own).then_some(own);
+            let inside = destination.trim_start_matches('/');
+            let tree_has = has_files(&seen.join(inside)).then(|| root.join(inside));
             Placed {
                 host: dir.host,
                 destination,
@@ -70,7 +70,7 @@ mod tests {
         };
         let mounts = crate::model::options::mounts(&tracing::requests(&kernel)).unwrap();
         let placement = mountpoints::secure(root, "t", &mounts, None, Act::Repair).unwrap();
-        let options = options(root, &kernel, &placement, 252);
+        let options = options((root, root), &kernel, &placement, 252);
         let own = root.join("usr/lib/modules/6.1");
         assert!(
             options.contains(&format!(

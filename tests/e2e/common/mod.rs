@@ -251,10 +251,13 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The toolbox command with overlay storage.
+/// The toolbox command with overlay storage where the engine offers it (see
+/// [`storages`]); elsewhere with copy storage, which every toolbox has there.
 pub fn overlay_command(t: &TestEnv) -> Command {
     let mut command = t.command();
-    command.env("TOOLBOX_STORAGE", "overlay");
+    if storages().contains(&"overlay") {
+        command.env("TOOLBOX_STORAGE", "overlay");
+    }
     command
 }
 
@@ -262,14 +265,16 @@ pub fn overlay_command(t: &TestEnv) -> Command {
 /// and `overlay` where that engine is Docker keeping its images in overlay2 (not Podman,
 /// not Docker's containerd image store).
 pub fn storages() -> Vec<&'static str> {
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.Driver}}"])
-        .output()
-        .map(|out| stdout(&out))
-        .unwrap_or_default();
-    match info.trim() {
-        "overlay2" => vec!["copy", "overlay"],
-        _ => vec!["copy"],
+    static OVERLAY2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let overlay2 = OVERLAY2.get_or_init(|| {
+        Command::new("docker")
+            .args(["info", "--format", "{{.Driver}}"])
+            .output()
+            .is_ok_and(|out| stdout(&out).trim() == "overlay2")
+    });
+    match overlay2 {
+        true => vec!["copy", "overlay"],
+        false => vec!["copy"],
     }
 }
 
