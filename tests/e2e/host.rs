@@ -426,7 +426,7 @@ fn parallel_cold_and_warm_starts_never_fail() {
 }
 
 // Regression: a process left running in a copy toolbox (`setsid ... &`) was not seen, and
-// `rm` deleted the tree under it.
+// `rm` deleted the tree under it. Where systemd runs, the session's scope ends it instead.
 #[test]
 fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     let Some(t) = TestEnv::new("host_lingering", BUSYBOX_IMAGE) else {
@@ -448,6 +448,25 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
         wait_for("the background process", || root.find(marker).is_some());
         Reaper(root)
     };
+    if Path::new("/run/systemd/system").is_dir() {
+        // Where systemd runs, a session is a scope of its own that ends with it: nothing
+        // is left to hold the toolbox, and `rm` removes it.
+        let out = t
+            .command()
+            .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
+            .args(leave_running(marker))
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 0, "{}", describe(&out));
+        let root = ToolboxRoot::at(&t.tree()).expect("no tree after a session");
+        let _reaper = Reaper(root);
+        wait_for("the background process to end with its session", || {
+            root.find(marker).is_none()
+        });
+        succeeded(&t.run(["rm", &t.toolbox_name()]));
+        assert!(!t.tree().exists());
+        return;
+    }
     let first = leave();
     let lingering = || first.0.find(marker).is_some();
 
