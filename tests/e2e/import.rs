@@ -35,11 +35,24 @@ fn save(t: &TestEnv, image: &str, name: &str) -> PathBuf {
 
 /// The whiteout markers in the layers of a `docker save` archive.
 fn whiteouts(archive: &Path) -> Vec<String> {
+    // The layers `manifest.json` names: `ID/layer.tar` (Docker before 25), or
+    // `blobs/sha256/DIGEST` of the OCI layout Docker 25 and later save.
+    let mut layers = Vec::new();
+    let mut outer = tar::Archive::new(fs::File::open(archive).unwrap());
+    for entry in outer.entries().unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().unwrap().as_os_str() == "manifest.json" {
+            let manifest: serde_json::Value = serde_json::from_reader(entry).unwrap();
+            for layer in manifest[0]["Layers"].as_array().unwrap() {
+                layers.push(std::path::PathBuf::from(layer.as_str().unwrap()));
+            }
+        }
+    }
     let mut found = Vec::new();
     let mut outer = tar::Archive::new(fs::File::open(archive).unwrap());
     for entry in outer.entries().unwrap() {
         let entry = entry.unwrap();
-        if !entry.path().unwrap().ends_with("layer.tar") {
+        if !layers.contains(&entry.path().unwrap().into_owned()) {
             continue;
         }
         for inner in tar::Archive::new(entry).entries().unwrap() {
