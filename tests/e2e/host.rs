@@ -434,9 +434,9 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
     };
     let tag = Tag::new("host-lingering", BUSYBOX_IMAGE);
     let marker = "sleep 4343";
-    // Leaves the marker running in the toolbox; the root it runs in, once it does (found
-    // through the toolbox: another test's `sleep` is not this one's).
-    let leave = || {
+    // Starts the marker in the background in a session; the toolbox's root (through
+    // which its processes are found: another test's `sleep` is not this one's).
+    let start = || {
         let out = t
             .command()
             .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
@@ -444,21 +444,12 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
             .output()
             .unwrap();
         assert_eq!(status(&out), 0, "{}", describe(&out));
-        let root = ToolboxRoot::at(&t.tree()).expect("no tree after a session");
-        wait_for("the background process", || root.find(marker).is_some());
-        Reaper(root)
+        ToolboxRoot::at(&t.tree()).expect("no tree after a session")
     };
     if Path::new("/run/systemd/system").is_dir() {
         // Where systemd runs, a session is a scope of its own that ends with it: nothing
         // is left to hold the toolbox, and `rm` removes it.
-        let out = t
-            .command()
-            .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
-            .args(leave_running(marker))
-            .output()
-            .unwrap();
-        assert_eq!(status(&out), 0, "{}", describe(&out));
-        let root = ToolboxRoot::at(&t.tree()).expect("no tree after a session");
+        let root = start();
         let _reaper = Reaper(root);
         wait_for("the background process to end with its session", || {
             root.find(marker).is_none()
@@ -467,6 +458,12 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
         assert!(!t.tree().exists());
         return;
     }
+    // Leaves the marker running in the toolbox, once it runs.
+    let leave = || {
+        let root = start();
+        wait_for("the background process", || root.find(marker).is_some());
+        Reaper(root)
+    };
     let first = leave();
     let lingering = || first.0.find(marker).is_some();
 
