@@ -199,7 +199,7 @@ fn tracing_binds_never_write_the_hosts_tracefs_or_bpffs() {
     ];
     let mut figure = Figure::new("attack-tracing-binds");
     for (kind, image) in &images {
-        for storage in ["copy", "overlay"] {
+        for storage in storages() {
             for (propagation, wrapper) in ROOT_PROPAGATIONS {
                 let case = format!("{kind} {storage} {propagation}");
                 figure.case(&case, || {
@@ -273,7 +273,7 @@ fn dot_dot_past_a_host_symlink_never_reaches_the_host() {
             ]);
         });
     };
-    for storage in ["copy", "overlay"] {
+    for storage in storages() {
         attempt(
             &format!("image {storage}"),
             &|name| {
@@ -1234,7 +1234,7 @@ fn update_keeps_the_users_files_for_a_rollback() {
     let mut imported = Imported(Vec::new());
     let mut figure = Figure::new("attack-update");
     let cat = ["/usr/bin/busybox", "cat", "/root/keep"];
-    for storage in ["copy", "overlay"] {
+    for storage in storages() {
         let case = format!("{storage}: update, rollback, update again");
         let tag = Tag::new(&format!("tbxatk-update-{storage}"), BUSYBOX_IMAGE);
         let images: Vec<String> = (2..=4)

@@ -130,7 +130,7 @@ fn hostile_images_leave_the_host_untouched_in_both_storage_modes() {
     let links: Vec<Entry> = links.iter().map(|(p, t)| Entry::Link(p, t)).collect();
     let image = ImportedImage::new(&t, "hostile", &links);
     let mut figure = Figure::new("host-trees-image");
-    for storage in ["copy", "overlay"] {
+    for storage in storages() {
         for (propagation, wrapper) in ROOT_PROPAGATIONS {
             let case = format!("{storage} {propagation}");
             figure.case(&case, || {
@@ -407,7 +407,7 @@ fn parallel_cold_and_warm_starts_never_fail() {
             .collect()
     };
     let mut figure = Figure::new("host-parallel");
-    for storage in ["copy", "overlay"] {
+    for storage in storages() {
         for round in 0..3 {
             for (kind, command) in [("cold", "true"), ("warm", "sleep 0.$((RANDOM % 5))")] {
                 for (i, out) in starts(storage, command).iter().enumerate() {

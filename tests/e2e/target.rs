@@ -140,9 +140,7 @@ fn a_session_joins_a_containers_network_and_sees_its_files() {
         describe(&out)
     );
     // The target through TOOLBOX_TARGET, and a plain start afterwards on the host's network.
-    let out = t
-        .command()
-        .env("TOOLBOX_STORAGE", "overlay")
+    let out = overlay_command(&t)
         .env("TOOLBOX_TARGET", &container.name)
         .args(["readlink", "/proc/self/ns/net"])
         .output()
@@ -246,9 +244,7 @@ fn dry_run_shows_the_resolved_target_and_list_shows_a_targeted_session() {
     ] {
         assert!(command.contains(&expected), "{expected} missing: {command}");
     }
-    let mut session = t
-        .command()
-        .env("TOOLBOX_STORAGE", "overlay")
+    let mut session = overlay_command(&t)
         .args(["--target", &container.name, "sleep", "30"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -283,9 +279,7 @@ fn a_target_that_exits_ends_only_the_sessions_view_of_it() {
     };
     let container = start_serving("exits");
     let marker = t.root.join("session-started");
-    let session = t
-        .command()
-        .env("TOOLBOX_STORAGE", "overlay")
+    let session = overlay_command(&t)
         .args(["--target", &container.name, "sh", "-c"])
         .arg(format!(
             "touch /media/root{}; while [ -e /media/root{} ]; do sleep 0.1; done; echo still here",

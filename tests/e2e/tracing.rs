@@ -287,9 +287,7 @@ fn the_images_own_kernel_files_stay_and_the_hosts_fill_in() {
              && echo image > /lib/modules/{release}/build\n"
         ),
     );
-    let out = t
-        .command()
-        .env("TOOLBOX_STORAGE", "overlay")
+    let out = overlay_command(&t)
         .env("TOOLBOX_DOCKER_IMAGE", &tag.0)
         .args([
             "sh",
@@ -336,8 +334,7 @@ fn dry_run_and_config_show_tracing_and_zero_turns_it_off() {
         describe(&out)
     );
     let off = |args: &[&str]| {
-        t.command()
-            .env("TOOLBOX_STORAGE", "overlay")
+        overlay_command(&t)
             .env("TOOLBOX_TRACING", "0")
             .args(args)
             .output()
