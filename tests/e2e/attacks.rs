@@ -6,7 +6,7 @@
 //! toolbox directory or an engine socket of another user; escape sequences from an image
 //! reaching the terminal; and `update` discarding the user's files. Each case compares a
 //! snapshot of the host (with a victim directory the attack aims at) before and after,
-//! and every run that could hang is killed after [`hang_limit`] and counted as failed.
+//! and every run that could hang is killed after [`HANG_LIMIT`] and counted as failed.
 //!
 //! Not tested here: a process inside a toolbox swapping the tree's `/run` for a symlink
 //! while another session of the same toolbox starts, so that systemd-nspawn's writes
@@ -580,7 +580,7 @@ impl Drop for FifoRelease<'_> {
                 }
             }
             std::thread::sleep(Duration::from_millis(250));
-            if round >= 3 && daemon_answers(&self.image, patient(Duration::from_secs(1))).is_ok() {
+            if round >= 3 && daemon_answers(&self.image, Duration::from_secs(1)).is_ok() {
                 return;
             }
         }
@@ -597,7 +597,7 @@ fn containers_of(image: &str) -> Option<Vec<String>> {
     let ancestor = format!("ancestor={image}");
     let ps = run_within(
         Command::new("docker").args(["ps", "-a", "-q", "--no-trunc", "--filter", &ancestor]),
-        patient(Duration::from_secs(5)),
+        Duration::from_secs(5),
     );
     (!ps.hung && ps.output.status.success()).then(|| {
         stdout(&ps.output)
@@ -754,7 +754,7 @@ fn fifos_and_devices_in_the_image_are_refused_in_time() {
             command.env("TOOLBOX_STORAGE", storage).args(options);
             let ran = run_timed(command.arg("true"));
             // What the daemon does now, before the FIFO is released below.
-            let daemon = daemon_answers(&image.0, patient(Duration::from_secs(5)));
+            let daemon = daemon_answers(&image.0, Duration::from_secs(5));
             let mounted = mounts_of(&t, &name);
             let own = format!("tester-{name}");
             let partial: Vec<String> = t
@@ -786,7 +786,7 @@ fn fifos_and_devices_in_the_image_are_refused_in_time() {
         let before = host_snapshot(&victim);
         let ran =
             run_timed(toolbox(&t, &[], Runtime::SpcThrowaway, &name, &fifo_passwd.0).arg("true"));
-        let daemon = daemon_answers(&fifo_passwd.0, patient(Duration::from_secs(5)));
+        let daemon = daemon_answers(&fifo_passwd.0, Duration::from_secs(5));
         drop(release);
         remove(&t, Runtime::SpcThrowaway, &name);
         check_all(&[
@@ -877,7 +877,7 @@ fn secrets_never_appear_in_a_command_line() {
                 .stderr(fs::File::create(&errors).unwrap())
                 .spawn()
                 .unwrap();
-            let deadline = Instant::now() + hang_limit();
+            let deadline = Instant::now() + patient(HANG_LIMIT);
             while !fs::metadata(&written).is_ok_and(|m| m.len() > 0)
                 && session.try_wait().unwrap().is_none()
                 && Instant::now() < deadline

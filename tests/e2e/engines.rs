@@ -10,16 +10,6 @@ use std::process::Command;
 use crate::common::*;
 use crate::podman::{PodmanService, podman, podman_env, run_with};
 
-/// Skips (or fails, when required) with `reason`.
-fn unavailable(name: &str, reason: &str) {
-    assert_ne!(
-        std::env::var("TOOLBOX_E2E").as_deref(),
-        Ok("required"),
-        "TOOLBOX_E2E=required but {reason}"
-    );
-    eprintln!("skipped {name}: {reason}");
-}
-
 /// With Docker's containerd image store (`"containerd-snapshotter": true`), an image's
 /// inspect has no layer directories: the default storage copies the image, saying why
 /// (with -v) in the store's own terms, and `--storage overlay` is refused with the same

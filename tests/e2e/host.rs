@@ -446,7 +446,7 @@ fn processes_left_in_a_copy_toolbox_hold_rm_and_update() {
         assert_eq!(status(&out), 0, "{}", describe(&out));
         ToolboxRoot::at(&t.tree()).expect("no tree after a session")
     };
-    if Path::new("/run/systemd/system").is_dir() {
+    if systemd_booted() {
         // Where systemd runs, a session is a scope of its own that ends with it: nothing
         // is left to hold the toolbox, and `rm` removes it.
         let root = start();

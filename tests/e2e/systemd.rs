@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,13 +17,10 @@ use crate::common::*;
 /// A test environment on a systemd host, or `None` (after saying why) when this host's
 /// PID 1 is not systemd and that is not required.
 fn systemd_env(name: &str, image: &str) -> Option<TestEnv> {
-    if !Path::new("/run/systemd/system").is_dir() {
+    if !systemd_booted() {
         let reason =
             "systemd is not PID 1 here (scripts/testbed runs these tests on a host where it is)";
-        if std::env::var("TOOLBOX_E2E").as_deref() == Ok("required") {
-            panic!("TOOLBOX_E2E=required but {reason}");
-        }
-        eprintln!("skipped {name}: {reason}");
+        unavailable(name, reason);
         return None;
     }
     TestEnv::new(name, image)

@@ -64,6 +64,20 @@ fn missing(image: Option<&str>) -> Option<String> {
     }
 }
 
+/// What test `name` needs is missing, for `reason`: fails when `TOOLBOX_E2E=required`,
+/// else says why it skips (the caller then returns).
+pub fn unavailable(name: &str, reason: &str) {
+    if std::env::var("TOOLBOX_E2E").as_deref() == Ok("required") {
+        panic!("TOOLBOX_E2E=required but {reason}");
+    }
+    eprintln!("skipped {name}: {reason}");
+}
+
+/// Whether systemd is PID 1 here (as sd_booted(3) tells).
+pub fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -86,10 +100,7 @@ impl TestEnv {
 
     fn setup(name: &str, image: &str, local: bool) -> Option<TestEnv> {
         if let Some(reason) = missing(local.then_some(image)) {
-            if std::env::var("TOOLBOX_E2E").as_deref() == Ok("required") {
-                panic!("TOOLBOX_E2E=required but {reason}");
-            }
-            eprintln!("skipped {name}: {reason}");
+            unavailable(name, &reason);
             return None;
         }
         let dir = tempfile::Builder::new()

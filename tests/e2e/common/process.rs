@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-/// How long a command that could hang may run before a test stops it: 20 s, times
-/// [`patience`].
-pub fn hang_limit() -> Duration {
-    patient(Duration::from_secs(20))
-}
+/// How long a command that could hang may run before a test stops it (stretched by
+/// [`patience`]).
+pub const HANG_LIMIT: Duration = Duration::from_secs(20);
 
 /// How many times longer than on real hardware things may take here:
 /// `TOOLBOX_E2E_PATIENCE` (scripts/testbed sets it for a guest under emulation), else 1.
@@ -56,15 +54,16 @@ impl Timed {
 }
 
 /// Runs `command` in a process group of its own, collecting its output. If it has not
-/// ended within [`hang_limit`], the whole group is killed (SIGKILL) and the run is marked
+/// ended within [`HANG_LIMIT`], the whole group is killed (SIGKILL) and the run is marked
 /// `hung`; what it leaves elsewhere (a container's processes, a stuck daemon) is the
 /// test's to clean up.
 pub fn run_timed(command: &mut Command) -> Timed {
-    run_within(command, hang_limit())
+    run_within(command, HANG_LIMIT)
 }
 
-/// [`run_timed`] with a deadline of `limit`.
+/// [`run_timed`] with a deadline of `limit` (stretched by [`patience`]).
 pub fn run_within(command: &mut Command, limit: Duration) -> Timed {
+    let limit = patient(limit);
     let started = Instant::now();
     let mut child = command
         .process_group(0)
