@@ -388,6 +388,80 @@ pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
     })
 }
 
+/// What an anchor is called (`docker ps` shows it): `toolbox-anchor-NAME-` and 8 hex
+/// digits that differ from one anchor to the next, as one toolbox may have two (its
+/// previous tree's) and names repeat across toolbox directories.
+fn anchor_name(name: &str, path: &Path) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Seeded afresh by each process; the path, the process and the time tell anchors of
+    // one process apart.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(path.as_os_str().as_encoded_bytes());
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("toolbox-anchor-{name}-{:08x}", hasher.finish() as u32)
+}
+
+/// Removes the anchors no toolbox records: their toolbox's entry was removed by hand
+/// (`rm -rf /var/lib/toolbox/NAME`, as CoreOS's documentation resets a toolbox), or an
+/// update was killed between starting one and recording it. Left running, each would pin
+/// its image for good. Housekeeping: what cannot be told or removed now is left for the
+/// next creation.
+async fn remove_abandoned_anchors<E: Engine>(engine: &E) {
+    let Ok(anchors) = engine.labelled_containers(LABEL_ANCHOR, None).await else {
+        return;
+    };
+    for (anchor, labels) in anchors {
+        let creator = labels.get(LABEL_PID).and_then(|pid| pid.parse().ok());
+        if creator.is_some_and(sys::process_exists) {
+            continue;
+        }
+        let Some(path) = labels.get(LABEL_ANCHOR) else {
+            continue;
+        };
+        if abandoned(Path::new(path), &anchor) {
+            let _ = engine.remove_container(&anchor).await;
+        }
+    }
+}
+
+/// Whether no toolbox records `anchor`, made for the toolbox at `path`: neither that
+/// toolbox nor its previous tree names it, and no creation, update or removal of it is
+/// under way. False whenever that cannot be told: a toolbox directory that is not there
+/// (not mounted, or in another mount namespace), a record that cannot be read.
+fn abandoned(path: &Path, anchor: &str) -> bool {
+    let (Some(directory), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return false;
+    };
+    if !path.is_absolute() || !directory.is_dir() {
+        return false;
+    }
+    let _lock = match toolboxes::try_lock_for_create(directory, name) {
+        Ok(toolboxes::Attempt::Taken(lock)) => Some(lock),
+        Ok(toolboxes::Attempt::NoLockFile) => None,
+        Ok(toolboxes::Attempt::Busy) | Err(_) => return false,
+    };
+    let records = |tree: &Path| match fs::symlink_metadata(tree) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+        Ok(_) => match toolboxes::state(tree).ok()? {
+            State::Complete => {
+                let metadata = toolboxes::read_metadata(tree).ok()?;
+                Some(metadata.overlay.is_some_and(|o| o.anchor == anchor))
+            }
+            _ => Some(false),
+        },
+    };
+    let previous = toolboxes::previous(directory, name);
+    records(path) == Some(false) && records(&previous) == Some(false)
+}
+
 /// Whether the engine's ID for `image` differs from `recorded_id`, asked within
 /// `timeout`; `None` when the daemon is down, slow or does not have the image.
 pub fn image_changed(
@@ -563,6 +637,9 @@ impl<E: Engine> Provisioner<E> {
                     engine.remove_container(&anchor).await?;
                 }
             }
+            if engine.is_local() {
+                remove_abandoned_anchors(engine).await;
+            }
             anyhow::Ok(())
         })
     }
@@ -658,16 +735,19 @@ impl<E: Engine> Provisioner<E> {
     }
 
     /// Starts the anchor that pins image `image_id` for the toolbox `target`, running
-    /// toolbox's binary from the toolbox directory.
+    /// toolbox's binary from the toolbox directory. Labelled with this process too: until
+    /// the toolbox records it, another creation's [`remove_abandoned_anchors`] leaves it.
     fn start_anchor(&self, target: &Target, image_id: &str) -> Result<String> {
-        let labels = HashMap::from([(
-            LABEL_ANCHOR.to_string(),
-            target.path().display().to_string(),
-        )]);
+        let path = target.path();
+        let labels = HashMap::from([
+            (LABEL_ANCHOR.to_string(), path.display().to_string()),
+            (LABEL_PID.to_string(), std::process::id().to_string()),
+        ]);
         let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
         let idle = toolboxes::idle_binary(&target.directory, &exe)?;
+        let name = anchor_name(&target.name, &path);
         self.runtime
-            .block_on(self.engine.create_anchor(image_id, labels, &idle))
+            .block_on(self.engine.create_anchor(image_id, &name, labels, &idle))
     }
 
     /// Removes a container, as anchors are removed once their toolbox is gone.
@@ -1080,6 +1160,83 @@ mod tests {
         });
         assert!(left(dir.path()).is_empty(), "{:?}", left(dir.path()));
         assert!(fake.container_ids().is_empty());
+    }
+
+    // `rm -rf DIR/NAME` leaves the toolbox's anchor running, pinning its image: the next
+    // creation of any toolbox removes it, and only the anchors no toolbox records.
+    #[test]
+    fn a_creation_removes_the_anchors_no_toolbox_records() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = engine(archive(), Export::Whole);
+        let directory = dir.path().join("toolboxes");
+        fs::create_dir_all(&directory).unwrap();
+        let recording = |tree: &Path, anchor: &str| {
+            fs::create_dir(tree).unwrap();
+            let metadata = Metadata {
+                overlay: Some(toolboxes::Overlay {
+                    layers: Vec::new(),
+                    anchor: anchor.into(),
+                }),
+                ..Metadata::adopted()
+            };
+            toolboxes::finish(tree, &metadata).unwrap();
+        };
+        let dead = i32::MAX.to_string();
+        let anchor = |id: &str, path: &Path, pid: &str| {
+            let labels = HashMap::from([
+                (LABEL_ANCHOR.to_string(), path.display().to_string()),
+                (LABEL_PID.to_string(), pid.to_string()),
+            ]);
+            fake.containers.lock().unwrap().insert(id.into(), labels);
+        };
+        recording(&directory.join("core-kept"), "anchor-kept");
+        anchor("anchor-kept", &directory.join("core-kept"), &dead);
+        recording(
+            &toolboxes::previous(&directory, "core-updated"),
+            "anchor-previous",
+        );
+        anchor("anchor-previous", &directory.join("core-updated"), &dead);
+        // Removed by hand; and one its toolbox no longer records (an update killed).
+        anchor("anchor-gone", &directory.join("core-gone"), &dead);
+        anchor("anchor-replaced", &directory.join("core-kept"), &dead);
+        // A toolbox directory not there (not mounted): nothing can be told.
+        anchor(
+            "anchor-unseen",
+            Path::new("/nonexistent-toolboxes/core-x"),
+            &dead,
+        );
+        // A creation under way: its process lives, or it holds the toolbox's lock.
+        let own = std::process::id().to_string();
+        anchor("anchor-creating", &directory.join("core-new"), &own);
+        let _held = toolboxes::lock_for_create(&directory, "core-locked").unwrap();
+        anchor("anchor-locked", &directory.join("core-locked"), &dead);
+        assert!(create(&fake, &target(dir.path())).unwrap());
+        assert_eq!(
+            fake.container_ids(),
+            [
+                "anchor-creating",
+                "anchor-kept",
+                "anchor-locked",
+                "anchor-previous",
+                "anchor-unseen"
+            ]
+        );
+    }
+
+    #[test]
+    fn anchors_are_named_for_their_toolbox_and_never_alike() {
+        let path = Path::new("/var/lib/toolbox/core-fedora-toolbox-41");
+        let first = anchor_name("core-fedora-toolbox-41", path);
+        let second = anchor_name("core-fedora-toolbox-41", path);
+        assert_ne!(first, second);
+        for name in [first, second] {
+            let suffix = name
+                .strip_prefix("toolbox-anchor-core-fedora-toolbox-41-")
+                .unwrap();
+            assert_eq!(suffix.len(), 8, "{name}");
+            assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+        }
     }
 
     // Overlay storage needs the daemon's overlay2 layers: without them the image is copied.

@@ -56,12 +56,17 @@ impl Docker {
     async fn create(
         &self,
         body: ContainerCreateBody,
+        name: Option<&str>,
         what: &str,
         image_id: &str,
     ) -> Result<String> {
+        let options = CreateContainerOptions {
+            name: name.map(String::from),
+            ..Default::default()
+        };
         let created = self
             .client
-            .create_container(None::<CreateContainerOptions>, body)
+            .create_container(Some(options), body)
             .await
             .map_err(|e| {
                 anyhow!(
@@ -276,12 +281,13 @@ impl Engine for Docker {
             labels: Some(labels),
             ..Default::default()
         };
-        self.create(body, "a container", image_id).await
+        self.create(body, None, "a container", image_id).await
     }
 
     async fn create_anchor(
         &self,
         image_id: &str,
+        name: &str,
         labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String> {
@@ -311,7 +317,8 @@ impl Engine for Docker {
             host_config: Some(host),
             ..Default::default()
         };
-        let created = self.create(body, "the anchor container", image_id).await?;
+        let what = format!("the anchor container `{name}`");
+        let created = self.create(body, Some(name), &what, image_id).await?;
         if let Err(e) = self.start(&created).await {
             let _ = self.remove_container(&created).await;
             return Err(e);

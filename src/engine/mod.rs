@@ -74,10 +74,12 @@ pub trait Engine {
     /// image `image_id` whose only process is `idle` (toolbox's binary, bound read-only
     /// as [`IDLE_PATH`]) waiting to be stopped; no network, no capabilities, a read-only
     /// root, no logs, and the `always` restart policy. Running, it is what every prune
-    /// spares, with its image; the daemon starts it again after its own restart.
+    /// spares, with its image; the daemon starts it again after its own restart. `name`
+    /// is what `docker ps` shows.
     async fn create_anchor(
         &self,
         image_id: &str,
+        name: &str,
         labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String>;

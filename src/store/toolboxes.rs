@@ -150,6 +150,46 @@ pub fn lock_for_create(directory: &Path, name: &str) -> Result<Lock> {
     lock(directory, &format!(".{name}.lock"))
 }
 
+/// What [`try_lock_for_create`] found.
+pub enum Attempt {
+    /// The lock, held until dropped.
+    Taken(Lock),
+    /// No lock file: a toolbox never created, or removed, is being created by no one.
+    NoLockFile,
+    /// Another process holds the lock.
+    Busy,
+}
+
+/// Takes the creation lock of toolbox `name` if no other process holds it, without
+/// waiting and without making the directory or the lock file.
+pub fn try_lock_for_create(directory: &Path, name: &str) -> Result<Attempt> {
+    use std::os::unix::fs::MetadataExt;
+    let path = directory.join(format!(".{name}.lock"));
+    loop {
+        let file = match OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::NoLockFile),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open lock file {}", path.display()));
+            }
+        };
+        if !sys::try_lock_exclusive(&file)
+            .with_context(|| format!("cannot lock {}", path.display()))?
+        {
+            return Ok(Attempt::Busy);
+        }
+        // As in `lock`: one removed while it was taken guards nothing.
+        let held = file.metadata()?.ino();
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {
+            return Ok(Attempt::Taken(Lock { _file: file }));
+        }
+    }
+}
+
 /// Takes the mount lock of overlay toolbox `name`: mounting, registering a session and
 /// unmounting after the last one happen under it. Taken after the creation lock when
 /// both are needed, never the other way round, and never held while waiting for a

@@ -260,6 +260,15 @@ pub fn lock_exclusive(fd: impl AsFd) -> io::Result<()> {
     Ok(rfs::flock(fd, rfs::FlockOperation::LockExclusive)?)
 }
 
+/// Takes an exclusive `flock` on `fd` if no one holds it: false when another does.
+pub fn try_lock_exclusive(fd: impl AsFd) -> io::Result<bool> {
+    match rfs::flock(fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Has this process killed when its parent dies (`PR_SET_PDEATHSIG` with `SIGKILL`); fails
 /// if the parent, `parent`, is gone already.
 pub fn die_with_parent(parent: u32) -> io::Result<()> {

@@ -252,6 +252,55 @@ fn overlay_update_gives_a_fresh_toolbox() {
     }
 }
 
+// Bug: `rm -rf DIR/NAME`, as CoreOS's documentation resets a toolbox, left the anchor
+// running and pinning the image for good, under a name like `tender_babbage`.
+#[test]
+fn an_anchor_whose_toolbox_was_removed_by_hand_goes_with_the_next_creation() {
+    let Some(t) = TestEnv::new("overlay_by_hand", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let out = run(&t, &["true"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let anchor = metadata(&t)["overlay"]["anchor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let name = docker(&["inspect", "-f", "{{.Name}}", &anchor]);
+    let prefix = format!("/toolbox-anchor-{}-", t.toolbox_name());
+    assert!(name.trim().starts_with(&prefix), "anchor named {name}");
+
+    fs::remove_dir_all(t.tree()).unwrap();
+    assert_eq!(
+        anchors(&t),
+        std::slice::from_ref(&anchor),
+        "nothing runs toolbox in between"
+    );
+    // Any creation in that toolbox directory; the other toolbox's anchor stays.
+    let other = format!("{}_other", t.name);
+    let out = overlay(&t)
+        .env("TOOLBOX_NAME", &other)
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(
+        anchors(&t).is_empty(),
+        "the abandoned anchor {anchor} runs on"
+    );
+    let kept = format!(
+        "label=toolbox.anchor={}",
+        t.toolboxes.join(format!("tester-{other}")).display()
+    );
+    let kept = docker(&["ps", "-q", "--filter", &kept]);
+    assert_eq!(
+        kept.split_whitespace().count(),
+        1,
+        "the new toolbox's anchor"
+    );
+    let out = t.run(["rm", &format!("tester-{other}")]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+}
+
 #[test]
 fn the_anchor_pins_the_layers_until_it_is_removed() {
     let Some(mut t) = TestEnv::new("overlay_anchor", BUSYBOX_IMAGE) else {
