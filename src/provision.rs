@@ -26,7 +26,7 @@ use crate::engine::{
 };
 use crate::exit::Interrupted;
 use crate::host::ui;
-use crate::model::image::{Image, ImageRef};
+use crate::model::image::{Image, ImageRef, Layers};
 use crate::model::plan::{Plan, Storage};
 use crate::store::overlay::{self, Unusable};
 use crate::store::quiesce;
@@ -175,7 +175,8 @@ fn rebuild(
     let current = recorded.is_some_and(|recorded| {
         let layers_kept = match &recorded.overlay {
             Some(overlay) => {
-                overlay.layers == image.layers && overlay::missing_layer(&overlay.layers).is_none()
+                image.layers == Layers::Directories(overlay.layers.clone())
+                    && overlay::missing_layer(&overlay.layers).is_none()
             }
             None => true,
         };
@@ -228,7 +229,7 @@ fn rebuild(
     let replaced = toolboxes::keep_previous(&target.directory, &target.name, &partial)?;
     toolboxes::release(&target.directory, &target.name)?;
     if let Some(anchor) = replaced.and_then(|r| r.overlay).map(|o| o.anchor) {
-        provisioner.remove_container(&anchor)?;
+        provisioner.remove_anchor(&anchor)?;
     }
     let kept_changes = recorded.map_or(0, |r| toolboxes::changed_files(&previous, r));
     Ok(Updated::Rebuilt {
@@ -382,7 +383,7 @@ pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
             .labelled_containers(LABEL_ANCHOR, Some(&value))
             .await?
         {
-            engine.remove_container(&anchor).await?;
+            engine.remove_anchor(&anchor).await?;
         }
         Ok(())
     })
@@ -425,7 +426,7 @@ async fn remove_abandoned_anchors<E: Engine>(engine: &E) {
             continue;
         };
         if abandoned(Path::new(path), &anchor) {
-            let _ = engine.remove_container(&anchor).await;
+            let _ = engine.remove_anchor(&anchor).await;
         }
     }
 }
@@ -634,7 +635,7 @@ impl<E: Engine> Provisioner<E> {
                 .await?;
             for (anchor, _) in anchors {
                 if !kept.contains(&anchor) {
-                    engine.remove_container(&anchor).await?;
+                    engine.remove_anchor(&anchor).await?;
                 }
             }
             if engine.is_local() {
@@ -654,12 +655,12 @@ impl<E: Engine> Provisioner<E> {
             address: self.engine.address(),
             local: self.engine.is_local(),
         };
-        overlay::check(image, source, &path)?;
+        let layers = overlay::check(image, source, &path)?;
         toolboxes::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
             // filesystem overlayfs cannot write to) means overlay storage does not work here.
-            overlay::mount(partial, &image.layers).map_err(|e| match e.downcast::<Unusable>() {
+            overlay::mount(partial, layers).map_err(|e| match e.downcast::<Unusable>() {
                 Ok(unusable) => unusable,
                 Err(e) => Unusable(format!("{e:#}")),
             })?;
@@ -677,23 +678,27 @@ impl<E: Engine> Provisioner<E> {
                     short_id(&image.id)
                 ));
             }
-            // The anchor names the image by ID: the tag may move, the layers may not. A
-            // daemon that cannot run it cannot pin the layers: copy instead.
-            let anchor = self
-                .start_anchor(target, &image.id)
-                .map_err(|e| Unusable(format!("{e:#}")))?;
+            // The anchor names the image by ID: the tag may move, the layers may not. An
+            // engine that cannot run it cannot pin the layers: copy instead.
+            let anchor = self.start_anchor(target, &image.id).map_err(|e| {
+                Unusable(format!(
+                    "{} cannot run the anchor container that would pin the image's layers \
+                     ({e:#})",
+                    self.engine.name()
+                ))
+            })?;
             let metadata = Metadata {
                 image: reference,
                 image_id: image.id.clone(),
                 created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 overlay: Some(toolboxes::Overlay {
-                    layers: image.layers.clone(),
+                    layers: layers.to_vec(),
                     anchor: anchor.clone(),
                 }),
                 imported_from: None,
             };
             toolboxes::finish(partial, &metadata).inspect_err(|_| {
-                let _ = self.remove_container(&anchor);
+                let _ = self.remove_anchor(&anchor);
             })
         })
     }
@@ -720,10 +725,10 @@ impl<E: Engine> Provisioner<E> {
             overlay.anchor = anchor.clone();
         }
         if let Err(e) = toolboxes::replace_metadata(&target.path(), &metadata) {
-            let _ = self.remove_container(&anchor);
+            let _ = self.remove_anchor(&anchor);
             return Err(e);
         }
-        self.remove_container(&overlay.anchor)?;
+        self.remove_anchor(&overlay.anchor)?;
         if !self.quiet {
             ui::say(format_args!(
                 "`{}` is pinned by a running anchor ({}) now; its old one was not running",
@@ -750,10 +755,9 @@ impl<E: Engine> Provisioner<E> {
             .block_on(self.engine.create_anchor(image_id, &name, labels, &idle))
     }
 
-    /// Removes a container, as anchors are removed once their toolbox is gone.
-    fn remove_container(&self, container: &str) -> Result<()> {
-        self.runtime
-            .block_on(self.engine.remove_container(container))
+    /// Removes an anchor, once its toolbox is gone.
+    fn remove_anchor(&self, anchor: &str) -> Result<()> {
+        self.runtime.block_on(self.engine.remove_anchor(anchor))
     }
 
     /// Removes the anchor of a new overlay toolbox that will not be put in place.
@@ -761,7 +765,7 @@ impl<E: Engine> Provisioner<E> {
         if let Ok(metadata) = toolboxes::read_metadata(partial)
             && let Some(overlay) = metadata.overlay
         {
-            let _ = self.remove_container(&overlay.anchor);
+            let _ = self.remove_anchor(&overlay.anchor);
         }
     }
 
@@ -1007,8 +1011,7 @@ mod tests {
     fn engine(archive: Vec<u8>, export: Export) -> Fake {
         let image = Image {
             id: "sha256:f00d".into(),
-            driver: None,
-            layers: Vec::new(),
+            layers: Layers::Unavailable("in memory".into()),
             run_label: None,
         };
         let mut fake = Fake::with_image(REFERENCE, image, archive);

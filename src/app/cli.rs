@@ -80,7 +80,7 @@ pub struct Options {
     #[arg(long, global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
 
-    /// How a new toolbox stores the image: `overlay` (mounted over the daemon's layers),
+    /// How a new toolbox stores the image: `overlay` (mounted over the engine's layers),
     /// `copy` (unpacked) or `auto` (overlay where it works) [TOOLBOX_STORAGE; default: auto]
     #[arg(long, global = true, value_name = "MODE")]
     pub storage: Option<String>,
@@ -218,7 +218,7 @@ Examples:
   toolbox update                    the configured toolbox
   toolbox update core-debian-bookworm --force
   toolbox update --rollback         back to the tree the last update replaced
-  toolbox update --storage overlay  rebuild it over the daemon's layers
+  toolbox update --storage overlay  rebuild it over the engine's layers
   toolbox --runtime spc update      recreate the super privileged container if its image changed")]
     Update {
         /// Toolbox name, as `toolbox list` shows it [default: the configured toolbox]

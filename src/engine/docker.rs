@@ -9,25 +9,25 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ExecConfig, HostConfig, HostConfigLogConfig,
+    ContainerCreateBody, ContainerSummary, DriverData, ExecConfig, HostConfig, HostConfigLogConfig,
     ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions,
     CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, ResizeContainerTTYOptions, ResizeExecOptions, StartContainerOptions,
-    StopContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, RemoveImageOptions, ResizeContainerTTYOptions, ResizeExecOptions,
+    StartContainerOptions, StopContainerOptions, TagImageOptions, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, IDLE_PATH, Output,
-    Process, SinkClosed, short_id,
+    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, IDLE_PATH,
+    LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed, short_id,
 };
 use crate::host::ui;
-use crate::model::image::{Image, ImageRef};
+use crate::model::image::{Image, ImageRef, Layers};
 use crate::sys::{Entry, Kind};
 
 /// A Docker Engine API daemon (Docker, or Podman's compatible service).
@@ -76,6 +76,40 @@ impl Docker {
                 )
             })?;
         Ok(created.id)
+    }
+
+    /// Gives image `image_id` the name `localhost/toolbox-anchor:REST` for the anchor
+    /// `toolbox-anchor-REST`, and returns it.
+    async fn pin(&self, image_id: &str, anchor: &str) -> Result<String> {
+        let tag = pin_tag(anchor);
+        let options = TagImageOptions {
+            repo: Some(PIN_REPOSITORY.to_string()),
+            tag: Some(tag.clone()),
+        };
+        self.client
+            .tag_image(image_id, Some(options))
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot name image {} {PIN_REPOSITORY}:{tag} for its anchor: {}",
+                    short_id(image_id),
+                    daemon_message(&e)
+                )
+            })?;
+        Ok(format!("{PIN_REPOSITORY}:{tag}"))
+    }
+
+    /// Removes the name [`Docker::pin`] gave; the image goes with it when that was its
+    /// last name and nothing uses it. Housekeeping: a failure leaves only a name.
+    async fn unpin(&self, pin: Option<&str>) {
+        let Some(pin) = pin else {
+            return;
+        };
+        let options = RemoveImageOptions {
+            noprune: true,
+            ..Default::default()
+        };
+        let _ = self.client.remove_image(pin, Some(options), None).await;
     }
 
     fn stalled(&self, doing: &str) -> anyhow::Error {
@@ -193,6 +227,53 @@ fn daemon_message(error: &BollardError) -> String {
     ui::escaped(&message)
 }
 
+/// The tag of the image name pinning the image of anchor `anchor`: what follows
+/// `toolbox-anchor-`, its last 128 characters (a tag's most).
+fn pin_tag(anchor: &str) -> String {
+    let rest = anchor.strip_prefix("toolbox-anchor-").unwrap_or(anchor);
+    let start = rest.len().saturating_sub(128);
+    rest[start..].trim_start_matches(['.', '-']).to_string()
+}
+
+/// Where engine `name` (Podman's service when `podman`) keeps an image's layers, from the
+/// `GraphDriver` of its inspect.
+fn layers(name: &str, podman: bool, driver: Option<DriverData>) -> Layers {
+    let DriverData { name: driver, data } = driver.unwrap_or_default();
+    // Docker's overlay2 and Podman's overlay (containers/storage) both report the top
+    // layer's directory as `UpperDir` and those below it, top first, as `LowerDir`
+    // (absent for a one-layer image).
+    let stacked = match driver.as_str() {
+        "overlay2" => !podman,
+        "overlay" => podman,
+        _ => false,
+    };
+    if stacked {
+        let upper = data.get("UpperDir").into_iter();
+        let lower = data.get("LowerDir").into_iter().flat_map(|l| l.split(':'));
+        return Layers::Directories(
+            upper
+                .map(String::as_str)
+                .chain(lower)
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+        );
+    }
+    Layers::Unavailable(match driver.as_str() {
+        "" => format!("{name} does not say where the image's layers are"),
+        // What Docker's containerd image store reports with containerd's default
+        // snapshotter, and no layer directories, in an inspect.
+        "overlayfs" if !podman => format!(
+            "{name} keeps images in containerd's image store (snapshotter `overlayfs`), \
+             whose snapshots toolbox does not mount yet"
+        ),
+        _ => format!(
+            "{name} stores images with `{driver}`; toolbox mounts the layers of Docker's \
+             overlay2 and Podman's overlay only"
+        ),
+    })
+}
+
 impl Engine for Docker {
     fn address(&self) -> &str {
         &self.endpoint.address
@@ -206,25 +287,9 @@ impl Engine for Docker {
         match self.client.inspect_image(reference).await {
             Ok(image) => {
                 let run_label = image.config.and_then(|config| config.labels?.remove("RUN"));
-                let driver = image.graph_driver.unwrap_or_default();
-                let mut layers = Vec::new();
-                // overlay2 reports the top layer as `UpperDir` and the ones below it,
-                // top first, as `LowerDir` (absent for a one-layer image).
-                if driver.name == "overlay2" {
-                    let data = driver.data;
-                    let upper = data.get("UpperDir").into_iter();
-                    let lower = data.get("LowerDir").into_iter().flat_map(|l| l.split(':'));
-                    layers = upper
-                        .map(String::as_str)
-                        .chain(lower)
-                        .filter(|dir| !dir.is_empty())
-                        .map(PathBuf::from)
-                        .collect();
-                }
                 Ok(Some(Image {
                     id: image.id.unwrap_or_default(),
-                    driver: (!driver.name.is_empty()).then_some(driver.name),
-                    layers,
+                    layers: layers(self.name(), self.endpoint.podman, image.graph_driver),
                     run_label,
                 }))
             }
@@ -288,9 +353,19 @@ impl Engine for Docker {
         &self,
         image_id: &str,
         name: &str,
-        labels: HashMap<String, String>,
+        mut labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String> {
+        // Podman's `rmi -f` of an image's last name removes its containers, running or
+        // not, and then the image; of one name among several, it only untags. Docker
+        // refuses to remove an image a running container uses.
+        let pin = match self.endpoint.podman {
+            true => Some(self.pin(image_id, name).await?),
+            false => None,
+        };
+        if let Some(pin) = &pin {
+            labels.insert(LABEL_PIN.to_string(), pin.clone());
+        }
         let host = HostConfig {
             binds: Some(vec![format!("{}:{IDLE_PATH}:ro", idle.display())]),
             network_mode: Some("none".to_string()),
@@ -318,12 +393,36 @@ impl Engine for Docker {
             ..Default::default()
         };
         let what = format!("the anchor container `{name}`");
-        let created = self.create(body, Some(name), &what, image_id).await?;
+        let created = match self.create(body, Some(name), &what, image_id).await {
+            Ok(created) => created,
+            Err(e) => {
+                self.unpin(pin.as_deref()).await;
+                return Err(e);
+            }
+        };
         if let Err(e) = self.start(&created).await {
-            let _ = self.remove_container(&created).await;
+            let _ = self.remove_anchor(&created).await;
             return Err(e);
         }
         Ok(created)
+    }
+
+    async fn remove_anchor(&self, anchor: &str) -> Result<()> {
+        let pin = match self.client.inspect_container(anchor, None).await {
+            Ok(inspected) => inspected
+                .config
+                .and_then(|c| c.labels?.remove(LABEL_PIN))
+                // A label is anyone's to set: only a name toolbox makes is removed.
+                .filter(|pin| pin.starts_with(&format!("{PIN_REPOSITORY}:"))),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => bail!(
+                "cannot inspect container `{anchor}`: {}",
+                daemon_message(&e)
+            ),
+        };
+        self.remove_container(anchor).await?;
+        self.unpin(pin.as_deref()).await;
+        Ok(())
     }
 
     async fn changed_paths(&self, container: &str) -> Result<Vec<String>> {
@@ -745,5 +844,93 @@ fn attached(
     Attached {
         output: Box::pin(output),
         input,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(name: &str, data: &[(&str, &str)]) -> Option<DriverData> {
+        Some(DriverData {
+            name: name.into(),
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn layers_are_read_from_overlay2_and_podmans_overlay_top_first() {
+        let data = [
+            ("UpperDir", "/s/c/diff"),
+            ("LowerDir", "/s/b/diff:/s/a/diff"),
+            ("WorkDir", "/s/c/work"),
+        ];
+        let stacked = Layers::Directories(vec![
+            PathBuf::from("/s/c/diff"),
+            PathBuf::from("/s/b/diff"),
+            PathBuf::from("/s/a/diff"),
+        ]);
+        let docker = "the Docker daemon";
+        assert_eq!(layers(docker, false, driver("overlay2", &data)), stacked);
+        assert_eq!(layers("Podman", true, driver("overlay", &data)), stacked);
+        let one = [("UpperDir", "/s/a/diff")];
+        assert_eq!(
+            layers("Podman", true, driver("overlay", &one)),
+            Layers::Directories(vec![PathBuf::from("/s/a/diff")])
+        );
+    }
+
+    #[test]
+    fn pins_are_named_for_their_anchor_within_a_tags_length() {
+        assert_eq!(pin_tag("toolbox-anchor-core-x-3f2a91c0"), "core-x-3f2a91c0");
+        let long = format!("toolbox-anchor-core-{}.y-3f2a91c0", "a".repeat(150));
+        let tag = pin_tag(&long);
+        assert_eq!(tag.len(), 128);
+        assert!(tag.ends_with("aaa.y-3f2a91c0"), "{tag}");
+        // Cut where a tag may not start.
+        let dotted = format!(
+            "toolbox-anchor-{}.....{}-3f2a91c0",
+            "a".repeat(10),
+            "b".repeat(118)
+        );
+        assert_eq!(pin_tag(&dotted), format!("{}-3f2a91c0", "b".repeat(118)));
+    }
+
+    #[test]
+    fn other_stores_say_why_naming_the_engine() {
+        let unavailable = |name, podman, found| match layers(name, podman, found) {
+            Layers::Unavailable(why) => why,
+            Layers::Directories(dirs) => panic!("{dirs:?}"),
+        };
+        let docker = "the Docker daemon";
+        assert_eq!(
+            unavailable(docker, false, driver("vfs", &[])),
+            "the Docker daemon stores images with `vfs`; toolbox mounts the layers of \
+             Docker's overlay2 and Podman's overlay only"
+        );
+        assert_eq!(
+            unavailable(docker, false, driver("overlayfs", &[])),
+            "the Docker daemon keeps images in containerd's image store (snapshotter \
+             `overlayfs`), whose snapshots toolbox does not mount yet"
+        );
+        // Docker's own `overlay` driver (gone since Docker 24) is not Podman's.
+        assert_eq!(
+            unavailable(docker, false, driver("overlay", &[("UpperDir", "/u")])),
+            "the Docker daemon stores images with `overlay`; toolbox mounts the layers of \
+             Docker's overlay2 and Podman's overlay only"
+        );
+        assert_eq!(
+            unavailable("Podman", true, driver("vfs", &[])),
+            "Podman stores images with `vfs`; toolbox mounts the layers of Docker's \
+             overlay2 and Podman's overlay only"
+        );
+        // API 1.52 and later leave `GraphDriver` out with the containerd image store.
+        assert_eq!(
+            unavailable(docker, false, None),
+            "the Docker daemon does not say where the image's layers are"
+        );
     }
 }

@@ -31,6 +31,13 @@ pub const LABEL_PID: &str = "toolbox.pid";
 /// toolbox's full path as value (names repeat across toolbox directories; paths do not).
 pub const LABEL_ANCHOR: &str = "toolbox.anchor";
 
+/// Label on an anchor with the image name it made for itself (`localhost/toolbox-anchor:TAG`)
+/// where the engine removes the containers of an image whose last name is removed by force
+/// (Podman's `rmi -f`): another name makes that an untag.
+pub const LABEL_PIN: &str = "toolbox.pin";
+/// The repository of those names.
+pub const PIN_REPOSITORY: &str = "localhost/toolbox-anchor";
+
 /// The name toolbox answers to as a container's main process that only waits to be
 /// stopped: a persistent SPC's (sessions are `exec`s beside it) and an overlay toolbox's
 /// anchor's.
@@ -83,6 +90,10 @@ pub trait Engine {
         labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String>;
+    /// Removes an anchor made by [`Engine::create_anchor`], and the image name it made.
+    async fn remove_anchor(&self, anchor: &str) -> Result<()> {
+        self.remove_container(anchor).await
+    }
     /// What is at `path` (absolute) in the files of container `container` (created, never
     /// started), a symlink there not followed: its target as written.
     async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry>;

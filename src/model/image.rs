@@ -59,10 +59,18 @@ impl ImageRef {
 pub struct Image {
     /// The engine's ID (`sha256:...`).
     pub id: String,
-    /// The storage driver holding its layers (`overlay2`, `vfs`, ...), if reported.
-    pub driver: Option<String>,
-    /// With `overlay2`: the layers' directories on the daemon's host, top layer first.
-    pub layers: Vec<PathBuf>,
+    /// Where the engine keeps its layers, as overlay storage would mount them.
+    pub layers: Layers,
     /// Its `RUN` label: the `docker run` options it asks to be run with.
     pub run_label: Option<String>,
+}
+
+/// Where an engine keeps an image's layers, in terms overlay storage can use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layers {
+    /// Directories on the engine's host that overlayfs can stack, top layer first.
+    Directories(Vec<PathBuf>),
+    /// None that toolbox can mount: why, naming the engine (`the Docker daemon stores
+    /// images with `vfs``).
+    Unavailable(String),
 }

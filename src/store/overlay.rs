@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::model::image::Image;
+use crate::model::image::{Image, Layers};
 use crate::sys;
 
 /// The mount point inside an overlay toolbox's directory.
@@ -84,8 +84,12 @@ pub struct Source<'a> {
 }
 
 /// Checks that an overlay toolbox can be built at `toolbox` from `image`, as the engine
-/// `source` reports it: the reason when it cannot.
-pub fn check(image: &Image, source: Source, toolbox: &Path) -> Result<(), Unusable> {
+/// `source` reports it: its layer directories, or the reason when it cannot.
+pub fn check<'a>(
+    image: &'a Image,
+    source: Source,
+    toolbox: &Path,
+) -> Result<&'a [PathBuf], Unusable> {
     let Source {
         engine, address, ..
     } = source;
@@ -94,40 +98,23 @@ pub fn check(image: &Image, source: Source, toolbox: &Path) -> Result<(), Unusab
             "{engine} at `{address}` is not on this host"
         )));
     }
-    match image.driver.as_deref() {
-        Some("overlay2") => {}
-        // What Docker's containerd image store reports with containerd's default
-        // snapshotter, and no layer directories, in an inspect.
-        Some(driver @ "overlayfs") => {
-            return Err(Unusable(format!(
-                "{engine} keeps images in containerd's image store (snapshotter `{driver}`), \
-                 whose snapshots toolbox does not mount yet"
-            )));
-        }
-        Some(driver) => {
-            return Err(Unusable(format!(
-                "{engine} stores images with `{driver}`; toolbox mounts Docker's overlay2 \
-                 layers only"
-            )));
-        }
-        None => {
-            return Err(Unusable(format!(
-                "{engine} does not say where the image's layers are"
-            )));
-        }
-    }
-    if image.layers.is_empty() {
+    let layers = match &image.layers {
+        Layers::Directories(layers) => layers,
+        Layers::Unavailable(why) => return Err(Unusable(why.clone())),
+    };
+    if layers.is_empty() {
         return Err(Unusable(format!(
             "{engine} reported no layer directories for the image"
         )));
     }
-    if let Some(missing) = missing_layer(&image.layers) {
+    if let Some(missing) = missing_layer(layers) {
         return Err(Unusable(format!(
             "layer directory {} is not on this host",
             missing.display()
         )));
     }
-    options(&image.layers, toolbox).map(drop)
+    options(layers, toolbox)?;
+    Ok(layers)
 }
 
 /// The overlayfs mount options for `layers` (top first) under the toolbox directory
@@ -277,11 +264,10 @@ mod tests {
         local: true,
     };
 
-    fn image(driver: Option<&str>, layers: &[&Path]) -> Image {
+    fn image(layers: &[&Path]) -> Image {
         Image {
             id: "sha256:1".into(),
-            driver: driver.map(String::from),
-            layers: layers.iter().map(|l| l.to_path_buf()).collect(),
+            layers: Layers::Directories(layers.iter().map(|l| l.to_path_buf()).collect()),
             run_label: None,
         }
     }
@@ -323,8 +309,8 @@ mod tests {
         let toolbox = dir.path().join("core-x");
         let layer = dir.path().join("layer");
         fs::create_dir(&layer).unwrap();
-        let usable = image(Some("overlay2"), &[&layer]);
-        assert_eq!(check(&usable, DOCKER, &toolbox), Ok(()));
+        let usable = image(&[&layer]);
+        assert_eq!(check(&usable, DOCKER, &toolbox), Ok(&[layer.clone()][..]));
         let remote = Source {
             address: "tcp://h:2375",
             local: false,
@@ -335,29 +321,19 @@ mod tests {
             err.0,
             "the Docker daemon at `tcp://h:2375` is not on this host"
         );
-        let err = check(&image(Some("vfs"), &[]), DOCKER, &toolbox).unwrap_err();
-        assert_eq!(
-            err.0,
-            "the Docker daemon stores images with `vfs`; toolbox mounts Docker's overlay2 \
-             layers only"
-        );
-        let err = check(&image(Some("overlayfs"), &[]), DOCKER, &toolbox).unwrap_err();
-        assert_eq!(
-            err.0,
-            "the Docker daemon keeps images in containerd's image store (snapshotter \
-             `overlayfs`), whose snapshots toolbox does not mount yet"
-        );
-        let podman = Source {
-            engine: "Podman",
-            ..DOCKER
+        let unavailable = Image {
+            layers: Layers::Unavailable("the Docker daemon stores images with `vfs`".into()),
+            ..usable.clone()
         };
-        let err = check(&image(Some("overlay"), &[&layer]), podman, &toolbox).unwrap_err();
+        let err = check(&unavailable, DOCKER, &toolbox).unwrap_err();
+        assert_eq!(err.0, "the Docker daemon stores images with `vfs`");
+        let err = check(&image(&[]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
-            "Podman stores images with `overlay`; toolbox mounts Docker's overlay2 layers only"
+            "the Docker daemon reported no layer directories for the image"
         );
         let gone = dir.path().join("gone");
-        let err = check(&image(Some("overlay2"), &[&layer, &gone]), DOCKER, &toolbox).unwrap_err();
+        let err = check(&image(&[&layer, &gone]), DOCKER, &toolbox).unwrap_err();
         assert_eq!(
             err.0,
             format!("layer directory {} is not on this host", gone.display())

@@ -381,8 +381,9 @@ fn another_storage_driver_falls_back_to_copying() {
     assert_eq!(stdout(&out), "vfs");
     assert!(
         toolbox_lines(&out).iter().any(|l| l
-            == "toolbox: the Docker daemon stores images with `vfs`; toolbox mounts Docker's \
-                overlay2 layers only; copying the image instead of mounting it"),
+            == "toolbox: the Docker daemon stores images with `vfs`; toolbox mounts the \
+                layers of Docker's overlay2 and Podman's overlay only; copying the image \
+                instead of mounting it"),
         "{}",
         describe(&out)
     );

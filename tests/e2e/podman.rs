@@ -11,15 +11,34 @@ use crate::common::registry::{Image, Registry};
 use crate::common::*;
 
 /// `podman system service` on its own socket, with a registries.conf that lets it pull
-/// over plain HTTP from the loopback registries tests serve; stopped when dropped.
+/// over plain HTTP from the loopback registries tests serve, and either the host's storage
+/// or one of its own; stopped when dropped.
 pub(crate) struct PodmanService {
     dir: tempfile::TempDir,
     child: Child,
     pub(crate) host: String,
+    /// The options that give `podman` the service's storage: none for the host's.
+    storage: Vec<String>,
 }
 
 impl PodmanService {
     pub(crate) fn start(insecure_registry: Option<&str>) -> PodmanService {
+        PodmanService::with_storage(insecure_registry, false)
+    }
+
+    /// A service with a storage of its own (`--root`, `--runroot`), holding a copy of
+    /// the busybox image: what a test prunes there is no other test's.
+    pub(crate) fn isolated() -> PodmanService {
+        let service = PodmanService::with_storage(None, true);
+        let archive = service.dir.path().join("busybox.tar");
+        let archive = archive.to_str().unwrap();
+        podman(&["save", "-o", archive, BUSYBOX_IMAGE]);
+        service.podman(&["load", "-q", "-i", archive]);
+        fs::remove_file(archive).unwrap();
+        service
+    }
+
+    fn with_storage(insecure_registry: Option<&str>, own: bool) -> PodmanService {
         let dir = tempfile::Builder::new()
             .prefix("toolbox-podman-")
             .tempdir()
@@ -34,18 +53,62 @@ impl PodmanService {
             format!("unqualified-search-registries = []\n{insecure}"),
         )
         .unwrap();
-        let child = Command::new("podman")
-            .args(["system", "service", "--time=0", &host])
-            .env("CONTAINERS_REGISTRIES_CONF", &registries)
+        let storage = match own {
+            true => vec![
+                format!("--root={}", dir.path().join("root").display()),
+                format!("--runroot={}", dir.path().join("runroot").display()),
+            ],
+            false => Vec::new(),
+        };
+        let child = PodmanService::serve(&storage, &host, &registries);
+        let mut service = PodmanService {
+            dir,
+            child,
+            host,
+            storage,
+        };
+        service.wait_listening();
+        service
+    }
+
+    fn serve(storage: &[String], host: &str, registries: &Path) -> Child {
+        Command::new("podman")
+            .args(storage)
+            .args(["system", "service", "--time=0", host])
+            .env("CONTAINERS_REGISTRIES_CONF", registries)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("cannot start podman system service");
-        let socket = dir.path().join("podman.sock");
+            .expect("cannot start podman system service")
+    }
+
+    fn wait_listening(&mut self) {
+        let socket = self.dir.path().join("podman.sock");
         wait_for("Podman's service to listen", || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
-        PodmanService { dir, child, host }
+    }
+
+    /// Stops the service and starts it again, as `systemctl restart podman` does; its
+    /// containers run on (each has its own `conmon`).
+    pub(crate) fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(self.dir.path().join("podman.sock"));
+        let registries = self.dir.path().join("registries.conf");
+        self.child = PodmanService::serve(&self.storage, &self.host, &registries);
+        self.wait_listening();
+    }
+
+    /// `podman ARGS` on the service's storage; its output, trimmed.
+    pub(crate) fn podman(&self, args: &[&str]) -> String {
+        let out = Command::new("podman")
+            .args(&self.storage)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
+        stdout(&out).trim().to_string()
     }
 }
 
@@ -53,6 +116,14 @@ impl Drop for PodmanService {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A storage of its own goes with its containers (which it would otherwise leave
+        // running, their layers mounted).
+        if !self.storage.is_empty() {
+            let _ = Command::new("podman")
+                .args(&self.storage)
+                .args(["system", "reset", "--force"])
+                .output();
+        }
         let _ = fs::remove_dir_all(self.dir.path());
     }
 }
@@ -136,23 +207,6 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert_eq!(recorded_id(&qualified.tree()), format!("sha256:{id}"));
-
-    // Overlay storage cannot use containers/storage's layers: it says so and copies.
-    let overlay = TestEnv::new("podman_overlay", BUSYBOX_IMAGE).unwrap();
-    let out = podman_command(&overlay, &service)
-        .env("TOOLBOX_STORAGE", "overlay")
-        .arg("true")
-        .output()
-        .unwrap();
-    assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(
-        toolbox_lines(&out)
-            .iter()
-            .any(|l| l.starts_with("toolbox: Podman ")
-                && l.ends_with("; copying the image instead of mounting it")),
-        "{}",
-        describe(&out)
-    );
 }
 
 #[test]
@@ -294,29 +348,80 @@ fn targets_are_found_through_podman() {
     );
 }
 
-/// Overlay storage needs Docker's overlay2 layers: with Podman the default copies, and
-/// says why with -v, naming Podman.
+/// Podman keeps images with its `overlay` driver: the default storage mounts those layers,
+/// pinned by a running anchor and by an image name of its own, so that no prune, no `podman
+/// rmi -f` of the image's tag and no restart of the service takes them; `rm` lets them go.
+/// Where Podman cannot run the anchor (on a machine whose runc may not set rlimits), the
+/// toolbox is a copy and -v says why, naming Podman.
 #[test]
-fn podman_toolboxes_are_copies_by_default() {
+fn podman_toolboxes_mount_podmans_layers_kept_from_prunes() {
     let Some(t) = podman_env("podman_auto") else {
         return;
     };
-    let service = PodmanService::start(None);
+    let mut service = PodmanService::isolated();
+    let runs = Command::new("podman")
+        .args(&service.storage)
+        .args(["run", "--rm", "--network=none", BUSYBOX_IMAGE, "true"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    // The testbed's Podman runs containers: there the overlay path must be the one taken.
+    if std::env::var_os("TOOLBOX_E2E_TESTBED").is_some() {
+        assert!(runs, "Podman cannot run a container in the testbed");
+    }
     let out = podman_command(&t, &service)
         .env_remove("TOOLBOX_STORAGE")
-        .args(["-v", "true"])
+        .args(["-v", "sh", "-c", "echo kept > /etc/kept"])
         .output()
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
-    assert!(
-        toolbox_lines(&out)
-            .iter()
-            .any(|l| l.starts_with("toolbox: Podman ")
-                && l.ends_with("; copying the image instead of mounting it")),
-        "{}",
-        describe(&out)
-    );
     let metadata = fs::read_to_string(t.tree().join(toolbox::store::toolboxes::METADATA)).unwrap();
-    assert!(!metadata.contains("\"overlay\""), "{metadata}");
-    assert_eq!(podman_containers(&t), "", "a container was left in Podman");
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+    if !runs {
+        assert!(
+            toolbox_lines(&out).iter().any(|l| l
+                .starts_with("toolbox: Podman cannot run the anchor container")
+                && l.ends_with("; copying the image instead of mounting it")),
+            "{}",
+            describe(&out)
+        );
+        assert!(metadata.get("overlay").is_none(), "{metadata}");
+        assert_eq!(service.podman(&["ps", "-a", "-q"]), "", "containers left");
+        return;
+    }
+    let anchor = metadata["overlay"]["anchor"].as_str().unwrap().to_string();
+    let name = service.podman(&["inspect", "-f", "{{.Name}}", &anchor]);
+    let prefix = format!("toolbox-anchor-{}-", t.toolbox_name());
+    assert!(name.trim_start_matches('/').starts_with(&prefix), "{name}");
+    let kept = |service: &PodmanService, when: &str| {
+        // `cat` is the image's busybox, from its layer: the layers are there too.
+        let out = run_with(&t, service, &["cat", "/etc/kept"]);
+        assert_eq!(status(&out), 0, "{when}: {}", describe(&out));
+        assert_eq!(stdout(&out), "kept\n", "{when}");
+    };
+    kept(&service, "created");
+    for prune in [
+        &["rmi", "-f", BUSYBOX_IMAGE][..],
+        &["image", "prune", "-a", "-f"],
+        &["system", "prune", "-a", "-f"],
+    ] {
+        service.podman(prune);
+        kept(&service, &format!("after podman {}", prune.join(" ")));
+    }
+    service.restart();
+    let running = service.podman(&["inspect", "-f", "{{.State.Running}}", &anchor]);
+    assert_eq!(running, "true", "the anchor after a restart of the service");
+    kept(&service, "after a restart of the service");
+
+    let out = run_with(&t, &service, &["rm", &t.toolbox_name()]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(
+        service.podman(&["ps", "-a", "-q"]),
+        "",
+        "rm leaves a container"
+    );
+    // The tag was removed above: the anchor's own name was the image's last.
+    service.podman(&["image", "prune", "-a", "-f"]);
+    assert_eq!(service.podman(&["images", "-q"]), "", "rm keeps the image");
 }

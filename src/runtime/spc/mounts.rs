@@ -442,7 +442,7 @@ fn astray(
 mod tests {
     use super::*;
     use crate::engine::fake::Fake;
-    use crate::model::image::Image;
+    use crate::model::image::{Image, Layers};
 
     /// An image of the files `entries` (path, symlink target or `None` for a file).
     fn image(entries: &[(&str, Option<&str>)]) -> Fake {
@@ -469,8 +469,7 @@ mod tests {
         }
         let image = Image {
             id: "sha256:1".into(),
-            driver: None,
-            layers: Vec::new(),
+            layers: Layers::Unavailable("in memory".into()),
             run_label: None,
         };
         Fake::with_image("img:latest", image, tar.into_inner().unwrap())
