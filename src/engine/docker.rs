@@ -18,6 +18,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RemoveImageOptions, ResizeContainerTTYOptions, ResizeExecOptions,
     StartContainerOptions, StopContainerOptions, TagImageOptions, WaitContainerOptions,
 };
+use bollard::{API_DEFAULT_VERSION, ClientVersion};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -123,7 +124,9 @@ impl Docker {
     }
 
     /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
-    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks.
+    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks. On a Unix socket
+    /// the version is the one its `/_ping` names; elsewhere, or when it names none,
+    /// bollard asks `/version`.
     pub async fn connect(access: &Access) -> Result<Docker> {
         let endpoint = access.endpoint()?;
         endpoint.check_server()?;
@@ -135,8 +138,18 @@ impl Docker {
             };
             format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
         };
-        let client = bollard::Docker::connect_with_host(&address).with_context(unreachable)?;
-        let client = client.negotiate_version().await.with_context(unreachable)?;
+        let pinged = address
+            .strip_prefix("unix://")
+            .and_then(|path| pinged_version(Path::new(path), access.stall));
+        let client = match pinged {
+            Some(version) => bollard::Docker::connect_with_unix(&address, 120, &version)
+                .with_context(unreachable)?,
+            None => bollard::Docker::connect_with_host(&address)
+                .with_context(unreachable)?
+                .negotiate_version()
+                .await
+                .with_context(unreachable)?,
+        };
         Ok(Docker {
             client,
             endpoint,
@@ -225,6 +238,56 @@ fn daemon_message(error: &BollardError) -> String {
         other => other.to_string(),
     };
     ui::escaped(&message)
+}
+
+/// The API version the engine serving the Unix socket `path` speaks, from the
+/// `Api-Version` header of its `/_ping`, which Docker and Podman both send: Podman
+/// answers `/version`, what bollard's negotiation asks, only once it has asked its OCI
+/// runtime and conmon for theirs (0.6 s and more). `None` when it does not say in time.
+fn pinged_version(path: &Path, timeout: std::time::Duration) -> Option<ClientVersion> {
+    use std::io::{Read, Write};
+    /// Headers only: the body is `OK`.
+    const MAX_ANSWER: u64 = 16 * 1024;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    // HTTP/1.0: the engine closes the connection after its answer.
+    stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    stream.take(MAX_ANSWER).read_to_end(&mut answer).ok()?;
+    api_version(&answer)
+}
+
+/// The version an HTTP answer's `Api-Version` header names, if it is a success, capped
+/// at the newest bollard speaks.
+fn api_version(answer: &[u8]) -> Option<ClientVersion> {
+    let text = String::from_utf8_lossy(answer);
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?;
+    if status.split(' ').nth(1) != Some("200") {
+        return None;
+    }
+    let value = lines.find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("api-version")
+            .then_some(value.trim())
+    })?;
+    let (major, minor) = value.split_once('.')?;
+    let named = ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    };
+    let newest = *API_DEFAULT_VERSION;
+    let key = |v: &ClientVersion| (v.major_version, v.minor_version);
+    Some(if key(&named) > key(&newest) {
+        newest
+    } else {
+        named
+    })
 }
 
 /// The tag of the image name pinning the image of anchor `anchor`: what follows
@@ -881,6 +944,34 @@ mod tests {
             layers("Podman", true, driver("overlay", &one)),
             Layers::Directories(vec![PathBuf::from("/s/a/diff")])
         );
+    }
+
+    #[test]
+    fn the_api_version_is_read_from_a_ping() {
+        let version = |answer: &str| {
+            api_version(answer.as_bytes()).map(|v| (v.major_version, v.minor_version))
+        };
+        let docker = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nServer: Docker/20.10.24\r\n\r\nOK";
+        assert_eq!(version(docker), Some((1, 41)));
+        let podman = "HTTP/1.0 200 OK\r\nLibpod-Api-Version: 5.4.2\r\napi-version:1.41\r\n\r\nOK";
+        assert_eq!(version(podman), Some((1, 41)));
+        // Newer than bollard speaks: bollard's own.
+        let newest = (
+            API_DEFAULT_VERSION.major_version,
+            API_DEFAULT_VERSION.minor_version,
+        );
+        assert_eq!(
+            version("HTTP/1.1 200 OK\r\nApi-Version: 1.99\r\n\r\n"),
+            Some(newest)
+        );
+        for answer in [
+            "HTTP/1.0 404 Not Found\r\nApi-Version: 1.41\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nServer: x\r\n\r\nApi-Version: 1.41",
+            "HTTP/1.0 200 OK\r\nApi-Version: one\r\n\r\n",
+            "",
+        ] {
+            assert_eq!(version(answer), None, "{answer:?}");
+        }
     }
 
     #[test]
