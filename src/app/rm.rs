@@ -76,12 +76,16 @@ fn remove(
             if let Some(overlay) = overlay
                 && let Err(e) = provision::remove_anchors(&path, access)
             {
-                // The toolbox is gone; what is left only keeps the image's layers.
+                // The toolbox is gone; what is left only keeps the image's layers, until
+                // the next creation finds no toolbox recording it.
+                let client = match access.endpoint() {
+                    Ok(endpoint) if endpoint.podman => "podman",
+                    _ => "docker",
+                };
+                let anchor = short_id(&overlay.anchor);
                 ui::warn(format_args!(
-                    "{e:#}; the anchor container {} of `{name}` keeps its \
-                     image; remove it with `docker rm {}`",
-                    short_id(&overlay.anchor),
-                    short_id(&overlay.anchor)
+                    "{e:#}; the anchor container {anchor} of `{name}` keeps its image until \
+                     the next creation of a toolbox removes it, or `{client} rm -f {anchor}`"
                 ));
             }
             Ok(())
