@@ -423,7 +423,8 @@ fn another_storage_driver_falls_back_to_copying() {
         toolbox_lines(&out),
         [
             "toolbox: cannot use overlay storage (--storage overlay): the Docker daemon stores \
-          images with `vfs`; toolbox mounts Docker's overlay2 layers only"
+          images with `vfs`; toolbox mounts the layers of Docker's overlay2 and Podman's \
+          overlay only"
         ]
     );
     assert!(!t.toolboxes.join("tester-demanded").exists());

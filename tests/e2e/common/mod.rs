@@ -537,7 +537,14 @@ impl OwnDaemon {
             .open(dir.join("dockerd.log"))
             .unwrap();
         let path = |name: &str| dir.join(name).display().to_string();
+        // A configuration of its own: the host's (Docker's containerd image store, in a
+        // testbed configuration) is not this daemon's.
+        let config = dir.join("daemon.json");
+        if !config.exists() {
+            fs::write(&config, "{}\n").unwrap();
+        }
         Command::new("dockerd")
+            .args(["--config-file", &path("daemon.json")])
             .args([
                 "--storage-driver",
                 driver,
