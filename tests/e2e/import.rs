@@ -55,7 +55,16 @@ fn whiteouts(archive: &Path) -> Vec<String> {
         if !layers.contains(&entry.path().unwrap().into_owned()) {
             continue;
         }
-        for inner in tar::Archive::new(entry).entries().unwrap() {
+        // Docker's containerd image store saves its layers gzip-compressed.
+        let mut layer = std::io::BufReader::new(entry);
+        let gzip = std::io::BufRead::fill_buf(&mut layer)
+            .unwrap()
+            .starts_with(&[0x1f, 0x8b]);
+        let layer: Box<dyn std::io::Read> = match gzip {
+            true => Box::new(flate2::read::GzDecoder::new(layer)),
+            false => Box::new(layer),
+        };
+        for inner in tar::Archive::new(layer).entries().unwrap() {
             let name = inner.unwrap().path().unwrap().display().to_string();
             if name.contains(".wh.") {
                 found.push(name);
