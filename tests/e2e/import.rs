@@ -146,11 +146,16 @@ fn a_three_layer_image_with_deletions_imports_as_the_export_path_makes_it() {
     let archive = save(&t, &tag.0, "layers.tar");
     let markers = whiteouts(&archive);
     assert!(
-        markers.iter().any(|m| m.ends_with("/.wh..wh..opq"))
-            && markers
-                .iter()
-                .any(|m| m.contains("/.wh.") && !m.contains(".wh..wh.")),
-        "the saved layers carry no deletion or opaque marker: {markers:?}"
+        markers
+            .iter()
+            .any(|m| m.contains("/.wh.") && !m.contains(".wh..wh.")),
+        "the saved layers carry no deletion marker: {markers:?}"
+    );
+    // overlay2 marks the directory made again opaque; containerd's differ (Docker's
+    // containerd image store) writes a deletion marker for each file removed instead.
+    assert!(
+        !storages().contains(&"overlay") || markers.iter().any(|m| m.ends_with("/.wh..wh..opq")),
+        "the saved layers carry no opaque marker: {markers:?}"
     );
     let out = import(&t, &[archive.to_str().unwrap(), "--name", "layers"], None);
     assert_eq!(status(&out), 0, "{}", describe(&out));
@@ -370,7 +375,16 @@ fn odd_archives_are_told_plainly_and_leave_nothing() {
     let out = import(&t, &[repacked.to_str().unwrap(), "--name", "dotted"], None);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     let tree = t.toolboxes.join("tester-dotted");
-    assert_eq!(recorded(&tree)["image_id"], image_id(BUSYBOX_IMAGE));
+    // The image's ID is its configuration's digest, as `docker images` shows it with
+    // overlay2 (the containerd image store shows its manifest's instead).
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    let config = manifest[0]["Config"].as_str().unwrap();
+    let digest = config.rsplit('/').next().unwrap().trim_end_matches(".json");
+    assert_eq!(recorded(&tree)["image_id"], format!("sha256:{digest}"));
+    if storages().contains(&"overlay") {
+        assert_eq!(recorded(&tree)["image_id"], image_id(BUSYBOX_IMAGE));
+    }
     assert!(!tree.join("manifest.json").exists());
     assert!(tree.join("usr/bin/busybox").exists());
 }
