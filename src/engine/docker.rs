@@ -138,9 +138,13 @@ impl Docker {
             };
             format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
         };
-        let pinged = address
-            .strip_prefix("unix://")
-            .and_then(|path| pinged_version(Path::new(path), access.stall));
+        let pinged = match address.strip_prefix("unix://") {
+            Some(path) => tokio::time::timeout(access.stall, pinged_version(Path::new(path)))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         let client = match pinged {
             Some(version) => bollard::Docker::connect_with_unix(&address, 120, &version)
                 .with_context(unreachable)?,
@@ -243,20 +247,24 @@ fn daemon_message(error: &BollardError) -> String {
 /// The API version the engine serving the Unix socket `path` speaks, from the
 /// `Api-Version` header of its `/_ping`, which Docker and Podman both send: Podman
 /// answers `/version`, what bollard's negotiation asks, only once it has asked its OCI
-/// runtime and conmon for theirs (0.6 s and more). `None` when it does not say in time.
-fn pinged_version(path: &Path, timeout: std::time::Duration) -> Option<ClientVersion> {
-    use std::io::{Read, Write};
+/// runtime and conmon for theirs (0.6 s and more). `None` when it does not say. Async, so
+/// that a caller's deadline (entering waits 300 ms) ends it on a hung engine.
+async fn pinged_version(path: &Path) -> Option<ClientVersion> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// Headers only: the body is `OK`.
     const MAX_ANSWER: u64 = 16 * 1024;
-    let mut stream = std::os::unix::net::UnixStream::connect(path).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut stream = tokio::net::UnixStream::connect(path).await.ok()?;
     // HTTP/1.0: the engine closes the connection after its answer.
     stream
         .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .await
         .ok()?;
     let mut answer = Vec::new();
-    stream.take(MAX_ANSWER).read_to_end(&mut answer).ok()?;
+    stream
+        .take(MAX_ANSWER)
+        .read_to_end(&mut answer)
+        .await
+        .ok()?;
     api_version(&answer)
 }
 

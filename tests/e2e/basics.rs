@@ -80,6 +80,27 @@ fn warm_start_needs_no_daemon() {
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert_eq!(stdout(&out), "warm\n");
     assert!(toolbox_lines(&out).is_empty(), "{}", describe(&out));
+
+    // An engine that takes the connection and never answers (a hung daemon) holds an
+    // entry no longer than the short wait for whether the image changed.
+    let socket = t.root.join("hung.sock");
+    let _hung = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let started = std::time::Instant::now();
+    let out = t
+        .command()
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("TOOLBOX_UPDATE_INTERVAL", "0")
+        .env("TOOLBOX_STALL_TIMEOUT", "60")
+        .args(["echo", "warm"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert_eq!(stdout(&out), "warm\n");
+    assert!(
+        took < patient(std::time::Duration::from_secs(10)),
+        "a hung engine held the entry for {took:?}"
+    );
 }
 
 #[test]
