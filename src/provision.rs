@@ -22,7 +22,8 @@ use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    self, Access, Docker, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX, SinkClosed, short_id,
+    self, ANCHOR_PREFIX, Access, Docker, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX,
+    SinkClosed, short_id,
 };
 use crate::exit::Interrupted;
 use crate::host::ui;
@@ -175,7 +176,7 @@ fn rebuild(
     let current = recorded.is_some_and(|recorded| {
         let layers_kept = match &recorded.overlay {
             Some(overlay) => {
-                image.layers == Layers::Directories(overlay.layers.clone())
+                matches!(&image.layers, Layers::Directories(layers) if *layers == overlay.layers)
                     && overlay::missing_layer(&overlay.layers).is_none()
             }
             None => true,
@@ -405,7 +406,7 @@ fn anchor_name(name: &str, path: &Path) -> String {
             .unwrap_or_default()
             .as_nanos(),
     );
-    format!("toolbox-anchor-{name}-{:08x}", hasher.finish() as u32)
+    format!("{ANCHOR_PREFIX}{name}-{:08x}", hasher.finish() as u32)
 }
 
 /// Removes the anchors no toolbox records: their toolbox's entry was removed by hand
@@ -448,16 +449,13 @@ fn abandoned(path: &Path, anchor: &str) -> bool {
         Ok(toolboxes::Attempt::NoLockFile) => None,
         Ok(toolboxes::Attempt::Busy) | Err(_) => return false,
     };
-    let records = |tree: &Path| match fs::symlink_metadata(tree) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
-        Err(_) => None,
-        Ok(_) => match toolboxes::state(tree).ok()? {
-            State::Complete => {
-                let metadata = toolboxes::read_metadata(tree).ok()?;
-                Some(metadata.overlay.is_some_and(|o| o.anchor == anchor))
-            }
-            _ => Some(false),
-        },
+    let records = |tree: &Path| {
+        let metadata = toolboxes::complete_metadata(tree).ok()?;
+        Some(
+            metadata
+                .and_then(|m| m.overlay)
+                .is_some_and(|o| o.anchor == anchor),
+        )
     };
     let previous = toolboxes::previous(directory, name);
     records(path) == Some(false) && records(&previous) == Some(false)

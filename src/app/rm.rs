@@ -78,10 +78,7 @@ fn remove(
             {
                 // The toolbox is gone; what is left only keeps the image's layers, until
                 // the next creation finds no toolbox recording it.
-                let client = match access.endpoint() {
-                    Ok(endpoint) if endpoint.podman => "podman",
-                    _ => "docker",
-                };
+                let client = access.endpoint().map_or("docker", |e| e.client());
                 let anchor = short_id(&overlay.anchor);
                 ui::warn(format_args!(
                     "{e:#}; the anchor container {anchor} of `{name}` keeps its image until \

@@ -24,8 +24,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState, IDLE_PATH,
-    LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed, short_id,
+    ANCHOR_PREFIX, Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState,
+    IDLE_PATH, LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed, short_id,
 };
 use crate::host::ui;
 use crate::model::image::{Image, ImageRef, Layers};
@@ -299,9 +299,9 @@ fn api_version(answer: &[u8]) -> Option<ClientVersion> {
 }
 
 /// The tag of the image name pinning the image of anchor `anchor`: what follows
-/// `toolbox-anchor-`, its last 128 characters (a tag's most).
+/// [`ANCHOR_PREFIX`], its last 128 characters (a tag's most).
 fn pin_tag(anchor: &str) -> String {
-    let rest = anchor.strip_prefix("toolbox-anchor-").unwrap_or(anchor);
+    let rest = anchor.strip_prefix(ANCHOR_PREFIX).unwrap_or(anchor);
     let start = rest.len().saturating_sub(128);
     rest[start..].trim_start_matches(['.', '-']).to_string()
 }

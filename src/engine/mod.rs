@@ -31,6 +31,9 @@ pub const LABEL_PID: &str = "toolbox.pid";
 /// toolbox's full path as value (names repeat across toolbox directories; paths do not).
 pub const LABEL_ANCHOR: &str = "toolbox.anchor";
 
+/// What every anchor's name starts with (`toolbox-anchor-NAME-XXXXXXXX`).
+pub const ANCHOR_PREFIX: &str = "toolbox-anchor-";
+
 /// Label on an anchor with the image name it made for itself (`localhost/toolbox-anchor:TAG`)
 /// where the engine removes the containers of an image whose last name is removed by force
 /// (Podman's `rmi -f`): another name makes that an untag.
@@ -228,6 +231,14 @@ impl Endpoint {
         match self.podman {
             true => "Podman",
             false => "the Docker daemon",
+        }
+    }
+
+    /// The engine's own command-line client, for what a message asks the user to run.
+    pub fn client(&self) -> &'static str {
+        match self.podman {
+            true => "podman",
+            false => "docker",
         }
     }
 

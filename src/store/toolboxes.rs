@@ -163,31 +163,7 @@ pub enum Attempt {
 /// Takes the creation lock of toolbox `name` if no other process holds it, without
 /// waiting and without making the directory or the lock file.
 pub fn try_lock_for_create(directory: &Path, name: &str) -> Result<Attempt> {
-    use std::os::unix::fs::MetadataExt;
-    let path = directory.join(format!(".{name}.lock"));
-    loop {
-        let file = match OpenOptions::new()
-            .write(true)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::NoLockFile),
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot open lock file {}", path.display()));
-            }
-        };
-        if !sys::try_lock_exclusive(&file)
-            .with_context(|| format!("cannot lock {}", path.display()))?
-        {
-            return Ok(Attempt::Busy);
-        }
-        // As in `lock`: one removed while it was taken guards nothing.
-        let held = file.metadata()?.ino();
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {
-            return Ok(Attempt::Taken(Lock { _file: file }));
-        }
-    }
+    take(&directory.join(format!(".{name}.lock")), false)
 }
 
 /// Takes the mount lock of overlay toolbox `name`: mounting, registering a session and
@@ -205,24 +181,48 @@ pub fn lock_for_spc(directory: &Path, name: &str) -> Result<Lock> {
 }
 
 fn lock(directory: &Path, file_name: &str) -> Result<Lock> {
-    use std::os::unix::fs::MetadataExt;
     make_directory(directory)?;
     let path = directory.join(file_name);
+    match take(&path, true)? {
+        Attempt::Taken(lock) => Ok(lock),
+        // The file is made when missing and the lock waited for: neither comes back.
+        Attempt::NoLockFile | Attempt::Busy => bail!("cannot lock {}", path.display()),
+    }
+}
+
+/// Takes the lock of the lock file at `path`: `waiting` for it, and making the file
+/// when it is missing; otherwise neither.
+fn take(path: &Path, waiting: bool) -> Result<Attempt> {
+    use std::os::unix::fs::MetadataExt;
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32);
+    if waiting {
+        options.create(true).truncate(false).mode(0o600);
+    }
     loop {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open lock file {}", path.display()))?;
-        sys::lock_exclusive(&file).with_context(|| format!("cannot lock {}", path.display()))?;
+        let file = match options.open(path) {
+            Ok(file) => file,
+            Err(e) if !waiting && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Attempt::NoLockFile);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open lock file {}", path.display()));
+            }
+        };
+        let taken = match waiting {
+            true => sys::lock_exclusive(&file).map(|()| true),
+            false => sys::try_lock_exclusive(&file),
+        };
+        if !taken.with_context(|| format!("cannot lock {}", path.display()))? {
+            return Ok(Attempt::Busy);
+        }
         // `rm` removes a toolbox's lock files while holding them: a lock taken on a file
         // no longer at its path guards nothing, and is taken again on the path's file.
         let held = file.metadata()?.ino();
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {
-            return Ok(Lock { _file: file });
+        if fs::symlink_metadata(path).is_ok_and(|m| m.ino() == held) {
+            return Ok(Attempt::Taken(Lock { _file: file }));
         }
     }
 }

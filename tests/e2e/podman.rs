@@ -100,13 +100,16 @@ impl PodmanService {
         self.wait_listening();
     }
 
+    /// `podman` on the service's storage.
+    fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command.args(&self.storage);
+        command
+    }
+
     /// `podman ARGS` on the service's storage; its output, trimmed.
     pub(crate) fn podman(&self, args: &[&str]) -> String {
-        let out = Command::new("podman")
-            .args(&self.storage)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = self.command().args(args).output().unwrap();
         assert!(out.status.success(), "podman {args:?}: {}", describe(&out));
         stdout(&out).trim().to_string()
     }
@@ -119,10 +122,7 @@ impl Drop for PodmanService {
         // A storage of its own goes with its containers (which it would otherwise leave
         // running, their layers mounted).
         if !self.storage.is_empty() {
-            let _ = Command::new("podman")
-                .args(&self.storage)
-                .args(["system", "reset", "--force"])
-                .output();
+            let _ = self.command().args(["system", "reset", "--force"]).output();
         }
         let _ = fs::remove_dir_all(self.dir.path());
     }
@@ -359,8 +359,8 @@ fn podman_toolboxes_mount_podmans_layers_kept_from_prunes() {
         return;
     };
     let mut service = PodmanService::isolated();
-    let runs = Command::new("podman")
-        .args(&service.storage)
+    let runs = service
+        .command()
         .args(["run", "--rm", "--network=none", BUSYBOX_IMAGE, "true"])
         .output()
         .unwrap()
