@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    self, ANCHOR_PREFIX, Access, Docker, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX,
+    self, ANCHOR_PREFIX, Access, Connected, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX,
     SinkClosed, short_id,
 };
 use crate::exit::Interrupted;
@@ -176,8 +176,13 @@ fn rebuild(
     let current = recorded.is_some_and(|recorded| {
         let layers_kept = match &recorded.overlay {
             Some(overlay) => {
-                matches!(&image.layers, Layers::Directories(layers) if *layers == overlay.layers)
-                    && overlay::missing_layer(&overlay.layers).is_none()
+                // A snapshot's directories are the image's as long as its ID is the same.
+                let same = match &image.layers {
+                    Layers::Directories(layers) => *layers == overlay.layers,
+                    Layers::Snapshots(count) => *count == overlay.layers.len(),
+                    Layers::Unavailable(_) => false,
+                };
+                same && overlay::missing_layer(&overlay.layers).is_none()
             }
             None => true,
         };
@@ -378,7 +383,7 @@ pub fn rollback(
 pub fn remove_anchors(path: &Path, access: &Access) -> Result<()> {
     let runtime = engine::async_runtime()?;
     runtime.block_on(async {
-        let engine = Docker::connect(access).await?;
+        let engine = engine::connect(access).await?;
         let value = path.display().to_string();
         for (anchor, _) in engine
             .labelled_containers(LABEL_ANCHOR, Some(&value))
@@ -472,7 +477,7 @@ pub fn image_changed(
     let runtime = engine::async_runtime().ok()?;
     runtime.block_on(async {
         let ask = async {
-            let engine = Docker::connect(access).await.ok()?;
+            let engine = engine::connect(access).await.ok()?;
             Some(engine.image(&image.reference()).await.ok()??.id)
         };
         let id = tokio::time::timeout(timeout, ask).await.ok()??;
@@ -501,10 +506,10 @@ struct Provisioner<E: Engine> {
     verbose: bool,
 }
 
-impl Provisioner<Docker> {
-    fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner<Docker>> {
+impl Provisioner<Connected> {
+    fn connect(access: &Access, quiet: bool, verbose: bool) -> Result<Provisioner<Connected>> {
         let runtime = engine::async_runtime()?;
-        let engine = runtime.block_on(Docker::connect(access))?;
+        let engine = runtime.block_on(engine::connect(access))?;
         if verbose {
             ui::say(engine.describe());
         }
@@ -653,8 +658,27 @@ impl<E: Engine> Provisioner<E> {
             address: self.engine.address(),
             local: self.engine.is_local(),
         };
-        let layers = overlay::check(image, source, &path)?;
-        toolboxes::build_partial(&target.directory, &target.name, |partial| {
+        // Where the engine mounts the image's layers beneath containers only, the anchor
+        // runs first: its root mount shows them.
+        let (layers, mut anchor) = match overlay::check(image, source, &path)? {
+            overlay::Stack::Layers(layers) => (layers.to_vec(), None),
+            overlay::Stack::BelowAnchor(count) => {
+                let anchor = self.pinning_anchor(target, &image.id)?;
+                let layers = self.layers_below(&anchor, count).and_then(|layers| {
+                    overlay::check_layers(&layers, source, &path).map(|()| layers)
+                });
+                match layers {
+                    Ok(layers) => (layers, Some(anchor)),
+                    Err(e) => {
+                        let _ = self.remove_anchor(&anchor);
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
+        let early = anchor.clone();
+        let layers = layers.as_slice();
+        let built = toolboxes::build_partial(&target.directory, &target.name, |partial| {
             overlay::make_dirs(partial)?;
             // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
             // filesystem overlayfs cannot write to) means overlay storage does not work here.
@@ -676,15 +700,10 @@ impl<E: Engine> Provisioner<E> {
                     short_id(&image.id)
                 ));
             }
-            // The anchor names the image by ID: the tag may move, the layers may not. An
-            // engine that cannot run it cannot pin the layers: copy instead.
-            let anchor = self.start_anchor(target, &image.id).map_err(|e| {
-                Unusable(format!(
-                    "{} cannot run the anchor container that would pin the image's layers \
-                     ({e:#})",
-                    self.engine.name()
-                ))
-            })?;
+            let anchor = match anchor.take() {
+                Some(anchor) => anchor,
+                None => self.pinning_anchor(target, &image.id)?,
+            };
             let metadata = Metadata {
                 image: reference,
                 image_id: image.id.clone(),
@@ -698,7 +717,51 @@ impl<E: Engine> Provisioner<E> {
             toolboxes::finish(partial, &metadata).inspect_err(|_| {
                 let _ = self.remove_anchor(&anchor);
             })
+        });
+        if let (Err(_), Some(early)) = (&built, early) {
+            let _ = self.remove_anchor(&early);
+        }
+        built
+    }
+
+    /// Starts the anchor of a new overlay toolbox (see [`Self::start_anchor`]). It names
+    /// the image by ID: the tag may move, the layers may not. An engine that cannot run
+    /// it cannot pin the layers: [`Unusable`], to copy instead.
+    fn pinning_anchor(&self, target: &Target, image_id: &str) -> Result<String, Unusable> {
+        self.start_anchor(target, image_id).map_err(|e| {
+            Unusable(format!(
+                "{} cannot run the anchor container that would pin the image's layers ({e:#})",
+                self.engine.name()
+            ))
         })
+    }
+
+    /// The image's `count` layers beneath the root of the running anchor `anchor` (see
+    /// [`overlay::layers_below_root`]), read from its process's mount table while that
+    /// process is the one the engine named.
+    fn layers_below(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
+        let engine = self.engine.name();
+        let unreadable = |why: String| Unusable(format!("cannot read the anchor's layers: {why}"));
+        let info = self
+            .runtime
+            .block_on(self.engine.container(anchor))
+            .map_err(|e| unreadable(format!("{e:#}")))?
+            .filter(|info| info.running && info.pid != 0)
+            .ok_or_else(|| unreadable(format!("{engine} does not show it running")))?;
+        let proc_root = Path::new("/proc");
+        let started = |pid| sys::proc_stat(proc_root, pid).map(|stat| stat.start_time);
+        let before = started(info.pid);
+        let mountinfo = std::fs::read_to_string(proc_root.join(format!("{}/mountinfo", info.pid)))
+            .map_err(|e| unreadable(format!("process {}: {e}", info.pid)))?;
+        // The process read is the anchor's if it ran all along and the engine still
+        // names it: a PID reused meanwhile would have another start time, or another PID
+        // would be named.
+        let still = self.runtime.block_on(self.engine.container(anchor));
+        let same = matches!(still, Ok(Some(now)) if now.running && now.pid == info.pid);
+        if before.is_none() || started(info.pid) != before || !same {
+            return Err(unreadable(format!("process {} ended", info.pid)));
+        }
+        overlay::layers_below_root(&mountinfo, count)
     }
 
     /// Gives the overlay toolbox `recorded` describes a running anchor if its own is not
@@ -1264,6 +1327,40 @@ mod tests {
             "{err:#}"
         );
         assert!(left(dir.path()).is_empty());
+        assert!(fake.container_ids().is_empty());
+    }
+
+    // Snapshots the engine mounts beneath a running container only: the anchor starts
+    // first, and goes again when its layers cannot be read (here the engine does not show
+    // it running), before the image is copied or the demand refused.
+    #[test]
+    fn the_anchor_that_shows_snapshots_goes_when_they_cannot_be_read() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fake = engine(archive(), Export::Whole);
+        for image in fake.images.values_mut() {
+            image.layers = Layers::Snapshots(1);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut wanted = target(dir.path());
+        wanted.storage = Storage::Overlay;
+        assert!(create(&fake, &wanted).unwrap());
+        let metadata = toolboxes::complete_metadata(&wanted.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(metadata.storage(), Storage::Copy);
+        assert!(fake.container_ids().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let mut demanded = target(dir.path());
+        demanded.storage = Storage::Overlay;
+        demanded.storage_demanded = true;
+        let err = format!("{:#}", create(&fake, &demanded).unwrap_err());
+        assert_eq!(
+            err,
+            "cannot use overlay storage (--storage overlay): cannot read the anchor's layers: \
+             the Docker daemon does not show it running"
+        );
+        // The anchors' shared binary stays for the next; no toolbox, partial or not.
+        assert_eq!(left(dir.path()), [".toolbox-idle"]);
         assert!(fake.container_ids().is_empty());
     }
 }

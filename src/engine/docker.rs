@@ -10,7 +10,7 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, DriverData, ExecConfig, HostConfig, HostConfigLogConfig,
-    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, SystemInfo,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions,
@@ -24,8 +24,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    ANCHOR_PREFIX, Access, Attached, ContainerInfo, ContainerSpec, Endpoint, Engine, ExecState,
-    IDLE_PATH, LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed, short_id,
+    ANCHOR_PREFIX, Access, Attached, CommandFailed, CommandFailure, ContainerInfo, ContainerSpec,
+    Endpoint, Engine, ExecState, IDLE_PATH, LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed,
+    short_id,
 };
 use crate::host::ui;
 use crate::model::image::{Image, ImageRef, Layers};
@@ -41,6 +42,16 @@ pub struct Docker {
 }
 
 impl Docker {
+    /// The snapshotter of Docker's containerd image store, when the daemon uses it (see
+    /// [`store_driver`]): API 1.52 and later leave `GraphDriver` out of inspects there.
+    async fn snapshotter(&self) -> Option<DriverData> {
+        let info = tokio::time::timeout(self.stall, self.client.info())
+            .await
+            .ok()?
+            .ok()?;
+        store_driver(&info)
+    }
+
     /// The next item of `stream`, or an error when the engine sends nothing for the stall
     /// timeout while `doing` it.
     async fn next_or_stall<S: futures_util::Stream + Unpin>(
@@ -244,6 +255,47 @@ fn daemon_message(error: &BollardError) -> String {
     ui::escaped(&message)
 }
 
+/// What the OCI runtime said of a command it could not start, in the engine's `message`:
+/// runc's words (Docker's, and Podman's with runc): `exec: "CMD": executable file not
+/// found in $PATH`, `stat CMD: no such file or directory`, `permission denied`; and
+/// Podman's own categories for crun's (`OCI runtime attempted to invoke a command that
+/// was not found`, `OCI permission denied`).
+fn command_failure(message: &str) -> Option<CommandFailure> {
+    if message.contains("OCI runtime attempted to invoke a command that was not found") {
+        return Some(CommandFailure::NotFound);
+    }
+    if message.contains("OCI permission denied") {
+        let reason = match message.contains("is a directory") {
+            true => "is a directory",
+            false => "permission denied",
+        };
+        return Some(CommandFailure::NotExecutable(reason.to_string()));
+    }
+    let (_, reason) = message.split_once("unable to start container process: exec: ")?;
+    if reason.contains("executable file not found") || reason.contains("no such file or directory")
+    {
+        return Some(CommandFailure::NotFound);
+    }
+    ["permission denied", "is a directory", "exec format error"]
+        .into_iter()
+        .find(|known| reason.contains(known))
+        .map(|reason| CommandFailure::NotExecutable(reason.to_string()))
+}
+
+/// The error of a call that starts a command (`what` failed): [`CommandFailed`] when
+/// the runtime could not start it, else the engine's message.
+fn start_error(what: String, message: String) -> anyhow::Error {
+    let message = format!("{what}: {message}");
+    match command_failure(&message) {
+        Some(failure) => CommandFailed { failure, message }.into(),
+        None => anyhow!(message),
+    }
+}
+
+/// How Docker's answer to an exec whose command could not start begins, sent as the
+/// exec's first output.
+const EXEC_FAILED: &str = "OCI runtime exec failed";
+
 /// The API version the engine serving the Unix socket `path` speaks, from the
 /// `Api-Version` header of its `/_ping`, which Docker and Podman both send: Podman
 /// answers `/version`, what bollard's negotiation asks, only once it has asked its OCI
@@ -306,9 +358,9 @@ fn pin_tag(anchor: &str) -> String {
     rest[start..].trim_start_matches(['.', '-']).to_string()
 }
 
-/// Where engine `name` (Podman's service when `podman`) keeps an image's layers, from the
-/// `GraphDriver` of its inspect.
-fn layers(name: &str, podman: bool, driver: Option<DriverData>) -> Layers {
+/// Where engine `name` (Podman's service when `podman`) keeps the `count` layers of an
+/// image, from the `GraphDriver` of its inspect.
+fn layers(name: &str, podman: bool, driver: Option<DriverData>, count: usize) -> Layers {
     let DriverData { name: driver, data } = driver.unwrap_or_default();
     // Docker's overlay2 and Podman's overlay (containers/storage) both report the top
     // layer's directory as `UpperDir` and those below it, top first, as `LowerDir`
@@ -330,19 +382,73 @@ fn layers(name: &str, podman: bool, driver: Option<DriverData>) -> Layers {
                 .collect(),
         );
     }
+    // What Docker's containerd image store reports with containerd's default
+    // snapshotter, and no layer directories, in an inspect.
+    if driver == "overlayfs" && !podman && data.is_empty() && count > 0 {
+        return Layers::Snapshots(count);
+    }
     Layers::Unavailable(match driver.as_str() {
         "" => format!("{name} does not say where the image's layers are"),
-        // What Docker's containerd image store reports with containerd's default
-        // snapshotter, and no layer directories, in an inspect.
         "overlayfs" if !podman => format!(
-            "{name} keeps images in containerd's image store (snapshotter `overlayfs`), \
-             whose snapshots toolbox does not mount yet"
+            "{name} keeps images in containerd's image store and reports none of the \
+             image's layers"
         ),
         _ => format!(
             "{name} stores images with `{driver}`; toolbox mounts the layers of Docker's \
              overlay2 and Podman's overlay only"
         ),
     })
+}
+
+impl Docker {
+    /// Where the running container `id` has its root filesystem on this host: the
+    /// `MergedDir` overlay2 and Podman's overlay report; with Docker's containerd image
+    /// store (a snapshotter's name and no data), the directory the daemon mounts it on,
+    /// `DockerRootDir/rootfs/SNAPSHOTTER/ID`, when it is a mount there.
+    async fn container_root(&self, id: &str, driver: Option<DriverData>) -> Option<String> {
+        let DriverData { name, data } = driver?;
+        if let Some(merged) = data.get("MergedDir") {
+            return Some(merged.clone());
+        }
+        let snapshotter = !self.endpoint.podman && data.is_empty() && !name.is_empty();
+        if !snapshotter || id.is_empty() || id.contains('/') || name.contains('/') {
+            return None;
+        }
+        let info = tokio::time::timeout(self.stall, self.client.info())
+            .await
+            .ok()?
+            .ok()?;
+        let root = Path::new(&info.docker_root_dir?)
+            .join("rootfs")
+            .join(name)
+            .join(id);
+        is_mount_point(&root).then(|| root.display().to_string())
+    }
+}
+
+/// The snapshotter of Docker's containerd image store, from `docker info` (`Driver`,
+/// with `driver-type` `io.containerd.snapshotter.v1` in its `DriverStatus`), as the
+/// `GraphDriver` an inspect reported before API 1.52 (its name, no data).
+fn store_driver(info: &SystemInfo) -> Option<DriverData> {
+    let snapshotter = info.driver_status.iter().flatten().any(|pair| {
+        matches!(pair.as_slice(), [key, value]
+            if key == "driver-type" && value == "io.containerd.snapshotter.v1")
+    });
+    snapshotter.then(|| DriverData {
+        name: info.driver.clone().unwrap_or_default(),
+        data: HashMap::new(),
+    })
+}
+
+/// Whether `path` is a directory another filesystem is mounted on (its device is not
+/// its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let device = |path: &Path| std::fs::symlink_metadata(path).map(|m| (m.is_dir(), m.dev()));
+    match (device(path), path.parent().map(device)) {
+        (Ok((true, own)), Some(Ok((_, parent)))) => own != parent,
+        _ => false,
+    }
 }
 
 impl Engine for Docker {
@@ -358,9 +464,17 @@ impl Engine for Docker {
         match self.client.inspect_image(reference).await {
             Ok(image) => {
                 let run_label = image.config.and_then(|config| config.labels?.remove("RUN"));
+                let count = image
+                    .root_fs
+                    .and_then(|root| root.layers)
+                    .map_or(0, |layers| layers.len());
+                let driver = match image.graph_driver {
+                    None if !self.endpoint.podman => self.snapshotter().await,
+                    driver => driver,
+                };
                 Ok(Some(Image {
                     id: image.id.unwrap_or_default(),
-                    layers: layers(self.name(), self.endpoint.podman, image.graph_driver),
+                    layers: layers(self.name(), self.endpoint.podman, driver, count),
                     run_label,
                 }))
             }
@@ -634,6 +748,7 @@ impl Engine for Docker {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
         };
+        let id = inspected.id.as_deref().unwrap_or_default();
         let state = inspected.state.as_ref();
         let mounts = inspected
             .mounts
@@ -642,7 +757,7 @@ impl Engine for Docker {
             .filter_map(|m| Some((m.source?, m.destination?, m.rw.unwrap_or(true))))
             .collect();
         Ok(Some(ContainerInfo {
-            id: inspected.id.unwrap_or_default(),
+            id: id.to_string(),
             name: inspected
                 .name
                 .map(|n| n.trim_start_matches('/').to_string())
@@ -652,9 +767,7 @@ impl Engine for Docker {
                 .and_then(|s| s.pid)
                 .and_then(|pid| u32::try_from(pid).ok())
                 .unwrap_or(0),
-            root: inspected
-                .graph_driver
-                .and_then(|driver| driver.data.get("MergedDir").cloned()),
+            root: self.container_root(id, inspected.graph_driver).await,
             mounts,
             image_id: inspected.image.unwrap_or_default(),
             created: inspected.created.unwrap_or_default(),
@@ -742,9 +855,9 @@ impl Engine for Docker {
             .start_container(container, None::<StartContainerOptions>)
             .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot start container `{container}`: {}",
-                    daemon_message(&e)
+                start_error(
+                    format!("cannot start container `{container}`"),
+                    daemon_message(&e),
                 )
             })
     }
@@ -776,12 +889,13 @@ impl Engine for Docker {
             .attach_container(container, Some(options))
             .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot attach to container `{container}`: {}",
-                    daemon_message(&e)
+                // Podman prepares the container, and its runtime the command, here.
+                start_error(
+                    format!("cannot attach to container `{container}`"),
+                    daemon_message(&e),
                 )
             })?;
-        Ok(attached(attach.output, attach.input))
+        Ok(attached(attach.output, attach.input, false))
     }
 
     async fn wait(&self, container: &str) -> Result<i64> {
@@ -812,9 +926,9 @@ impl Engine for Docker {
             ..Default::default()
         };
         let failed = |e: BollardError| {
-            anyhow!(
-                "cannot run a session in container `{container}`: {}",
-                daemon_message(&e)
+            start_error(
+                format!("cannot run a session in container `{container}`"),
+                daemon_message(&e),
             )
         };
         let exec = self
@@ -832,7 +946,9 @@ impl Engine for Docker {
             .await
             .map_err(failed)?
         {
-            StartExecResults::Attached { output, input } => Ok((exec.id, attached(output, input))),
+            StartExecResults::Attached { output, input } => {
+                Ok((exec.id, attached(output, input, true)))
+            }
             StartExecResults::Detached => {
                 bail!("the engine started the session in `{container}` detached")
             }
@@ -895,23 +1011,38 @@ impl Engine for Docker {
     }
 }
 
+/// The output and input of an attach, or of an exec (`exec`), whose command Docker says
+/// it could not start in the output's first chunk (see [`EXEC_FAILED`]): that chunk is
+/// an error instead, [`CommandFailed`] when the runtime's words say why.
 fn attached(
     output: impl futures_util::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
     input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    exec: bool,
 ) -> Attached {
-    let output = output.filter_map(|item| async move {
-        match item {
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                Some(Ok(Output::Stdout(message)))
+    let output = output
+        .enumerate()
+        .filter_map(move |(index, item)| async move {
+            match item {
+                Ok(LogOutput::StdOut { message })
+                    if exec && index == 0 && message.starts_with(EXEC_FAILED.as_bytes()) =>
+                {
+                    let message = ui::escaped(String::from_utf8_lossy(&message).trim());
+                    Some(Err(start_error(
+                        "cannot run the session's command".into(),
+                        message,
+                    )))
+                }
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(Output::Stdout(message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(anyhow!(
+                    "the connection to the container broke: {}",
+                    daemon_message(&e)
+                ))),
             }
-            Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
-            Ok(LogOutput::StdIn { .. }) => None,
-            Err(e) => Some(Err(anyhow!(
-                "the connection to the container broke: {}",
-                daemon_message(&e)
-            ))),
-        }
-    });
+        });
     Attached {
         output: Box::pin(output),
         input,
@@ -945,12 +1076,86 @@ mod tests {
             PathBuf::from("/s/a/diff"),
         ]);
         let docker = "the Docker daemon";
-        assert_eq!(layers(docker, false, driver("overlay2", &data)), stacked);
-        assert_eq!(layers("Podman", true, driver("overlay", &data)), stacked);
+        assert_eq!(layers(docker, false, driver("overlay2", &data), 3), stacked);
+        assert_eq!(layers("Podman", true, driver("overlay", &data), 3), stacked);
         let one = [("UpperDir", "/s/a/diff")];
         assert_eq!(
-            layers("Podman", true, driver("overlay", &one)),
+            layers("Podman", true, driver("overlay", &one), 1),
             Layers::Directories(vec![PathBuf::from("/s/a/diff")])
+        );
+    }
+
+    #[test]
+    fn the_containerd_stores_snapshots_are_counted() {
+        let docker = "the Docker daemon";
+        assert_eq!(
+            layers(docker, false, driver("overlayfs", &[]), 3),
+            Layers::Snapshots(3)
+        );
+        // Podman has no snapshotter of that name; a driver that reports data is no store.
+        assert!(matches!(
+            layers("Podman", true, driver("overlayfs", &[]), 3),
+            Layers::Unavailable(_)
+        ));
+        assert!(matches!(
+            layers(docker, false, driver("overlayfs", &[("UpperDir", "/u")]), 3),
+            Layers::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn the_runtimes_words_tell_why_a_command_did_not_start() {
+        let runc = |tail: &str| {
+            format!(
+                "OCI runtime exec failed: exec failed: unable to start container process: \
+                 exec: {tail}: unknown"
+            )
+        };
+        let denied = || Some(CommandFailure::NotExecutable("permission denied".into()));
+        let cases = [
+            (
+                runc(r#""nosuch": executable file not found in $PATH"#),
+                Some(CommandFailure::NotFound),
+            ),
+            (
+                runc(r#""/no/such": stat /no/such: no such file or directory"#),
+                Some(CommandFailure::NotFound),
+            ),
+            (runc(r#""/etc/passwd": permission denied"#), denied()),
+            (
+                runc(r#""/usr/bin": is a directory"#),
+                Some(CommandFailure::NotExecutable("is a directory".into())),
+            ),
+            // Podman 5 with crun, as its API says it.
+            (
+                "preparing container C for attach: crun: executable file `nosuch` not found \
+                 in $PATH: No such file or directory: OCI runtime attempted to invoke a \
+                 command that was not found"
+                    .into(),
+                Some(CommandFailure::NotFound),
+            ),
+            (
+                "preparing container C for attach: crun: the path `/etc/passwd` exists but \
+                 it is not executable: Operation not permitted: OCI permission denied"
+                    .into(),
+                denied(),
+            ),
+            ("OCI runtime exec failed: something else".into(), None),
+            ("no such container".into(), None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(command_failure(&message), expected, "{message}");
+        }
+        let error = start_error(
+            "cannot start container `c`".into(),
+            runc("\"x\": permission denied"),
+        );
+        let failed = error.downcast_ref::<CommandFailed>().unwrap();
+        assert!(
+            failed
+                .message
+                .starts_with("cannot start container `c`: OCI"),
+            "{failed}"
         );
     }
 
@@ -1000,9 +1205,9 @@ mod tests {
 
     #[test]
     fn other_stores_say_why_naming_the_engine() {
-        let unavailable = |name, podman, found| match layers(name, podman, found) {
+        let unavailable = |name, podman, found| match layers(name, podman, found, 2) {
             Layers::Unavailable(why) => why,
-            Layers::Directories(dirs) => panic!("{dirs:?}"),
+            other => panic!("{other:?}"),
         };
         let docker = "the Docker daemon";
         assert_eq!(
@@ -1011,9 +1216,12 @@ mod tests {
              Docker's overlay2 and Podman's overlay only"
         );
         assert_eq!(
-            unavailable(docker, false, driver("overlayfs", &[])),
-            "the Docker daemon keeps images in containerd's image store (snapshotter \
-             `overlayfs`), whose snapshots toolbox does not mount yet"
+            layers(docker, false, driver("overlayfs", &[]), 0),
+            Layers::Unavailable(
+                "the Docker daemon keeps images in containerd's image store and reports \
+                 none of the image's layers"
+                    .into()
+            )
         );
         // Docker's own `overlay` driver (gone since Docker 24) is not Podman's.
         assert_eq!(
@@ -1026,10 +1234,30 @@ mod tests {
             "Podman stores images with `vfs`; toolbox mounts the layers of Docker's \
              overlay2 and Podman's overlay only"
         );
-        // API 1.52 and later leave `GraphDriver` out with the containerd image store.
         assert_eq!(
             unavailable(docker, false, None),
             "the Docker daemon does not say where the image's layers are"
         );
+    }
+
+    #[test]
+    fn the_containerd_store_is_told_from_docker_info() {
+        let info = |driver: &str, status: &[[&str; 2]]| SystemInfo {
+            driver: Some(driver.into()),
+            driver_status: Some(
+                status
+                    .iter()
+                    .map(|pair| pair.iter().map(|s| s.to_string()).collect())
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let store = info(
+            "overlayfs",
+            &[["driver-type", "io.containerd.snapshotter.v1"]],
+        );
+        assert_eq!(store_driver(&store), driver("overlayfs", &[]));
+        let overlay2 = info("overlay2", &[["Backing Filesystem", "extfs"]]);
+        assert_eq!(store_driver(&overlay2), None);
     }
 }

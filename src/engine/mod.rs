@@ -13,6 +13,15 @@ pub mod fake;
 
 pub use docker::Docker;
 
+/// The engine toolbox talks to: Docker's API, which Docker (overlay2 or its containerd
+/// image store) and Podman's service both serve; [`Endpoint`] tells them apart.
+pub type Connected = Docker;
+
+/// Connects to the engine `access` chooses: the one way every caller reaches an engine.
+pub async fn connect(access: &Access) -> Result<Connected> {
+    Docker::connect(access).await
+}
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -391,6 +400,33 @@ pub enum Output {
     Stdout(Bytes),
     Stderr(Bytes),
 }
+
+/// Why an engine could not start the command of a container or of an exec, as its
+/// runtime (runc, crun) said; in an nspawn toolbox the same command exits 127 or 126.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandFailure {
+    /// No such command: not in `$PATH`, or no such file.
+    NotFound,
+    /// There but not executable, and why (`permission denied`, `is a directory`,
+    /// `exec format error`).
+    NotExecutable(String),
+}
+
+/// The error of an engine that could not start a command (see [`CommandFailure`]),
+/// with the engine's own message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandFailed {
+    pub failure: CommandFailure,
+    pub message: String,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CommandFailed {}
 
 /// A connection to a running command: its output and its standard input. Shutting the
 /// input down ends the command's standard input.

@@ -13,19 +13,19 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 
-use crate::engine::{self, Access, Docker};
+use crate::engine::{self, Access, Connected};
 
 /// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
 /// `timeout` if one is given.
 pub fn with_engine<T>(
     access: &Access,
     timeout: Option<Duration>,
-    work: impl AsyncFnOnce(&Docker) -> Result<T>,
+    work: impl AsyncFnOnce(&Connected) -> Result<T>,
 ) -> Result<T> {
     let runtime = engine::async_runtime()?;
     runtime.block_on(async {
         let work = async {
-            let engine = Docker::connect(access).await?;
+            let engine = engine::connect(access).await?;
             work(&engine).await
         };
         match timeout {

@@ -1,8 +1,9 @@
 //! overlay: the overlay storage mode. An overlay toolbox's directory holds the metadata
 //! file, `upper/` (every change made inside the toolbox), `work/` (overlayfs's scratch
 //! space) and `root/`, the mount point systemd-nspawn enters; the image's files stay in the
-//! Docker daemon's own layer directories, mounted read-only beneath `upper/`, as the
-//! daemon mounts them for a container. This module decides whether that can work here,
+//! engine's own layer directories (Docker's overlay2, its containerd store's snapshots,
+//! Podman's overlay), mounted read-only beneath `upper/`, as the engine mounts them for a
+//! container. This module decides whether that can work here,
 //! builds the mount options, and mounts and unmounts. Callers hold the toolbox's mount
 //! lock, so one `upper/` is never mounted twice. It never writes to a layer directory.
 
@@ -39,7 +40,7 @@ impl fmt::Display for Unusable {
 
 impl std::error::Error for Unusable {}
 
-/// The image layers an overlay toolbox was built on are gone from the daemon.
+/// The image layers an overlay toolbox was built on are gone from the engine.
 #[derive(Debug)]
 pub struct LayersGone {
     pub name: String,
@@ -51,7 +52,7 @@ impl fmt::Display for LayersGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the image layers of toolbox `{}` are gone from the Docker daemon ({} is missing; \
+            "the image layers of toolbox `{}` are gone from its engine ({} is missing; \
              was {} removed?); run `toolbox update` to rebuild it on the current image",
             self.name,
             self.missing.display(),
@@ -83,13 +84,21 @@ pub struct Source<'a> {
     pub local: bool,
 }
 
+/// The layers an overlay toolbox would stack, as far as the engine's inspect of the
+/// image tells them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stack<'a> {
+    /// These directories, top first, checked.
+    Layers(&'a [PathBuf]),
+    /// The image's `count` layers are the lowest of its anchor's root mount (see
+    /// [`Layers::Snapshots`]): they are known once the anchor runs, and checked then
+    /// with [`check_layers`].
+    BelowAnchor(usize),
+}
+
 /// Checks that an overlay toolbox can be built at `toolbox` from `image`, as the engine
-/// `source` reports it: its layer directories, or the reason when it cannot.
-pub fn check<'a>(
-    image: &'a Image,
-    source: Source,
-    toolbox: &Path,
-) -> Result<&'a [PathBuf], Unusable> {
+/// `source` reports it: the layers to stack, or the reason when it cannot.
+pub fn check<'a>(image: &'a Image, source: Source, toolbox: &Path) -> Result<Stack<'a>, Unusable> {
     let Source {
         engine, address, ..
     } = source;
@@ -98,13 +107,23 @@ pub fn check<'a>(
             "{engine} at `{address}` is not on this host"
         )));
     }
-    let layers = match &image.layers {
-        Layers::Directories(layers) => layers,
-        Layers::Unavailable(why) => return Err(Unusable(why.clone())),
-    };
+    match &image.layers {
+        Layers::Directories(layers) => {
+            check_layers(layers, source, toolbox)?;
+            Ok(Stack::Layers(layers))
+        }
+        Layers::Snapshots(count) => Ok(Stack::BelowAnchor(*count)),
+        Layers::Unavailable(why) => Err(Unusable(why.clone())),
+    }
+}
+
+/// Checks that `layers` (top first), which the engine `source` reported, can be stacked
+/// at `toolbox` here.
+pub fn check_layers(layers: &[PathBuf], source: Source, toolbox: &Path) -> Result<(), Unusable> {
     if layers.is_empty() {
         return Err(Unusable(format!(
-            "{engine} reported no layer directories for the image"
+            "{} reported no layer directories for the image",
+            source.engine
         )));
     }
     if let Some(missing) = missing_layer(layers) {
@@ -114,6 +133,51 @@ pub fn check<'a>(
         )));
     }
     options(layers, toolbox)?;
+    Ok(())
+}
+
+/// The image's `count` layers (top first) beneath the root mount `mountinfo` (a
+/// process's `/proc/PID/mountinfo`) shows: the lowest `count` directories of the
+/// overlay mounted at `/`, whose others (those above, and its upper directory) are the
+/// container's own. Pure, so the parsing is unit-tested.
+pub fn layers_below_root(mountinfo: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
+    let root = mountinfo
+        .lines()
+        .rev()
+        .filter_map(|line| line.split_once(" - "))
+        .find(|(fields, _)| fields.split(' ').nth(4) == Some("/"))
+        .ok_or_else(|| Unusable("the anchor container has no root mount".into()))?;
+    let mut described = root.1.split(' ');
+    let fstype = described.next().unwrap_or_default();
+    if fstype != "overlay" {
+        return Err(Unusable(format!(
+            "the anchor container's root is `{fstype}`, not an overlay"
+        )));
+    }
+    let options = described.nth(1).unwrap_or_default();
+    let lower = options
+        .split(',')
+        .find_map(|option| option.strip_prefix("lowerdir="))
+        .ok_or_else(|| Unusable("the anchor container's root names no lower layers".into()))?;
+    // proc(5) escapes a space, tab, newline and backslash as octal: a name with any of
+    // them is refused below as overlay's options could not name it either.
+    let dirs: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
+    if dirs.len() < count || count == 0 {
+        return Err(Unusable(format!(
+            "the anchor container's root stacks {} layers where the image has {count}",
+            dirs.len()
+        )));
+    }
+    let layers = dirs[dirs.len() - count..].to_vec();
+    if let Some(odd) = layers
+        .iter()
+        .find(|dir| !dir.is_absolute() || dir.to_str().is_none_or(|d| d.contains('\\')))
+    {
+        return Err(Unusable(format!(
+            "the anchor container's root names layer `{}`, which is not a path toolbox can use",
+            odd.display()
+        )));
+    }
     Ok(layers)
 }
 
@@ -287,6 +351,40 @@ mod tests {
     }
 
     #[test]
+    fn the_images_layers_are_the_lowest_beneath_an_anchors_root() {
+        // Docker 26's containerd store: the container's init layer (2) above busybox's.
+        let snapshots = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
+        let mountinfo = format!(
+            "1001 900 0:41 / / ro,relatime - overlay overlay rw,lowerdir={snapshots}/2/fs:\
+             {snapshots}/1/fs,upperdir={snapshots}/3/fs,workdir={snapshots}/3/work\n\
+             1002 1001 0:44 / /proc rw,nosuid - proc proc rw\n\
+             1003 1001 8:1 /toolbox/.idle /.toolbox-idle ro - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(
+            layers_below_root(&mountinfo, 1).unwrap(),
+            [PathBuf::from(format!("{snapshots}/1/fs"))]
+        );
+        assert_eq!(layers_below_root(&mountinfo, 2).unwrap().len(), 2);
+        let err = layers_below_root(&mountinfo, 3).unwrap_err();
+        assert_eq!(
+            err.0,
+            "the anchor container's root stacks 2 layers where the image has 3"
+        );
+        // containerd names lower layers relative to a directory it changes to when their
+        // absolute names do not fit in a page: refused, not guessed.
+        let relative = "1 0 0:41 / / rw - overlay overlay rw,lowerdir=2/fs:1/fs,upperdir=3/fs\n";
+        assert!(
+            layers_below_root(relative, 1)
+                .unwrap_err()
+                .0
+                .contains("`1/fs`")
+        );
+        let ext4 = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n";
+        assert!(layers_below_root(ext4, 1).unwrap_err().0.contains("`ext4`"));
+        assert!(layers_below_root("", 1).is_err());
+    }
+
+    #[test]
     fn options_refuse_what_they_cannot_say() {
         let layer = [PathBuf::from("/l")];
         for toolbox in ["/srv/a,b/x", "/srv/a:b/x", "/srv/a\\b/x"] {
@@ -310,7 +408,18 @@ mod tests {
         let layer = dir.path().join("layer");
         fs::create_dir(&layer).unwrap();
         let usable = image(&[&layer]);
-        assert_eq!(check(&usable, DOCKER, &toolbox), Ok(&[layer.clone()][..]));
+        assert_eq!(
+            check(&usable, DOCKER, &toolbox),
+            Ok(Stack::Layers(&[layer.clone()][..]))
+        );
+        let snapshots = Image {
+            layers: Layers::Snapshots(2),
+            ..usable.clone()
+        };
+        assert_eq!(
+            check(&snapshots, DOCKER, &toolbox),
+            Ok(Stack::BelowAnchor(2))
+        );
         let remote = Source {
             address: "tcp://h:2375",
             local: false,

@@ -1,6 +1,6 @@
 //! The engines users run today, where this test machine cannot show them (the testbed
-//! guest of `scripts/testbed` can): Docker with its containerd image store, whose images
-//! toolbox copies and says why, and Podman 5 running a container that `--target`
+//! guest of `scripts/testbed` can): Docker with its containerd image store, whose
+//! snapshots toolbox mounts and keeps, and Podman 5 running a container that `--target`
 //! debugs. Where the engine is not configured so, these fail when `TOOLBOX_E2E=required`
 //! (CI runs them in the testbed guest only) and otherwise skip, saying why.
 
@@ -10,13 +10,15 @@ use std::process::Command;
 use crate::common::*;
 use crate::podman::{PodmanService, podman, podman_env, run_with};
 
-/// With Docker's containerd image store (`"containerd-snapshotter": true`), an image's
-/// inspect has no layer directories: the default storage copies the image, saying why
-/// (with -v) in the store's own terms, and `--storage overlay` is refused with the same
-/// reason, leaving nothing behind.
+/// With Docker's containerd image store (`"containerd-snapshotter": true`), the default
+/// storage is overlay over the store's own snapshots: the image's layers are the lowest
+/// directories of its running anchor's root, under containerd's `overlayfs` snapshotter.
+/// The anchor keeps them through a forced `rmi` of the tag; `rm` releases the image.
+/// (Prunes and daemon restarts, on a daemon of the test's own:
+/// `overlay::prunes_and_daemon_restarts_leave_an_overlay_toolbox_whole`.)
 #[test]
-fn dockers_containerd_image_store_is_copied_and_says_why() {
-    let Some(t) = TestEnv::new("containerd_store", BUSYBOX_IMAGE) else {
+fn dockers_containerd_image_store_is_mounted_and_kept() {
+    let Some(mut t) = TestEnv::new("containerd_store", BUSYBOX_IMAGE) else {
         return;
     };
     let driver_status = docker(&["info", "--format", "{{.DriverStatus}}"]);
@@ -27,36 +29,75 @@ fn dockers_containerd_image_store_is_copied_and_says_why() {
              (scripts/testbed test --engine docker-containerd)",
         );
     }
-    let reason = "the Docker daemon keeps images in containerd's image store (snapshotter \
-                  `overlayfs`), whose snapshots toolbox does not mount yet";
-    let out = t
-        .command()
-        .env_remove("TOOLBOX_STORAGE")
-        .args(["-v", "/usr/bin/busybox", "true"])
-        .output()
-        .unwrap();
+    let id = import_marker_image("snapshotted");
+    let tag = Tag::new("containerd-store", &id);
+    t.image = tag.0.clone();
+    let session = |args: &[&str]| {
+        t.command()
+            .env_remove("TOOLBOX_STORAGE")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = session(&[
+        "-v",
+        "/usr/bin/busybox",
+        "sh",
+        "-c",
+        "echo mine > /root/mine",
+    ]);
     assert_eq!(status(&out), 0, "{}", describe(&out));
     assert!(
-        toolbox_lines(&out).contains(&format!(
-            "toolbox: {reason}; copying the image instead of mounting it"
-        )),
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.contains("over the layers of")),
         "{}",
         describe(&out)
     );
-    assert!(t.tree().join("usr/bin/busybox").exists(), "not a copy");
-    let out = t
-        .command()
-        .args(["--storage", "overlay", "--name", "demanded", "true"])
+    assert!(!t.tree().join("usr/bin/busybox").exists(), "a copy");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap();
+    let layers = metadata["overlay"]["layers"].as_array().unwrap().clone();
+    let expected: usize = docker(&["inspect", "--format", "{{len .RootFS.Layers}}", &id])
+        .parse()
+        .unwrap();
+    assert_eq!(layers.len(), expected, "{metadata}");
+    for layer in &layers {
+        let layer = layer.as_str().unwrap();
+        assert!(
+            layer.contains("/io.containerd.snapshotter.v1.overlayfs/snapshots/"),
+            "{layer}"
+        );
+    }
+    let whole = |case: &str| {
+        let out = session(&["/usr/bin/busybox", "cat", "/root/mine", "/etc/marker"]);
+        assert_eq!(
+            stdout(&out),
+            "mine\nsnapshotted",
+            "{case}: {}",
+            describe(&out)
+        );
+    };
+    whole("created");
+    // Refused while the anchor uses it; forced, the tag goes and the layers stay.
+    let refused = Command::new("docker").args(["rmi", &id]).output().unwrap();
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    docker(&["rmi", "-f", &tag.0]);
+    whole("after a forced rmi of its tag");
+
+    // `rm` releases the image: nothing stops its removal then.
+    let out = t.run(["rm", &t.name]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let _ = Command::new("docker").args(["rmi", &id]).output();
+    let left = Command::new("docker")
+        .args(["image", "inspect", &id])
         .output()
         .unwrap();
-    assert_eq!(status(&out), 125, "{}", describe(&out));
-    assert_eq!(
-        toolbox_lines(&out),
-        [format!(
-            "toolbox: cannot use overlay storage (--storage overlay): {reason}"
-        )]
+    assert!(
+        !left.status.success(),
+        "the image stayed: {}",
+        describe(&left)
     );
-    assert!(!t.toolboxes.join("tester-demanded").exists());
     assert!(t.leftovers().is_empty(), "{:?}", t.leftovers());
 }
 

@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 
 use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc, mounts};
 use crate::engine::{
-    self, Access, Attached, ContainerInfo, Docker, Engine, ExecState, LABEL_PID, Output, short_id,
+    self, Access, Attached, CommandFailed, CommandFailure, ContainerInfo, Engine, ExecState,
+    LABEL_PID, Output, short_id,
 };
 use crate::exit::CommandError;
 use crate::host::ui;
@@ -56,7 +57,7 @@ pub fn enter(
         // session starts is lost: those come to the command once it runs.
         let mut signals = Caught::catch(&[STOPPING.as_slice(), &[Signal::WINCH]].concat())
             .context("cannot catch signals")?;
-        let engine = Docker::connect(access).await?;
+        let engine = engine::connect(access).await?;
         if verbose {
             ui::say(engine.describe());
         }
@@ -98,15 +99,16 @@ async fn throwaway(
         .create_spc(&container.spec(image_id, Some(session)))
         .await?;
     let ran = async {
-        let attached = engine.attach(&id).await?;
-        if let Err(e) = engine.start(&id).await {
-            let command = session.command.first().map_or("", String::as_str);
-            let toolbox = spc.container.image.as_str();
-            return Err(match command_error(&format!("{e:#}"), command, toolbox) {
-                Some(e) => e.into(),
-                None => e,
-            });
-        }
+        let command = session.command.first().map_or("", String::as_str);
+        let toolbox = spc.container.image.as_str();
+        let attached = engine
+            .attach(&id)
+            .await
+            .map_err(|e| command_error(e, command, toolbox))?;
+        engine
+            .start(&id)
+            .await
+            .map_err(|e| command_error(e, command, toolbox))?;
         let target = Recipient {
             engine,
             container: &id,
@@ -237,19 +239,13 @@ async fn persistent(
     if let Err(e) = stopped {
         ui::warn(format_args!("{e:#}"));
     }
-    let start_failure = streamed?;
+    let command = session.command.first().map_or("", String::as_str);
+    streamed.map_err(|e| command_error(e, command, name))?;
     // A container stopped or removed under the session takes its exec's status with it.
     let status = state
         .ok()
         .and_then(|state| state.exit_code)
         .ok_or_else(|| anyhow!("the session in `{name}` ended without an exit status (was the container stopped or removed?)"))?;
-    if let Some(message) = start_failure {
-        let command = session.command.first().map_or("", String::as_str);
-        return Err(match command_error(&message, command, name) {
-            Some(e) => e.into(),
-            None => anyhow!("cannot run `{command}` in `{name}`: {message}"),
-        });
-    }
     Ok(exit_status(status))
 }
 
@@ -388,7 +384,7 @@ async fn stream(
     tty: bool,
     target: &Recipient<'_, impl Engine>,
     signals: Caught,
-) -> Result<Option<String>> {
+) -> Result<()> {
     let Attached {
         mut output,
         mut input,
@@ -407,8 +403,6 @@ async fn stream(
     let mut stdin_open = true;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
-    let mut started = false;
-    let mut start_failure = None;
     // Docker keeps an exec's connection open when its container is stopped or removed
     // under it (`toolbox rm --force`, `docker rm -f`): the session ends when the container
     // does, after a moment for output still in flight.
@@ -436,15 +430,6 @@ async fn stream(
                 None => break,
                 Some(chunk) => {
                     let chunk = chunk?;
-                    if !started {
-                        started = true;
-                        if let Output::Stdout(bytes) = &chunk
-                            && bytes.starts_with(START_FAILURE.as_bytes())
-                        {
-                            start_failure = Some(String::from_utf8_lossy(bytes).trim().to_string());
-                            continue;
-                        }
-                    }
                     if reader_gone {
                         continue;
                     }
@@ -483,33 +468,28 @@ async fn stream(
             },
         }
     }
-    Ok(start_failure)
+    Ok(())
 }
 
-/// How Docker's answer to an exec whose command could not start begins.
-const START_FAILURE: &str = "OCI runtime exec failed";
-
-/// The command error in the engine's message about a command that could not start
-/// (runc's wording: `exec: "CMD": executable file not found in $PATH`, `stat CMD: no such
-/// file or directory`, `permission denied`), so it exits 127 or 126 as in an nspawn
-/// toolbox.
-fn command_error(message: &str, command: &str, toolbox: &str) -> Option<CommandError> {
-    let (_, reason) = message.split_once("unable to start container process: exec: ")?;
-    if reason.contains("executable file not found") || reason.contains("no such file or directory")
-    {
-        return Some(CommandError::NotFound {
-            command: command.to_string(),
+/// The error of a command the engine could not start (see [`CommandFailed`]) as the
+/// same command's in an nspawn toolbox (exit status 127 or 126); other errors as they are.
+fn command_error(error: anyhow::Error, command: &str, toolbox: &str) -> anyhow::Error {
+    let Some(failed) = error.downcast_ref::<CommandFailed>() else {
+        return error;
+    };
+    let command = command.to_string();
+    match &failed.failure {
+        CommandFailure::NotFound => CommandError::NotFound {
+            command,
             toolbox: toolbox.to_string(),
             hint: None,
-        });
+        },
+        CommandFailure::NotExecutable(reason) => CommandError::NotExecutable {
+            command,
+            reason: reason.clone(),
+        },
     }
-    let reason = ["permission denied", "is a directory", "exec format error"]
-        .into_iter()
-        .find(|known| reason.contains(known))?;
-    Some(CommandError::NotExecutable {
-        command: command.to_string(),
-        reason: reason.to_string(),
-    })
+    .into()
 }
 
 /// Standard input, read on a thread of its own (a blocking read cannot be abandoned, and
@@ -738,40 +718,30 @@ mod tests {
 
     #[test]
     fn commands_that_cannot_start_exit_as_in_an_nspawn_toolbox() {
-        let runc = |tail: &str| {
-            format!(
-                "OCI runtime exec failed: exec failed: unable to start container process: exec: {tail}: unknown"
-            )
+        let failed = |failure| {
+            anyhow::Error::new(CommandFailed {
+                failure,
+                message: "the engine's words".into(),
+            })
         };
-        let cases = [
-            (
-                runc(r#""nosuch": executable file not found in $PATH"#),
-                Some(127),
-            ),
-            (
-                runc(r#""/no/such": stat /no/such: no such file or directory"#),
-                Some(127),
-            ),
-            (runc(r#""/etc/passwd": permission denied"#), Some(126)),
-            ("OCI runtime exec failed: something else".to_string(), None),
-        ];
-        for (message, expected) in cases {
-            let error = command_error(&message, "cmd", "core-fedora-latest");
-            assert_eq!(
-                error.as_ref().map(CommandError::exit_status),
-                expected,
-                "{message}"
-            );
-        }
+        let status = |e: anyhow::Error| {
+            e.downcast_ref::<CommandError>()
+                .map(CommandError::exit_status)
+        };
+        let not_found = command_error(failed(CommandFailure::NotFound), "x", "core-f");
         assert_eq!(
-            command_error(
-                &runc(r#""x": executable file not found in $PATH"#),
-                "x",
-                "core-f"
-            )
-            .unwrap()
-            .to_string(),
+            not_found.to_string(),
             "`x`: command not found in toolbox `core-f`"
         );
+        assert_eq!(status(not_found), Some(127));
+        let denied = CommandFailure::NotExecutable("permission denied".into());
+        assert_eq!(
+            status(command_error(failed(denied), "x", "core-f")),
+            Some(126)
+        );
+        // Any other error stays as it was.
+        let other = command_error(anyhow!("cannot attach"), "x", "core-f");
+        assert_eq!(other.to_string(), "cannot attach");
+        assert_eq!(status(other), None);
     }
 }

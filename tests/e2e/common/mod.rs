@@ -273,17 +273,26 @@ pub fn overlay_command(t: &TestEnv) -> Command {
 }
 
 /// The storage modes a toolbox can have with the engine the tests run against: `copy`,
-/// and `overlay` where that engine is Docker keeping its images in overlay2 (not Podman,
-/// not Docker's containerd image store).
+/// and `overlay` where that engine keeps its images in layers toolbox mounts: Docker's
+/// overlay2, its containerd image store with snapshotter `overlayfs`, Podman's overlay.
 pub fn storages() -> Vec<&'static str> {
-    static OVERLAY2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let overlay2 = OVERLAY2.get_or_init(|| {
-        Command::new("docker")
-            .args(["info", "--format", "{{.Driver}}"])
+    static OVERLAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let overlay = OVERLAY.get_or_init(|| {
+        let info = Command::new("docker")
+            .args(["info", "--format", "{{.Driver}} {{.DriverStatus}}"])
             .output()
-            .is_ok_and(|out| stdout(&out).trim() == "overlay2")
+            .map(|out| stdout(&out))
+            .unwrap_or_default();
+        let driver = info.split(' ').next().unwrap_or_default();
+        let podman = std::env::var("TOOLBOX_E2E_TESTBED").as_deref() == Ok("podman");
+        match driver {
+            "overlay2" => true,
+            "overlayfs" => info.contains("io.containerd.snapshotter.v1"),
+            "overlay" => podman,
+            _ => false,
+        }
     });
-    match overlay2 {
+    match overlay {
         true => vec!["copy", "overlay"],
         false => vec!["copy"],
     }
@@ -479,7 +488,7 @@ pub fn assert_statuses_come_back(run: &dyn Fn(&[&str]) -> Output) {
     }
 }
 
-/// A second dockerd with a storage driver of the test's choice, on its own socket, data
+/// A second dockerd with a storage driver (or containerd snapshotter) of the test's choice, on its own socket, data
 /// root, exec root and bridge; stopped (and its files and bridge removed) when dropped.
 pub struct OwnDaemon {
     dir: tempfile::TempDir,
@@ -498,10 +507,15 @@ impl OwnDaemon {
         Self::start("vfs")
     }
 
-    /// A daemon with the `overlay2` storage driver, as on every real host, to prune and
-    /// restart without touching the daemon the other tests use.
-    pub fn overlay2() -> OwnDaemon {
-        Self::start("overlay2")
+    /// A daemon that keeps images as the one the tests use does, in layers overlay
+    /// storage mounts, to prune and restart without touching that one: with its containerd image store (snapshotter `overlayfs`, in a
+    /// containerd namespace of its own) where that one has it, else with `overlay2`.
+    pub fn like_the_tested_one() -> OwnDaemon {
+        let status = docker(&["info", "--format", "{{.DriverStatus}}"]);
+        match status.contains("io.containerd.snapshotter.v1") {
+            true => Self::start("overlayfs"),
+            false => Self::start("overlay2"),
+        }
     }
 
     fn start(driver: &'static str) -> OwnDaemon {
@@ -540,11 +554,23 @@ impl OwnDaemon {
         // A configuration of its own: the host's (Docker's containerd image store, in a
         // testbed configuration) is not this daemon's.
         let config = dir.join("daemon.json");
+        let store = driver == "overlayfs";
         if !config.exists() {
-            fs::write(&config, "{}\n").unwrap();
+            let features = r#"{"features": {"containerd-snapshotter": true}}"#;
+            fs::write(&config, if store { features } else { "{}" }).unwrap();
         }
+        // With the containerd image store, it shares the host's containerd: in a namespace
+        // of its own, not Docker's `moby`.
+        let namespace = format!("toolbox-{bridge}");
+        let namespaces = [
+            "--containerd-namespace".to_string(),
+            namespace.clone(),
+            "--containerd-plugins-namespace".to_string(),
+            format!("{namespace}-plugins"),
+        ];
         Command::new("dockerd")
             .args(["--config-file", &path("daemon.json")])
+            .args(namespaces.iter().filter(|_| store))
             .args([
                 "--storage-driver",
                 driver,
