@@ -736,9 +736,9 @@ impl<E: Engine> Provisioner<E> {
         })
     }
 
-    /// The image's `count` layers beneath the root of the running anchor `anchor` (see
-    /// [`overlay::layers_below_root`]), read from its process's mount table while that
-    /// process is the one the engine named.
+    /// The layers of an image of `count` layers beneath the root of its running anchor
+    /// `anchor` (see [`overlay::image_layers`]), read from its process's mount table while
+    /// that process is the one the engine named.
     fn layers_below(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
         let engine = self.engine.name();
         let unreadable = |why: String| Unusable(format!("cannot read the anchor's layers: {why}"));
@@ -761,7 +761,7 @@ impl<E: Engine> Provisioner<E> {
         if before.is_none() || started(info.pid) != before || !same {
             return Err(unreadable(format!("process {} ended", info.pid)));
         }
-        overlay::layers_below_root(&mountinfo, count)
+        overlay::image_layers(overlay::layers_below_root(&mountinfo)?, count)
     }
 
     /// Gives the overlay toolbox `recorded` describes a running anchor if its own is not

@@ -71,9 +71,9 @@ pub enum Layers {
     /// Directories on the engine's host that overlayfs can stack, top layer first.
     Directories(Vec<PathBuf>),
     /// Snapshots the engine mounts only beneath a container (Docker's containerd image
-    /// store, snapshotter `overlayfs`): the image's layers, this many, are the lowest
-    /// directories of a running container's root mount, below what the engine adds for
-    /// the container itself.
+    /// store, snapshotter `overlayfs`): the image's layers (this many diffs, and maybe
+    /// more snapshots) are the directories of a running container's root mount below the
+    /// layer the engine adds for the container itself.
     Snapshots(usize),
     /// None that toolbox can mount: why, naming the engine (`the Docker daemon stores
     /// images with `vfs``).

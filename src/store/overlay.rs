@@ -136,11 +136,10 @@ pub fn check_layers(layers: &[PathBuf], source: Source, toolbox: &Path) -> Resul
     Ok(())
 }
 
-/// The image's `count` layers (top first) beneath the root mount `mountinfo` (a
-/// process's `/proc/PID/mountinfo`) shows: the lowest `count` directories of the
-/// overlay mounted at `/`, whose others (those above, and its upper directory) are the
-/// container's own. Pure, so the parsing is unit-tested.
-pub fn layers_below_root(mountinfo: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
+/// The lower directories (top first) of the overlay mounted at `/` in `mountinfo` (a
+/// process's `/proc/PID/mountinfo`): a container's image layers, below what the engine
+/// adds for the container itself. Pure, so the parsing is unit-tested.
+pub fn layers_below_root(mountinfo: &str) -> Result<Vec<PathBuf>, Unusable> {
     let root = mountinfo
         .lines()
         .rev()
@@ -159,16 +158,9 @@ pub fn layers_below_root(mountinfo: &str, count: usize) -> Result<Vec<PathBuf>, 
         .split(',')
         .find_map(|option| option.strip_prefix("lowerdir="))
         .ok_or_else(|| Unusable("the anchor container's root names no lower layers".into()))?;
+    let layers: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
     // proc(5) escapes a space, tab, newline and backslash as octal: a name with any of
-    // them is refused below as overlay's options could not name it either.
-    let dirs: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
-    if dirs.len() < count || count == 0 {
-        return Err(Unusable(format!(
-            "the anchor container's root stacks {} layers where the image has {count}",
-            dirs.len()
-        )));
-    }
-    let layers = dirs[dirs.len() - count..].to_vec();
+    // them is refused, as overlay's options could not name it either.
     if let Some(odd) = layers
         .iter()
         .find(|dir| !dir.is_absolute() || dir.to_str().is_none_or(|d| d.contains('\\')))
@@ -179,6 +171,32 @@ pub fn layers_below_root(mountinfo: &str, count: usize) -> Result<Vec<PathBuf>, 
         )));
     }
     Ok(layers)
+}
+
+/// The image's layers among `lowers`, the lower directories of a Docker container's root
+/// (see [`layers_below_root`]), for an image of `count` layers: all but the top one, the
+/// layer Docker adds for each container (`/.dockerenv`, and the files it mounts over:
+/// `/etc/hosts`, `/etc/resolv.conf`...). More than `count` remain for an image the
+/// classic builder made, whose chain keeps the layers it added for each step's container.
+pub fn image_layers(mut lowers: Vec<PathBuf>, count: usize) -> Result<Vec<PathBuf>, Unusable> {
+    let init = lowers
+        .first()
+        .is_some_and(|top| top.join(".dockerenv").is_file());
+    if !init {
+        return Err(Unusable(
+            "the anchor container's root has no layer of Docker's own (`/.dockerenv`) on top"
+                .into(),
+        ));
+    }
+    lowers.remove(0);
+    if lowers.len() < count.max(1) {
+        return Err(Unusable(format!(
+            "the anchor container's root stacks {} layers under its own where the image has \
+             {count}",
+            lowers.len()
+        )));
+    }
+    Ok(lowers)
 }
 
 /// The overlayfs mount options for `layers` (top first) under the toolbox directory
@@ -351,8 +369,8 @@ mod tests {
     }
 
     #[test]
-    fn the_images_layers_are_the_lowest_beneath_an_anchors_root() {
-        // Docker 26's containerd store: the container's init layer (2) above busybox's.
+    fn an_anchors_root_names_its_lower_layers() {
+        // Docker 26's containerd store: the container's own layer (2) above busybox's.
         let snapshots = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
         let mountinfo = format!(
             "1001 900 0:41 / / ro,relatime - overlay overlay rw,lowerdir={snapshots}/2/fs:\
@@ -361,27 +379,56 @@ mod tests {
              1003 1001 8:1 /toolbox/.idle /.toolbox-idle ro - ext4 /dev/sda1 rw\n"
         );
         assert_eq!(
-            layers_below_root(&mountinfo, 1).unwrap(),
-            [PathBuf::from(format!("{snapshots}/1/fs"))]
-        );
-        assert_eq!(layers_below_root(&mountinfo, 2).unwrap().len(), 2);
-        let err = layers_below_root(&mountinfo, 3).unwrap_err();
-        assert_eq!(
-            err.0,
-            "the anchor container's root stacks 2 layers where the image has 3"
+            layers_below_root(&mountinfo).unwrap(),
+            [
+                PathBuf::from(format!("{snapshots}/2/fs")),
+                PathBuf::from(format!("{snapshots}/1/fs"))
+            ]
         );
         // containerd names lower layers relative to a directory it changes to when their
         // absolute names do not fit in a page: refused, not guessed.
         let relative = "1 0 0:41 / / rw - overlay overlay rw,lowerdir=2/fs:1/fs,upperdir=3/fs\n";
         assert!(
-            layers_below_root(relative, 1)
+            layers_below_root(relative)
                 .unwrap_err()
                 .0
-                .contains("`1/fs`")
+                .contains("`2/fs`")
         );
         let ext4 = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n";
-        assert!(layers_below_root(ext4, 1).unwrap_err().0.contains("`ext4`"));
-        assert!(layers_below_root("", 1).is_err());
+        assert!(layers_below_root(ext4).unwrap_err().0.contains("`ext4`"));
+        assert!(layers_below_root("").is_err());
+    }
+
+    #[test]
+    fn the_image_is_what_lies_below_the_containers_own_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = |name: &str, dockerenv: bool| {
+            let path = dir.path().join(name);
+            fs::create_dir(&path).unwrap();
+            if dockerenv {
+                fs::write(path.join(".dockerenv"), "").unwrap();
+            }
+            path
+        };
+        let own = layer("own", true);
+        // A classic build's chain keeps each step's own layer: they are the image's.
+        let (top, step, base) = (
+            layer("top", false),
+            layer("step", true),
+            layer("base", false),
+        );
+        let lowers = vec![own.clone(), top.clone(), step.clone(), base.clone()];
+        assert_eq!(
+            image_layers(lowers.clone(), 2).unwrap(),
+            [top.clone(), step, base.clone()]
+        );
+        let err = image_layers(lowers, 4).unwrap_err();
+        assert_eq!(
+            err.0,
+            "the anchor container's root stacks 3 layers under its own where the image has 4"
+        );
+        let err = image_layers(vec![top, base], 2).unwrap_err();
+        assert!(err.0.contains("no layer of Docker's own"), "{err}");
     }
 
     #[test]

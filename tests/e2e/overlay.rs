@@ -461,10 +461,14 @@ fn upper_layers_hide_what_lower_layers_hold() {
         "{}",
         describe(&out)
     );
-    assert_eq!(
-        metadata(&t)["overlay"]["layers"].as_array().unwrap().len(),
-        3
-    );
+    // With the containerd image store the classic builder's chain also keeps the layer
+    // Docker added for each step's container.
+    let layers = metadata(&t)["overlay"]["layers"].as_array().unwrap().len();
+    let store = docker(&["info", "--format", "{{.DriverStatus}}"]);
+    match store.contains("io.containerd.snapshotter.v1") {
+        true => assert!(layers >= 3, "{layers}"),
+        false => assert_eq!(layers, 3),
+    }
     let copy = t
         .command()
         .args(["--name", "copy"])
