@@ -623,7 +623,7 @@ fn an_image_removed_between_inspect_and_create() {
         return;
     };
     let vanishing = format!("toolbox-vanishing:{}", std::process::id());
-    docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
+    tag(&import_marker_image("vanishing"), &vanishing);
     t.image = vanishing.clone();
     let socket = t.root.join("proxy.sock");
     proxy_removing_image_before_create(&socket, vanishing.clone());
@@ -642,7 +642,7 @@ fn an_image_removed_between_inspect_and_create() {
 
     figure.case("the next run, the image back", || {
         // The daemon is reached directly.
-        docker(&["tag", &import_marker_image("vanishing"), &vanishing]);
+        tag(&import_marker_image("vanishing"), &vanishing);
         let out = t.run(["busybox", "cat", "/etc/marker"]);
         assert_eq!(status(&out), 0, "{}", describe(&out));
         assert_eq!(stdout(&out), "vanishing");

@@ -375,6 +375,13 @@ pub fn leave_running(command: &str) -> [String; 4] {
 }
 
 /// A unique local tag for `image`, removed when dropped.
+/// Names `image` (a name, or an ID) `name` in the engine the tests use.
+pub fn tag(image: &str, name: &str) {
+    // Podman's API reads `sha256:ID` as a name and a tag; both engines take the bare ID.
+    let image = image.strip_prefix("sha256:").unwrap_or(image);
+    docker(&["tag", image, name]);
+}
+
 pub struct Tag(pub String);
 
 impl Tag {
@@ -385,7 +392,7 @@ impl Tag {
     }
 
     pub fn point_at(&self, image: &str) {
-        docker(&["tag", image, &self.0]);
+        tag(image, &self.0);
     }
 }
 
