@@ -1303,15 +1303,14 @@ mod tests {
         }
     }
 
-    // Overlay storage needs the daemon's overlay2 layers: without them the image is copied.
-    #[test]
-    fn overlay_storage_falls_back_to_a_copy_where_it_cannot_work() {
-        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+    /// Creates an overlay toolbox through `fake` where overlay cannot work, once wanted
+    /// (it must be a copy) and once demanded: the refusal, and what that left in its
+    /// toolbox directory. No container is left either time.
+    fn copied_then_refused(fake: &Fake) -> (String, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let fake = engine(archive(), Export::Whole);
         let mut wanted = target(dir.path());
         wanted.storage = Storage::Overlay;
-        assert!(create(&fake, &wanted).unwrap());
+        assert!(create(fake, &wanted).unwrap());
         let metadata = toolboxes::complete_metadata(&wanted.path())
             .unwrap()
             .unwrap();
@@ -1321,13 +1320,21 @@ mod tests {
         let mut demanded = target(dir.path());
         demanded.storage = Storage::Overlay;
         demanded.storage_demanded = true;
-        let err = create(&fake, &demanded).unwrap_err();
-        assert!(
-            format!("{err:#}").starts_with("cannot use overlay storage (--storage overlay): "),
-            "{err:#}"
-        );
-        assert!(left(dir.path()).is_empty());
+        let err = format!("{:#}", create(fake, &demanded).unwrap_err());
         assert!(fake.container_ids().is_empty());
+        (err, left(dir.path()))
+    }
+
+    // Overlay storage needs layers it can mount: without them the image is copied.
+    #[test]
+    fn overlay_storage_falls_back_to_a_copy_where_it_cannot_work() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let (err, left) = copied_then_refused(&engine(archive(), Export::Whole));
+        assert_eq!(
+            err,
+            "cannot use overlay storage (--storage overlay): in memory"
+        );
+        assert!(left.is_empty(), "{left:?}");
     }
 
     // Snapshots the engine mounts beneath a running container only: the anchor starts
@@ -1340,27 +1347,13 @@ mod tests {
         for image in fake.images.values_mut() {
             image.layers = Layers::Snapshots(1);
         }
-        let dir = tempfile::tempdir().unwrap();
-        let mut wanted = target(dir.path());
-        wanted.storage = Storage::Overlay;
-        assert!(create(&fake, &wanted).unwrap());
-        let metadata = toolboxes::complete_metadata(&wanted.path())
-            .unwrap()
-            .unwrap();
-        assert_eq!(metadata.storage(), Storage::Copy);
-        assert!(fake.container_ids().is_empty());
-        let dir = tempfile::tempdir().unwrap();
-        let mut demanded = target(dir.path());
-        demanded.storage = Storage::Overlay;
-        demanded.storage_demanded = true;
-        let err = format!("{:#}", create(&fake, &demanded).unwrap_err());
+        let (err, left) = copied_then_refused(&fake);
         assert_eq!(
             err,
             "cannot use overlay storage (--storage overlay): cannot read the anchor's layers: \
              the Docker daemon does not show it running"
         );
         // The anchors' shared binary stays for the next; no toolbox, partial or not.
-        assert_eq!(left(dir.path()), [".toolbox-idle"]);
-        assert!(fake.container_ids().is_empty());
+        assert_eq!(left, [".toolbox-idle"]);
     }
 }
