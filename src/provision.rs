@@ -658,68 +658,66 @@ impl<E: Engine> Provisioner<E> {
             address: self.engine.address(),
             local: self.engine.is_local(),
         };
-        // Where the engine mounts the image's layers beneath containers only, the anchor
-        // runs first: its root mount shows them.
-        let (layers, mut anchor) = match overlay::check(image, source, &path)? {
-            overlay::Stack::Layers(layers) => (layers.to_vec(), None),
-            overlay::Stack::BelowAnchor(count) => {
-                let anchor = self.pinning_anchor(target, &image.id)?;
-                let layers = self.layers_below(&anchor, count).and_then(|layers| {
-                    overlay::check_layers(&layers, source, &path).map(|()| layers)
-                });
-                match layers {
-                    Ok(layers) => (layers, Some(anchor)),
-                    Err(e) => {
-                        let _ = self.remove_anchor(&anchor);
-                        return Err(e.into());
-                    }
+        // The anchor this creation started: removed again if the toolbox is not built.
+        let mut anchor = None;
+        let built = (|| {
+            let layers = match overlay::check(image, source, &path)? {
+                overlay::Stack::Layers(layers) => layers.to_vec(),
+                // Where the engine mounts the image's layers beneath containers only, the
+                // anchor runs first: its root mount shows them.
+                overlay::Stack::BelowAnchor(count) => {
+                    let started = anchor.insert(self.pinning_anchor(target, &image.id)?);
+                    let layers = self.layers_below(started, count)?;
+                    overlay::check_layers(&layers, source, &path)?;
+                    layers
                 }
-            }
-        };
-        let early = anchor.clone();
-        let layers = layers.as_slice();
-        let built = toolboxes::build_partial(&target.directory, &target.name, |partial| {
-            overlay::make_dirs(partial)?;
-            // A mount that fails now (a kernel without overlayfs, a toolbox directory on a
-            // filesystem overlayfs cannot write to) means overlay storage does not work here.
-            overlay::mount(partial, layers).map_err(|e| match e.downcast::<Unusable>() {
-                Ok(unusable) => unusable,
-                Err(e) => Unusable(format!("{e:#}")),
-            })?;
-            let tree = overlay::root(partial);
-            let prepared =
-                toolboxes::prepare_tree(&tree).and_then(|()| toolboxes::check_account_files(&tree));
-            let unmounted = overlay::unmount(partial);
-            prepared?;
-            unmounted?;
-            let reference = target.image.reference();
-            if !self.quiet {
-                ui::say(format_args!(
-                    "creating `{}` over the layers of {reference} ({})",
-                    target.name,
-                    short_id(&image.id)
-                ));
-            }
-            let anchor = match anchor.take() {
-                Some(anchor) => anchor,
-                None => self.pinning_anchor(target, &image.id)?,
             };
-            let metadata = Metadata {
-                image: reference,
-                image_id: image.id.clone(),
-                created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                overlay: Some(toolboxes::Overlay {
-                    layers: layers.to_vec(),
-                    anchor: anchor.clone(),
-                }),
-                imported_from: None,
-            };
-            toolboxes::finish(partial, &metadata).inspect_err(|_| {
-                let _ = self.remove_anchor(&anchor);
+            toolboxes::build_partial(&target.directory, &target.name, |partial| {
+                overlay::make_dirs(partial)?;
+                // A mount that fails now (a kernel without overlayfs, a toolbox directory on
+                // a filesystem overlayfs cannot write to) means overlay storage does not work
+                // here.
+                overlay::mount(partial, &layers).map_err(|e| match e.downcast::<Unusable>() {
+                    Ok(unusable) => unusable,
+                    Err(e) => Unusable(format!("{e:#}")),
+                })?;
+                let tree = overlay::root(partial);
+                let prepared = toolboxes::prepare_tree(&tree)
+                    .and_then(|()| toolboxes::check_account_files(&tree));
+                let unmounted = overlay::unmount(partial);
+                prepared?;
+                unmounted?;
+                let reference = target.image.reference();
+                if !self.quiet {
+                    ui::say(format_args!(
+                        "creating `{}` over the layers of {reference} ({})",
+                        target.name,
+                        short_id(&image.id)
+                    ));
+                }
+                let pinned = match &anchor {
+                    Some(started) => started.clone(),
+                    None => anchor
+                        .insert(self.pinning_anchor(target, &image.id)?)
+                        .clone(),
+                };
+                let metadata = Metadata {
+                    image: reference,
+                    image_id: image.id.clone(),
+                    created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                    overlay: Some(toolboxes::Overlay {
+                        layers,
+                        anchor: pinned,
+                    }),
+                    imported_from: None,
+                };
+                toolboxes::finish(partial, &metadata)
             })
-        });
-        if let (Err(_), Some(early)) = (&built, early) {
-            let _ = self.remove_anchor(&early);
+        })();
+        if built.is_err()
+            && let Some(anchor) = &anchor
+        {
+            let _ = self.remove_anchor(anchor);
         }
         built
     }

@@ -39,17 +39,49 @@ pub struct Docker {
     pub endpoint: Endpoint,
     /// How long an export or a pull may wait for the next bytes (see [`Access::stall`]).
     stall: std::time::Duration,
+    /// What [`Docker::info`] got.
+    info: tokio::sync::OnceCell<Option<SystemInfo>>,
 }
 
 impl Docker {
+    /// `docker info`, asked once per connection (`None` when the engine did not answer
+    /// within the stall timeout).
+    async fn info(&self) -> Option<&SystemInfo> {
+        self.info
+            .get_or_init(|| async {
+                tokio::time::timeout(self.stall, self.client.info())
+                    .await
+                    .ok()?
+                    .ok()
+            })
+            .await
+            .as_ref()
+    }
+
     /// The snapshotter of Docker's containerd image store, when the daemon uses it (see
     /// [`store_driver`]): API 1.52 and later leave `GraphDriver` out of inspects there.
     async fn snapshotter(&self) -> Option<DriverData> {
-        let info = tokio::time::timeout(self.stall, self.client.info())
-            .await
-            .ok()?
-            .ok()?;
-        store_driver(&info)
+        store_driver(self.info().await?)
+    }
+
+    /// Where the running container `id` has its root filesystem on this host: the
+    /// `MergedDir` overlay2 and Podman's overlay report; with Docker's containerd image
+    /// store (a snapshotter's name and no data), the directory the daemon mounts it on,
+    /// `DockerRootDir/rootfs/SNAPSHOTTER/ID`, when it is a mount there.
+    async fn container_root(&self, id: &str, driver: Option<DriverData>) -> Option<String> {
+        let DriverData { name, data } = driver?;
+        if let Some(merged) = data.get("MergedDir") {
+            return Some(merged.clone());
+        }
+        let snapshotter = !self.endpoint.podman && data.is_empty() && !name.is_empty();
+        if !snapshotter || id.is_empty() || id.contains('/') || name.contains('/') {
+            return None;
+        }
+        let root = Path::new(self.info().await?.docker_root_dir.as_deref()?)
+            .join("rootfs")
+            .join(name)
+            .join(id);
+        is_mount_point(&root).then(|| root.display().to_string())
     }
 
     /// The next item of `stream`, or an error when the engine sends nothing for the stall
@@ -169,6 +201,7 @@ impl Docker {
             client,
             endpoint,
             stall: access.stall,
+            info: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -398,32 +431,6 @@ fn layers(name: &str, podman: bool, driver: Option<DriverData>, count: usize) ->
              overlay2 and Podman's overlay only"
         ),
     })
-}
-
-impl Docker {
-    /// Where the running container `id` has its root filesystem on this host: the
-    /// `MergedDir` overlay2 and Podman's overlay report; with Docker's containerd image
-    /// store (a snapshotter's name and no data), the directory the daemon mounts it on,
-    /// `DockerRootDir/rootfs/SNAPSHOTTER/ID`, when it is a mount there.
-    async fn container_root(&self, id: &str, driver: Option<DriverData>) -> Option<String> {
-        let DriverData { name, data } = driver?;
-        if let Some(merged) = data.get("MergedDir") {
-            return Some(merged.clone());
-        }
-        let snapshotter = !self.endpoint.podman && data.is_empty() && !name.is_empty();
-        if !snapshotter || id.is_empty() || id.contains('/') || name.contains('/') {
-            return None;
-        }
-        let info = tokio::time::timeout(self.stall, self.client.info())
-            .await
-            .ok()?
-            .ok()?;
-        let root = Path::new(&info.docker_root_dir?)
-            .join("rootfs")
-            .join(name)
-            .join(id);
-        is_mount_point(&root).then(|| root.display().to_string())
-    }
 }
 
 /// The snapshotter of Docker's containerd image store, from `docker info` (`Driver`,

@@ -90,9 +90,9 @@ pub struct Source<'a> {
 pub enum Stack<'a> {
     /// These directories, top first, checked.
     Layers(&'a [PathBuf]),
-    /// The image's `count` layers are the lowest of its anchor's root mount (see
-    /// [`Layers::Snapshots`]): they are known once the anchor runs, and checked then
-    /// with [`check_layers`].
+    /// The layers of an image of `count` layers lie beneath its anchor's own layer in the
+    /// anchor's root mount (see [`Layers::Snapshots`], [`image_layers`]): they are known
+    /// once the anchor runs, and checked then with [`check_layers`].
     BelowAnchor(usize),
 }
 
