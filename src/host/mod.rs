@@ -133,6 +133,10 @@ pub struct HostPaths {
     /// Where systemd-nspawn keeps a directory per running machine for machined to pass
     /// mounts through, and leaves it when killed: `/run/systemd/nspawn/propagate`.
     pub nspawn_propagate: PathBuf,
+    /// Where systemd-nspawn 256 and later mount a small tmpfs per running machine for the
+    /// container's exported sockets, and leave it mounted when killed and sometimes when
+    /// not (systemd/systemd#36455): `/run/systemd/nspawn/unix-export`.
+    pub nspawn_unix_export: PathBuf,
 }
 
 impl Default for HostPaths {
@@ -144,6 +148,7 @@ impl Default for HostPaths {
             proc: PathBuf::from("/proc"),
             systemd_booted: PathBuf::from("/run/systemd/system"),
             nspawn_propagate: PathBuf::from("/run/systemd/nspawn/propagate"),
+            nspawn_unix_export: PathBuf::from("/run/systemd/nspawn/unix-export"),
         }
     }
 }

@@ -429,6 +429,15 @@ pub fn detach_mount(target: &Path) -> io::Result<()> {
     Ok(rustix::mount::unmount(target, UnmountFlags::DETACH)?)
 }
 
+/// Detaches the topmost mount at `target` as [`detach_mount`] does, failing where
+/// `target` is a symlink instead of following it.
+pub fn detach_mount_nofollow(target: &Path) -> io::Result<()> {
+    Ok(rustix::mount::unmount(
+        target,
+        UnmountFlags::DETACH | UnmountFlags::NOFOLLOW,
+    )?)
+}
+
 /// The user and process IDs of the process serving the Unix socket at `path`, as the
 /// kernel recorded them when it started listening (`SO_PEERCRED`).
 pub fn socket_server(path: &Path) -> io::Result<(u32, u32)> {

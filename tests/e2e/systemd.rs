@@ -86,6 +86,37 @@ fn nspawn_run_entries(t: &TestEnv) -> BTreeSet<String> {
     found
 }
 
+/// Fails when a session left a directory in `/run/systemd/nspawn`, saying what is
+/// mounted there and which processes still have a mount namespace that holds it.
+fn assert_nothing_left_in_run(t: &TestEnv, storage: &str) {
+    let left = nspawn_run_entries(t);
+    if left.is_empty() {
+        return;
+    }
+    let mut seen = String::new();
+    let mut namespaces = BTreeSet::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        let namespace = fs::read_link(format!("/proc/{pid}/ns/mnt"));
+        if !pid.bytes().all(|b| b.is_ascii_digit())
+            || !namespace.is_ok_and(|ns| namespaces.insert(ns))
+        {
+            continue;
+        }
+        let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        for line in mounts.lines() {
+            if left
+                .iter()
+                .any(|path| line.contains(&path[path.rfind('/').unwrap()..]))
+            {
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                seen.push_str(&format!("PID {pid} ({}): {line}\n", comm.trim()));
+            }
+        }
+    }
+    panic!("{storage}: left in /run: {left:?}\n{seen}");
+}
+
 /// The host's mounts that are the test's: of its directory, or of its toolboxes' trees.
 fn own_mounts(t: &TestEnv) -> Vec<String> {
     let root = t.root.display().to_string();
@@ -186,7 +217,7 @@ fn a_unit_runs_a_session_in_a_scope_of_its_own() {
             Vec::<String>::new(),
             "{storage}: left mounted"
         );
-        assert_eq!(nspawn_run_entries(&t), [].into(), "{storage}: left in /run");
+        assert_nothing_left_in_run(&t, storage);
     }
 }
 
@@ -255,6 +286,37 @@ fn sessions_leave_a_systemd_hosts_mounts_as_they_were() {
             Vec::<String>::new(),
             "{storage}: left mounted"
         );
-        assert_eq!(nspawn_run_entries(&t), [].into(), "{storage}: left in /run");
+        assert_nothing_left_in_run(&t, storage);
     }
+    // systemd-nspawn killed outright leaves its tmpfs mounted in `unix-export`; the
+    // toolbox's next session removes it.
+    let payload = "sleep 1213";
+    let mut killed = t
+        .command()
+        .env("TOOLBOX_STORAGE", "copy")
+        .args(payload.split(' '))
+        .spawn()
+        .unwrap();
+    wait_for("the session's tree", || {
+        t.tree().join(".toolbox.json").exists()
+    });
+    let root = ToolboxRoot::at(&t.tree()).unwrap();
+    let _reaper = Reaper(root);
+    wait_for("the session's command", || root.find(payload).is_some());
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let left = nspawn_run_entries(&t);
+    assert!(
+        left.iter().any(|path| path.contains("/unix-export/")),
+        "a killed systemd-nspawn left nothing to remove: {left:?}"
+    );
+    succeeded(
+        &t.command()
+            .env("TOOLBOX_STORAGE", "copy")
+            .arg("true")
+            .output()
+            .unwrap(),
+    );
+    assert_nothing_left_in_run(&t, "copy, after a killed session");
+    assert_eq!(own_mounts(&t), Vec::<String>::new(), "left mounted");
 }

@@ -6,7 +6,7 @@
 
 use std::io::IsTerminal;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -252,7 +252,9 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
                 // toolbox stays to say when the target exits.
                 Some(found) => {
                     follow(&found, session)?;
-                    invocation.run()
+                    let status = invocation.run();
+                    remove_session_dirs(session, &plan, &launch);
+                    status
                 }
             }
         }
@@ -347,7 +349,7 @@ impl Tree<'_> {
 /// What every session needs before systemd-nspawn starts: the user, a payload that can
 /// run, the marker file, and the session's record.
 fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> {
-    remove_stale_propagation(&session.paths.nspawn_propagate, plan);
+    remove_stale_session_dirs(session, plan);
     add_user(session, plan)?;
     check_payload(plan)?;
     if !launch.marker.exists() {
@@ -373,26 +375,60 @@ fn start_session(session: &Session, plan: &Plan, launch: &Launch) -> Result<()> 
     }
 }
 
-/// Removes what systemd-nspawn, killed outright, left of this toolbox's sessions in its
-/// directory of machines' propagation directories (where `/run` is not a tmpfs, nothing
-/// else does): the empty directories of sessions whose process is gone.
-fn remove_stale_propagation(propagate: &std::path::Path, plan: &Plan) {
-    let Ok(entries) = std::fs::read_dir(propagate) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .rsplit_once('-')
-            .and_then(|(_, pid)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if plan.session_machine_name(pid) == name && !sys::process_exists(pid as i32) {
-            // Only ever an empty directory: one with anything in it stays.
-            let _ = std::fs::remove_dir(entry.path());
+/// Removes what systemd-nspawn left on the host of this toolbox's sessions that ended:
+/// the directory it keeps per machine in `propagate` (where `/run` is not a tmpfs,
+/// nothing else does), and the tmpfs it mounts per machine in `unix-export`, which stays
+/// mounted when it is killed outright and now and then when not (systemd/systemd#36455).
+fn remove_stale_session_dirs(session: &Session, plan: &Plan) {
+    for dir in [
+        &session.paths.nspawn_propagate,
+        &session.paths.nspawn_unix_export,
+    ] {
+        for path in ended_sessions(dir, plan, |pid| sys::process_exists(pid as i32)) {
+            remove_session_dir(&path);
         }
     }
+}
+
+/// After a session toolbox waited for: what its systemd-nspawn left in those directories.
+fn remove_session_dirs(session: &Session, plan: &Plan, launch: &Launch) {
+    let machine = plan.session_machine_name(launch.session);
+    for dir in [
+        &session.paths.nspawn_propagate,
+        &session.paths.nspawn_unix_export,
+    ] {
+        remove_session_dir(&dir.join(&machine));
+    }
+}
+
+/// The entries of `dir` named for a session of this toolbox whose process is not
+/// `running`.
+fn ended_sessions(dir: &Path, plan: &Plan, running: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.rsplit_once('-')
+                .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| plan.session_machine_name(pid) == name && !running(pid))
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// Unmounts what is mounted on a session's directory (never through a symlink there),
+/// then removes it if it is empty: one with anything in it stays.
+fn remove_session_dir(path: &Path) {
+    // Each detach takes the topmost of the mounts stacked there.
+    for _ in 0..8 {
+        if sys::detach_mount_nofollow(path).is_err() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir(path);
 }
 
 /// A session of an overlay toolbox: mounted by the first session, shared by the ones that
@@ -438,7 +474,9 @@ fn enter_overlay(
         if session.verbosity >= 2 {
             ui::say(session.shown(&invocation));
         }
-        invocation.run()
+        let status = invocation.run();
+        remove_session_dirs(session, plan, launch);
+        status
     });
     if let Err(e) = end_overlay_session(session, plan)
         && !session.quiet()
@@ -592,5 +630,45 @@ fn check_payload(plan: &Plan) -> Result<(), CommandError> {
             }
             Err(last.expect("there is always a login shell to try"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Settings;
+
+    #[test]
+    fn only_this_toolboxs_ended_sessions_are_stale() {
+        let plan = Plan::resolve(&Settings::from_environment(&[]), "core", Payload::Shell).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "core-fedora-latest-41",        // ended
+            "core-fedora-latest-42",        // still running
+            "core-fedora-latest-extra-43",  // another toolbox's session
+            "other-fedora-latest-44",       // another toolbox's
+            "core-fedora-latest-not-a-pid", // not a session's
+            "core-fedora-latest-045",       // not how a PID is written
+        ];
+        for name in names {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let stale = ended_sessions(dir.path(), &plan, |pid| pid == 42);
+        assert_eq!(stale, [dir.path().join("core-fedora-latest-41")]);
+        assert!(ended_sessions(&dir.path().join("missing"), &plan, |_| false).is_empty());
+    }
+
+    #[test]
+    fn a_session_dir_is_removed_only_when_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("core-1");
+        let kept = dir.path().join("core-2");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("socket"), "").unwrap();
+        remove_session_dir(&empty);
+        remove_session_dir(&kept);
+        assert!(!empty.exists());
+        assert!(kept.join("socket").exists());
     }
 }
