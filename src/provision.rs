@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{
     self, ANCHOR_PREFIX, Access, Connected, Engine, LABEL_ANCHOR, LABEL_PID, LABEL_TOOLBOX,
-    SinkClosed, short_id,
+    Provisioning, SinkClosed, short_id,
 };
 use crate::exit::Interrupted;
 use crate::host::ui;
@@ -87,7 +87,7 @@ pub fn ensure(target: &Target, access: &Access, quiet: bool, verbose: bool) -> R
 }
 
 /// [`ensure`] for a toolbox not there a moment ago, with `provisioner`'s engine.
-fn create_with<E: Engine>(mut provisioner: Provisioner<E>, target: &Target) -> Result<bool> {
+fn create_with<E: Provisioning>(mut provisioner: Provisioner<E>, target: &Target) -> Result<bool> {
     let path = target.path();
     let image = provisioner.image(&target.image, false)?;
     let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
@@ -419,7 +419,7 @@ fn anchor_name(name: &str, path: &Path) -> String {
 /// update was killed between starting one and recording it. Left running, each would pin
 /// its image for good. Housekeeping: what cannot be told or removed now is left for the
 /// next creation.
-async fn remove_abandoned_anchors<E: Engine>(engine: &E) {
+async fn remove_abandoned_anchors<E: Provisioning>(engine: &E) {
     let Ok(anchors) = engine.labelled_containers(LABEL_ANCHOR, None).await else {
         return;
     };
@@ -466,22 +466,49 @@ fn abandoned(path: &Path, anchor: &str) -> bool {
     records(path) == Some(false) && records(&previous) == Some(false)
 }
 
-/// Whether the engine's ID for `image` differs from `recorded_id`, asked within
-/// `timeout`; `None` when the daemon is down, slow or does not have the image.
+/// Whether the engine's ID for `image` differs from `recorded_id` now; `None` when that
+/// is unknown (no engine, no answer within `timeout`, no such image).
 pub fn image_changed(
     image: &ImageRef,
     recorded_id: &str,
     access: &Access,
     timeout: Duration,
 ) -> Option<bool> {
-    let runtime = engine::async_runtime().ok()?;
+    images_changed(&[(image, recorded_id)], access, timeout)[0]
+}
+
+/// [`image_changed`] for each image and its recorded ID, over one connection, the
+/// images asked at once and all answers awaited within `timeout`: `list` of many
+/// toolboxes takes one engine's round trip, not one per toolbox.
+pub fn images_changed(
+    wanted: &[(&ImageRef, &str)],
+    access: &Access,
+    timeout: Duration,
+) -> Vec<Option<bool>> {
+    let unknown = || vec![None; wanted.len()];
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let Ok(runtime) = engine::async_runtime() else {
+        return unknown();
+    };
     runtime.block_on(async {
         let ask = async {
             let engine = engine::connect(access).await.ok()?;
-            Some(engine.image(&image.reference()).await.ok()??.id)
+            let answers = wanted.iter().map(|(image, recorded_id)| {
+                let engine = &engine;
+                async move {
+                    let found = engine.image(&image.reference()).await.ok()??;
+                    Some(found.id != *recorded_id)
+                }
+            });
+            Some(futures_util::future::join_all(answers).await)
         };
-        let id = tokio::time::timeout(timeout, ask).await.ok()??;
-        Some(id != recorded_id)
+        tokio::time::timeout(timeout, ask)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(unknown)
     })
 }
 
@@ -498,7 +525,7 @@ fn ready(path: &Path) -> Result<bool> {
 }
 
 /// An engine connection with signals caught, for creating and updating toolboxes.
-struct Provisioner<E: Engine> {
+struct Provisioner<E: Provisioning> {
     runtime: tokio::runtime::Runtime,
     engine: E,
     signals: Caught,
@@ -517,7 +544,7 @@ impl Provisioner<Connected> {
     }
 }
 
-impl<E: Engine> Provisioner<E> {
+impl<E: Provisioning> Provisioner<E> {
     fn with(
         runtime: tokio::runtime::Runtime,
         engine: E,
@@ -873,7 +900,7 @@ struct Report {
 }
 
 /// Fills `partial` with the filesystem of image `image_id` and completes it.
-async fn create<E: Engine>(
+async fn create<E: Provisioning>(
     engine: &E,
     reference: &str,
     name: &str,
@@ -930,7 +957,7 @@ async fn create<E: Engine>(
     Ok(())
 }
 
-pub(crate) async fn find_image<E: Engine>(
+pub(crate) async fn find_image<E: Provisioning>(
     engine: &E,
     image: &ImageRef,
     always_pull: bool,
@@ -963,7 +990,7 @@ pub(crate) async fn find_image<E: Engine>(
 /// Streams the container's export into the unpacker running on a blocking thread,
 /// showing progress unless `quiet`. The unpacker has always finished when this returns,
 /// even when a signal cut the export short, so the partial tree can be removed safely.
-async fn export_into<E: Engine>(
+async fn export_into<E: Provisioning>(
     engine: &E,
     container: &str,
     partial: &Path,
@@ -1353,5 +1380,61 @@ mod tests {
         );
         // The anchors' shared binary stays for the next; no toolbox, partial or not.
         assert_eq!(left, [".toolbox-idle"]);
+    }
+
+    /// Layers as directories (Docker's overlay2 and Podman's `overlay` answer this): the
+    /// toolbox mounts them under its own upper directory, with an anchor in the engine.
+    #[test]
+    fn layer_directories_are_mounted_beneath_the_toolboxs_own() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::sys::is_root() {
+            eprintln!("skipped: mounting an overlay takes root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
+        fs::write(bottom.join("usr/bin/tool"), "bottom").unwrap();
+        let mut fake = engine(archive(), Export::Whole);
+        for image in fake.images.values_mut() {
+            image.layers = Layers::Directories(vec![top.clone(), bottom.clone()]);
+        }
+        let mut wanted = target(dir.path());
+        wanted.storage = Storage::Overlay;
+        assert!(create(&fake, &wanted).unwrap());
+        let path = wanted.path();
+        let metadata = toolboxes::complete_metadata(&path).unwrap().unwrap();
+        let overlay = metadata.overlay.clone().expect("overlay storage");
+        assert_eq!(overlay.layers, [top.clone(), bottom.clone()]);
+        // The anchor is the one container left: it keeps the layers.
+        assert_eq!(fake.container_ids(), std::slice::from_ref(&overlay.anchor));
+        let mounted = crate::store::overlay::mount(&path, &overlay.layers);
+        let tool = fs::read_to_string(path.join("root/usr/bin/tool"));
+        crate::store::overlay::unmount(&path).unwrap();
+        mounted.unwrap();
+        assert_eq!(tool.unwrap(), "bottom");
+    }
+
+    /// Layer directories that are gone by the time they are checked: copied, or the
+    /// demand refused naming the one missing.
+    #[test]
+    fn missing_layer_directories_are_copied_instead() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fake = engine(archive(), Export::Whole);
+        for image in fake.images.values_mut() {
+            image.layers = Layers::Directories(vec![PathBuf::from("/nonexistent/layer/diff")]);
+        }
+        let (err, left) = copied_then_refused(&fake);
+        assert!(
+            err.starts_with("cannot use overlay storage (--storage overlay): ")
+                && err.contains("/nonexistent/layer/diff"),
+            "{err}"
+        );
+        assert!(
+            !left.iter().any(|name| name.starts_with("core-fake")),
+            "{left:?}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! command shares: how verbose, whether secrets are shown, how to become root.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
@@ -15,6 +15,7 @@ use crate::host::ui;
 use crate::host::{Env, HostPaths, Invoker};
 use crate::model::config::{self, Settings};
 use crate::model::plan::{self, Payload, Plan};
+use crate::runtime::Scope;
 use crate::sys;
 
 /// Everything read once at start: environment, host files, the invoking user, settings.
@@ -168,6 +169,17 @@ impl RunContext {
 
     pub fn directory(&self) -> Result<PathBuf> {
         Ok(self.plan(Payload::Shell)?.directory)
+    }
+
+    /// Where the management commands work: toolbox directory `directory`.
+    pub fn scope<'a>(&'a self, directory: &'a Path) -> Scope<'a> {
+        Scope {
+            directory,
+            proc_root: &self.paths.proc,
+            access: &self.access,
+            quiet: self.quiet(),
+            verbose: self.verbose(),
+        }
     }
 
     /// Run as a normal user, toolbox re-runs itself through `TOOLBOX_SUDO`.

@@ -16,7 +16,6 @@ pub mod update;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Result;
 
@@ -27,9 +26,7 @@ use crate::runtime::nspawn::session;
 use crate::runtime::{host_exec, spc};
 use crate::sys;
 
-/// How long `list`, `rm --all` and name lookups wait for the engine to list super
-/// privileged containers.
-pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::runtime::DAEMON_TIMEOUT;
 
 /// Runs toolbox with these arguments. On the normal path this never returns: the process
 /// becomes systemd-nspawn. Otherwise it returns the status to exit with (after `--help`,

@@ -5,11 +5,10 @@ use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::app::DAEMON_TIMEOUT;
-use crate::engine::Access;
+use crate::engine::{self, Failure};
 use crate::host::ui;
 use crate::model::plan::{self, Runtime};
-use crate::runtime::spc;
+use crate::runtime::{Scope, spc};
 use crate::store::toolboxes::{self, State};
 
 /// The directory names a name given on the command line may mean: itself, as `list`
@@ -61,15 +60,19 @@ impl Named {
 }
 
 /// Every toolbox of `directory` (`rm --all`): its trees, and its super privileged
-/// containers if an engine answers (else they are left, with a warning unless `quiet`).
-pub fn every_toolbox(directory: &Path, access: &Access, quiet: bool) -> Result<Vec<Named>> {
-    let mut all: Vec<_> = toolboxes::list(directory)?
+/// containers. Where no engine answers (or in time), there are none to remove: they are
+/// left, with a warning unless `quiet`; any other failure to list them is an error.
+pub fn every_toolbox(scope: &Scope) -> Result<Vec<Named>> {
+    let mut all: Vec<_> = toolboxes::list(scope.directory)?
         .into_iter()
         .map(|(name, _)| Named::Tree(name))
         .collect();
-    match spc::session::names(access, directory, DAEMON_TIMEOUT) {
+    match spc::manage::names(scope) {
         Ok(spcs) => all.extend(spcs.into_iter().map(Named::Spc)),
-        Err(e) if !quiet => ui::warn(format_args!(
+        Err(e) if !engine_absent(&e) => {
+            return Err(e.context("cannot list the super privileged containers to remove"));
+        }
+        Err(e) if !scope.quiet => ui::warn(format_args!(
             "{e:#}; super privileged containers are not removed"
         )),
         Err(_) => {}
@@ -77,22 +80,25 @@ pub fn every_toolbox(directory: &Path, access: &Access, quiet: bool) -> Result<V
     Ok(all)
 }
 
+/// Whether `error` says no engine answers, or none in time.
+fn engine_absent(error: &anyhow::Error) -> bool {
+    matches!(
+        engine::failure_of(error),
+        Some(Failure::Unreachable | Failure::Stalled)
+    )
+}
+
 /// Finds the toolbox a user named, as [`resolve_name`] does, among the trees of
 /// `directory` and its super privileged containers. When both runtimes have a toolbox of
 /// that name, `runtime` (`TOOLBOX_RUNTIME`, `--runtime`) picks; the engine is asked only
 /// when the tree alone does not settle it.
-pub fn find(
-    directory: &Path,
-    user: &str,
-    name: &str,
-    runtime: Runtime,
-    access: &Access,
-) -> Result<Named> {
+pub fn find(scope: &Scope, user: &str, name: &str, runtime: Runtime) -> Result<Named> {
+    let directory = scope.directory;
     let tree = resolve_name(directory, user, name).ok();
     if let (Some(tree), Runtime::Nspawn) = (&tree, runtime) {
         return Ok(Named::Tree(tree.clone()));
     }
-    let spcs = match spc::session::names(access, directory, DAEMON_TIMEOUT) {
+    let spcs = match spc::manage::names(scope) {
         Ok(spcs) => spcs,
         Err(_) if tree.is_some() => Vec::new(),
         Err(e) => {

@@ -1,36 +1,34 @@
 //! `toolbox update`: rebuilds a toolbox, or replaces a super privileged container, when
 //! its image changed.
 
-use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::io::IsTerminal;
 
 use anyhow::{Result, bail};
 
 use crate::app::context::RunContext;
 use crate::app::names::{self, Named};
-use crate::engine::{Access, short_id};
 use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::{self, Payload};
-use crate::provision::{self, Target};
-use crate::runtime::spc;
+use crate::provision::Target;
+use crate::runtime::{Update, nspawn, spc};
 use crate::store::toolboxes;
 
 /// `toolbox update [--force] [--rollback] [NAME]`.
 pub fn run(ctx: &RunContext, name: Option<String>, force: bool, rollback: bool) -> Result<u8> {
     ctx.become_root()?;
     let plan = ctx.plan(Payload::Shell)?;
+    let scope = ctx.scope(&plan.directory);
     let named = match (name, ctx.runtime) {
         (None, plan::Runtime::Nspawn) => None,
         (None, plan::Runtime::Spc) => Some(Named::Spc(plan.name.clone())),
-        (Some(name), runtime) => Some(names::find(
-            &plan.directory,
-            &ctx.invoker.name,
-            &name,
-            runtime,
-            &ctx.access,
-        )?),
+        (Some(name), runtime) => Some(names::find(&scope, &ctx.invoker.name, &name, runtime)?),
     };
+    let how = Update {
+        force,
+        confirm: &confirm,
+    };
+    let report = &mut std::io::stdout();
     let target = match named {
         None => Target::of(&plan),
         Some(Named::Spc(name)) => {
@@ -40,14 +38,7 @@ pub fn run(ctx: &RunContext, name: Option<String>, force: bool, rollback: bool) 
                      one to go back to"
                 );
             }
-            update_spc(
-                &plan.directory,
-                &ctx.access,
-                &name,
-                force,
-                ctx.quiet(),
-                &mut std::io::stdout(),
-            )?;
+            spc::manage::update(&scope, &name, &how, report)?;
             return Ok(0);
         }
         Some(Named::Tree(name)) => {
@@ -63,20 +54,10 @@ pub fn run(ctx: &RunContext, name: Option<String>, force: bool, rollback: bool) 
             }
         }
     };
-    let report = &mut std::io::stdout();
-    if rollback {
-        provision::rollback(&target, &ctx.paths.proc, force, ctx.quiet(), report)?;
-        return Ok(0);
+    match rollback {
+        true => nspawn::manage::rollback(&scope, &target, force, report)?,
+        false => nspawn::manage::update(&scope, &target, &how, report)?,
     }
-    provision::update(
-        &target,
-        &ctx.paths.proc,
-        &ctx.access,
-        force,
-        &|would| confirm(&format!("{would}; discard it?")),
-        (ctx.quiet(), ctx.verbose(), false),
-        report,
-    )?;
     Ok(0)
 }
 
@@ -90,36 +71,4 @@ fn confirm(question: &str) -> bool {
     eprint!("toolbox: {} [y/N] ", ui::escaped(question));
     let mut answer = String::new();
     stdin.read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
-}
-
-/// `toolbox update` of a super privileged container: see [`spc::session::update`].
-pub fn update_spc(
-    directory: &Path,
-    access: &Access,
-    name: &str,
-    force: bool,
-    quiet: bool,
-    report: &mut dyn Write,
-) -> Result<()> {
-    let updated = spc::session::update(access, directory, name, force, &confirm, quiet)?;
-    if !quiet {
-        match updated {
-            spc::session::SpcUpdate::UpToDate { image, image_id } => writeln!(
-                report,
-                "toolbox `{name}` (spc) is up to date ({image} {})",
-                short_id(&image_id)
-            )?,
-            spc::session::SpcUpdate::Replaced {
-                image,
-                old_id,
-                new_id,
-            } => writeln!(
-                report,
-                "toolbox `{name}` (spc) removed for {image} ({} -> {}); its next session creates it anew",
-                short_id(&old_id),
-                short_id(&new_id)
-            )?,
-        }
-    }
-    Ok(())
 }

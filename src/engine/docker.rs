@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 
 use crate::engine::{
     ANCHOR_PREFIX, Access, Attached, CommandFailed, CommandFailure, ContainerInfo, ContainerSpec,
-    Endpoint, Engine, ExecState, IDLE_PATH, LABEL_PIN, Output, PIN_REPOSITORY, Process, SinkClosed,
-    short_id,
+    Endpoint, Engine, ExecState, Failure, IDLE_PATH, LABEL_PIN, Output, PIN_REPOSITORY, Process,
+    Provisioning, SinkClosed, SpcRuntime, short_id,
 };
 use crate::host::ui;
 use crate::model::image::{Image, ImageRef, Layers};
@@ -113,10 +113,9 @@ impl Docker {
             .create_container(Some(options), body)
             .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot create {what} of image {}: {}",
-                    short_id(image_id),
-                    daemon_message(&e)
+                failed(
+                    format!("cannot create {what} of image {}", short_id(image_id)),
+                    &e,
                 )
             })?;
         Ok(created.id)
@@ -134,10 +133,12 @@ impl Docker {
             .tag_image(image_id, Some(options))
             .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot name image {} {PIN_REPOSITORY}:{tag} for its anchor: {}",
-                    short_id(image_id),
-                    daemon_message(&e)
+                failed(
+                    format!(
+                        "cannot name image {} {PIN_REPOSITORY}:{tag} for its anchor",
+                        short_id(image_id)
+                    ),
+                    &e,
                 )
             })?;
         Ok(format!("{PIN_REPOSITORY}:{tag}"))
@@ -157,13 +158,13 @@ impl Docker {
     }
 
     fn stalled(&self, doing: &str) -> anyhow::Error {
-        anyhow!(
+        Failure::Stalled.error(format!(
             "{} at {} sent nothing for {} s while {doing}; stopped waiting \
-             (TOOLBOX_STALL_TIMEOUT sets how long)",
+                 (TOOLBOX_STALL_TIMEOUT sets how long)",
             self.endpoint.name(),
             self.endpoint.address,
             self.stall.as_secs()
-        )
+        ))
     }
 
     /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
@@ -171,10 +172,12 @@ impl Docker {
     /// the version is the one its `/_ping` names; elsewhere, or when it names none,
     /// bollard asks `/version`.
     pub async fn connect(access: &Access) -> Result<Docker> {
-        let endpoint = access.endpoint()?;
+        let endpoint = access
+            .endpoint()
+            .map_err(|e| Failure::Unreachable.error(format!("{e:#}")))?;
         endpoint.check_server()?;
         let address = endpoint.address.clone();
-        let unreachable = || {
+        let cannot_reach = || {
             let hint = match endpoint.podman {
                 true => "is its service running?",
                 false => "is dockerd running?",
@@ -188,14 +191,18 @@ impl Docker {
                 .flatten(),
             None => None,
         };
+        let unreachable = |e: BollardError| {
+            Failure::Unreachable.error(format!("{}: {:#}", cannot_reach(), anyhow::Error::from(e)))
+        };
         let client = match pinged {
-            Some(version) => bollard::Docker::connect_with_unix(&address, 120, &version)
-                .with_context(unreachable)?,
+            Some(version) => {
+                bollard::Docker::connect_with_unix(&address, 120, &version).map_err(unreachable)?
+            }
             None => bollard::Docker::connect_with_host(&address)
-                .with_context(unreachable)?
+                .map_err(unreachable)?
                 .negotiate_version()
                 .await
-                .with_context(unreachable)?,
+                .map_err(unreachable)?,
         };
         Ok(Docker {
             client,
@@ -219,7 +226,7 @@ impl Docker {
             .download_from_container(container, Some(options));
         let mut archive = Vec::new();
         while let Some(chunk) = self.next_or_stall(&mut stream, "reading a link").await? {
-            let chunk = chunk.map_err(|e| anyhow!("cannot read {path}: {}", daemon_message(&e)))?;
+            let chunk = chunk.map_err(|e| failed(format!("cannot read {path}"), &e))?;
             archive.extend_from_slice(&chunk);
             if archive.len() > MAX_ARCHIVE {
                 bail!("cannot read the link {path}: the engine sent more than a link");
@@ -256,7 +263,7 @@ impl Docker {
         self.client
             .list_containers(Some(options))
             .await
-            .map_err(|e| anyhow!("cannot list containers: {}", daemon_message(&e)))
+            .map_err(|e| failed("cannot list containers".to_string(), &e))
     }
 }
 
@@ -276,6 +283,32 @@ fn is_removal_in_progress(error: &BollardError) -> bool {
         BollardError::DockerResponseServerError { status_code: 409, message }
             if message.contains("already in progress")
     )
+}
+
+/// The error of a call that failed (`what`, said first), with the daemon's message, of
+/// its kind where the HTTP status tells it (see [`Failure`]).
+fn failed(what: String, error: &BollardError) -> anyhow::Error {
+    let message = format!("{what}: {}", daemon_message(error));
+    let failure = match error {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => Failure::NotFound,
+        BollardError::DockerResponseServerError {
+            status_code: 409, ..
+        } => Failure::Conflict,
+        _ => return anyhow!(message),
+    };
+    failure.error(message)
+}
+
+/// A call that starts a command failed: [`CommandFailed`] when the runtime's words say
+/// why, else as [`failed`] has it.
+fn start_failed(what: String, error: &BollardError) -> anyhow::Error {
+    let message = daemon_message(error);
+    match command_failure(&message) {
+        Some(_) => start_error(what, message),
+        None => failed(what, error),
+    }
 }
 
 /// The daemon's own message, without bollard's wrapping.
@@ -459,12 +492,21 @@ fn is_mount_point(path: &Path) -> bool {
 }
 
 impl Engine for Docker {
+    fn name(&self) -> &str {
+        self.endpoint.name()
+    }
+
+    fn client(&self) -> &str {
+        self.endpoint.client()
+    }
+
     fn address(&self) -> &str {
         &self.endpoint.address
     }
 
-    fn name(&self) -> &str {
-        self.endpoint.name()
+    fn is_local(&self) -> bool {
+        let address = &self.endpoint.address;
+        address.starts_with("unix://") || address.starts_with('/')
     }
 
     async fn image(&self, reference: &str) -> Result<Option<Image>> {
@@ -486,10 +528,7 @@ impl Engine for Docker {
                 }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(anyhow!(
-                "cannot inspect image `{reference}`: {}",
-                daemon_message(&e)
-            )),
+            Err(e) => Err(failed(format!("cannot inspect image `{reference}`"), &e)),
         }
     }
 
@@ -506,9 +545,8 @@ impl Engine for Docker {
         // an error message inside the stream; both end up here.
         let pulled = async {
             while let Some(item) = self.next_or_stall(&mut stream, "pulling").await? {
-                let info = item.map_err(|e| {
-                    anyhow!("cannot pull image `{reference}`: {}", daemon_message(&e))
-                })?;
+                let info =
+                    item.map_err(|e| failed(format!("cannot pull image `{reference}`"), &e))?;
                 if let Some(detail) = info.error_detail {
                     let message = detail.message.unwrap_or_else(|| "unknown error".into());
                     let message = ui::escaped(&message);
@@ -526,6 +564,94 @@ impl Engine for Docker {
         pulled
     }
 
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        let inspected = match self.client.inspect_container(name, None).await {
+            Ok(inspected) => inspected,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(failed(format!("cannot inspect container `{name}`"), &e)),
+        };
+        let id = inspected.id.as_deref().unwrap_or_default();
+        let state = inspected.state.as_ref();
+        let mounts = inspected
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| Some((m.source?, m.destination?, m.rw.unwrap_or(true))))
+            .collect();
+        Ok(Some(ContainerInfo {
+            id: id.to_string(),
+            name: inspected
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            running: state.and_then(|s| s.running).unwrap_or(false),
+            pid: state
+                .and_then(|s| s.pid)
+                .and_then(|pid| u32::try_from(pid).ok())
+                .unwrap_or(0),
+            root: self.container_root(id, inspected.graph_driver).await,
+            mounts,
+            image_id: inspected.image.unwrap_or_default(),
+            created: inspected.created.unwrap_or_default(),
+            labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
+            exec_ids: inspected.exec_ids.unwrap_or_default(),
+        }))
+    }
+
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let filter = match value {
+            Some(value) => format!("{label}={value}"),
+            None => label.to_string(),
+        };
+        let containers = self.containers_labelled(filter).await?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect())
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        // A daemon that stopped answering keeps the container; the next creation
+        // removes it (its toolbox process is gone by then).
+        let removing = async {
+            loop {
+                match self
+                    .client
+                    .remove_container(container, Some(options.clone()))
+                    .await
+                {
+                    // Docker refuses a second removal while one runs (409 "removal of
+                    // container ... is already in progress"): another toolbox process's
+                    // clean-up, or the request of a toolbox killed mid-way, which the daemon
+                    // carries on with. Asked again once it ended, it answers 404 (removed) or
+                    // removes what the other attempt left.
+                    Err(e) if is_removal_in_progress(&e) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    removed => return removed,
+                }
+            }
+        };
+        let removed = tokio::time::timeout(self.stall, removing)
+            .await
+            .map_err(|_| self.stalled("removing a container"))?;
+        match removed {
+            Err(e) if !is_not_found(&e) => {
+                Err(failed(format!("cannot remove container `{container}`"), &e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn create_container(
         &self,
         image_id: &str,
@@ -539,6 +665,61 @@ impl Engine for Docker {
             ..Default::default()
         };
         self.create(body, None, "a container", image_id).await
+    }
+
+    async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
+        // Go's `os.FileMode` bits, as the API reports a path's mode.
+        const DIR: u32 = 1 << 31;
+        const SYMLINK: u32 = 1 << 27;
+        const DEVICE: u32 = 1 << 26;
+        const FIFO: u32 = 1 << 25;
+        const SOCKET: u32 = 1 << 24;
+        const CHAR_DEVICE: u32 = 1 << 21;
+        let cannot = |e: &BollardError| {
+            anyhow!(
+                "cannot look at {path} in container {}: {}",
+                short_id(container),
+                daemon_message(e)
+            )
+        };
+        let options = ContainerArchiveInfoOptions {
+            path: path.to_string(),
+        };
+        let mode = match self
+            .client
+            .get_container_archive_info(container, Some(options))
+            .await
+        {
+            Ok(stat) => stat.file_mode,
+            Err(e) if is_not_found(&e) => return Ok(Entry::Missing),
+            Err(e) => return Err(cannot(&e)),
+        };
+        let kind = match mode {
+            m if m & DIR != 0 => Kind::Directory,
+            m if m & SYMLINK != 0 => return self.link_target(container, path).await,
+            m if m & FIFO != 0 => Kind::Fifo,
+            m if m & SOCKET != 0 => Kind::Socket,
+            m if m & DEVICE != 0 && m & CHAR_DEVICE != 0 => Kind::CharDevice,
+            m if m & DEVICE != 0 => Kind::BlockDevice,
+            _ => Kind::Regular,
+        };
+        Ok(Entry::Found(kind))
+    }
+}
+
+impl Provisioning for Docker {
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
+        let mut stream = self.client.export_container(container);
+        while let Some(chunk) = self.next_or_stall(&mut stream, "exporting").await? {
+            let chunk = chunk.map_err(|e| {
+                failed(
+                    "the export stopped (is the Docker daemon still running?)".to_string(),
+                    &e,
+                )
+            })?;
+            sink.send(chunk).await.map_err(|_| SinkClosed)?;
+        }
+        Ok(())
     }
 
     async fn create_anchor(
@@ -607,182 +788,15 @@ impl Engine for Docker {
                 // A label is anyone's to set: only a name toolbox makes is removed.
                 .filter(|pin| pin.starts_with(&format!("{PIN_REPOSITORY}:"))),
             Err(e) if is_not_found(&e) => None,
-            Err(e) => bail!(
-                "cannot inspect container `{anchor}`: {}",
-                daemon_message(&e)
-            ),
+            Err(e) => return Err(failed(format!("cannot inspect container `{anchor}`"), &e)),
         };
         self.remove_container(anchor).await?;
         self.unpin(pin.as_deref()).await;
         Ok(())
     }
+}
 
-    async fn changed_paths(&self, container: &str) -> Result<Vec<String>> {
-        let changes = self
-            .client
-            .container_changes(container)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot list the changes in container {}: {}",
-                    short_id(container),
-                    daemon_message(&e)
-                )
-            })?;
-        Ok(changes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|change| change.path)
-            .collect())
-    }
-
-    async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
-        // Go's `os.FileMode` bits, as the API reports a path's mode.
-        const DIR: u32 = 1 << 31;
-        const SYMLINK: u32 = 1 << 27;
-        const DEVICE: u32 = 1 << 26;
-        const FIFO: u32 = 1 << 25;
-        const SOCKET: u32 = 1 << 24;
-        const CHAR_DEVICE: u32 = 1 << 21;
-        let cannot = |e: &BollardError| {
-            anyhow!(
-                "cannot look at {path} in container {}: {}",
-                short_id(container),
-                daemon_message(e)
-            )
-        };
-        let options = ContainerArchiveInfoOptions {
-            path: path.to_string(),
-        };
-        let mode = match self
-            .client
-            .get_container_archive_info(container, Some(options))
-            .await
-        {
-            Ok(stat) => stat.file_mode,
-            Err(e) if is_not_found(&e) => return Ok(Entry::Missing),
-            Err(e) => return Err(cannot(&e)),
-        };
-        let kind = match mode {
-            m if m & DIR != 0 => Kind::Directory,
-            m if m & SYMLINK != 0 => return self.link_target(container, path).await,
-            m if m & FIFO != 0 => Kind::Fifo,
-            m if m & SOCKET != 0 => Kind::Socket,
-            m if m & DEVICE != 0 && m & CHAR_DEVICE != 0 => Kind::CharDevice,
-            m if m & DEVICE != 0 => Kind::BlockDevice,
-            _ => Kind::Regular,
-        };
-        Ok(Entry::Found(kind))
-    }
-
-    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
-        let mut stream = self.client.export_container(container);
-        while let Some(chunk) = self.next_or_stall(&mut stream, "exporting").await? {
-            let chunk = chunk.map_err(|e| {
-                anyhow!(
-                    "the export stopped (is the Docker daemon still running?): {}",
-                    daemon_message(&e)
-                )
-            })?;
-            sink.send(chunk).await.map_err(|_| SinkClosed)?;
-        }
-        Ok(())
-    }
-
-    async fn labelled_containers(
-        &self,
-        label: &str,
-        value: Option<&str>,
-    ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        let filter = match value {
-            Some(value) => format!("{label}={value}"),
-            None => label.to_string(),
-        };
-        let containers = self.containers_labelled(filter).await?;
-        Ok(containers
-            .into_iter()
-            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
-            .collect())
-    }
-
-    fn is_local(&self) -> bool {
-        let address = &self.endpoint.address;
-        address.starts_with("unix://") || address.starts_with('/')
-    }
-
-    async fn remove_container(&self, container: &str) -> Result<()> {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        // A daemon that stopped answering keeps the container; the next creation
-        // removes it (its toolbox process is gone by then).
-        let removing = async {
-            loop {
-                match self
-                    .client
-                    .remove_container(container, Some(options.clone()))
-                    .await
-                {
-                    // Docker refuses a second removal while one runs (409 "removal of
-                    // container ... is already in progress"): another toolbox process's
-                    // clean-up, or the request of a toolbox killed mid-way, which the daemon
-                    // carries on with. Asked again once it ended, it answers 404 (removed) or
-                    // removes what the other attempt left.
-                    Err(e) if is_removal_in_progress(&e) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                    }
-                    removed => return removed,
-                }
-            }
-        };
-        let removed = tokio::time::timeout(self.stall, removing)
-            .await
-            .map_err(|_| self.stalled("removing a container"))?;
-        match removed {
-            Err(e) if !is_not_found(&e) => Err(anyhow!(
-                "cannot remove container `{container}`: {}",
-                daemon_message(&e)
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
-        let inspected = match self.client.inspect_container(name, None).await {
-            Ok(inspected) => inspected,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => bail!("cannot inspect container `{name}`: {}", daemon_message(&e)),
-        };
-        let id = inspected.id.as_deref().unwrap_or_default();
-        let state = inspected.state.as_ref();
-        let mounts = inspected
-            .mounts
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|m| Some((m.source?, m.destination?, m.rw.unwrap_or(true))))
-            .collect();
-        Ok(Some(ContainerInfo {
-            id: id.to_string(),
-            name: inspected
-                .name
-                .map(|n| n.trim_start_matches('/').to_string())
-                .unwrap_or_default(),
-            running: state.and_then(|s| s.running).unwrap_or(false),
-            pid: state
-                .and_then(|s| s.pid)
-                .and_then(|pid| u32::try_from(pid).ok())
-                .unwrap_or(0),
-            root: self.container_root(id, inspected.graph_driver).await,
-            mounts,
-            image_id: inspected.image.unwrap_or_default(),
-            created: inspected.created.unwrap_or_default(),
-            labels: inspected.config.and_then(|c| c.labels).unwrap_or_default(),
-            exec_ids: inspected.exec_ids.unwrap_or_default(),
-        }))
-    }
-
+impl SpcRuntime for Docker {
     async fn containers_with_label(&self, label: &str) -> Result<Vec<String>> {
         let containers = self.containers_labelled(label.to_string()).await?;
         Ok(containers
@@ -847,13 +861,7 @@ impl Engine for Docker {
             .client
             .create_container(Some(options), body)
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot create {what} of image {}: {}",
-                    spec.image,
-                    daemon_message(&e)
-                )
-            })?;
+            .map_err(|e| failed(format!("cannot create {what} of image {}", spec.image), &e))?;
         Ok(created.id)
     }
 
@@ -861,12 +869,7 @@ impl Engine for Docker {
         self.client
             .start_container(container, None::<StartContainerOptions>)
             .await
-            .map_err(|e| {
-                start_error(
-                    format!("cannot start container `{container}`"),
-                    daemon_message(&e),
-                )
-            })
+            .map_err(|e| start_failed(format!("cannot start container `{container}`"), &e))
     }
 
     async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<()> {
@@ -875,10 +878,9 @@ impl Engine for Docker {
             ..Default::default()
         };
         match self.client.stop_container(container, Some(options)).await {
-            Err(e) if !is_not_found(&e) => bail!(
-                "cannot stop container `{container}`: {}",
-                daemon_message(&e)
-            ),
+            Err(e) if !is_not_found(&e) => {
+                Err(failed(format!("cannot stop container `{container}`"), &e))
+            }
             _ => Ok(()),
         }
     }
@@ -897,10 +899,7 @@ impl Engine for Docker {
             .await
             .map_err(|e| {
                 // Podman prepares the container, and its runtime the command, here.
-                start_error(
-                    format!("cannot attach to container `{container}`"),
-                    daemon_message(&e),
-                )
+                start_failed(format!("cannot attach to container `{container}`"), &e)
             })?;
         Ok(attached(attach.output, attach.input, false))
     }
@@ -913,10 +912,10 @@ impl Engine for Docker {
             Some(Ok(response)) => Ok(response.status_code),
             // bollard reports a non-zero status as an error.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => bail!(
-                "cannot wait for container `{container}`: {}",
-                daemon_message(&e)
-            ),
+            Some(Err(e)) => Err(failed(
+                format!("cannot wait for container `{container}`"),
+                &e,
+            )),
             None => bail!("cannot wait for container `{container}`: no answer"),
         }
     }
@@ -933,9 +932,9 @@ impl Engine for Docker {
             ..Default::default()
         };
         let failed = |e: BollardError| {
-            start_error(
+            start_failed(
                 format!("cannot run a session in container `{container}`"),
-                daemon_message(&e),
+                &e,
             )
         };
         let exec = self
@@ -964,10 +963,9 @@ impl Engine for Docker {
 
     async fn exec_state(&self, exec: &str) -> Result<ExecState> {
         let inspected = self.client.inspect_exec(exec).await.map_err(|e| {
-            anyhow!(
-                "cannot inspect exec session {}: {}",
-                short_id(exec),
-                daemon_message(&e)
+            failed(
+                format!("cannot inspect exec session {}", short_id(exec)),
+                &e,
             )
         })?;
         Ok(ExecState {
@@ -994,12 +992,7 @@ impl Engine for Docker {
                     .await
             }
         };
-        resized.map_err(|e| {
-            anyhow!(
-                "cannot resize the terminal in `{container}`: {}",
-                daemon_message(&e)
-            )
-        })
+        resized.map_err(|e| failed(format!("cannot resize the terminal in `{container}`"), &e))
     }
 
     async fn kill(&self, container: &str, signal: i32) -> Result<()> {
@@ -1009,12 +1002,28 @@ impl Engine for Docker {
         self.client
             .kill_container(container, Some(options))
             .await
+            .map_err(|e| failed(format!("cannot signal container `{container}`"), &e))
+    }
+
+    async fn changed_paths(&self, container: &str) -> Result<Vec<String>> {
+        let changes = self
+            .client
+            .container_changes(container)
+            .await
             .map_err(|e| {
-                anyhow!(
-                    "cannot signal container `{container}`: {}",
-                    daemon_message(&e)
+                failed(
+                    format!(
+                        "cannot list the changes in container {}",
+                        short_id(container)
+                    ),
+                    &e,
                 )
-            })
+            })?;
+        Ok(changes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|change| change.path)
+            .collect())
     }
 }
 
@@ -1044,9 +1053,9 @@ fn attached(
                 }
                 Ok(LogOutput::StdErr { message }) => Some(Ok(Output::Stderr(message))),
                 Ok(LogOutput::StdIn { .. }) => None,
-                Err(e) => Some(Err(anyhow!(
-                    "the connection to the container broke: {}",
-                    daemon_message(&e)
+                Err(e) => Some(Err(failed(
+                    "the connection to the container broke".to_string(),
+                    &e,
                 ))),
             }
         });
@@ -1266,5 +1275,42 @@ mod tests {
         assert_eq!(store_driver(&store), driver("overlayfs", &[]));
         let overlay2 = info("overlay2", &[["Backing Filesystem", "extfs"]]);
         assert_eq!(store_driver(&overlay2), None);
+    }
+
+    #[test]
+    fn the_daemons_answers_are_sorted_by_kind() {
+        let answer = |status_code: u16, message: &str| BollardError::DockerResponseServerError {
+            status_code,
+            message: message.into(),
+        };
+        let cases = [
+            (answer(404, "No such container: c"), Some(Failure::NotFound)),
+            (
+                answer(409, "removal of container c is already in progress"),
+                Some(Failure::Conflict),
+            ),
+            (answer(500, "driver failed"), None),
+        ];
+        for (error, kind) in cases {
+            let error = failed("cannot remove container `c`".into(), &error)
+                .context("not every toolbox was removed");
+            assert_eq!(crate::engine::failure_of(&error), kind, "{error:#}");
+            assert!(
+                format!("{error:#}").contains("cannot remove container `c`: "),
+                "{error:#}"
+            );
+        }
+        // A command that could not start is told apart from the container being gone.
+        let started = start_failed(
+            "cannot start container `c`".into(),
+            &answer(
+                400,
+                "OCI runtime create failed: unable to start container process: exec: \"x\": \
+                 executable file not found in $PATH: unknown",
+            ),
+        );
+        assert!(started.downcast_ref::<CommandFailed>().is_some());
+        let gone = start_failed("cannot start container `c`".into(), &answer(404, "no such"));
+        assert_eq!(crate::engine::failure_of(&gone), Some(Failure::NotFound));
     }
 }

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Attached, ContainerInfo, ContainerSpec, Engine, ExecState, Process, SinkClosed,
+    Attached, ContainerInfo, ContainerSpec, Engine, ExecState, Process, Provisioning, SinkClosed,
+    SpcRuntime,
 };
 use crate::model::image::{Image, ImageRef};
 use crate::sys::{Entry, Kind};
@@ -64,6 +65,22 @@ impl Fake {
 const CHUNK: usize = 512;
 
 impl Engine for &Fake {
+    fn name(&self) -> &str {
+        "the Docker daemon"
+    }
+
+    fn client(&self) -> &str {
+        "docker"
+    }
+
+    fn address(&self) -> &str {
+        "fake://"
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
     async fn image(&self, reference: &str) -> Result<Option<Image>> {
         Ok(self.images.get(reference).cloned())
     }
@@ -75,27 +92,47 @@ impl Engine for &Fake {
         )
     }
 
-    /// An anchor's ID is its name, for tests to see.
-    async fn create_anchor(
+    // It runs nothing: super privileged containers are tested end to end.
+
+    async fn container(&self, _name: &str) -> Result<Option<ContainerInfo>> {
+        Ok(None)
+    }
+
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        Ok(self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, labels)| {
+                labels
+                    .get(label)
+                    .is_some_and(|found| value.is_none_or(|value| found == value))
+            })
+            .map(|(id, labels)| (id.clone(), labels.clone()))
+            .collect())
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        self.containers.lock().unwrap().remove(container);
+        Ok(())
+    }
+
+    async fn create_container(
         &self,
         image_id: &str,
-        name: &str,
         labels: HashMap<String, String>,
-        _idle: &std::path::Path,
     ) -> Result<String> {
         if !self.images.values().any(|image| image.id == image_id) {
             bail!("no such image: {image_id}");
         }
-        let mut containers = self.containers.lock().unwrap();
-        if containers.contains_key(name) {
-            bail!("the container name `{name}` is already in use");
-        }
-        containers.insert(name.to_string(), labels);
-        Ok(name.to_string())
-    }
-
-    async fn changed_paths(&self, _container: &str) -> Result<Vec<String>> {
-        Ok(Vec::new())
+        let id = format!("fake{}", self.created.fetch_add(1, Ordering::SeqCst));
+        self.containers.lock().unwrap().insert(id.clone(), labels);
+        Ok(id)
     }
 
     async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
@@ -131,20 +168,9 @@ impl Engine for &Fake {
         }
         Ok(Entry::Missing)
     }
+}
 
-    async fn create_container(
-        &self,
-        image_id: &str,
-        labels: HashMap<String, String>,
-    ) -> Result<String> {
-        if !self.images.values().any(|image| image.id == image_id) {
-            bail!("no such image: {image_id}");
-        }
-        let id = format!("fake{}", self.created.fetch_add(1, Ordering::SeqCst));
-        self.containers.lock().unwrap().insert(id.clone(), labels);
-        Ok(id)
-    }
-
+impl Provisioning for &Fake {
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
         if !self.containers.lock().unwrap().contains_key(container) {
             bail!("no such container: {container}");
@@ -166,48 +192,27 @@ impl Engine for &Fake {
         }
     }
 
-    async fn remove_container(&self, container: &str) -> Result<()> {
-        self.containers.lock().unwrap().remove(container);
-        Ok(())
-    }
-
-    async fn labelled_containers(
+    /// An anchor's ID is its name, for tests to see.
+    async fn create_anchor(
         &self,
-        label: &str,
-        value: Option<&str>,
-    ) -> Result<Vec<(String, HashMap<String, String>)>> {
-        Ok(self
-            .containers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, labels)| {
-                labels
-                    .get(label)
-                    .is_some_and(|found| value.is_none_or(|value| found == value))
-            })
-            .map(|(id, labels)| (id.clone(), labels.clone()))
-            .collect())
+        image_id: &str,
+        name: &str,
+        labels: HashMap<String, String>,
+        _idle: &std::path::Path,
+    ) -> Result<String> {
+        if !self.images.values().any(|image| image.id == image_id) {
+            bail!("no such image: {image_id}");
+        }
+        let mut containers = self.containers.lock().unwrap();
+        if containers.contains_key(name) {
+            bail!("the container name `{name}` is already in use");
+        }
+        containers.insert(name.to_string(), labels);
+        Ok(name.to_string())
     }
+}
 
-    fn is_local(&self) -> bool {
-        true
-    }
-
-    fn address(&self) -> &str {
-        "fake://"
-    }
-
-    fn name(&self) -> &str {
-        "the Docker daemon"
-    }
-
-    // It runs nothing: super privileged containers are tested end to end.
-
-    async fn container(&self, _name: &str) -> Result<Option<ContainerInfo>> {
-        Ok(None)
-    }
-
+impl SpcRuntime for &Fake {
     async fn containers_with_label(&self, _label: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
@@ -246,6 +251,10 @@ impl Engine for &Fake {
 
     async fn kill(&self, _container: &str, _signal: i32) -> Result<()> {
         bail!(RUNS_NOTHING)
+    }
+
+    async fn changed_paths(&self, _container: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
 }
 

@@ -1,7 +1,9 @@
-//! engine: the few container-engine calls toolbox makes, behind the [`Engine`] trait, in
-//! terms every engine shares: images, throwaway containers and their export for creating a
-//! toolbox, and the calls that run a super privileged container (create from a
-//! [`ContainerSpec`], start, attach, exec, resize, signal, wait, stop). [`docker`] speaks
+//! engine: the few container-engine calls toolbox makes, in terms every engine shares and
+//! split by role: [`Engine`] (images and containers, what every caller needs),
+//! [`Provisioning`] (a container's export and the anchor of an overlay toolbox, for
+//! creating toolboxes) and [`SpcRuntime`] (the calls that run a super privileged
+//! container: create from a [`ContainerSpec`], start, attach, exec, resize, signal, wait,
+//! stop). [`docker`] speaks
 //! the Docker Engine API (Docker, or Podman's compatible service) through bollard, the only
 //! module that does; `fake` is an engine in memory for unit tests. Which engine and how to
 //! reach it ([`Access`]) is decided here too. Only creating, updating and removing an nspawn
@@ -75,20 +77,55 @@ impl std::fmt::Display for SinkClosed {
 
 impl std::error::Error for SinkClosed {}
 
-/// What creating a toolbox needs from a container engine.
+/// What every engine connection answers, whichever runtime asks: what the engine is and
+/// where, its images, and containers found, created (never started), read, and removed.
+/// Split by role from what only provisioning ([`Provisioning`]) or only the super
+/// privileged container runtime ([`SpcRuntime`]) needs, so an engine can serve one role
+/// without the other.
 #[allow(async_fn_in_trait)]
 pub trait Engine {
+    /// What the engine is called in messages (`the Docker daemon`, `Podman`).
+    fn name(&self) -> &str;
+    /// Where the engine is, for messages (`unix:///var/run/docker.sock`).
+    fn address(&self) -> &str;
+    /// The command users run against it (`docker`, `podman`), for messages that say
+    /// what to run.
+    fn client(&self) -> &str;
+    /// Whether the daemon runs on this host, so its storage paths are this host's.
+    fn is_local(&self) -> bool;
     /// The engine's ID for an image and where its layers are, or `None` when it does not
     /// have the image.
     async fn image(&self, reference: &str) -> Result<Option<Image>>;
     /// Pulls an image, reporting progress on stderr unless `quiet`.
     async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()>;
+    /// The container named or with ID `name`, if there is one.
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>>;
+    /// Containers, running or not, carrying `label` with `value` (any value: `None`):
+    /// their IDs and labels.
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>>;
+    async fn remove_container(&self, container: &str) -> Result<()>;
     /// Creates (never starts) a container of image `image_id` and returns its ID.
     async fn create_container(
         &self,
         image_id: &str,
         labels: HashMap<String, String>,
     ) -> Result<String>;
+    /// What is at `path` (absolute) in the files of container `container` (created, never
+    /// started), a symlink there not followed: its target as written.
+    async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry>;
+}
+
+/// What creating an nspawn toolbox needs besides: a container's files as an archive (copy
+/// storage), and the anchor that keeps an overlay toolbox's layers.
+#[allow(async_fn_in_trait)]
+pub trait Provisioning: Engine {
+    /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
+    /// Fails with [`SinkClosed`] when the receiving side goes away.
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
     /// Creates and starts the anchor that pins an overlay toolbox's image: a container of
     /// image `image_id` whose only process is `idle` (toolbox's binary, bound read-only
     /// as [`IDLE_PATH`]) waiting to be stopped; no network, no capabilities, a read-only
@@ -102,36 +139,17 @@ pub trait Engine {
         labels: HashMap<String, String>,
         idle: &Path,
     ) -> Result<String>;
-    /// Removes an anchor made by [`Engine::create_anchor`], and the image name it made.
+    /// Removes an anchor made by [`Provisioning::create_anchor`], and the image name it
+    /// made.
     async fn remove_anchor(&self, anchor: &str) -> Result<()> {
         self.remove_container(anchor).await
     }
-    /// What is at `path` (absolute) in the files of container `container` (created, never
-    /// started), a symlink there not followed: its target as written.
-    async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry>;
-    /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
-    /// Fails with [`SinkClosed`] when the receiving side goes away.
-    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
-    async fn remove_container(&self, container: &str) -> Result<()>;
-    /// Containers, running or not, carrying `label` with `value` (any value: `None`):
-    /// their IDs and labels.
-    async fn labelled_containers(
-        &self,
-        label: &str,
-        value: Option<&str>,
-    ) -> Result<Vec<(String, HashMap<String, String>)>>;
-    /// Whether the daemon runs on this host, so its storage paths are this host's.
-    fn is_local(&self) -> bool;
-    /// Where the engine is, for messages (`unix:///var/run/docker.sock`).
-    fn address(&self) -> &str;
-    /// What the engine is called in messages (`the Docker daemon`, `Podman`).
-    fn name(&self) -> &str;
+}
 
-    // The super privileged container runtime's calls.
-
-    /// The container named or with ID `name`, if there is one.
-    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>>;
-
+/// What the super privileged container runtime needs besides: containers it runs sessions
+/// in, and their processes.
+#[allow(async_fn_in_trait)]
+pub trait SpcRuntime: Engine {
     /// Containers carrying `label`, whatever its value: their names (without `/`).
     async fn containers_with_label(&self, label: &str) -> Result<Vec<String>>;
 
@@ -427,6 +445,56 @@ impl std::fmt::Display for CommandFailed {
 }
 
 impl std::error::Error for CommandFailed {}
+
+/// What kind of failure an engine call met, where a caller acts on the kind; the message
+/// of [`Failed`] says the rest. Each engine sorts its own answers into these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The image or container is not there, or no longer.
+    NotFound,
+    /// The object's state forbids it now: a name in use, a removal already under way.
+    Conflict,
+    /// The engine sent nothing for the stall timeout (`TOOLBOX_STALL_TIMEOUT`), or did
+    /// not answer within the time a command gives it.
+    Stalled,
+    /// No engine answers where it was looked for.
+    Unreachable,
+}
+
+/// An engine's error of a kind a caller may act on (see [`Failure`]), with the message
+/// that says it all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub failure: Failure,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+impl Failure {
+    /// The error of this kind that `message` says.
+    pub fn error(self, message: impl Into<String>) -> anyhow::Error {
+        Failed {
+            failure: self,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// The kind of `error`, when an engine said what kind it is, anywhere in its chain.
+pub fn failure_of(error: &anyhow::Error) -> Option<Failure> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<Failed>())
+        .map(|failed| failed.failure)
+}
 
 /// A connection to a running command: its output and its standard input. Shutting the
 /// input down ends the command's standard input.

@@ -32,15 +32,17 @@ pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) ->
     let (pid, container, root, volumes) = match &request.wanted {
         Wanted::Process(pid) => (*pid, None, process_root(proc_root, *pid), Vec::new()),
         Wanted::Container(name) => {
-            let info = with_engine(access, Some(access.stall), async |engine| {
+            let (info, client) = with_engine(access, Some(access.stall), async |engine| {
                 let address = engine.address().to_string();
                 let info = engine.container(name).await?;
-                info.ok_or_else(|| anyhow!("no container `{name}` in the engine at {address}"))
+                let info = info
+                    .ok_or_else(|| anyhow!("no container `{name}` in the engine at {address}"))?;
+                Ok((info, engine.client().to_string()))
             })?;
             if !info.running || info.pid == 0 {
                 bail!(
                     "container `{name}` is not running; start it first (its files are in \
-                     `docker cp` and `docker export` meanwhile)"
+                     `{client} cp` and `{client} export` meanwhile)"
                 );
             }
             let root = match info.root {

@@ -89,6 +89,38 @@ fn concurrent_sessions_list_and_rm() {
     assert_eq!(list_json(&t), serde_json::json!([]));
 }
 
+/// `rm --all` where no engine answers removes the trees, which need none, and says the
+/// super privileged containers were left.
+#[test]
+fn rm_all_without_an_engine_removes_the_trees_and_says_what_is_left() {
+    let Some(t) = TestEnv::new("rm_all_no_engine", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let created = t
+        .command()
+        .env("TOOLBOX_STORAGE", "copy")
+        .arg("true")
+        .output()
+        .unwrap();
+    assert_eq!(status(&created), 0, "{}", describe(&created));
+    let out = t
+        .command()
+        .env("TOOLBOX_ENGINE", "docker")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .args(["rm", "--all"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(!t.tree().exists(), "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)
+            .iter()
+            .any(|l| l.contains("super privileged containers are not removed")),
+        "{}",
+        describe(&out)
+    );
+}
+
 #[test]
 fn eight_parallel_first_runs_export_once() {
     let Some(t) = TestEnv::new("parallel", DEBIAN_IMAGE) else {

@@ -334,7 +334,7 @@ fn targets_are_found_through_podman() {
         toolbox_lines(&out),
         [format!(
             "toolbox: container `{name}` is not running; start it first (its files are in \
-             `docker cp` and `docker export` meanwhile)"
+             `podman cp` and `podman export` meanwhile)"
         )]
     );
     let out = run_with(&t, &service, &["--target", "toolbox-no-such", "true"]);

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod enter;
+pub mod manage;
 pub mod mountpoints;
 pub mod session;
 pub mod tracing;

@@ -9,6 +9,7 @@
 //! an image's `RUN` label applied to it. [`session`] runs it. Nothing here talks to an
 //! engine or touches the host.
 
+pub mod manage;
 pub mod mounts;
 pub mod session;
 

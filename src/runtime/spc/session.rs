@@ -19,10 +19,10 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::{LABEL_DIRECTORY, LABEL_IMAGE, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc, mounts};
+use super::{LABEL_DIRECTORY, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc, mounts};
 use crate::engine::{
     self, Access, Attached, CommandFailed, CommandFailure, ContainerInfo, Engine, ExecState,
-    LABEL_PID, Output, short_id,
+    LABEL_PID, Output, SpcRuntime, short_id,
 };
 use crate::exit::CommandError;
 use crate::host::ui;
@@ -80,7 +80,7 @@ pub fn enter(
 
 /// A throwaway SPC: created, attached, started, waited for, and removed.
 async fn throwaway(
-    engine: &impl Engine,
+    engine: &impl SpcRuntime,
     spc: &Spc,
     image_id: &str,
     directory: &Path,
@@ -126,7 +126,7 @@ async fn throwaway(
 
 /// Removes throwaway SPCs whose toolbox process is gone (killed outright). Housekeeping:
 /// it never fails the session (another toolbox may be removing the same one).
-async fn remove_abandoned(engine: &impl Engine) {
+async fn remove_abandoned(engine: &impl SpcRuntime) {
     let Ok(throwaways) = engine.labelled_containers(LABEL_RUNTIME, Some("spc")).await else {
         return;
     };
@@ -141,7 +141,7 @@ async fn remove_abandoned(engine: &impl Engine) {
 /// A session in the persistent SPC: created or started if needed, an exec into it, and
 /// the container stopped if this was its last session.
 async fn persistent(
-    engine: &impl Engine,
+    engine: &impl SpcRuntime,
     spc: &Spc,
     name: &str,
     image_id: &str,
@@ -250,7 +250,11 @@ async fn persistent(
 }
 
 /// Refuses a container named like the SPC that is not the SPC of `directory`.
-fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> Result<()> {
+pub(super) fn check_ownership(
+    container: &ContainerInfo,
+    name: &str,
+    directory: &Path,
+) -> Result<()> {
     let label = |key| container.labels.get(key).map(String::as_str);
     if label(LABEL_SPC) != Some(name) {
         bail!(
@@ -268,13 +272,13 @@ fn check_ownership(container: &ContainerInfo, name: &str, directory: &Path) -> R
 
 /// The state of an exec session whose output has ended: the engine may take a moment to
 /// record its exit, or its process a moment to die of the signal it was just passed.
-async fn exec_end(engine: &impl Engine, exec: &str) -> Result<ExecState> {
+async fn exec_end(engine: &impl SpcRuntime, exec: &str) -> Result<ExecState> {
     exec_settled(engine, exec, |state| !state.running).await
 }
 
 /// The process of a running exec session. Docker reports PID 0 for a moment after the
 /// session starts, so it is asked again until it knows or the session ends.
-async fn exec_pid(engine: &impl Engine, exec: &str) -> Option<i32> {
+async fn exec_pid(engine: &impl SpcRuntime, exec: &str) -> Option<i32> {
     let state = exec_settled(engine, exec, |state| state.pid.is_some() || !state.running);
     let state = state.await.ok()?;
     state.pid.filter(|_| state.running)
@@ -282,7 +286,7 @@ async fn exec_pid(engine: &impl Engine, exec: &str) -> Option<i32> {
 
 /// The exec session's state once `settled` holds for it, or as it is after [`EXEC_END`].
 async fn exec_settled(
-    engine: &impl Engine,
+    engine: &impl SpcRuntime,
     exec: &str,
     settled: impl Fn(&ExecState) -> bool,
 ) -> Result<ExecState> {
@@ -298,7 +302,7 @@ async fn exec_settled(
 
 /// Stops the SPC when no exec session other than `ours` runs in it.
 async fn stop_if_idle(
-    engine: &impl Engine,
+    engine: &impl SpcRuntime,
     directory: &Path,
     name: &str,
     ours: Option<&str>,
@@ -321,7 +325,11 @@ async fn stop_if_idle(
 }
 
 /// How many of `execs`, other than `ours`, still run.
-async fn running_sessions(engine: &impl Engine, execs: &[String], ours: Option<&str>) -> usize {
+pub(super) async fn running_sessions(
+    engine: &impl SpcRuntime,
+    execs: &[String],
+    ours: Option<&str>,
+) -> usize {
     let mut running = 0;
     for exec in execs.iter().filter(|e| Some(e.as_str()) != ours) {
         // One finished and forgotten meanwhile is not running.
@@ -343,14 +351,14 @@ fn exit_status(status: i64) -> u8 {
 }
 
 /// What a session's signals and terminal sizes go to.
-struct Recipient<'a, E: Engine> {
+struct Recipient<'a, E: SpcRuntime> {
     engine: &'a E,
     container: &'a str,
     /// The exec session, or `None` for the container's main process.
     exec: Option<&'a str>,
 }
 
-impl<E: Engine> Recipient<'_, E> {
+impl<E: SpcRuntime> Recipient<'_, E> {
     async fn resize(&self) {
         if let Some(size) = sys::window_size() {
             // A size the engine refuses leaves the old one: not worth ending the session.
@@ -382,7 +390,7 @@ impl<E: Engine> Recipient<'_, E> {
 async fn stream(
     attached: Attached,
     tty: bool,
-    target: &Recipient<'_, impl Engine>,
+    target: &Recipient<'_, impl SpcRuntime>,
     signals: Caught,
 ) -> Result<()> {
     let Attached {
@@ -538,105 +546,12 @@ pub struct Options {
     pub verbose: bool,
 }
 
-/// A persistent SPC as `toolbox list` shows it.
-#[derive(Debug, Clone)]
-pub struct Listed {
-    pub name: String,
-    pub image: String,
-    pub image_id: String,
-    pub created: String,
-    pub running: bool,
-    /// Exec sessions running in it.
-    pub sessions: usize,
-    /// Whether the image's ID differs now; `None` when the image is gone.
-    pub image_changed: Option<bool>,
-}
-
-/// The persistent SPCs of toolbox directory `directory`, by name.
-pub fn list(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<Listed>> {
-    with_engine(access, Some(timeout), async |engine| {
-        let mut listed = Vec::new();
-        for name in owned_names(engine, directory).await? {
-            let Some(container) = engine.container(&name).await? else {
-                continue;
-            };
-            let image = container
-                .labels
-                .get(LABEL_IMAGE)
-                .cloned()
-                .unwrap_or_default();
-            let current = engine.image(&image).await.ok().flatten();
-            listed.push(Listed {
-                sessions: running_sessions(engine, &container.exec_ids, None).await,
-                image_changed: current.map(|found| found.id != container.image_id),
-                image,
-                image_id: container.image_id,
-                created: container.created,
-                running: container.running,
-                name,
-            });
-        }
-        listed.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(listed)
-    })
-}
-
-/// The names of the persistent SPCs of `directory`.
-async fn owned_names(engine: &impl Engine, directory: &Path) -> Result<Vec<String>> {
-    let label = format!("{LABEL_DIRECTORY}={}", directory.display());
-    let mut names = Vec::new();
-    for name in engine.containers_with_label(&label).await? {
-        if let Some(container) = engine.container(&name).await?
-            && container.labels.get(LABEL_SPC) == Some(&name)
-        {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
-/// The names of the persistent SPCs of `directory`, for `rm` and `update` to find.
-pub fn names(access: &Access, directory: &Path, timeout: Duration) -> Result<Vec<String>> {
-    with_engine(access, Some(timeout), async |engine| {
-        owned_names(engine, directory).await
-    })
-}
-
-/// Removes persistent SPC `name` of `directory`; one with running sessions is refused,
-/// or with `force`, removed with them.
-pub fn remove(access: &Access, directory: &Path, name: &str, force: bool) -> Result<()> {
-    let _lock = toolboxes::lock_for_spc(directory, name)?;
-    with_engine(access, None, async |engine| {
-        let Some(container) = engine.container(name).await? else {
-            return Ok(());
-        };
-        check_ownership(&container, name, directory)?;
-        let sessions = running_sessions(engine, &container.exec_ids, None).await;
-        if sessions > 0 && !force {
-            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
-        }
-        engine.remove_container(&container.id).await
-    })
-}
-
-/// What `update` did to a persistent SPC.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpcUpdate {
-    UpToDate {
-        image: String,
-        image_id: String,
-    },
-    /// Removed, to be created from the new image by its next session.
-    Replaced {
-        image: String,
-        old_id: String,
-        new_id: String,
-    },
-}
-
 /// The files changed in `container` since it was created: the changed paths with nothing
 /// changed beneath them, less its mount points.
-async fn changed_files(engine: &impl Engine, container: &ContainerInfo) -> Result<usize> {
+pub(super) async fn changed_files(
+    engine: &impl SpcRuntime,
+    container: &ContainerInfo,
+) -> Result<usize> {
     let paths = engine.changed_paths(&container.id).await?;
     let mounts: Vec<&str> = container
         .mounts
@@ -648,62 +563,6 @@ async fn changed_files(engine: &impl Engine, container: &ContainerInfo) -> Resul
         !mounts.contains(&path.as_str()) && !paths.iter().any(|p| p.starts_with(&beneath))
     });
     Ok(changed.count())
-}
-
-/// Pulls the image of persistent SPC `name` and, when its ID changed, removes the
-/// container (refused while sessions run, unless `force`) so that its next session
-/// creates it from the new image with the current settings. Files changed in the
-/// container go with it: unless `force`, only when `ask` says so.
-pub fn update(
-    access: &Access,
-    directory: &Path,
-    name: &str,
-    force: bool,
-    ask: &dyn Fn(&str) -> bool,
-    quiet: bool,
-) -> Result<SpcUpdate> {
-    let _lock = toolboxes::lock_for_spc(directory, name)?;
-    with_engine(access, None, async |engine| {
-        let container = engine.container(name).await?.ok_or_else(|| {
-            anyhow!("toolbox `{name}` (spc) has no container; its next session creates one")
-        })?;
-        check_ownership(&container, name, directory)?;
-        let image = container
-            .labels
-            .get(LABEL_IMAGE)
-            .cloned()
-            .unwrap_or_default();
-        let reference = ImageRef::parse(&image, "latest")?;
-        let found = provision::find_image(engine, &reference, true, quiet).await?;
-        if found.id == container.image_id {
-            return Ok(SpcUpdate::UpToDate {
-                image,
-                image_id: found.id,
-            });
-        }
-        let sessions = running_sessions(engine, &container.exec_ids, None).await;
-        if sessions > 0 && !force {
-            bail!("toolbox `{name}` has {sessions} running session(s); use --force to stop them");
-        }
-        let changed = changed_files(engine, &container).await?;
-        if changed > 0 && !force {
-            let lost = format!(
-                "updating `{name}` (spc) would lose its container, with {changed} file(s) \
-                 changed in it"
-            );
-            if !ask(&format!("{lost}; go on?")) {
-                bail!(
-                    "{lost}; copy them out (`docker cp`), or `toolbox --runtime spc update --force`"
-                );
-            }
-        }
-        engine.remove_container(&container.id).await?;
-        Ok(SpcUpdate::Replaced {
-            image,
-            old_id: container.image_id,
-            new_id: found.id,
-        })
-    })
 }
 
 /// `toolbox-idle`, a persistent SPC's main process: waits to be stopped and exits 0.
