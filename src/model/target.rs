@@ -152,14 +152,25 @@ impl Target {
             .collect()
     }
 
+    /// Whether the target's root is this mount namespace's own `/` (a host process's):
+    /// nothing to stage, the files are the ones toolbox sees.
+    pub fn root_is_ours(&self) -> bool {
+        self.root.as_deref() == Some(Path::new("/"))
+    }
+
     /// The systemd-nspawn options that show the target inside a session, its files
     /// staged at `staged` (its root with its volumes mounted beneath, see
-    /// `runtime::target`): one bind, which systemd-nspawn makes with what is beneath it.
+    /// `runtime::target`), or `/` itself when that is its root: one bind, which
+    /// systemd-nspawn makes with what is beneath it.
     pub fn nspawn_options(&self, staged: &Path) -> Vec<String> {
+        let shown = match self.root_is_ours() {
+            true => Path::new("/"),
+            false => staged,
+        };
         let mut options: Vec<String> = self
             .root
             .iter()
-            .map(|_| format!("--bind={}:{MOUNT_POINT}", staged.display()))
+            .map(|_| format!("--bind={}:{MOUNT_POINT}", shown.display()))
             .collect();
         options.extend(self.environment().map(|(k, v)| format!("--setenv={k}={v}")));
         options

@@ -150,16 +150,22 @@ fn stage_volume(stage: &OwnedFd, volume: &Volume) -> std::io::Result<()> {
 }
 
 /// The root directory of process `pid` as a path of this mount namespace, when the
-/// process shares it (a systemd service, a chroot); `None` when it has mounts of its own,
-/// which no bind made here can show.
+/// process shares it (a systemd service, a chroot): `/` when it is this namespace's own
+/// root, the host's files, which systemd-nspawn binds like the host's `/` itself (staged,
+/// a copy of every mount of the host would stay attached in the host's namespace for the
+/// session, and keep the directories they are mounted on from being removed); `None`
+/// when it has mounts of its own, which no bind made here can show.
 fn process_root(proc_root: &Path, pid: u32) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
-    let namespace = |pid: &str| {
-        std::fs::metadata(proc_root.join(pid).join("ns/mnt")).map(|m| (m.dev(), m.ino()))
-    };
+    let identity = |path: PathBuf| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    let namespace = |pid: &str| identity(proc_root.join(pid).join("ns/mnt"));
     let shared = namespace(&pid.to_string()).ok()? == namespace("self").ok()?;
     // Its own magic link: opened, it is the process's root itself.
-    shared.then(|| proc_root.join(pid.to_string()).join("root"))
+    let root = proc_root.join(pid.to_string()).join("root");
+    match identity(root.clone()).ok()? == identity(PathBuf::from("/")).ok()? {
+        true => shared.then(|| PathBuf::from("/")),
+        false => shared.then_some(root),
+    }
 }
 
 /// The target's files staged for a session: its root mounted on a directory of the
@@ -184,7 +190,7 @@ impl Found {
     /// symlink the target swaps in leads to another place of its own, never out of it, and
     /// the volume is mounted on the directory opened, not on a path looked up again.
     pub fn stage(&self, at: &Path, quiet: bool) -> Result<Option<Staged>> {
-        let Some(root) = &self.root else {
+        let Some(root) = self.root.as_ref().filter(|_| !self.target.root_is_ours()) else {
             return Ok(None);
         };
         let given = &self.target.request.given;

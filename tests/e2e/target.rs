@@ -4,6 +4,7 @@
 //! the session's namespaces compared with the target's; errors; the super privileged
 //! container runtime doing the same through the engine.
 
+use std::fs;
 use std::process::{Child, Command, Output};
 
 use crate::common::*;
@@ -188,6 +189,57 @@ fn a_host_process_is_a_target_and_the_namespaces_asked_for_are_joined() {
     let out = run(&t, &["--target", &target, "--target-ns", "pid", "true"]);
     assert_eq!(status(&out), 125, "{}", describe(&out));
     assert!(toolbox_lines(&out)[0].contains("never joins its target's `pid` namespace"));
+}
+
+/// A host process's root is the host's `/`: shown at /media/target as systemd-nspawn shows
+/// the host at /media/root, with no copy of the host's mounts kept in the host's mount
+/// namespace for the session, so a mount made before the session can be unmounted and
+/// its directory removed while the session runs.
+#[test]
+fn a_host_processs_files_are_the_hosts_and_hold_none_of_its_mounts() {
+    let Some(t) = TestEnv::new("target_host_root", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let process = Unshared::start();
+    let target = format!("pid:{}", process.0.id());
+    let (_file, relative, content) = host_file();
+    let out = run(
+        &t,
+        &[
+            "--target",
+            &target,
+            "cat",
+            &format!("/media/target/{relative}"),
+        ],
+    );
+    assert_eq!(succeeded(&out), content, "{}", describe(&out));
+
+    let victim = t.root.join("victim-mount");
+    fs::create_dir(&victim).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "victim", victim.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let mut session = overlay_command(&t)
+        .args(["--target", &target, "sleep", "1214"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the session's command", || {
+        ToolboxRoot::at(&t.tree()).is_some_and(|root| root.find("sleep 1214").is_some())
+    });
+    let _reaper = Reaper(ToolboxRoot::at(&t.tree()).unwrap());
+    let unmounted = Command::new("umount").arg(&victim).status().unwrap();
+    let removed = fs::remove_dir(&victim);
+    let _ = session.kill();
+    let _ = session.wait();
+    assert!(unmounted.success());
+    assert!(
+        removed.is_ok(),
+        "a directory the host unmounted stays busy while a session targets a host process: {removed:?}"
+    );
 }
 
 #[test]

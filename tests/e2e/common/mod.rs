@@ -273,10 +273,8 @@ pub fn overlay_command(t: &TestEnv) -> Command {
 }
 
 /// The storage modes a toolbox can have with the engine the tests run against: `copy`,
-/// and `overlay` where that engine is Docker keeping its images in layers toolbox mounts:
-/// overlay2, or its containerd image store with snapshotter `overlayfs`. Podman's overlay
-/// storage has its own test (`podman::`): with it in every module, a session under load
-/// once left its `/run/systemd/nspawn/unix-export` directory behind (docs/TESTBED.md).
+/// and `overlay` where that engine keeps its images in layers toolbox mounts: Docker's
+/// overlay2, its containerd image store with snapshotter `overlayfs`, Podman's `overlay`.
 pub fn storages() -> Vec<&'static str> {
     static OVERLAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let overlay = OVERLAY.get_or_init(|| {
@@ -287,7 +285,7 @@ pub fn storages() -> Vec<&'static str> {
             .unwrap_or_default();
         let driver = info.split(' ').next().unwrap_or_default();
         match driver {
-            "overlay2" => true,
+            "overlay2" | "overlay" => true,
             "overlayfs" => info.contains("io.containerd.snapshotter.v1"),
             _ => false,
         }
