@@ -119,7 +119,7 @@ pub const KEYS: &[Key] = &[
         name: STORAGE,
         default: "auto",
         words: false,
-        doc: "How a new toolbox holds its image: `overlay` mounts the engine's layers (Docker's overlay2, Podman's overlay) under the toolbox's own upper directory (the toolbox's own files are in NAME/upper), pinned by a small running anchor container that every prune spares, and falls back to `copy`, saying why, where that cannot work; `copy` unpacks the image into the toolbox directory; `auto`, the default, is `overlay` that says why it copies only with `-v`.",
+        doc: "How a new toolbox holds its image: `overlay` mounts the engine's layers (Docker's overlay2 or its containerd image store's snapshots, Podman's overlay) under the toolbox's own upper directory (the toolbox's own files are in NAME/upper), pinned by a small running anchor container that every prune spares, and falls back to `copy`, saying why, where that cannot work; `copy` unpacks the image into the toolbox directory; `auto`, the default, is `overlay` that says why it copies only with `-v`.",
     },
     Key {
         name: ENGINE,
