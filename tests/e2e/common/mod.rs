@@ -395,10 +395,23 @@ impl Tag {
 }
 
 impl Drop for Tag {
-    /// Forced: an anchor container may still use the image (the test's toolboxes are
-    /// removed after the tag); an image with other tags is only untagged.
+    /// Untagged; forced only where this is the image's last name and an anchor container
+    /// still uses it (the test's toolboxes are removed after the tag). Never forced
+    /// otherwise: through Podman's service, the plain removal of one name among several
+    /// can fail while a container uses the image, and the forced one then deletes the
+    /// image with every name.
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        let untagged = Command::new("docker").args(["rmi", &self.0]).output();
+        if untagged.is_ok_and(|out| out.status.success()) {
+            return;
+        }
+        let names = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{len .RepoTags}}", &self.0])
+            .output()
+            .map(|out| stdout(&out).trim().to_string());
+        if names.is_ok_and(|names| names == "1") {
+            let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
     }
 }
 
@@ -447,7 +460,13 @@ pub fn import_marker_image_into(host: Option<&str>, marker: &str) -> String {
     import.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
     let out = import.wait_with_output().unwrap();
     assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    // Docker prints the ID; through Podman's service, `ID: sha256:ID`.
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    printed
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The core host checks, through `run` (a toolbox command line): the host's `/` is at
