@@ -11,12 +11,13 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{LABEL_DIRECTORY, LABEL_RUN_LABEL, LABEL_RUNTIME, LABEL_SPC, Spc, mounts};
@@ -393,10 +394,7 @@ async fn stream(
     target: &Recipient<'_, impl SpcRuntime>,
     signals: Caught,
 ) -> Result<()> {
-    let Attached {
-        mut output,
-        mut input,
-    } = attached;
+    let Attached { mut output, input } = attached;
     // A reader that goes away is passed on to the command below, not the end of toolbox.
     signals::ignore_sigpipe();
     let _raw = match tty {
@@ -407,8 +405,10 @@ async fn stream(
     if tty {
         target.resize().await;
     }
-    let mut stdin = read_stdin();
-    let mut stdin_open = true;
+    // Input goes in on a task of its own, never in turn with the output: an engine that
+    // relays both through one thread (Podman's conmon) stops taking input while the
+    // command waits for its output to be read, and toolbox would wait for it in turn.
+    let _feeding = Aborting(tokio::spawn(feed(read_stdin(), input)));
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     // Docker keeps an exec's connection open when its container is stopped or removed
@@ -456,18 +456,6 @@ async fn stream(
                     }
                 }
             },
-            chunk = stdin.recv(), if stdin_open => match chunk {
-                Some(bytes) => {
-                    if input.write_all(&bytes).await.and(input.flush().await).is_err() {
-                        stdin_open = false;
-                    }
-                }
-                None => {
-                    // End of input: the command's standard input ends too.
-                    let _ = input.shutdown().await;
-                    stdin_open = false;
-                }
-            },
             signal = signals.next() => match signal {
                 Signal::WINCH => if tty {
                     target.resize().await
@@ -477,6 +465,31 @@ async fn stream(
         }
     }
     Ok(())
+}
+
+/// A task that ends with the session, however the session ends.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes standard input to the command until either ends; the end of input ends the
+/// command's standard input too.
+async fn feed(mut stdin: mpsc::Receiver<Bytes>, mut input: Pin<Box<dyn AsyncWrite + Send>>) {
+    while let Some(bytes) = stdin.recv().await {
+        if input
+            .write_all(&bytes)
+            .await
+            .and(input.flush().await)
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = input.shutdown().await;
 }
 
 /// The error of a command the engine could not start (see [`CommandFailed`]) as the
