@@ -9,8 +9,9 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, DriverData, ExecConfig, HostConfig, HostConfigLogConfig,
-    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum, SystemInfo,
+    ChangeType, ContainerCreateBody, ContainerSummary, DriverData, ExecConfig, FilesystemChange,
+    HostConfig, HostConfigLogConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    SystemInfo,
 };
 use bollard::query_parameters::{
     AttachContainerOptions, ContainerArchiveInfoOptions, CreateContainerOptions,
@@ -185,7 +186,7 @@ impl Docker {
             format!("cannot reach {} at `{address}`; {hint}", endpoint.name())
         };
         let pinged = match address.strip_prefix("unix://") {
-            Some(path) => tokio::time::timeout(access.stall, pinged_version(Path::new(path)))
+            Some(path) => tokio::time::timeout(access.stall, pinged(Path::new(path)))
                 .await
                 .ok()
                 .flatten(),
@@ -195,7 +196,7 @@ impl Docker {
             Failure::Unreachable.error(format!("{}: {:#}", cannot_reach(), anyhow::Error::from(e)))
         };
         let client = match pinged {
-            Some(version) => {
+            Some(Ping { version, .. }) => {
                 bollard::Docker::connect_with_unix(&address, 120, &version).map_err(unreachable)?
             }
             None => bollard::Docker::connect_with_host(&address)
@@ -203,6 +204,10 @@ impl Docker {
                 .negotiate_version()
                 .await
                 .map_err(unreachable)?,
+        };
+        let endpoint = Endpoint {
+            podman: endpoint.podman || pinged.is_some_and(|ping| ping.podman),
+            ..endpoint
         };
         Ok(Docker {
             client,
@@ -362,12 +367,22 @@ fn start_error(what: String, message: String) -> anyhow::Error {
 /// exec's first output.
 const EXEC_FAILED: &str = "OCI runtime exec failed";
 
-/// The API version the engine serving the Unix socket `path` speaks, from the
-/// `Api-Version` header of its `/_ping`, which Docker and Podman both send: Podman
-/// answers `/version`, what bollard's negotiation asks, only once it has asked its OCI
-/// runtime and conmon for theirs (0.6 s and more). `None` when it does not say. Async, so
-/// that a caller's deadline (entering waits 300 ms) ends it on a hung engine.
-async fn pinged_version(path: &Path) -> Option<ClientVersion> {
+/// What the `/_ping` of the engine serving the Unix socket `path` says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Ping {
+    /// The API version it speaks, from the `Api-Version` header Docker and Podman both
+    /// send: Podman answers `/version`, what bollard's negotiation asks, only once it has
+    /// asked its OCI runtime and conmon for theirs (0.6 s and more).
+    version: ClientVersion,
+    /// Podman's service, whatever its address was named by (`DOCKER_HOST` often names
+    /// Podman's socket): it sends `Libpod-Api-Version` too.
+    podman: bool,
+}
+
+/// The [`Ping`] of the engine serving the Unix socket `path`; `None` when it does not
+/// say its API version. Async, so that a caller's deadline (entering waits 300 ms) ends
+/// it on a hung engine.
+async fn pinged(path: &Path) -> Option<Ping> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// Headers only: the body is `OK`.
     const MAX_ANSWER: u64 = 16 * 1024;
@@ -383,12 +398,12 @@ async fn pinged_version(path: &Path) -> Option<ClientVersion> {
         .read_to_end(&mut answer)
         .await
         .ok()?;
-    api_version(&answer)
+    ping(&answer)
 }
 
-/// The version an HTTP answer's `Api-Version` header names, if it is a success, capped
-/// at the newest bollard speaks.
-fn api_version(answer: &[u8]) -> Option<ClientVersion> {
+/// The [`Ping`] of an HTTP answer, if it is a success naming its API version (capped at
+/// the newest bollard speaks).
+fn ping(answer: &[u8]) -> Option<Ping> {
     let text = String::from_utf8_lossy(answer);
     let head = text.split("\r\n\r\n").next()?;
     let mut lines = head.split("\r\n");
@@ -396,12 +411,20 @@ fn api_version(answer: &[u8]) -> Option<ClientVersion> {
     if status.split(' ').nth(1) != Some("200") {
         return None;
     }
-    let value = lines.find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("api-version")
-            .then_some(value.trim())
-    })?;
+    let headers: Vec<(&str, &str)> = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim(), value.trim()))
+        })
+        .collect();
+    let header = |wanted: &str| {
+        headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|&(_, value)| value)
+    };
+    let podman = header("libpod-api-version").is_some();
+    let value = header("api-version")?;
     let (major, minor) = value.split_once('.')?;
     let named = ClientVersion {
         major_version: major.parse().ok()?,
@@ -409,11 +432,11 @@ fn api_version(answer: &[u8]) -> Option<ClientVersion> {
     };
     let newest = *API_DEFAULT_VERSION;
     let key = |v: &ClientVersion| (v.major_version, v.minor_version);
-    Some(if key(&named) > key(&newest) {
-        newest
-    } else {
-        named
-    })
+    let version = match key(&named) > key(&newest) {
+        true => newest,
+        false => named,
+    };
+    Some(Ping { version, podman })
 }
 
 /// The tag of the image name pinning the image of anchor `anchor`: what follows
@@ -1019,12 +1042,30 @@ impl SpcRuntime for Docker {
                     &e,
                 )
             })?;
-        Ok(changes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|change| change.path)
-            .collect())
+        Ok(user_changes(
+            changes.unwrap_or_default(),
+            self.endpoint.podman,
+        ))
     }
+}
+
+/// The directories Podman changes in every container it starts: it makes the mount
+/// points of its own `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` and
+/// `/run/.containerenv` there, and its diff leaves those files out but not their directory.
+const PODMAN_MOUNT_POINT_DIRECTORIES: [&str; 2] = ["/etc", "/run"];
+
+/// The paths of `changes` made in the container, not by the engine starting it. A
+/// directory listed as changed by itself never hides a file: each has an entry of its own.
+fn user_changes(changes: Vec<FilesystemChange>, podman: bool) -> Vec<String> {
+    changes
+        .into_iter()
+        .filter(|change| {
+            !(podman
+                && change.kind == ChangeType::_0
+                && PODMAN_MOUNT_POINT_DIRECTORIES.contains(&change.path.as_str()))
+        })
+        .map(|change| change.path)
+        .collect()
 }
 
 /// The output and input of an attach, or of an exec (`exec`), whose command Docker says
@@ -1176,14 +1217,17 @@ mod tests {
     }
 
     #[test]
-    fn the_api_version_is_read_from_a_ping() {
+    fn the_api_version_and_the_engine_are_read_from_a_ping() {
         let version = |answer: &str| {
-            api_version(answer.as_bytes()).map(|v| (v.major_version, v.minor_version))
+            ping(answer.as_bytes()).map(|p| (p.version.major_version, p.version.minor_version))
         };
+        let is_podman = |answer: &str| ping(answer.as_bytes()).map(|p| p.podman);
         let docker = "HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nServer: Docker/20.10.24\r\n\r\nOK";
         assert_eq!(version(docker), Some((1, 41)));
+        assert_eq!(is_podman(docker), Some(false));
         let podman = "HTTP/1.0 200 OK\r\nLibpod-Api-Version: 5.4.2\r\napi-version:1.41\r\n\r\nOK";
         assert_eq!(version(podman), Some((1, 41)));
+        assert_eq!(is_podman(podman), Some(true));
         // Newer than bollard speaks: bollard's own.
         let newest = (
             API_DEFAULT_VERSION.major_version,
@@ -1253,6 +1297,36 @@ mod tests {
         assert_eq!(
             unavailable(docker, false, None),
             "the Docker daemon does not say where the image's layers are"
+        );
+    }
+
+    #[test]
+    fn podmans_own_mount_points_are_not_changes_in_the_container() {
+        let change = |path: &str, kind| FilesystemChange {
+            path: path.into(),
+            kind,
+        };
+        let changes = || {
+            vec![
+                change("/etc", ChangeType::_0),
+                change("/run", ChangeType::_0),
+                change("/srv", ChangeType::_0),
+                change("/root", ChangeType::_0),
+                change("/root/notes", ChangeType::_1),
+            ]
+        };
+        assert_eq!(
+            user_changes(changes(), true),
+            ["/srv", "/root", "/root/notes"]
+        );
+        assert_eq!(
+            user_changes(changes(), false),
+            ["/etc", "/run", "/srv", "/root", "/root/notes"]
+        );
+        // Added or deleted, /etc is the user's doing on either engine.
+        assert_eq!(
+            user_changes(vec![change("/etc", ChangeType::_2)], true),
+            ["/etc"]
         );
     }
 

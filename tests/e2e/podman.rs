@@ -26,8 +26,8 @@ impl PodmanService {
         PodmanService::with_storage(insecure_registry, false)
     }
 
-    /// A service with a storage of its own (`--root`, `--runroot`), holding a copy of
-    /// the busybox image: what a test prunes there is no other test's.
+    /// A service with a storage of its own (`--root`, `--runroot`, `--tmpdir`), holding a
+    /// copy of the busybox image: what a test prunes there is no other test's.
     pub(crate) fn isolated() -> PodmanService {
         let service = PodmanService::with_storage(None, true);
         let archive = service.dir.path().join("busybox.tar");
@@ -53,10 +53,13 @@ impl PodmanService {
             format!("unqualified-search-registries = []\n{insecure}"),
         )
         .unwrap();
+        // Its state of its own too (`--tmpdir`, else the host's /run/libpod): `system
+        // reset` at its end removes that directory, and with it the host's Podman's.
         let storage = match own {
             true => vec![
                 format!("--root={}", dir.path().join("root").display()),
                 format!("--runroot={}", dir.path().join("runroot").display()),
+                format!("--tmpdir={}", dir.path().join("tmp").display()),
             ],
             false => Vec::new(),
         };
@@ -120,9 +123,15 @@ impl Drop for PodmanService {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A storage of its own goes with its containers (which it would otherwise leave
-        // running, their layers mounted).
+        // running, their layers mounted) and images. Not by `podman system reset`: that
+        // removes /run/podman too, the host's Podman socket with it.
         if !self.storage.is_empty() {
-            let _ = self.command().args(["system", "reset", "--force"]).output();
+            let _ = self.command().args(["rm", "--all", "--force"]).output();
+            let _ = self.command().args(["rmi", "--all", "--force"]).output();
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg(self.dir.path().join("root/overlay"))
+                .output();
         }
         let _ = fs::remove_dir_all(self.dir.path());
     }
@@ -192,6 +201,23 @@ fn podman_alone_creates_a_toolbox_from_an_imported_image() {
     );
     assert_sees_the_host(&run, "/media/root");
     assert_statuses_come_back(&run);
+    // Podman's socket named by DOCKER_HOST, as Podman's documentation suggests, is
+    // Podman's: its `Libpod-Api-Version` tells.
+    let named = TestEnv::new("podman_docker_host", BUSYBOX_IMAGE).unwrap();
+    let out = named
+        .command()
+        .env("TOOLBOX_ENGINE", "docker")
+        .env("DOCKER_HOST", &service.host)
+        .env_remove("CONTAINER_HOST")
+        .args(["-v", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("toolbox: Podman at {} (API", service.host)),
+        "{said}"
+    );
 
     // Podman's own ID for its `localhost/` image, reached by the short name.
     let id = podman(&["image", "inspect", "--format", "{{.Id}}", BUSYBOX_IMAGE]);
