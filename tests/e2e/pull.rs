@@ -60,7 +60,9 @@ fn a_missing_image_is_pulled_with_progress() {
     assert!(
         stderr
             .lines()
-            .any(|l| l.starts_with("toolbox: pulling ") && l.ends_with(": Pull complete")),
+            // Docker's last word on a layer; Podman's service says the download's.
+            .any(|l| l.starts_with("toolbox: pulling ")
+                && (l.ends_with(": Pull complete") || l.ends_with(": Download complete"))),
         "no per-layer progress: {stderr}"
     );
     assert!(

@@ -162,8 +162,7 @@ impl TestEnv {
         // In the testbed's Podman configuration the tests' docker client reaches Podman
         // through DOCKER_HOST, and toolbox finds Podman's socket itself, as on a host
         // with Podman alone.
-        let podman_alone = std::env::var("TOOLBOX_E2E_TESTBED").as_deref() == Ok("podman");
-        if let Some(host) = std::env::var_os("DOCKER_HOST").filter(|_| !podman_alone) {
+        if let Some(host) = std::env::var_os("DOCKER_HOST").filter(|_| !podman_alone()) {
             command.env("DOCKER_HOST", host);
         }
         command
@@ -374,6 +373,12 @@ pub fn leave_running(command: &str) -> [String; 4] {
 
 /// A unique local tag for `image`, removed when dropped.
 /// Names `image` (a name, or an ID) `name` in the engine the tests use.
+/// Whether the engine is Podman alone (the testbed's Podman configuration), reached by
+/// the tests' docker client through DOCKER_HOST.
+pub fn podman_alone() -> bool {
+    std::env::var("TOOLBOX_E2E_TESTBED").as_deref() == Ok("podman")
+}
+
 pub fn tag(image: &str, name: &str) {
     // Podman's API reads `sha256:ID` as a name and a tag; both engines take the bare ID.
     let image = image.strip_prefix("sha256:").unwrap_or(image);
@@ -678,7 +683,9 @@ impl OwnDaemon {
         docker(&all)
     }
 
-    /// Copies `image` from the default daemon into this one (`docker save | docker load`).
+    /// Copies `image` from the default daemon into this one (`docker save | docker load`),
+    /// under the name `image`: Podman's service saves `localhost/NAME`, which this daemon
+    /// would keep as it is.
     pub fn load(&self, image: &str) {
         let mut saved = Command::new("docker")
             .args(["save", image])
@@ -692,6 +699,14 @@ impl OwnDaemon {
             .unwrap();
         assert!(saved.wait().unwrap().success(), "docker save {image}");
         assert!(loaded.status.success(), "{}", describe(&loaded));
+        let printed = stdout(&loaded);
+        let name = printed
+            .lines()
+            .find_map(|line| line.strip_prefix("Loaded image: "))
+            .map(str::trim);
+        if let Some(name) = name.filter(|&name| name != image) {
+            self.docker(&["tag", name, image]);
+        }
     }
 }
 
