@@ -1024,6 +1024,8 @@ struct ForeignService {
     uid: u32,
     socket: PathBuf,
     socat: Option<Child>,
+    /// With Podman alone, root's relay to its socket (see [`ForeignService::start`]).
+    relay: Option<Child>,
 }
 
 impl ForeignService {
@@ -1041,6 +1043,28 @@ impl ForeignService {
             user,
             socket: t.root.join("tbxatk-xdg/podman/podman.sock"),
             socat: None,
+            relay: None,
+        };
+        // The user's service relays the engine the tests' docker client talks to. Podman's
+        // socket is root's alone, so the user reaches it through a relay of root's.
+        let engine = match podman_alone() {
+            false => "/var/run/docker.sock".to_string(),
+            true => {
+                let relay = t.root.join("tbxatk-relay.sock");
+                let host = std::env::var("DOCKER_HOST").unwrap();
+                let podman = host.strip_prefix("unix://").unwrap_or(&host);
+                let child = Command::new("socat")
+                    .arg(format!("UNIX-LISTEN:{},fork,mode=666", relay.display()))
+                    .arg(format!("UNIX-CONNECT:{podman}"))
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("cannot run socat (scripts/setup-host installs it)");
+                service.relay = Some(child);
+                wait_for("the relay's socket", || {
+                    fs::symlink_metadata(&relay).is_ok_and(|m| m.file_type().is_socket())
+                });
+                relay.display().to_string()
+            }
         };
         // Its runtime directory, as systemd-logind makes one: its own, others kept out.
         fs::set_permissions(&t.root, fs::Permissions::from_mode(0o755)).unwrap();
@@ -1056,7 +1080,7 @@ impl ForeignService {
             .arg(format!("--reuid={}", service.uid))
             .arg(format!("--regid={}", service.uid))
             .args(["--init-groups", "socat", &listen])
-            .arg("UNIX-CONNECT:/var/run/docker.sock")
+            .arg(format!("UNIX-CONNECT:{engine}"))
             .stdin(Stdio::null())
             .spawn()
             .expect("cannot run socat (scripts/setup-host installs it)");
@@ -1074,24 +1098,32 @@ impl ForeignService {
     }
 }
 
+/// Ends a forking socat once its children (each a connection) have ended with their
+/// connections: killed before it reaps them, they would be left to PID 1.
+fn stop_socat(mut socat: Child) {
+    let serving = || {
+        fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            let pid = entry.file_name().to_str().and_then(|n| n.parse().ok());
+            pid.and_then(|pid| toolbox::sys::proc_stat(Path::new("/proc"), pid))
+                .is_some_and(|stat| stat.parent == socat.id())
+        })
+    };
+    let deadline = Instant::now() + patient(Duration::from_secs(5));
+    while serving() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = socat.kill();
+    let _ = socat.wait();
+}
+
 impl Drop for ForeignService {
     fn drop(&mut self) {
-        if let Some(mut socat) = self.socat.take() {
-            // Its children (one a connection) end with their connections; killed before
-            // it reaps them, they would be left to PID 1.
-            let serving = || {
-                fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-                    let pid = entry.file_name().to_str().and_then(|n| n.parse().ok());
-                    pid.and_then(|pid| toolbox::sys::proc_stat(Path::new("/proc"), pid))
-                        .is_some_and(|stat| stat.parent == socat.id())
-                })
-            };
-            let deadline = Instant::now() + patient(Duration::from_secs(5));
-            while serving() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = socat.kill();
-            let _ = socat.wait();
+        // The user's first: the relay's connections end with its.
+        if let Some(socat) = self.socat.take() {
+            stop_socat(socat);
+        }
+        if let Some(relay) = self.relay.take() {
+            stop_socat(relay);
         }
         // Whatever else still runs as the user.
         for entry in fs::read_dir("/proc").unwrap().flatten() {
