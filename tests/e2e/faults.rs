@@ -658,7 +658,8 @@ fn an_image_removed_between_inspect_and_create() {
             &format!("unix://{}", socket.display()),
             "image removed before create",
         );
-        assert!(line.contains("No such image"), "{line}");
+        // Docker's "No such image", Podman's "no such image".
+        assert!(line.to_lowercase().contains("no such image"), "{line}");
         assert!(line.contains(&vanishing), "{line}");
         assert!(t.containers().is_empty());
     });
