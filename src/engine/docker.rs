@@ -217,6 +217,54 @@ impl Docker {
         })
     }
 
+    /// What is at `path` in `container` (not started), read from its root filesystem as
+    /// Podman's own API mounts it: Podman's archive API follows symlinks (`/bin` of a `bin
+    /// -> usr/bin` is the directory, and a link out of the image, `lib -> /sys/fs/bpf`, is
+    /// "not found"), where the engine will make a mount point through them. Only where the
+    /// service shares this host's mounts: elsewhere the image cannot be checked, and the
+    /// container is not made.
+    async fn podman_path_entry(&self, container: &str, path: &str) -> Result<Entry> {
+        let cannot = |why: String| {
+            anyhow!(
+                "cannot look at {path} in container {} of {}: {why}",
+                short_id(container),
+                self.endpoint.name()
+            )
+        };
+        let socket = match self.endpoint.address.strip_prefix("unix://") {
+            Some(socket) if self.endpoint.shares_mounts(Path::new("/proc")) => socket,
+            _ => {
+                return Err(cannot(format!(
+                    "its service at {} does not share this host's mounts, and its archive \
+                     API follows an image's links",
+                    self.endpoint.address
+                )));
+            }
+        };
+        let request = format!(
+            "POST /v4.0.0/libpod/containers/{container}/mount HTTP/1.0\r\nHost: podman\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let answer = tokio::time::timeout(self.stall, raw_request(Path::new(socket), &request))
+            .await
+            .map_err(|_| cannot("the service sent nothing".to_string()))?
+            .map_err(|e| cannot(e.to_string()))?;
+        let root = mounted_root(&answer).ok_or_else(|| {
+            cannot(format!(
+                "its mount answered {}",
+                String::from_utf8_lossy(&answer)
+                    .lines()
+                    .next()
+                    .unwrap_or("nothing")
+            ))
+        })?;
+        let read = || -> std::io::Result<Entry> {
+            let root = crate::sys::open_dir(&root)?;
+            crate::sys::entry_beneath(&root, path)
+        };
+        read().map_err(|e| cannot(e.to_string()))
+    }
+
     /// The target of the symlink at `path` in `container`, as written: the API's own
     /// `linkTarget` is resolved in the container alone, without the mounts that will be
     /// there, so the link is read from the archive of that one path.
@@ -383,22 +431,34 @@ struct Ping {
 /// say its API version. Async, so that a caller's deadline (entering waits 300 ms) ends
 /// it on a hung engine.
 async fn pinged(path: &Path) -> Option<Ping> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    /// Headers only: the body is `OK`.
-    const MAX_ANSWER: u64 = 16 * 1024;
-    let mut stream = tokio::net::UnixStream::connect(path).await.ok()?;
-    // HTTP/1.0: the engine closes the connection after its answer.
-    stream
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-        .await
-        .ok()?;
-    let mut answer = Vec::new();
-    stream
-        .take(MAX_ANSWER)
-        .read_to_end(&mut answer)
+    let answer = raw_request(path, "GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
         .await
         .ok()?;
     ping(&answer)
+}
+
+/// Sends `request` (HTTP/1.0: the engine closes the connection after its answer) to the
+/// engine serving the Unix socket `path`; its whole answer, up to 64 KiB.
+async fn raw_request(path: &Path, request: &str) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::UnixStream::connect(path).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut answer).await?;
+    Ok(answer)
+}
+
+/// The directory of libpod's answer to a container's mount, on success: plain text
+/// (Podman 5), or a JSON string.
+fn mounted_root(answer: &[u8]) -> Option<PathBuf> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if head.split(' ').nth(1) != Some("200") {
+        return None;
+    }
+    let body = body.trim();
+    let root = serde_json::from_str::<String>(body).unwrap_or_else(|_| body.to_string());
+    Path::new(&root).is_absolute().then(|| PathBuf::from(root))
 }
 
 /// The [`Ping`] of an HTTP answer, if it is a success naming its API version (capped at
@@ -691,6 +751,9 @@ impl Engine for Docker {
     }
 
     async fn path_entry(&self, container: &str, path: &str) -> Result<Entry> {
+        if self.endpoint.podman {
+            return self.podman_path_entry(container, path).await;
+        }
         // Go's `os.FileMode` bits, as the API reports a path's mode.
         const DIR: u32 = 1 << 31;
         const SYMLINK: u32 = 1 << 27;
@@ -1298,6 +1361,30 @@ mod tests {
             unavailable(docker, false, None),
             "the Docker daemon does not say where the image's layers are"
         );
+    }
+
+    #[test]
+    fn libpods_mount_answer_is_a_directory_or_nothing() {
+        let ok = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\"/var/lib/containers/storage/overlay/abc/merged\"\n";
+        let plain = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n/var/lib/containers/storage/overlay/abc/merged";
+        for answer in [ok, plain] {
+            assert_eq!(
+                mounted_root(answer.as_bytes()),
+                Some(PathBuf::from(
+                    "/var/lib/containers/storage/overlay/abc/merged"
+                )),
+                "{answer:?}"
+            );
+        }
+        for answer in [
+            "HTTP/1.0 404 Not Found\r\n\r\n{\"cause\":\"no such container\"}",
+            "HTTP/1.0 200 OK\r\n\r\n\"relative/merged\"",
+            "HTTP/1.0 200 OK\r\n\r\n{}",
+            "HTTP/1.0 200 OK\r\n\r\n",
+            "",
+        ] {
+            assert_eq!(mounted_root(answer.as_bytes()), None, "{answer:?}");
+        }
     }
 
     #[test]
