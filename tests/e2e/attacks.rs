@@ -1053,16 +1053,8 @@ impl ForeignService {
                 let relay = t.root.join("tbxatk-relay.sock");
                 let host = std::env::var("DOCKER_HOST").unwrap();
                 let podman = host.strip_prefix("unix://").unwrap_or(&host);
-                let child = Command::new("socat")
-                    .arg(format!("UNIX-LISTEN:{},fork,mode=666", relay.display()))
-                    .arg(format!("UNIX-CONNECT:{podman}"))
-                    .stdin(Stdio::null())
-                    .spawn()
-                    .expect("cannot run socat (scripts/setup-host installs it)");
-                service.relay = Some(child);
-                wait_for("the relay's socket", || {
-                    fs::symlink_metadata(&relay).is_ok_and(|m| m.file_type().is_socket())
-                });
+                let listen = format!("{},mode=666", relay.display());
+                service.relay = Some(socat(None, &listen, podman, &relay));
                 relay.display().to_string()
             }
         };
@@ -1074,20 +1066,8 @@ impl ForeignService {
             chown(dir, Some(service.uid), Some(service.uid)).unwrap();
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
         }
-        let listen = format!("UNIX-LISTEN:{},fork", service.socket.display());
-        // setpriv execs: socat is the test's own child, which it reaps.
-        let socat = Command::new("setpriv")
-            .arg(format!("--reuid={}", service.uid))
-            .arg(format!("--regid={}", service.uid))
-            .args(["--init-groups", "socat", &listen])
-            .arg(format!("UNIX-CONNECT:{engine}"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("cannot run socat (scripts/setup-host installs it)");
-        service.socat = Some(socat);
-        wait_for("the foreign socket", || {
-            fs::symlink_metadata(&service.socket).is_ok_and(|m| m.file_type().is_socket())
-        });
+        let listen = service.socket.display().to_string();
+        service.socat = Some(socat(Some(service.uid), &listen, &engine, &service.socket));
         let host = service.address();
         docker(&["-H", &host, "version"]);
         service
@@ -1096,6 +1076,34 @@ impl ForeignService {
     fn address(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
+}
+
+/// A forking socat, run as user `as_uid` if given (else as root), listening on `listen`
+/// (a path and socat's options) and relaying each connection to the Unix socket
+/// `connect`; returned once its socket `socket` exists.
+fn socat(as_uid: Option<u32>, listen: &str, connect: &str, socket: &Path) -> Child {
+    let mut command = match as_uid {
+        // setpriv execs: socat is the test's own child, which it reaps.
+        Some(uid) => {
+            let mut command = Command::new("setpriv");
+            command
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--init-groups", "socat"]);
+            command
+        }
+        None => Command::new("socat"),
+    };
+    let child = command
+        .arg(format!("UNIX-LISTEN:{listen},fork"))
+        .arg(format!("UNIX-CONNECT:{connect}"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot run socat (scripts/setup-host installs it)");
+    wait_for("socat's socket", || {
+        fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+    });
+    child
 }
 
 /// Ends a forking socat once its children (each a connection) have ended with their
