@@ -573,12 +573,18 @@ impl<E: Provisioning> Provisioner<E> {
             quiet,
             ..
         } = self;
-        runtime.block_on(async {
+        let found = runtime.block_on(async {
             tokio::select! {
                 found = find_image(engine, image, pull, *quiet) => found,
                 signal = signals.stopping() => Err(Interrupted(signal.as_raw()).into()),
             }
-        })
+        })?;
+        if self.verbose
+            && let Some(place) = &found.found_in
+        {
+            ui::say(format_args!("image {place}"));
+        }
+        Ok(found)
     }
 
     /// Builds a complete partial toolbox for `target` from `image` and returns its path.
@@ -767,6 +773,10 @@ impl<E: Provisioning> Provisioner<E> {
     fn layers_below(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
         let engine = self.engine.name();
         let unreadable = |why: String| Unusable(format!("cannot read the anchor's layers: {why}"));
+        let named = self.runtime.block_on(self.engine.anchor_layers(anchor));
+        if let Some(layers) = named.map_err(|e| unreadable(format!("{e:#}")))? {
+            return Ok(layers);
+        }
         let info = self
             .runtime
             .block_on(self.engine.container(anchor))
@@ -796,12 +806,10 @@ impl<E: Provisioning> Provisioner<E> {
         let Some(overlay) = &recorded.overlay else {
             return Ok(());
         };
-        let engine = &self.engine;
-        let running = self
+        if self
             .runtime
-            .block_on(engine.container(&overlay.anchor))?
-            .is_some_and(|anchor| anchor.running);
-        if running {
+            .block_on(self.engine.anchor_holds(&overlay.anchor))?
+        {
             return Ok(());
         }
         let _lock = toolboxes::lock_for_create(&target.directory, &target.name)?;
@@ -1099,6 +1107,7 @@ mod tests {
             id: "sha256:f00d".into(),
             layers: Layers::Unavailable("in memory".into()),
             run_label: None,
+            found_in: None,
         };
         let mut fake = Fake::with_image(REFERENCE, image, archive);
         fake.export = export;

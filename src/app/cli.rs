@@ -85,7 +85,7 @@ pub struct Options {
     #[arg(long, global = true, value_name = "MODE")]
     pub storage: Option<String>,
 
-    /// Container engine to create toolboxes with: docker, podman or auto
+    /// Container engine to create toolboxes with: docker, podman, containerd or auto
     /// [TOOLBOX_ENGINE; default: auto]
     #[arg(long, global = true, value_name = "ENGINE")]
     pub engine: Option<String>,

@@ -91,7 +91,7 @@ impl RunContext {
         let engine = settings.setting(config::ENGINE);
         let choice = engine::Choice::parse(&engine.value).ok_or_else(|| {
             anyhow::anyhow!(
-                "{}: TOOLBOX_ENGINE must be docker, podman or auto, not `{}`",
+                "{}: TOOLBOX_ENGINE must be docker, podman, containerd or auto, not `{}`",
                 engine.origin,
                 engine.value
             )
@@ -115,11 +115,24 @@ impl RunContext {
                 settings.setting(config::STALL_TIMEOUT).origin
             ),
         };
+        let mut sockets = engine::Sockets::for_host(&env);
+        let containerd = settings.setting(config::CONTAINERD_ADDRESS);
+        let address = containerd.value.strip_prefix("unix://").unwrap_or(&containerd.value);
+        if !address.starts_with('/') {
+            bail!(
+                "{}: TOOLBOX_CONTAINERD_ADDRESS must be the absolute path of containerd's socket, not `{}`",
+                containerd.origin,
+                containerd.value
+            );
+        }
+        sockets.containerd = address.into();
+        let namespace = settings.get(config::CONTAINERD_NAMESPACE);
         let access = Access {
             choice,
-            sockets: engine::Sockets::for_host(&env),
+            sockets,
             env: env.clone(),
             stall,
+            containerd_namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
         };
         let ctx = RunContext {
             access,

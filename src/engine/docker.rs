@@ -608,6 +608,7 @@ impl Engine for Docker {
                     id: image.id.unwrap_or_default(),
                     layers: layers(self.name(), self.endpoint.podman, driver, count),
                     run_label,
+                    found_in: None,
                 }))
             }
             Err(e) if is_not_found(&e) => Ok(None),

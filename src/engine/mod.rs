@@ -5,23 +5,139 @@
 //! container: create from a [`ContainerSpec`], start, attach, exec, resize, signal, wait,
 //! stop). [`docker`] speaks
 //! the Docker Engine API (Docker, or Podman's compatible service) through bollard, the only
-//! module that does; `fake` is an engine in memory for unit tests. Which engine and how to
-//! reach it ([`Access`]) is decided here too. Only creating, updating and removing an nspawn
+//! module that does; [`containerd`] speaks containerd's gRPC API (toolboxes only: no super
+//! privileged container); `fake` is an engine in memory for unit tests. Which engine and
+//! how to reach it ([`Access`]) is decided here too, in [`connect`]. Only creating, updating and removing an nspawn
 //! toolbox talk to an engine; entering one never does.
 
+pub mod containerd;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
 
+pub use containerd::Containerd;
 pub use docker::Docker;
 
 /// The engine toolbox talks to: Docker's API, which Docker (overlay2 or its containerd
-/// image store) and Podman's service both serve; [`Endpoint`] tells them apart.
-pub type Connected = Docker;
+/// image store) and Podman's service both serve ([`Endpoint`] tells them apart), or
+/// containerd's own.
+pub enum Connected {
+    Docker(Docker),
+    Containerd(Containerd),
+}
 
 /// Connects to the engine `access` chooses: the one way every caller reaches an engine.
 pub async fn connect(access: &Access) -> Result<Connected> {
-    Docker::connect(access).await
+    let found = access
+        .found()
+        .map_err(|e| Failure::Unreachable.error(format!("{e:#}")))?;
+    match found {
+        Found::Api(_) => Ok(Connected::Docker(Docker::connect(access).await?)),
+        Found::Containerd => Ok(Connected::Containerd(Containerd::connect(access).await?)),
+    }
+}
+
+impl Connected {
+    /// Which engine this is and where, for `-v`.
+    pub fn describe(&self) -> String {
+        match self {
+            Connected::Docker(docker) => docker.describe(),
+            Connected::Containerd(containerd) => containerd.describe(),
+        }
+    }
+
+    /// The engine as the super privileged container runtime needs it; containerd runs none
+    /// for toolbox.
+    pub fn spc_runtime(&self) -> Result<&Docker> {
+        match self {
+            Connected::Docker(docker) => Ok(docker),
+            Connected::Containerd(_) => Err(anyhow!(
+                "the spc runtime needs Docker or Podman; with containerd toolbox runs \
+                 toolboxes with systemd-nspawn only (--runtime nspawn)"
+            )),
+        }
+    }
+}
+
+/// `$engine.$call`, whichever engine is connected.
+macro_rules! each {
+    ($connected:expr, $engine:ident => $call:expr) => {
+        match $connected {
+            Connected::Docker($engine) => $call,
+            Connected::Containerd($engine) => $call,
+        }
+    };
+}
+
+impl Engine for Connected {
+    fn name(&self) -> &str {
+        each!(self, e => e.name())
+    }
+    fn address(&self) -> &str {
+        each!(self, e => e.address())
+    }
+    fn client(&self) -> &str {
+        each!(self, e => e.client())
+    }
+    fn is_local(&self) -> bool {
+        each!(self, e => e.is_local())
+    }
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
+        each!(self, e => e.image(reference).await)
+    }
+    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()> {
+        each!(self, e => e.pull(image, quiet).await)
+    }
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        each!(self, e => e.container(name).await)
+    }
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        each!(self, e => e.labelled_containers(label, value).await)
+    }
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        each!(self, e => e.remove_container(container).await)
+    }
+    async fn create_container(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String> {
+        each!(self, e => e.create_container(image_id, labels).await)
+    }
+    async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry> {
+        each!(self, e => e.path_entry(container, path).await)
+    }
+    async fn pod_containers(&self, pod: &Pod) -> Result<Vec<(String, String)>> {
+        each!(self, e => e.pod_containers(pod).await)
+    }
+}
+
+impl Provisioning for Connected {
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
+        each!(self, e => e.export(container, sink).await)
+    }
+    async fn create_anchor(
+        &self,
+        image_id: &str,
+        name: &str,
+        labels: HashMap<String, String>,
+        idle: &Path,
+    ) -> Result<String> {
+        each!(self, e => e.create_anchor(image_id, name, labels, idle).await)
+    }
+    async fn remove_anchor(&self, anchor: &str) -> Result<()> {
+        each!(self, e => e.remove_anchor(anchor).await)
+    }
+    async fn anchor_layers(&self, anchor: &str) -> Result<Option<Vec<PathBuf>>> {
+        each!(self, e => e.anchor_layers(anchor).await)
+    }
+    async fn anchor_holds(&self, anchor: &str) -> Result<bool> {
+        each!(self, e => e.anchor_holds(anchor).await)
+    }
 }
 
 use std::collections::HashMap;
@@ -33,6 +149,7 @@ use tokio::sync::mpsc;
 
 use crate::host::{CONTAINER_HOST, DOCKER_HOST, Env, XDG_RUNTIME_DIR};
 use crate::model::image::{Image, ImageRef};
+use crate::model::target::{self, Pod};
 
 /// Label put on every container toolbox creates, with the toolbox's name as value.
 pub const LABEL_TOOLBOX: &str = "toolbox.name";
@@ -117,6 +234,33 @@ pub trait Engine {
     /// What is at `path` (absolute) in the files of container `container` (created, never
     /// started), a symlink there not followed: its target as written.
     async fn path_entry(&self, container: &str, path: &str) -> Result<crate::sys::Entry>;
+    /// The containers of Kubernetes pod `pod` (its sandbox left out), by the labels the
+    /// kubelet's container runtime puts on them: their IDs and container names.
+    async fn pod_containers(&self, pod: &Pod) -> Result<Vec<(String, String)>> {
+        let found = self
+            .labelled_containers(target::LABEL_POD_NAME, Some(&pod.name))
+            .await?;
+        Ok(pod_members(pod, found))
+    }
+}
+
+/// Of containers and their labels, the containers of `pod`, not its sandbox: IDs and
+/// container names.
+pub fn pod_members(
+    pod: &Pod,
+    containers: Vec<(String, HashMap<String, String>)>,
+) -> Vec<(String, String)> {
+    containers
+        .into_iter()
+        .filter(|(_, labels)| pod.holds(labels))
+        // The sandbox (the pause container) as cri-dockerd and containerd label it.
+        .filter(|(_, labels)| {
+            let kind = |key: &str| labels.get(key).map(String::as_str);
+            kind("io.kubernetes.docker.type") != Some("podsandbox")
+                && kind("io.cri-containerd.kind") != Some("sandbox")
+        })
+        .filter_map(|(id, mut labels)| Some((id, labels.remove(target::LABEL_POD_CONTAINER)?)))
+        .collect()
 }
 
 /// What creating an nspawn toolbox needs besides: a container's files as an archive (copy
@@ -143,6 +287,16 @@ pub trait Provisioning: Engine {
     /// made.
     async fn remove_anchor(&self, anchor: &str) -> Result<()> {
         self.remove_container(anchor).await
+    }
+    /// The directories of the image's layers that `anchor` holds, top first, where the
+    /// engine names them (containerd's view of the image); `None` where they are read
+    /// from the mounts of the anchor's process.
+    async fn anchor_layers(&self, _anchor: &str) -> Result<Option<Vec<PathBuf>>> {
+        Ok(None)
+    }
+    /// Whether `anchor` still holds its image: a container, while it runs.
+    async fn anchor_holds(&self, anchor: &str) -> Result<bool> {
+        Ok(self.container(anchor).await?.is_some_and(|a| a.running))
     }
 }
 
@@ -190,7 +344,9 @@ pub trait SpcRuntime: Engine {
 pub enum Choice {
     Docker,
     Podman,
-    /// `DOCKER_HOST` if set, else the Docker socket if it answers, else Podman's.
+    Containerd,
+    /// `DOCKER_HOST` if set, else the Docker socket if it answers, else Podman's, else
+    /// containerd's.
     Auto,
 }
 
@@ -199,6 +355,7 @@ impl Choice {
         match text {
             "docker" => Some(Choice::Docker),
             "podman" => Some(Choice::Podman),
+            "containerd" => Some(Choice::Containerd),
             "auto" => Some(Choice::Auto),
             _ => None,
         }
@@ -216,6 +373,9 @@ pub struct Access {
     /// it is given up (`TOOLBOX_STALL_TIMEOUT`): a daemon that stops answering (stopped,
     /// a hung storage driver) must not hold a creation forever.
     pub stall: std::time::Duration,
+    /// The containerd namespace images are looked up in (`TOOLBOX_CONTAINERD_NAMESPACE`);
+    /// `None`: [`containerd::NAMESPACES`], in order.
+    pub containerd_namespace: Option<String>,
 }
 
 /// `TOOLBOX_STALL_TIMEOUT`'s default.
@@ -229,6 +389,8 @@ pub struct Sockets {
     /// Podman's, in order: the user's `$XDG_RUNTIME_DIR/podman/podman.sock`, then the
     /// system's `/run/podman/podman.sock` (where bollard and the podman client look).
     pub podman: Vec<PathBuf>,
+    /// containerd's: `/run/containerd/containerd.sock`, or `TOOLBOX_CONTAINERD_ADDRESS`.
+    pub containerd: PathBuf,
 }
 
 impl Sockets {
@@ -241,7 +403,40 @@ impl Sockets {
         Sockets {
             docker: PathBuf::from("/var/run/docker.sock"),
             podman,
+            containerd: PathBuf::from(CONTAINERD_SOCKET),
         }
+    }
+}
+
+/// containerd's socket, where it listens by default.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// The engine [`Access::endpoint`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// One serving Docker's API: Docker's daemon or Podman's service.
+    Api(Endpoint),
+    /// containerd, at [`Sockets::containerd`].
+    Containerd,
+}
+
+/// Refuses, as root, an engine on the Unix socket `path` served by another user: its
+/// images and containers are that user's to change (a rootless Podman, or one found
+/// through a user's `XDG_RUNTIME_DIR` kept in root's environment by `su`), and a root
+/// toolbox would run their programs as root.
+pub fn check_server(name: &str, path: &Path) -> Result<()> {
+    if !crate::sys::is_root() {
+        return Ok(());
+    }
+    // A socket nothing serves is reported when the engine is reached.
+    match crate::sys::socket_server(path) {
+        Ok((uid, _)) if uid != 0 => Err(anyhow!(
+            "refusing {name} at `{}`: it is served by user ID {uid}, and a root toolbox \
+             runs only images of an engine root runs (use root's engine, or run toolbox \
+             as that user)",
+            path.display()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -269,26 +464,11 @@ impl Endpoint {
         }
     }
 
-    /// Refuses, as root, an engine on a Unix socket served by another user: its images and
-    /// containers are that user's to change (a rootless Podman, or one found through a
-    /// user's `XDG_RUNTIME_DIR` kept in root's environment by `su`), and a root toolbox
-    /// would run their programs as root.
+    /// [`check_server`] for an engine on a Unix socket.
     pub fn check_server(&self) -> Result<()> {
-        let Some(path) = self.address.strip_prefix("unix://") else {
-            return Ok(());
-        };
-        if !crate::sys::is_root() {
-            return Ok(());
-        }
-        // A socket nothing serves is reported when the engine is reached.
-        match crate::sys::socket_server(Path::new(path)) {
-            Ok((uid, _)) if uid != 0 => Err(anyhow!(
-                "refusing {} at `{path}`: it is served by user ID {uid}, and a root toolbox \
-                 runs only images of an engine root runs (use root's engine, or run toolbox \
-                 as that user)",
-                self.name()
-            )),
-            _ => Ok(()),
+        match self.address.strip_prefix("unix://") {
+            Some(path) => check_server(self.name(), Path::new(path)),
+            None => Ok(()),
         }
     }
 
@@ -342,9 +522,13 @@ impl Access {
         let tried = || {
             let mut sockets = vec![self.sockets.docker.display().to_string()];
             sockets.extend(self.sockets.podman.iter().map(|s| s.display().to_string()));
+            sockets.push(self.sockets.containerd.display().to_string());
             sockets.join(", ")
         };
         match self.choice {
+            Choice::Containerd => Err(anyhow!(
+                "containerd serves no Docker API (TOOLBOX_ENGINE=containerd)"
+            )),
             Choice::Docker => {
                 Ok(docker_host.unwrap_or_else(|| Endpoint::unix(&self.sockets.docker, false)))
             }
@@ -374,10 +558,25 @@ impl Access {
                 .or_else(podman_answering)
                 .ok_or_else(|| {
                     anyhow!(
-                        "no container engine answers (tried {}); start dockerd or Podman's service, or set DOCKER_HOST",
+                        "no container engine answers (tried {}); start dockerd, Podman's service or containerd, or set DOCKER_HOST",
                         tried()
                     )
                 }),
+        }
+    }
+
+    /// The engine the choice names: [`Access::endpoint`]'s, or containerd for
+    /// `containerd`, and for `auto` when no engine serving Docker's API answers and
+    /// containerd's socket does (a Kubernetes node, Flatcar without Docker).
+    pub fn found(&self) -> Result<Found> {
+        match self.choice {
+            Choice::Containerd => Ok(Found::Containerd),
+            Choice::Auto => match self.endpoint() {
+                Ok(endpoint) => Ok(Found::Api(endpoint)),
+                Err(_) if answers(&self.sockets.containerd) => Ok(Found::Containerd),
+                Err(e) => Err(e),
+            },
+            Choice::Docker | Choice::Podman => self.endpoint().map(Found::Api),
         }
     }
 }
@@ -564,22 +763,51 @@ mod tests {
 
     use super::*;
 
-    /// Sockets in a scratch directory: Docker's, the user's Podman and the system's Podman.
+    /// Sockets in a scratch directory: Docker's, the user's Podman, the system's Podman
+    /// and containerd's.
     fn sockets(dir: &Path) -> Sockets {
         Sockets {
             docker: dir.join("docker.sock"),
             podman: vec![dir.join("user-podman.sock"), dir.join("podman.sock")],
+            containerd: dir.join("containerd.sock"),
         }
     }
 
-    fn endpoint(choice: Choice, env: &[(&str, &str)], dir: &Path) -> Result<Endpoint> {
+    fn access(choice: Choice, env: &[(&str, &str)], dir: &Path) -> Access {
         Access {
             choice,
             env: Env::from_pairs(env.iter().copied()),
             sockets: sockets(dir),
             stall: STALL_TIMEOUT,
+            containerd_namespace: None,
         }
-        .endpoint()
+    }
+
+    fn endpoint(choice: Choice, env: &[(&str, &str)], dir: &Path) -> Result<Endpoint> {
+        access(choice, env, dir).endpoint()
+    }
+
+    #[test]
+    fn containerd_is_chosen_by_name_or_when_it_alone_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let found = |choice, env: &[(&str, &str)]| access(choice, env, dir).found();
+        // Named, it is chosen whether it answers or not (connecting says why not).
+        assert_eq!(found(Choice::Containerd, &[]).unwrap(), Found::Containerd);
+        let err = found(Choice::Auto, &[]).unwrap_err().to_string();
+        assert!(err.contains("containerd.sock"), "{err}");
+        let _containerd = UnixListener::bind(dir.join("containerd.sock")).unwrap();
+        assert_eq!(found(Choice::Auto, &[]).unwrap(), Found::Containerd);
+        // Docker and Podman come first, whether they answer or are named.
+        let docker_host = [("DOCKER_HOST", "tcp://10.0.0.1:2375")];
+        assert!(matches!(found(Choice::Auto, &docker_host), Ok(Found::Api(_))));
+        let _podman = UnixListener::bind(dir.join("podman.sock")).unwrap();
+        assert_eq!(
+            found(Choice::Auto, &[]).unwrap(),
+            Found::Api(unix(dir, "podman.sock", true))
+        );
+        let err = endpoint(Choice::Containerd, &[], dir).unwrap_err().to_string();
+        assert!(err.contains("no Docker API"), "{err}");
     }
 
     fn unix(dir: &Path, name: &str, podman: bool) -> Endpoint {

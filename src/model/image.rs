@@ -63,6 +63,9 @@ pub struct Image {
     pub layers: Layers,
     /// Its `RUN` label: the `docker run` options it asks to be run with.
     pub run_label: Option<String>,
+    /// Where the engine found it, where it looks in more than one place (containerd's
+    /// namespaces), for `-v`.
+    pub found_in: Option<String>,
 }
 
 /// Where an engine keeps an image's layers, in terms overlay storage can use.

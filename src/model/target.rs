@@ -24,8 +24,69 @@ pub const ENV_TARGET_PID: &str = "TOOLBOX_TARGET_PID";
 pub enum Wanted {
     /// A container of the engine, by name or ID.
     Container(String),
+    /// A container of a Kubernetes pod (`pod/NAMESPACE/POD[/CONTAINER]`).
+    Pod(Pod),
     /// Any host process (`pid:N`).
     Process(u32),
+}
+
+/// The labels the kubelet's container runtime (CRI) puts on a pod's containers.
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_CONTAINER: &str = "io.kubernetes.container.name";
+
+/// A Kubernetes pod's container, as `--target pod/NAMESPACE/POD[/CONTAINER]` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    /// The container's name in the pod; `None`: the pod's only container.
+    pub container: Option<String>,
+}
+
+impl Pod {
+    /// Whether a container's CRI `labels` say it is this pod's (any of its containers
+    /// when no container is named).
+    pub fn holds(&self, labels: &std::collections::HashMap<String, String>) -> bool {
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        label(LABEL_POD_NAMESPACE) == Some(self.namespace.as_str())
+            && label(LABEL_POD_NAME) == Some(self.name.as_str())
+    }
+
+    /// Of the pod's containers `found` (ID and container name, sandboxes left out), the
+    /// one meant: the one named, or the only one. The error says what there is.
+    pub fn choose(&self, found: &[(String, String)]) -> Result<String> {
+        let pod = format!("pod {}/{}", self.namespace, self.name);
+        let names = || {
+            let mut names: Vec<&str> = found.iter().map(|(_, name)| name.as_str()).collect();
+            names.sort();
+            names.join(", ")
+        };
+        match (&self.container, found) {
+            (_, []) => bail!("no container of {pod} on this node"),
+            (None, [(id, _)]) => Ok(id.clone()),
+            (None, _) => bail!(
+                "{pod} has {} containers ({}); name one: pod/{}/{}/CONTAINER",
+                found.len(),
+                names(),
+                self.namespace,
+                self.name
+            ),
+            (Some(wanted), _) => {
+                let mut matching = found.iter().filter(|(_, name)| name == wanted);
+                match (matching.next(), matching.next()) {
+                    (Some((id, _)), None) => Ok(id.clone()),
+                    (None, _) => bail!("{pod} has no container `{wanted}` (it has {})", names()),
+                    // A restarted container leaves its predecessor until the kubelet
+                    // removes it: the caller asks which one runs.
+                    (Some(_), Some(_)) => bail!(
+                        "{pod} has {} containers named `{wanted}`",
+                        found.iter().filter(|(_, name)| name == wanted).count()
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// A namespace a session may share with its target.
@@ -66,16 +127,36 @@ impl Request {
         let origin = &settings.setting(config::TARGET).origin;
         if given.chars().any(|c| c.is_whitespace() || c.is_control()) {
             bail!(
-                "{origin}: TOOLBOX_TARGET `{}` is not a container name, ID or pid:N",
+                "{origin}: TOOLBOX_TARGET `{}` is not a container name, ID, pod/NAMESPACE/POD or pid:N",
                 given.escape_debug()
             );
         }
-        let wanted = match given.strip_prefix("pid:") {
-            Some(pid) => match pid.parse::<u32>() {
+        let wanted = if let Some(pid) = given.strip_prefix("pid:") {
+            match pid.parse::<u32>() {
                 Ok(pid) if pid > 0 => Wanted::Process(pid),
                 _ => bail!("{origin}: TOOLBOX_TARGET `{given}`: pid:N needs a process ID"),
-            },
-            None => Wanted::Container(given.to_string()),
+            }
+        } else if let Some(pod) = given.strip_prefix("pod/") {
+            let parts: Vec<&str> = pod.split('/').collect();
+            match parts[..] {
+                [namespace, name] | [namespace, name, _]
+                    if !namespace.is_empty()
+                        && !name.is_empty()
+                        && parts.get(2).is_none_or(|c| !c.is_empty()) =>
+                {
+                    Wanted::Pod(Pod {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                        container: parts.get(2).map(|c| c.to_string()),
+                    })
+                }
+                _ => bail!(
+                    "{origin}: TOOLBOX_TARGET `{given}`: a pod's container is \
+                     pod/NAMESPACE/POD or pod/NAMESPACE/POD/CONTAINER"
+                ),
+            }
+        } else {
+            Wanted::Container(given.to_string())
         };
         let namespaces = namespaces(settings)?;
         Ok(Some(Request {
@@ -218,6 +299,58 @@ mod tests {
         .unwrap();
         assert_eq!(process.wanted, Wanted::Process(42));
         assert_eq!(process.namespaces, [Namespace::Net, Namespace::Uts]);
+        let pod = |given| request(&[("TOOLBOX_TARGET", given)]).map(|r| r.unwrap().wanted);
+        assert_eq!(
+            pod("pod/default/web").unwrap(),
+            Wanted::Pod(Pod {
+                namespace: "default".into(),
+                name: "web".into(),
+                container: None
+            })
+        );
+        assert_eq!(
+            pod("pod/kube-system/dns/coredns").unwrap(),
+            Wanted::Pod(Pod {
+                namespace: "kube-system".into(),
+                name: "dns".into(),
+                container: Some("coredns".into())
+            })
+        );
+        for bad in ["pod/", "pod/default", "pod/default/", "pod//web", "pod/a/b/", "pod/a/b/c/d"] {
+            let err = pod(bad).unwrap_err().to_string();
+            assert!(err.contains("pod/NAMESPACE/POD or"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pods_container_is_the_one_named_or_its_only_one() {
+        let pod = |container: Option<&str>| Pod {
+            namespace: "default".into(),
+            name: "web".into(),
+            container: container.map(String::from),
+        };
+        let one = [("c1".to_string(), "server".to_string())];
+        let two = [
+            ("c1".to_string(), "server".to_string()),
+            ("c2".to_string(), "sidecar".to_string()),
+        ];
+        assert_eq!(pod(None).choose(&one).unwrap(), "c1");
+        assert_eq!(pod(Some("sidecar")).choose(&two).unwrap(), "c2");
+        let err = pod(None).choose(&two).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "pod default/web has 2 containers (server, sidecar); name one: pod/default/web/CONTAINER"
+        );
+        let err = pod(Some("db")).choose(&two).unwrap_err().to_string();
+        assert_eq!(err, "pod default/web has no container `db` (it has server, sidecar)");
+        let err = pod(None).choose(&[]).unwrap_err().to_string();
+        assert_eq!(err, "no container of pod default/web on this node");
+        let labels = std::collections::HashMap::from([
+            (LABEL_POD_NAMESPACE.to_string(), "default".to_string()),
+            (LABEL_POD_NAME.to_string(), "web".to_string()),
+        ]);
+        assert!(pod(None).holds(&labels));
+        assert!(!Pod { name: "db".into(), ..pod(None) }.holds(&labels));
     }
 
     #[test]
@@ -233,7 +366,7 @@ mod tests {
             ),
             (
                 vec![("TOOLBOX_TARGET", "a b")],
-                "environment: TOOLBOX_TARGET `a b` is not a container name, ID or pid:N",
+                "environment: TOOLBOX_TARGET `a b` is not a container name, ID, pod/NAMESPACE/POD or pid:N",
             ),
             (
                 vec![("TOOLBOX_TARGET", "web"), ("TOOLBOX_TARGET_NS", "net,pid")],

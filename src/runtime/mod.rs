@@ -72,6 +72,18 @@ pub struct Listed {
     pub runtime: Runtime,
 }
 
+/// [`with_engine`] for the super privileged container runtime: refused, in one line,
+/// where the engine runs none (containerd).
+pub fn with_spc_engine<T>(
+    access: &Access,
+    timeout: Option<Duration>,
+    work: impl AsyncFnOnce(&engine::Docker) -> Result<T>,
+) -> Result<T> {
+    with_engine(access, timeout, async |engine| {
+        work(engine.spc_runtime()?).await
+    })
+}
+
 /// Runs `work` with a connection to the engine, on a runtime of its own; gives up after
 /// `timeout` if one is given.
 pub fn with_engine<T>(

@@ -31,10 +31,17 @@ pub struct Found {
 pub fn find(request: &Request, access: &Access, proc_root: &Path, hold: bool) -> Result<Found> {
     let (pid, container, root, volumes) = match &request.wanted {
         Wanted::Process(pid) => (*pid, None, process_root(proc_root, *pid), Vec::new()),
-        Wanted::Container(name) => {
+        Wanted::Container(_) | Wanted::Pod(_) => {
+            let name = &request.given;
             let (info, client) = with_engine(access, Some(access.stall), async |engine| {
                 let address = engine.address().to_string();
-                let info = engine.container(name).await?;
+                let info = match &request.wanted {
+                    Wanted::Pod(pod) => {
+                        let id = pod.choose(&engine.pod_containers(pod).await?)?;
+                        engine.container(&id).await?
+                    }
+                    _ => engine.container(name).await?,
+                };
                 let info = info
                     .ok_or_else(|| anyhow!("no container `{name}` in the engine at {address}"))?;
                 Ok((info, engine.client().to_string()))

@@ -351,6 +351,7 @@ mod tests {
             id: "sha256:1".into(),
             layers: Layers::Directories(layers.iter().map(|l| l.to_path_buf()).collect()),
             run_label: None,
+            found_in: None,
         }
     }
 

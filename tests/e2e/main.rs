@@ -8,6 +8,7 @@ mod common;
 
 mod attacks;
 mod basics;
+mod containerd;
 mod engines;
 mod equivalence;
 mod faults;

@@ -46,6 +46,8 @@ pub const TRACING: &str = "TOOLBOX_TRACING";
 pub const TARGET: &str = "TOOLBOX_TARGET";
 pub const STALL_TIMEOUT: &str = "TOOLBOX_STALL_TIMEOUT";
 pub const TARGET_NS: &str = "TOOLBOX_TARGET_NS";
+pub const CONTAINERD_ADDRESS: &str = "TOOLBOX_CONTAINERD_ADDRESS";
+pub const CONTAINERD_NAMESPACE: &str = "TOOLBOX_CONTAINERD_NAMESPACE";
 
 /// Every setting, with the CoreOS script's defaults.
 pub const KEYS: &[Key] = &[
@@ -125,7 +127,19 @@ pub const KEYS: &[Key] = &[
         name: ENGINE,
         default: "auto",
         words: false,
-        doc: "Container engine toolboxes are created with: `docker` (`DOCKER_HOST`, else /var/run/docker.sock), `podman` (`CONTAINER_HOST`, else Podman's socket, `$XDG_RUNTIME_DIR/podman/podman.sock` or /run/podman/podman.sock), or `auto`: `DOCKER_HOST` if set, else Docker's socket if it answers, else Podman's. Entering an existing toolbox needs no engine.",
+        doc: "Container engine toolboxes are created with: `docker` (`DOCKER_HOST`, else /var/run/docker.sock), `podman` (`CONTAINER_HOST`, else Podman's socket, `$XDG_RUNTIME_DIR/podman/podman.sock` or /run/podman/podman.sock), `containerd` (TOOLBOX_CONTAINERD_ADDRESS; toolboxes of the nspawn runtime only), or `auto`: `DOCKER_HOST` if set, else Docker's socket if it answers, else Podman's, else containerd's. Entering an existing toolbox needs no engine.",
+    },
+    Key {
+        name: CONTAINERD_ADDRESS,
+        default: "/run/containerd/containerd.sock",
+        words: false,
+        doc: "containerd's socket, for TOOLBOX_ENGINE=containerd (and `auto` where neither Docker nor Podman answers).",
+    },
+    Key {
+        name: CONTAINERD_NAMESPACE,
+        default: "",
+        words: false,
+        doc: "The containerd namespace images are looked up in; empty: `k8s.io` (where the kubelet keeps them), then `default` (where `ctr` does). `-v` says which was used.",
     },
     Key {
         name: RUNTIME,

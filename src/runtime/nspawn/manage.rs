@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use crate::engine::short_id;
+use crate::engine::{self, short_id};
 use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::{Runtime, Storage};
@@ -95,6 +95,15 @@ pub fn remove(scope: &Scope, name: &str, force: bool) -> Result<()> {
     {
         // The toolbox is gone; what is left only keeps the image's layers, until the
         // next creation finds no toolbox recording it.
+        if let Ok(engine::Found::Containerd) = scope.access.found() {
+            let lease = &overlay.anchor;
+            ui::warn(format_args!(
+                "{e:#}; containerd's lease `{lease}` of `{name}` keeps its image until the \
+                 next creation of a toolbox removes it, or `ctr -n NAMESPACE leases delete \
+                 {lease}` and `ctr -n NAMESPACE snapshots rm {lease}`"
+            ));
+            return Ok(());
+        }
         let client = scope.access.endpoint().map_or("docker", |e| e.client());
         let anchor = short_id(&overlay.anchor);
         ui::warn(format_args!(

@@ -14,12 +14,16 @@ use crate::engine::{ContainerInfo, Engine, SpcRuntime, short_id};
 use crate::model::image::ImageRef;
 use crate::model::plan::Runtime;
 use crate::provision;
-use crate::runtime::{DAEMON_TIMEOUT, Listed, Scope, Update, with_engine};
+use crate::runtime::{DAEMON_TIMEOUT, Listed, Scope, Update, with_engine, with_spc_engine};
 use crate::store::toolboxes;
 
-/// The persistent SPCs of the directory, by name, each asked of the engine at once.
+/// The persistent SPCs of the directory, by name, each asked of the engine at once; none
+/// with an engine that runs none (containerd).
 pub fn list(scope: &Scope) -> Result<Vec<Listed>> {
-    with_engine(scope.access, Some(DAEMON_TIMEOUT), async |engine| {
+    with_engine(scope.access, Some(DAEMON_TIMEOUT), async |connected| {
+        let Ok(engine) = connected.spc_runtime() else {
+            return Ok(Vec::new());
+        };
         let rows = owned(engine, scope.directory)
             .await?
             .into_iter()
@@ -63,7 +67,7 @@ pub fn list(scope: &Scope) -> Result<Vec<Listed>> {
 
 /// The names of the persistent SPCs of `directory`, for `rm` and `update` to find.
 pub fn names(scope: &Scope) -> Result<Vec<String>> {
-    with_engine(scope.access, Some(DAEMON_TIMEOUT), async |engine| {
+    with_spc_engine(scope.access, Some(DAEMON_TIMEOUT), async |engine| {
         let owned = owned(engine, scope.directory).await?;
         Ok(owned.into_iter().map(|container| container.name).collect())
     })
@@ -94,7 +98,7 @@ async fn owned(engine: &impl SpcRuntime, directory: &Path) -> Result<Vec<Contain
 pub fn remove(scope: &Scope, name: &str, force: bool) -> Result<()> {
     let directory = scope.directory;
     let _lock = toolboxes::lock_for_spc(directory, name)?;
-    with_engine(scope.access, None, async |engine| {
+    with_spc_engine(scope.access, None, async |engine| {
         let Some(container) = engine.container(name).await? else {
             return Ok(());
         };
@@ -116,7 +120,7 @@ pub fn update(scope: &Scope, name: &str, how: &Update, report: &mut dyn Write) -
     let directory = scope.directory;
     let quiet = scope.quiet;
     let _lock = toolboxes::lock_for_spc(directory, name)?;
-    with_engine(scope.access, None, async |engine| {
+    with_spc_engine(scope.access, None, async |engine| {
         let container = engine.container(name).await?.ok_or_else(|| {
             anyhow!("toolbox `{name}` (spc) has no container; its next session creates one")
         })?;

@@ -471,6 +471,7 @@ mod tests {
             id: "sha256:1".into(),
             layers: Layers::Unavailable("in memory".into()),
             run_label: None,
+            found_in: None,
         };
         Fake::with_image("img:latest", image, tar.into_inner().unwrap())
     }

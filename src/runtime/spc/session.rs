@@ -30,7 +30,7 @@ use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::UpdateMode;
 use crate::provision;
-use crate::runtime::with_engine;
+use crate::runtime::with_spc_engine;
 use crate::store::toolboxes;
 use crate::sys;
 use crate::sys::signals::{self, Caught, STOPPING, Signal};
@@ -58,19 +58,20 @@ pub fn enter(
         // session starts is lost: those come to the command once it runs.
         let mut signals = Caught::catch(&[STOPPING.as_slice(), &[Signal::WINCH]].concat())
             .context("cannot catch signals")?;
-        let engine = engine::connect(access).await?;
+        let connected = engine::connect(access).await?;
         if verbose {
-            ui::say(engine.describe());
+            ui::say(connected.describe());
         }
+        let engine = connected.spc_runtime()?;
         let image = tokio::select! {
-            found = provision::find_image(&engine, image, false, quiet) => found?,
+            found = provision::find_image(engine, image, false, quiet) => found?,
             signal = signals.stopping() => return Err(crate::exit::Interrupted(signal.as_raw()).into()),
         };
         let spc = resolve(image.run_label.clone())?;
         match &spc.container.name {
-            None => throwaway(&engine, &spc, &image.id, directory, quiet, signals).await,
+            None => throwaway(engine, &spc, &image.id, directory, quiet, signals).await,
             Some(name) => {
-                persistent(&engine, &spc, name, &image.id, directory, options, signals).await
+                persistent(engine, &spc, name, &image.id, directory, options, signals).await
             }
         }
     });
@@ -542,7 +543,7 @@ fn read_stdin() -> mpsc::Receiver<Bytes> {
 /// The `RUN` label of `image` if the engine has the image, asked within `timeout` (for
 /// `--dry-run`, which pulls nothing).
 pub fn run_label(image: &ImageRef, access: &Access, timeout: Duration) -> Result<Option<String>> {
-    with_engine(access, Some(timeout), async |engine| {
+    with_spc_engine(access, Some(timeout), async |engine| {
         let found = engine.image(&image.reference()).await?;
         let found = found.ok_or_else(|| anyhow!("image {} is not here", image.reference()))?;
         Ok(found.run_label)

@@ -78,7 +78,7 @@ pub fn systemd_booted() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join(program))

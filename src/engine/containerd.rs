@@ -1,0 +1,1010 @@
+//! engine::containerd: the [`Engine`] of containerd itself, the engine of Kubernetes nodes
+//! and Flatcar, through its gRPC API (containerd-client). Every gRPC type stays in this
+//! file. containerd has no anchor container: what keeps an overlay toolbox's layers is a
+//! lease without expiry (the garbage collector, `ctr images rm`, the kubelet's image
+//! garbage collection and restarts all spare what a lease holds) that holds a read-only
+//! view of the image's top snapshot, whose mounts name the layers' directories. A copy
+//! toolbox's export is the same view, held only while it is read. toolbox never starts a
+//! container or a task in containerd.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
+use containerd_client::services::v1::{
+    CreateRequest, DeleteRequest, GetContainerRequest, GetImageRequest, GetRequest,
+    ListContainersRequest, ListNamespacesRequest, ListRequest, ReadContentRequest,
+};
+use containerd_client::tonic::transport::Channel;
+use containerd_client::tonic::{Code, Request, Status};
+use containerd_client::types::Mount;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::engine::{
+    Access, ContainerInfo, Engine, Failure, LABEL_ANCHOR, LABEL_TOOLBOX, Provisioning, SinkClosed,
+    pod_members,
+};
+use crate::model::image::{Image, ImageRef, Layers};
+use crate::model::target::Pod;
+
+/// The snapshotter whose snapshots overlayfs can stack (containerd's default).
+const SNAPSHOTTER: &str = "overlayfs";
+/// Where the kubelet keeps images, then where `ctr` does: the namespaces looked in when
+/// none is set.
+pub const NAMESPACES: [&str; 2] = ["k8s.io", "default"];
+/// The largest manifest, index or image configuration read from the content store.
+const MAX_DOCUMENT: usize = 4 << 20;
+/// What toolbox's exports of an image are called (`toolbox-export-NAME-...`): they hold a
+/// lease and a view, like anchors, with [`LABEL_TOOLBOX`].
+const EXPORT_PREFIX: &str = "toolbox-export-";
+/// Where the kubelet's container runtime (CRI) keeps its containers.
+const CRI_NAMESPACE: &str = "k8s.io";
+
+/// containerd, on its Unix socket.
+pub struct Containerd {
+    channel: Channel,
+    socket: PathBuf,
+    /// The namespaces images are looked up in, in order.
+    namespaces: Vec<String>,
+    version: String,
+    stall: Duration,
+    /// What [`Engine::image`] found, by image ID, for the calls that name the image by ID.
+    found: Mutex<HashMap<String, Found>>,
+}
+
+/// Where an image is in containerd: its namespace and its top snapshot.
+#[derive(Debug, Clone)]
+struct Found {
+    namespace: String,
+    /// The chain ID of its top layer: the snapshot that holds the image's files.
+    chain: String,
+    name: String,
+}
+
+impl Containerd {
+    /// Connects to containerd at the socket `access` names and asks its version.
+    pub async fn connect(access: &Access) -> Result<Containerd> {
+        let socket = access.sockets.containerd.clone();
+        let unreachable = |why: String| {
+            Failure::Unreachable.error(format!(
+                "cannot reach containerd at `{}`: {why}; is containerd running? \
+                 (TOOLBOX_CONTAINERD_ADDRESS names its socket)",
+                socket.display()
+            ))
+        };
+        crate::engine::check_server("containerd", &socket)?;
+        let channel = tokio::time::timeout(access.stall, containerd_client::connect(&socket))
+            .await
+            .map_err(|_| unreachable("it did not answer".to_string()))?
+            .map_err(|e| unreachable(format!("{e}")))?;
+        let version = tokio::time::timeout(
+            access.stall,
+            VersionClient::new(channel.clone()).version(()),
+        )
+        .await
+        .map_err(|_| unreachable("it did not answer".to_string()))?
+        .map_err(|e| unreachable(e.message().to_string()))?
+        .into_inner()
+        .version;
+        let namespaces = match &access.containerd_namespace {
+            Some(namespace) => vec![namespace.clone()],
+            None => NAMESPACES.iter().map(|n| n.to_string()).collect(),
+        };
+        Ok(Containerd {
+            channel,
+            socket,
+            namespaces,
+            version,
+            stall: access.stall,
+            found: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Which engine this is, where, and its version, for `-v`.
+    pub fn describe(&self) -> String {
+        format!(
+            "containerd {} at {} (images looked up in namespace {})",
+            self.version,
+            self.socket.display(),
+            self.namespaces.join(", then ")
+        )
+    }
+
+    /// `message` for containerd in namespace `namespace`.
+    fn request<T>(namespace: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = namespace.parse() {
+            request.metadata_mut().insert("containerd-namespace", value);
+        }
+        request
+    }
+
+    /// Every namespace containerd has, for what toolbox made in any of them.
+    async fn all_namespaces(&self) -> Result<Vec<String>> {
+        let listed = NamespacesClient::new(self.channel.clone())
+            .list(ListNamespacesRequest::default())
+            .await
+            .map_err(|e| failed("cannot list containerd's namespaces", &e))?;
+        Ok(listed
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// The blob `digest` from the content store of `namespace`, at most [`MAX_DOCUMENT`].
+    async fn read_content(&self, namespace: &str, digest: &str) -> Result<Vec<u8>> {
+        let request = ReadContentRequest {
+            digest: digest.to_string(),
+            offset: 0,
+            size: 0,
+        };
+        let mut stream = ContentClient::new(self.channel.clone())
+            .read(Self::request(namespace, request))
+            .await
+            .map_err(|e| failed(&format!("cannot read {digest} from containerd"), &e))?
+            .into_inner();
+        let mut content = Vec::new();
+        loop {
+            let next = tokio::time::timeout(self.stall, stream.message())
+                .await
+                .map_err(|_| anyhow!("containerd sent nothing while reading {digest}"))?
+                .map_err(|e| failed(&format!("cannot read {digest} from containerd"), &e))?;
+            let Some(chunk) = next else { break };
+            content.extend_from_slice(&chunk.data);
+            if content.len() > MAX_DOCUMENT {
+                bail!("{digest} in containerd is larger than an image's manifest can be");
+            }
+        }
+        Ok(content)
+    }
+
+    /// The image named `name` in `namespace`: its configuration's digest (its ID, as
+    /// Docker and crictl show it), its diff IDs, and its `RUN` label.
+    async fn resolve(&self, namespace: &str, name: &str) -> Result<Option<Resolved>> {
+        let got = ImagesClient::new(self.channel.clone())
+            .get(Self::request(
+                namespace,
+                GetImageRequest {
+                    name: name.to_string(),
+                },
+            ))
+            .await;
+        let image = match got {
+            Ok(got) => got.into_inner().image,
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
+            Err(e) => return Err(failed(&format!("cannot look up image `{name}`"), &e)),
+        };
+        let Some(mut descriptor) = image.and_then(|image| image.target) else {
+            return Ok(None);
+        };
+        // An index names one manifest per platform: this host's is the one unpacked.
+        for _ in 0..2 {
+            let document = self.read_content(namespace, &descriptor.digest).await?;
+            match manifest_step(&descriptor.media_type, &document, name)? {
+                Step::Index(next) => descriptor = next,
+                Step::Config(config) => {
+                    let document = self.read_content(namespace, &config.digest).await?;
+                    let config: ImageConfig = serde_json::from_slice(&document).map_err(|e| {
+                        anyhow!("image `{name}` in containerd has a configuration toolbox cannot read: {e}")
+                    })?;
+                    return Ok(Some(Resolved {
+                        id: config.digest_of(&document),
+                        diff_ids: config.rootfs.diff_ids,
+                        run_label: config.config.and_then(|c| c.labels?.remove("RUN")),
+                    }));
+                }
+            }
+        }
+        bail!("image `{name}` in containerd nests indexes deeper than toolbox follows")
+    }
+
+    /// Where image `image_id`, found by [`Engine::image`] in this process, is.
+    fn found(&self, image_id: &str) -> Result<Found> {
+        self.found
+            .lock()
+            .map_err(|_| anyhow!("an earlier engine call failed midway"))?
+            .get(image_id)
+            .cloned()
+            .ok_or_else(|| anyhow!("image {image_id} was not looked up in containerd"))
+    }
+
+    /// A lease without expiry named `id` with `labels`, holding a read-only view (also
+    /// `id`) of the image's top snapshot: what the garbage collector spares, with every
+    /// snapshot below it. Returns the view's mounts.
+    async fn hold(
+        &self,
+        found: &Found,
+        id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let namespace = &found.namespace;
+        LeasesClient::new(self.channel.clone())
+            .create(Self::request(
+                namespace,
+                CreateRequest {
+                    id: id.to_string(),
+                    labels,
+                },
+            ))
+            .await
+            .map_err(|e| failed(&format!("cannot create the lease `{id}` in containerd"), &e))?;
+        let mut request = Self::request(
+            namespace,
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_string(),
+                key: id.to_string(),
+                parent: found.chain.clone(),
+                labels: HashMap::new(),
+            },
+        );
+        // Made under the lease: it is the lease's, and goes with it.
+        if let Ok(lease) = id.parse() {
+            request.metadata_mut().insert("containerd-lease", lease);
+        }
+        let viewed = SnapshotsClient::new(self.channel.clone())
+            .view(request)
+            .await;
+        match viewed {
+            Ok(view) => Ok(view.into_inner().mounts),
+            Err(e) => {
+                let _ = self.release(namespace, id).await;
+                Err(failed(
+                    &format!("cannot view the layers of `{}` in containerd", found.name),
+                    &e,
+                ))
+            }
+        }
+    }
+
+    /// Removes what [`Containerd::hold`] made under `id` in `namespace`: the view, then
+    /// the lease. Either may be gone already.
+    async fn release(&self, namespace: &str, id: &str) -> Result<()> {
+        let removed = SnapshotsClient::new(self.channel.clone())
+            .remove(Self::request(
+                namespace,
+                RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.to_string(),
+                    key: id.to_string(),
+                },
+            ))
+            .await;
+        match removed {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => {}
+            Err(e) => return Err(failed(&format!("cannot remove the view `{id}`"), &e)),
+        }
+        let deleted = LeasesClient::new(self.channel.clone())
+            .delete(Self::request(
+                namespace,
+                DeleteRequest {
+                    id: id.to_string(),
+                    sync: false,
+                },
+            ))
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Code::NotFound => Ok(()),
+            Err(e) => Err(failed(&format!("cannot delete the lease `{id}`"), &e)),
+        }
+    }
+
+    /// The leases toolbox made, in every namespace: namespace, ID and labels.
+    async fn leases(&self) -> Result<Vec<(String, String, HashMap<String, String>)>> {
+        let mut leases = Vec::new();
+        for namespace in self.all_namespaces().await? {
+            let listed = LeasesClient::new(self.channel.clone())
+                .list(Self::request(&namespace, ListRequest::default()))
+                .await
+                .map_err(|e| failed("cannot list containerd's leases", &e))?;
+            for lease in listed.into_inner().leases {
+                if lease.labels.contains_key(LABEL_ANCHOR)
+                    || lease.labels.contains_key(LABEL_TOOLBOX)
+                {
+                    leases.push((namespace.clone(), lease.id, lease.labels));
+                }
+            }
+        }
+        Ok(leases)
+    }
+
+    /// The namespace of toolbox's lease `id`.
+    async fn lease_namespace(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .leases()
+            .await?
+            .into_iter()
+            .find(|(_, lease, _)| lease == id)
+            .map(|(namespace, _, _)| namespace))
+    }
+
+    /// The mounts of toolbox's view `id`.
+    async fn view_mounts(&self, id: &str) -> Result<Vec<Mount>> {
+        let namespace = self
+            .lease_namespace(id)
+            .await?
+            .ok_or_else(|| anyhow!("containerd has no lease `{id}`"))?;
+        let mounts = SnapshotsClient::new(self.channel.clone())
+            .mounts(Self::request(
+                &namespace,
+                MountsRequest {
+                    snapshotter: SNAPSHOTTER.to_string(),
+                    key: id.to_string(),
+                },
+            ))
+            .await
+            .map_err(|e| failed(&format!("cannot read the mounts of `{id}`"), &e))?;
+        Ok(mounts.into_inner().mounts)
+    }
+}
+
+/// An image's identity as its configuration gives it.
+struct Resolved {
+    id: String,
+    diff_ids: Vec<String>,
+    run_label: Option<String>,
+}
+
+/// What a document read from the content store leads to.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// This platform's manifest, from an index.
+    Index(containerd_client::types::Descriptor),
+    /// The image's configuration, from a manifest.
+    Config(containerd_client::types::Descriptor),
+}
+
+#[derive(Deserialize)]
+struct DescriptorJson {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    platform: Option<PlatformJson>,
+}
+
+#[derive(Deserialize)]
+struct PlatformJson {
+    architecture: String,
+    os: String,
+}
+
+#[derive(Deserialize)]
+struct ImageConfig {
+    rootfs: RootFs,
+    #[serde(default)]
+    config: Option<ConfigSection>,
+}
+
+impl ImageConfig {
+    fn digest_of(&self, document: &[u8]) -> String {
+        sha256(document)
+    }
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ConfigSection {
+    #[serde(rename = "Labels", default)]
+    labels: Option<HashMap<String, String>>,
+}
+
+fn descriptor(json: DescriptorJson) -> containerd_client::types::Descriptor {
+    containerd_client::types::Descriptor {
+        media_type: json.media_type,
+        digest: json.digest,
+        size: json.size,
+        annotations: HashMap::new(),
+    }
+}
+
+/// This machine's architecture as images name it.
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Where the document `document` of media type `media_type` (image `name`) leads: an
+/// index to this platform's manifest, a manifest to the configuration.
+fn manifest_step(media_type: &str, document: &[u8], name: &str) -> Result<Step> {
+    #[derive(Deserialize)]
+    struct Document {
+        #[serde(rename = "mediaType", default)]
+        media_type: String,
+        #[serde(default)]
+        manifests: Vec<DescriptorJson>,
+        #[serde(default)]
+        config: Option<DescriptorJson>,
+    }
+    let unreadable = |e: &dyn std::fmt::Display| {
+        anyhow!("image `{name}` in containerd has a manifest toolbox cannot read: {e}")
+    };
+    let parsed: Document = serde_json::from_slice(document).map_err(|e| unreadable(&e))?;
+    let media_type = if media_type.is_empty() {
+        parsed.media_type.as_str()
+    } else {
+        media_type
+    };
+    match media_type {
+        "application/vnd.oci.image.index.v1+json"
+        | "application/vnd.docker.distribution.manifest.list.v2+json" => {
+            let arch = architecture();
+            let chosen = parsed
+                .manifests
+                .into_iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+                })
+                .ok_or_else(|| anyhow!("image `{name}` in containerd has no linux/{arch} manifest"))?;
+            Ok(Step::Index(descriptor(chosen)))
+        }
+        "application/vnd.oci.image.manifest.v1+json"
+        | "application/vnd.docker.distribution.manifest.v2+json" => {
+            let config = parsed
+                .config
+                .ok_or_else(|| unreadable(&"its manifest names no configuration"))?;
+            Ok(Step::Config(descriptor(config)))
+        }
+        other => Err(unreadable(&format_args!("media type `{other}`"))),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// The chain ID of the top layer of an image with `diff_ids` (bottom first), the name of
+/// the snapshot holding its files (OCI image spec, config.md "Layer ChainID").
+fn chain_id(diff_ids: &[String]) -> Option<String> {
+    let (first, rest) = diff_ids.split_first()?;
+    Some(rest.iter().fold(first.clone(), |chain, diff| {
+        sha256(format!("{chain} {diff}").as_bytes())
+    }))
+}
+
+/// The name containerd gives the image `reference` (`docker.io/library/debian:12` for
+/// `debian:12`), as `ctr` and the kubelet store it.
+pub fn normalized(reference: &str) -> String {
+    let (name, rest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, format!("@{digest}")),
+        None => (reference, String::new()),
+    };
+    let first = name.split('/').next().unwrap_or_default();
+    let has_registry = name.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let name = match (has_registry, name.contains('/')) {
+        (true, _) => name.to_string(),
+        (false, true) => format!("docker.io/{name}"),
+        (false, false) => format!("docker.io/library/{name}"),
+    };
+    let last = name.rsplit('/').next().unwrap_or_default();
+    let tagged = last.contains(':') || !rest.is_empty();
+    match tagged {
+        true => format!("{name}{rest}"),
+        false => format!("{name}:latest"),
+    }
+}
+
+/// The directories overlayfs stacks for a view's `mounts`, top first: a bind of the one
+/// layer, or an overlay's `lowerdir`s.
+fn mount_layers(mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
+    let [mount] = mounts else {
+        return Err(format!("containerd gave {} mounts for one view", mounts.len()));
+    };
+    match mount.r#type.as_str() {
+        "bind" => Ok(vec![PathBuf::from(&mount.source)]),
+        "overlay" => {
+            let lower = mount
+                .options
+                .iter()
+                .find_map(|option| option.strip_prefix("lowerdir="))
+                .ok_or_else(|| "containerd's overlay names no lowerdir".to_string())?;
+            Ok(lower.split(':').map(PathBuf::from).collect())
+        }
+        other => Err(format!(
+            "containerd's snapshotter mounts the image as `{other}`, which overlay storage cannot stack"
+        )),
+    }
+}
+
+/// A gRPC error from containerd as toolbox says it, its kind kept for callers.
+fn failed(what: &str, status: &Status) -> anyhow::Error {
+    let message = format!("{what}: {}", status.message());
+    match status.code() {
+        Code::NotFound => Failure::NotFound.error(message),
+        Code::AlreadyExists | Code::FailedPrecondition => Failure::Conflict.error(message),
+        Code::Unavailable => Failure::Unreachable.error(message),
+        _ => anyhow!(message),
+    }
+}
+
+/// The error of every call containerd does not serve for toolbox.
+fn not_served(what: &str) -> anyhow::Error {
+    anyhow!("{what} is not served with containerd; use Docker or Podman for it")
+}
+
+impl Engine for Containerd {
+    fn name(&self) -> &str {
+        "containerd"
+    }
+
+    fn address(&self) -> &str {
+        self.socket.to_str().unwrap_or("containerd's socket")
+    }
+
+    fn client(&self) -> &str {
+        "ctr"
+    }
+
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
+        let name = normalized(reference);
+        for namespace in &self.namespaces {
+            let Some(resolved) = self.resolve(namespace, &name).await? else {
+                continue;
+            };
+            let count = resolved.diff_ids.len();
+            let chain = chain_id(&resolved.diff_ids)
+                .ok_or_else(|| anyhow!("image `{name}` in containerd has no layers"))?;
+            let unpacked = SnapshotsClient::new(self.channel.clone())
+                .stat(Self::request(
+                    namespace,
+                    StatSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.to_string(),
+                        key: chain.clone(),
+                    },
+                ))
+                .await;
+            let layers = match unpacked {
+                Ok(_) => Layers::Snapshots(count),
+                Err(e) if e.code() == Code::NotFound => bail!(
+                    "image `{name}` in containerd namespace {namespace} is not unpacked for \
+                     its `{SNAPSHOTTER}` snapshotter; unpack it (`ctr -n {namespace} images \
+                     unpack {name}`)"
+                ),
+                Err(e) => return Err(failed(&format!("cannot look at image `{name}`"), &e)),
+            };
+            if let Ok(mut found) = self.found.lock() {
+                found.insert(
+                    resolved.id.clone(),
+                    Found {
+                        namespace: namespace.clone(),
+                        chain,
+                        name: name.clone(),
+                    },
+                );
+            }
+            return Ok(Some(Image {
+                id: resolved.id,
+                layers,
+                run_label: resolved.run_label,
+                found_in: Some(format!("`{name}` in containerd namespace {namespace}")),
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn pull(&self, image: &ImageRef, _quiet: bool) -> Result<()> {
+        let name = normalized(&image.reference());
+        let namespace = &self.namespaces[0];
+        bail!(
+            "containerd has no image `{name}` in namespace {}; toolbox does not pull through \
+             containerd: pull it with `ctr -n {namespace} images pull {name}`",
+            self.namespaces.join(" or ")
+        )
+    }
+
+    async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
+        // The kubelet's containers are in `k8s.io`, whatever namespace images come from.
+        let mut namespaces = self.namespaces.clone();
+        if !namespaces.iter().any(|n| n == CRI_NAMESPACE) {
+            namespaces.push(CRI_NAMESPACE.to_string());
+        }
+        for namespace in &namespaces {
+            let got = ContainersClient::new(self.channel.clone())
+                .get(Self::request(
+                    namespace,
+                    GetContainerRequest {
+                        id: name.to_string(),
+                    },
+                ))
+                .await;
+            let container = match got {
+                Ok(got) => got.into_inner().container,
+                Err(e) if e.code() == Code::NotFound => continue,
+                Err(e) => return Err(failed(&format!("cannot look up container `{name}`"), &e)),
+            };
+            let Some(container) = container else { continue };
+            let task = TasksClient::new(self.channel.clone())
+                .get(Self::request(
+                    namespace,
+                    GetRequest {
+                        container_id: name.to_string(),
+                        exec_id: String::new(),
+                    },
+                ))
+                .await;
+            // Status 2 is RUNNING (containerd.v1.types.Status).
+            let pid = match task {
+                Ok(task) => task
+                    .into_inner()
+                    .process
+                    .filter(|p| p.status == 2)
+                    .map_or(0, |p| p.pid),
+                Err(e) if e.code() == Code::NotFound => 0,
+                Err(e) => return Err(failed(&format!("cannot look up the task of `{name}`"), &e)),
+            };
+            let root = (pid != 0)
+                .then(|| task_root(Path::new("/proc"), pid, &container.id))
+                .flatten();
+            let mounts = container
+                .spec
+                .as_ref()
+                .map(|spec| spec_binds(&spec.value))
+                .unwrap_or_default();
+            return Ok(Some(ContainerInfo {
+                id: container.id.clone(),
+                name: container.id,
+                running: pid != 0,
+                pid,
+                root: root.map(|root| root.display().to_string()),
+                mounts,
+                image_id: container.image,
+                created: String::new(),
+                labels: container.labels,
+                exec_ids: Vec::new(),
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn labelled_containers(
+        &self,
+        label: &str,
+        value: Option<&str>,
+    ) -> Result<Vec<(String, HashMap<String, String>)>> {
+        Ok(self
+            .leases()
+            .await?
+            .into_iter()
+            .filter(|(_, _, labels)| match value {
+                Some(value) => labels.get(label).map(String::as_str) == Some(value),
+                None => labels.contains_key(label),
+            })
+            .map(|(_, id, labels)| (id, labels))
+            .collect())
+    }
+
+    async fn remove_container(&self, container: &str) -> Result<()> {
+        match self.lease_namespace(container).await? {
+            Some(namespace) => self.release(&namespace, container).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn create_container(
+        &self,
+        image_id: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<String> {
+        let found = self.found(image_id)?;
+        let name = labels.get(LABEL_TOOLBOX).cloned().unwrap_or_default();
+        let id = format!(
+            "{EXPORT_PREFIX}{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        self.hold(&found, &id, labels).await?;
+        Ok(id)
+    }
+
+    async fn path_entry(&self, _container: &str, _path: &str) -> Result<crate::sys::Entry> {
+        Err(not_served("the spc runtime"))
+    }
+
+    async fn pod_containers(&self, pod: &Pod) -> Result<Vec<(String, String)>> {
+        let listed = ContainersClient::new(self.channel.clone())
+            .list(Self::request(CRI_NAMESPACE, ListContainersRequest::default()))
+            .await
+            .map_err(|e| failed("cannot list the kubelet's containers", &e))?;
+        let containers = listed
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| (c.id, c.labels))
+            .collect();
+        Ok(pod_members(pod, containers))
+    }
+}
+
+/// Where containerd's shim has mounted the root filesystem of the task whose main process
+/// is `pid` (container `id`): `rootfs` in the task's bundle, beside the bundle the shim
+/// runs in (a pod's containers share their sandbox's shim), when that is the very
+/// directory the process has as its root.
+fn task_root(proc_root: &Path, pid: u32, id: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return None;
+    }
+    let shim = crate::sys::proc_stat(proc_root, pid)?.parent;
+    let bundle = std::fs::read_link(proc_root.join(format!("{shim}/cwd"))).ok()?;
+    let root = bundle.parent()?.join(id).join("rootfs");
+    let identity = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let same = identity(&root)? == identity(&proc_root.join(format!("{pid}/root")))?;
+    same.then_some(root)
+}
+
+/// The binds of an OCI runtime spec (`config.json`, as containerd keeps it with a
+/// container): host source, destination, writable.
+fn spec_binds(spec: &[u8]) -> Vec<(String, String, bool)> {
+    #[derive(Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        mounts: Vec<SpecMount>,
+    }
+    #[derive(Deserialize)]
+    struct SpecMount {
+        destination: String,
+        #[serde(rename = "type", default)]
+        kind: String,
+        #[serde(default)]
+        source: String,
+        #[serde(default)]
+        options: Vec<String>,
+    }
+    let Ok(spec) = serde_json::from_slice::<Spec>(spec) else {
+        return Vec::new();
+    };
+    spec.mounts
+        .into_iter()
+        .filter(|m| m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind"))
+        .map(|m| {
+            let writable = !m.options.iter().any(|o| o == "ro");
+            (m.source, m.destination, writable)
+        })
+        .collect()
+}
+
+impl Provisioning for Containerd {
+    async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()> {
+        let mounts = self.view_mounts(container).await?;
+        let layers = mount_layers(&mounts).map_err(|why| anyhow!("{why}"))?;
+        let sink = sink.clone();
+        // A thread of its own: the walk blocks, and its overlay is attached nowhere.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(archive_layers(&layers, &sink));
+        });
+        finished
+            .await
+            .map_err(|_| anyhow!("the export of `{container}` ended without a word"))?
+    }
+
+    async fn create_anchor(
+        &self,
+        image_id: &str,
+        name: &str,
+        labels: HashMap<String, String>,
+        _idle: &Path,
+    ) -> Result<String> {
+        let found = self.found(image_id)?;
+        self.hold(&found, name, labels).await?;
+        Ok(name.to_string())
+    }
+
+    async fn remove_anchor(&self, anchor: &str) -> Result<()> {
+        self.remove_container(anchor).await
+    }
+
+    async fn anchor_layers(&self, anchor: &str) -> Result<Option<Vec<PathBuf>>> {
+        let mounts = self.view_mounts(anchor).await?;
+        mount_layers(&mounts).map(Some).map_err(|why| anyhow!("{why}"))
+    }
+
+    async fn anchor_holds(&self, anchor: &str) -> Result<bool> {
+        Ok(self.lease_namespace(anchor).await?.is_some())
+    }
+}
+
+/// Writes the files of the layers `layers` (top first), stacked read-only, as a tar
+/// archive into `sink`, chunk by chunk.
+fn archive_layers(layers: &[PathBuf], sink: &mpsc::Sender<Bytes>) -> Result<()> {
+    let stacked;
+    let root = match layers {
+        [only] => only.clone(),
+        _ => {
+            let layers: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+            stacked = crate::sys::detached_overlay(&layers)
+                .map_err(|e| anyhow!("cannot stack the image's layers: {e}"))?;
+            use std::os::fd::AsRawFd;
+            PathBuf::from(format!("/proc/self/fd/{}", stacked.as_raw_fd()))
+        }
+    };
+    let writer = SinkWriter {
+        sink,
+        buffer: Vec::with_capacity(CHUNK),
+    };
+    let mut builder = tar::Builder::new(writer);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    let entries = std::fs::read_dir(&root)
+        .map_err(|e| anyhow!("cannot read the image's layers at {}: {e}", root.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if entry.file_type()?.is_dir() {
+            builder.append_dir_all(&name, &path)
+        } else {
+            builder.append_path_with_name(&path, &name)
+        }
+        .map_err(|e| match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
+            true => anyhow::Error::new(SinkClosed),
+            false => anyhow!("cannot archive {}: {e}", path.display()),
+        })?;
+    }
+    let mut writer = builder
+        .into_inner()
+        .map_err(|e| anyhow!("cannot finish the archive: {e}"))?;
+    writer.flush_chunk().map_err(|_| SinkClosed)?;
+    Ok(())
+}
+
+/// The size of the chunks an export sends.
+const CHUNK: usize = 1 << 16;
+
+/// A writer that sends what it is given to a channel in chunks.
+struct SinkWriter<'a> {
+    sink: &'a mpsc::Sender<Bytes>,
+    buffer: Vec<u8>,
+}
+
+impl SinkWriter<'_> {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.sink
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other(SinkClosed))
+    }
+}
+
+impl std::io::Write for SinkWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_named_as_containerd_stores_them() {
+        for (given, stored) in [
+            ("debian:12", "docker.io/library/debian:12"),
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("user/tools:1", "docker.io/user/tools:1"),
+            ("quay.io/fedora/fedora:40", "quay.io/fedora/fedora:40"),
+            ("localhost/tools", "localhost/tools:latest"),
+            ("registry:5000/tools", "registry:5000/tools:latest"),
+            (
+                "debian@sha256:0123",
+                "docker.io/library/debian@sha256:0123",
+            ),
+        ] {
+            assert_eq!(normalized(given), stored, "{given}");
+        }
+    }
+
+    // Values from `ctr snapshots ls` of an image with two layers.
+    #[test]
+    fn the_top_snapshot_is_named_by_the_chain_id() {
+        let one = "sha256:aaaa".to_string();
+        assert_eq!(chain_id(std::slice::from_ref(&one)), Some(one.clone()));
+        let two = vec![one.clone(), "sha256:bbbb".to_string()];
+        assert_eq!(
+            chain_id(&two),
+            Some(sha256(b"sha256:aaaa sha256:bbbb"))
+        );
+        assert_eq!(chain_id(&[]), None);
+    }
+
+    #[test]
+    fn an_index_leads_to_this_platforms_manifest_and_a_manifest_to_its_config() {
+        let arch = architecture();
+        let index = format!(
+            r#"{{"manifests":[
+                {{"mediaType":"m","digest":"sha256:other","size":1,"platform":{{"architecture":"s390x","os":"linux"}}}},
+                {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:mine","size":2,"platform":{{"architecture":"{arch}","os":"linux"}}}}]}}"#
+        );
+        let step = manifest_step(
+            "application/vnd.oci.image.index.v1+json",
+            index.as_bytes(),
+            "x",
+        )
+        .unwrap();
+        let Step::Index(chosen) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(chosen.digest, "sha256:mine");
+        let manifest = br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"c","digest":"sha256:config","size":3},"layers":[]}"#;
+        let step = manifest_step("", manifest, "x").unwrap();
+        assert!(matches!(step, Step::Config(ref c) if c.digest == "sha256:config"));
+        let error = manifest_step("text/plain", b"{}", "x").unwrap_err();
+        assert!(format!("{error}").contains("`text/plain`"), "{error}");
+    }
+
+    #[test]
+    fn a_views_mounts_name_its_layers_top_first() {
+        let mount = |kind: &str, source: &str, options: &[&str]| Mount {
+            r#type: kind.to_string(),
+            source: source.to_string(),
+            target: String::new(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        assert_eq!(
+            mount_layers(&[mount("bind", "/s/1/fs", &["ro", "rbind"])]),
+            Ok(vec![PathBuf::from("/s/1/fs")])
+        );
+        assert_eq!(
+            mount_layers(&[mount("overlay", "overlay", &["index=off", "lowerdir=/s/2/fs:/s/1/fs"])]),
+            Ok(vec![PathBuf::from("/s/2/fs"), PathBuf::from("/s/1/fs")])
+        );
+        assert!(mount_layers(&[]).is_err());
+        assert!(mount_layers(&[mount("btrfs", "/dev/x", &[])]).is_err());
+    }
+}
