@@ -117,7 +117,10 @@ impl RunContext {
         };
         let mut sockets = engine::Sockets::for_host(&env);
         let containerd = settings.setting(config::CONTAINERD_ADDRESS);
-        let address = containerd.value.strip_prefix("unix://").unwrap_or(&containerd.value);
+        let address = containerd
+            .value
+            .strip_prefix("unix://")
+            .unwrap_or(&containerd.value);
         if !address.starts_with('/') {
             bail!(
                 "{}: TOOLBOX_CONTAINERD_ADDRESS must be the absolute path of containerd's socket, not `{}`",

@@ -16,22 +16,29 @@ use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
-    MountsRequest, RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
+    CommitSnapshotRequest, MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
+    StatSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::transfer_client::TransferClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    CreateRequest, DeleteRequest, GetContainerRequest, GetImageRequest, GetRequest,
-    ListContainersRequest, ListNamespacesRequest, ListRequest, ReadContentRequest,
+    ApplyRequest, CreateRequest, DeleteRequest, GetContainerRequest, GetImageRequest, GetRequest,
+    Info as ContentInfo, ListContainersRequest, ListNamespacesRequest, ListRequest,
+    ReadContentRequest, TransferOptions, TransferRequest, UpdateRequest,
 };
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
-use containerd_client::types::Mount;
+use containerd_client::types::transfer::{
+    ImageStore, OciRegistry, RegistryResolver, UnpackConfiguration,
+};
+use containerd_client::types::{Mount, Platform};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -135,6 +142,15 @@ impl Containerd {
         request
     }
 
+    /// `message` for containerd in namespace `namespace`, what it makes held by `lease`.
+    fn leased<T>(namespace: &str, lease: &str, message: T) -> Request<T> {
+        let mut request = Self::request(namespace, message);
+        if let Ok(lease) = lease.parse() {
+            request.metadata_mut().insert("containerd-lease", lease);
+        }
+        request
+    }
+
     /// Every namespace containerd has, for what toolbox made in any of them.
     async fn all_namespaces(&self) -> Result<Vec<String>> {
         let listed = NamespacesClient::new(self.channel.clone())
@@ -200,20 +216,157 @@ impl Containerd {
             let document = self.read_content(namespace, &descriptor.digest).await?;
             match manifest_step(&descriptor.media_type, &document, name)? {
                 Step::Index(next) => descriptor = next,
-                Step::Config(config) => {
+                Step::Config(config, layers) => {
                     let document = self.read_content(namespace, &config.digest).await?;
                     let config: ImageConfig = serde_json::from_slice(&document).map_err(|e| {
                         anyhow!("image `{name}` in containerd has a configuration toolbox cannot read: {e}")
                     })?;
+                    let id = config.digest_of(&document);
+                    if layers.len() != config.rootfs.diff_ids.len() {
+                        bail!(
+                            "image `{name}` in containerd has {} layers and {} diff IDs",
+                            layers.len(),
+                            config.rootfs.diff_ids.len()
+                        );
+                    }
                     return Ok(Some(Resolved {
-                        id: config.digest_of(&document),
+                        id,
                         diff_ids: config.rootfs.diff_ids,
+                        layers,
                         run_label: config.config.and_then(|c| c.labels?.remove("RUN")),
                     }));
                 }
             }
         }
         bail!("image `{name}` in containerd nests indexes deeper than toolbox follows")
+    }
+
+    /// Unpacks image `name` of `namespace` for the snapshotter, as containerd's own
+    /// unpacker does: each layer missing applied on a snapshot of the ones below and
+    /// committed under its chain ID, all under a lease that expires (what a killed
+    /// toolbox leaves goes by itself), and the image's configuration labelled with its
+    /// top snapshot, which keeps the snapshots as long as the image is there.
+    async fn unpack(&self, namespace: &str, name: &str, image: &Resolved) -> Result<()> {
+        let lease = format!(
+            "toolbox-unpack-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let expire = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(3600),
+        );
+        let labels = HashMap::from([("containerd.io/gc.expire".to_string(), expire.to_string())]);
+        LeasesClient::new(self.channel.clone())
+            .create(Self::request(
+                namespace,
+                CreateRequest {
+                    id: lease.clone(),
+                    labels,
+                },
+            ))
+            .await
+            .map_err(|e| failed(&format!("cannot unpack `{name}`: a lease"), &e))?;
+        let unpacked = self.unpack_under(namespace, name, image, &lease).await;
+        let _ = self.release(namespace, &lease).await;
+        unpacked
+    }
+
+    async fn unpack_under(
+        &self,
+        namespace: &str,
+        name: &str,
+        image: &Resolved,
+        lease: &str,
+    ) -> Result<()> {
+        let cannot =
+            |what: String, e: &Status| failed(&format!("cannot unpack `{name}`: {what}"), e);
+        let mut snapshots = SnapshotsClient::new(self.channel.clone());
+        let mut parent = String::new();
+        for (index, layer) in image.layers.iter().enumerate() {
+            let chain = chain_id(&image.diff_ids[..=index]).unwrap_or_default();
+            let stat = StatSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_string(),
+                key: chain.clone(),
+            };
+            if snapshots.stat(Self::request(namespace, stat)).await.is_ok() {
+                parent = chain;
+                continue;
+            }
+            let key = format!("{lease}-{index}");
+            let prepared = snapshots
+                .prepare(Self::leased(
+                    namespace,
+                    lease,
+                    PrepareSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.to_string(),
+                        key: key.clone(),
+                        parent: parent.clone(),
+                        labels: HashMap::new(),
+                    },
+                ))
+                .await
+                .map_err(|e| cannot(format!("layer {}", index + 1), &e))?
+                .into_inner();
+            let applied = DiffClient::new(self.channel.clone())
+                .apply(Self::leased(
+                    namespace,
+                    lease,
+                    ApplyRequest {
+                        diff: Some(layer.clone()),
+                        mounts: prepared.mounts,
+                        payloads: HashMap::new(),
+                        sync_fs: true,
+                    },
+                ))
+                .await
+                .map_err(|e| cannot(format!("layer {} ({})", index + 1, layer.digest), &e))?
+                .into_inner();
+            let diff_id = applied.applied.map(|d| d.digest).unwrap_or_default();
+            if diff_id != image.diff_ids[index] {
+                bail!(
+                    "cannot unpack `{name}`: layer {} unpacks to {diff_id}, not {} as its \
+                     configuration says",
+                    index + 1,
+                    image.diff_ids[index]
+                );
+            }
+            snapshots
+                .commit(Self::leased(
+                    namespace,
+                    lease,
+                    CommitSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.to_string(),
+                        name: chain.clone(),
+                        key,
+                        labels: HashMap::new(),
+                    },
+                ))
+                .await
+                .map_err(|e| cannot(format!("layer {}", index + 1), &e))?;
+            parent = chain;
+        }
+        let label = format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}");
+        let info = ContentInfo {
+            digest: image.id.clone(),
+            labels: HashMap::from([(label.clone(), parent)]),
+            ..Default::default()
+        };
+        ContentClient::new(self.channel.clone())
+            .update(Self::request(
+                namespace,
+                UpdateRequest {
+                    info: Some(info),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("labels.{label}")],
+                    }),
+                },
+            ))
+            .await
+            .map_err(|e| cannot("its configuration's label".to_string(), &e))?;
+        Ok(())
     }
 
     /// Where image `image_id`, found by [`Engine::image`] in this process, is.
@@ -246,8 +399,10 @@ impl Containerd {
             ))
             .await
             .map_err(|e| failed(&format!("cannot create the lease `{id}` in containerd"), &e))?;
-        let mut request = Self::request(
+        // Made under the lease: it is the lease's, and goes with it.
+        let request = Self::leased(
             namespace,
+            id,
             ViewSnapshotRequest {
                 snapshotter: SNAPSHOTTER.to_string(),
                 key: id.to_string(),
@@ -255,10 +410,6 @@ impl Containerd {
                 labels: HashMap::new(),
             },
         );
-        // Made under the lease: it is the lease's, and goes with it.
-        if let Ok(lease) = id.parse() {
-            request.metadata_mut().insert("containerd-lease", lease);
-        }
         let viewed = SnapshotsClient::new(self.channel.clone())
             .view(request)
             .await;
@@ -360,6 +511,8 @@ impl Containerd {
 struct Resolved {
     id: String,
     diff_ids: Vec<String>,
+    /// The layers' blobs, bottom first, to unpack from.
+    layers: Vec<containerd_client::types::Descriptor>,
     run_label: Option<String>,
 }
 
@@ -368,8 +521,11 @@ struct Resolved {
 enum Step {
     /// This platform's manifest, from an index.
     Index(containerd_client::types::Descriptor),
-    /// The image's configuration, from a manifest.
-    Config(containerd_client::types::Descriptor),
+    /// The image's configuration and its layers (bottom first), from a manifest.
+    Config(
+        containerd_client::types::Descriptor,
+        Vec<containerd_client::types::Descriptor>,
+    ),
 }
 
 #[derive(Deserialize)]
@@ -445,6 +601,8 @@ fn manifest_step(media_type: &str, document: &[u8], name: &str) -> Result<Step> 
         manifests: Vec<DescriptorJson>,
         #[serde(default)]
         config: Option<DescriptorJson>,
+        #[serde(default)]
+        layers: Vec<DescriptorJson>,
     }
     let unreadable = |e: &dyn std::fmt::Display| {
         anyhow!("image `{name}` in containerd has a manifest toolbox cannot read: {e}")
@@ -467,7 +625,9 @@ fn manifest_step(media_type: &str, document: &[u8], name: &str) -> Result<Step> 
                         .as_ref()
                         .is_some_and(|p| p.os == "linux" && p.architecture == arch)
                 })
-                .ok_or_else(|| anyhow!("image `{name}` in containerd has no linux/{arch} manifest"))?;
+                .ok_or_else(|| {
+                    anyhow!("image `{name}` in containerd has no linux/{arch} manifest")
+                })?;
             Ok(Step::Index(descriptor(chosen)))
         }
         "application/vnd.oci.image.manifest.v1+json"
@@ -475,7 +635,8 @@ fn manifest_step(media_type: &str, document: &[u8], name: &str) -> Result<Step> 
             let config = parsed
                 .config
                 .ok_or_else(|| unreadable(&"its manifest names no configuration"))?;
-            Ok(Step::Config(descriptor(config)))
+            let layers = parsed.layers.into_iter().map(descriptor).collect();
+            Ok(Step::Config(descriptor(config), layers))
         }
         other => Err(unreadable(&format_args!("media type `{other}`"))),
     }
@@ -504,8 +665,8 @@ pub fn normalized(reference: &str) -> String {
         None => (reference, String::new()),
     };
     let first = name.split('/').next().unwrap_or_default();
-    let has_registry = name.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let name = match (has_registry, name.contains('/')) {
         (true, _) => name.to_string(),
         (false, true) => format!("docker.io/{name}"),
@@ -523,7 +684,10 @@ pub fn normalized(reference: &str) -> String {
 /// layer, or an overlay's `lowerdir`s.
 fn mount_layers(mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
     let [mount] = mounts else {
-        return Err(format!("containerd gave {} mounts for one view", mounts.len()));
+        return Err(format!(
+            "containerd gave {} mounts for one view",
+            mounts.len()
+        ));
     };
     match mount.r#type.as_str() {
         "bind" => Ok(vec![PathBuf::from(&mount.source)]),
@@ -592,15 +756,14 @@ impl Engine for Containerd {
                     },
                 ))
                 .await;
-            let layers = match unpacked {
-                Ok(_) => Layers::Snapshots(count),
-                Err(e) if e.code() == Code::NotFound => bail!(
-                    "image `{name}` in containerd namespace {namespace} is not unpacked for \
-                     its `{SNAPSHOTTER}` snapshotter; unpack it (`ctr -n {namespace} images \
-                     unpack {name}`)"
-                ),
+            match unpacked {
+                Ok(_) => {}
+                Err(e) if e.code() == Code::NotFound => {
+                    self.unpack(namespace, &name, &resolved).await?;
+                }
                 Err(e) => return Err(failed(&format!("cannot look at image `{name}`"), &e)),
-            };
+            }
+            let layers = Layers::Snapshots(count);
             if let Ok(mut found) = self.found.lock() {
                 found.insert(
                     resolved.id.clone(),
@@ -621,14 +784,60 @@ impl Engine for Containerd {
         Ok(None)
     }
 
-    async fn pull(&self, image: &ImageRef, _quiet: bool) -> Result<()> {
+    async fn pull(&self, image: &ImageRef, quiet: bool) -> Result<()> {
         let name = normalized(&image.reference());
         let namespace = &self.namespaces[0];
-        bail!(
-            "containerd has no image `{name}` in namespace {}; toolbox does not pull through \
-             containerd: pull it with `ctr -n {namespace} images pull {name}`",
-            self.namespaces.join(" or ")
-        )
+        let platform = Platform {
+            os: "linux".to_string(),
+            architecture: architecture().to_string(),
+            ..Default::default()
+        };
+        // Loopback registries speak plain HTTP, as Docker assumes of 127.0.0.0/8.
+        let host = name.split('/').next().unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
+        let source = OciRegistry {
+            reference: name.clone(),
+            resolver: Some(RegistryResolver {
+                default_scheme: if loopback { "http" } else { "" }.to_string(),
+                ..Default::default()
+            }),
+        };
+        let destination = ImageStore {
+            name: name.clone(),
+            platforms: vec![platform.clone()],
+            unpacks: vec![UnpackConfiguration {
+                platform: Some(platform),
+                snapshotter: SNAPSHOTTER.to_string(),
+            }],
+            ..Default::default()
+        };
+        let request = TransferRequest {
+            source: Some(containerd_client::to_any(&source)),
+            destination: Some(containerd_client::to_any(&destination)),
+            options: Some(TransferOptions::default()),
+        };
+        if !quiet {
+            crate::host::ui::say(format_args!(
+                "pulling {name} into containerd namespace {namespace}"
+            ));
+        }
+        let pulled = TransferClient::new(self.channel.clone())
+            .transfer(Self::request(namespace, request))
+            .await;
+        match pulled {
+            Ok(_) => Ok(()),
+            // containerd before 1.7 has no transfer service.
+            Err(e) if e.code() == Code::Unimplemented => bail!(
+                "containerd has no image `{name}` in namespace {}, and this containerd pulls \
+                 only for its own clients: pull it with `ctr -n {namespace} images pull {name}`",
+                self.namespaces.join(" or ")
+            ),
+            Err(e) => bail!(
+                "cannot pull image `{name}` into containerd namespace {namespace}: {}",
+                crate::host::ui::escaped(e.message())
+            ),
+        }
     }
 
     async fn container(&self, name: &str) -> Result<Option<ContainerInfo>> {
@@ -744,7 +953,10 @@ impl Engine for Containerd {
 
     async fn pod_containers(&self, pod: &Pod) -> Result<Vec<(String, String)>> {
         let listed = ContainersClient::new(self.channel.clone())
-            .list(Self::request(CRI_NAMESPACE, ListContainersRequest::default()))
+            .list(Self::request(
+                CRI_NAMESPACE,
+                ListContainersRequest::default(),
+            ))
             .await
             .map_err(|e| failed("cannot list the kubelet's containers", &e))?;
         let containers = listed
@@ -838,7 +1050,9 @@ impl Provisioning for Containerd {
 
     async fn anchor_layers(&self, anchor: &str) -> Result<Option<Vec<PathBuf>>> {
         let mounts = self.view_mounts(anchor).await?;
-        mount_layers(&mounts).map(Some).map_err(|why| anyhow!("{why}"))
+        mount_layers(&mounts)
+            .map(Some)
+            .map_err(|why| anyhow!("{why}"))
     }
 
     async fn anchor_holds(&self, anchor: &str) -> Result<bool> {
@@ -878,10 +1092,12 @@ fn archive_layers(layers: &[PathBuf], sink: &mpsc::Sender<Bytes>) -> Result<()> 
         } else {
             builder.append_path_with_name(&path, &name)
         }
-        .map_err(|e| match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
-            true => anyhow::Error::new(SinkClosed),
-            false => anyhow!("cannot archive {}: {e}", path.display()),
-        })?;
+        .map_err(
+            |e| match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
+                true => anyhow::Error::new(SinkClosed),
+                false => anyhow!("cannot archive {}: {e}", path.display()),
+            },
+        )?;
     }
     let mut writer = builder
         .into_inner()
@@ -941,10 +1157,7 @@ mod tests {
             ("quay.io/fedora/fedora:40", "quay.io/fedora/fedora:40"),
             ("localhost/tools", "localhost/tools:latest"),
             ("registry:5000/tools", "registry:5000/tools:latest"),
-            (
-                "debian@sha256:0123",
-                "docker.io/library/debian@sha256:0123",
-            ),
+            ("debian@sha256:0123", "docker.io/library/debian@sha256:0123"),
         ] {
             assert_eq!(normalized(given), stored, "{given}");
         }
@@ -956,10 +1169,7 @@ mod tests {
         let one = "sha256:aaaa".to_string();
         assert_eq!(chain_id(std::slice::from_ref(&one)), Some(one.clone()));
         let two = vec![one.clone(), "sha256:bbbb".to_string()];
-        assert_eq!(
-            chain_id(&two),
-            Some(sha256(b"sha256:aaaa sha256:bbbb"))
-        );
+        assert_eq!(chain_id(&two), Some(sha256(b"sha256:aaaa sha256:bbbb")));
         assert_eq!(chain_id(&[]), None);
     }
 
@@ -983,7 +1193,9 @@ mod tests {
         assert_eq!(chosen.digest, "sha256:mine");
         let manifest = br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"c","digest":"sha256:config","size":3},"layers":[]}"#;
         let step = manifest_step("", manifest, "x").unwrap();
-        assert!(matches!(step, Step::Config(ref c) if c.digest == "sha256:config"));
+        assert!(
+            matches!(step, Step::Config(ref c, ref l) if c.digest == "sha256:config" && l.is_empty())
+        );
         let error = manifest_step("text/plain", b"{}", "x").unwrap_err();
         assert!(format!("{error}").contains("`text/plain`"), "{error}");
     }
@@ -1001,7 +1213,11 @@ mod tests {
             Ok(vec![PathBuf::from("/s/1/fs")])
         );
         assert_eq!(
-            mount_layers(&[mount("overlay", "overlay", &["index=off", "lowerdir=/s/2/fs:/s/1/fs"])]),
+            mount_layers(&[mount(
+                "overlay",
+                "overlay",
+                &["index=off", "lowerdir=/s/2/fs:/s/1/fs"]
+            )]),
             Ok(vec![PathBuf::from("/s/2/fs"), PathBuf::from("/s/1/fs")])
         );
         assert!(mount_layers(&[]).is_err());

@@ -800,13 +800,18 @@ mod tests {
         assert_eq!(found(Choice::Auto, &[]).unwrap(), Found::Containerd);
         // Docker and Podman come first, whether they answer or are named.
         let docker_host = [("DOCKER_HOST", "tcp://10.0.0.1:2375")];
-        assert!(matches!(found(Choice::Auto, &docker_host), Ok(Found::Api(_))));
+        assert!(matches!(
+            found(Choice::Auto, &docker_host),
+            Ok(Found::Api(_))
+        ));
         let _podman = UnixListener::bind(dir.join("podman.sock")).unwrap();
         assert_eq!(
             found(Choice::Auto, &[]).unwrap(),
             Found::Api(unix(dir, "podman.sock", true))
         );
-        let err = endpoint(Choice::Containerd, &[], dir).unwrap_err().to_string();
+        let err = endpoint(Choice::Containerd, &[], dir)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no Docker API"), "{err}");
     }
 

@@ -316,7 +316,14 @@ mod tests {
                 container: Some("coredns".into())
             })
         );
-        for bad in ["pod/", "pod/default", "pod/default/", "pod//web", "pod/a/b/", "pod/a/b/c/d"] {
+        for bad in [
+            "pod/",
+            "pod/default",
+            "pod/default/",
+            "pod//web",
+            "pod/a/b/",
+            "pod/a/b/c/d",
+        ] {
             let err = pod(bad).unwrap_err().to_string();
             assert!(err.contains("pod/NAMESPACE/POD or"), "{bad}: {err}");
         }
@@ -342,7 +349,10 @@ mod tests {
             "pod default/web has 2 containers (server, sidecar); name one: pod/default/web/CONTAINER"
         );
         let err = pod(Some("db")).choose(&two).unwrap_err().to_string();
-        assert_eq!(err, "pod default/web has no container `db` (it has server, sidecar)");
+        assert_eq!(
+            err,
+            "pod default/web has no container `db` (it has server, sidecar)"
+        );
         let err = pod(None).choose(&[]).unwrap_err().to_string();
         assert_eq!(err, "no container of pod default/web on this node");
         let labels = std::collections::HashMap::from([
@@ -350,7 +360,13 @@ mod tests {
             (LABEL_POD_NAME.to_string(), "web".to_string()),
         ]);
         assert!(pod(None).holds(&labels));
-        assert!(!Pod { name: "db".into(), ..pod(None) }.holds(&labels));
+        assert!(
+            !Pod {
+                name: "db".into(),
+                ..pod(None)
+            }
+            .holds(&labels)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+use crate::common::registry::{Image as RegistryImage, Registry};
 use crate::common::*;
 
 /// The two-layer image the tests build by hand: `etc/marker` says `lower` in its first
@@ -91,7 +92,10 @@ impl OwnContainerd {
     /// Stops it (SIGTERM) and starts it again on the same directories.
     fn restart(&mut self) {
         toolbox::sys::signals::send(self.child.id() as i32, rustix::process::Signal::TERM);
-        assert!(wait_exit(&mut self.child).is_some(), "containerd did not stop");
+        assert!(
+            wait_exit(&mut self.child).is_some(),
+            "containerd did not stop"
+        );
         self.child = Self::spawn(self.dir.path());
         self.wait_until_up();
     }
@@ -116,10 +120,7 @@ impl OwnContainerd {
 
     /// Imports the archive `archive` (`docker save`'s) into `namespace`.
     fn import(&self, namespace: &str, archive: &Path) {
-        self.ctr(
-            namespace,
-            &["images", "import", archive.to_str().unwrap()],
-        );
+        self.ctr(namespace, &["images", "import", archive.to_str().unwrap()]);
     }
 
     /// The IDs `ctr ... ls -q` lists in `namespace` for `what` (`leases`, `snapshots`).
@@ -269,17 +270,34 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
     // Found in k8s.io, where the kubelet keeps images; overlay storage by default.
     let out = containerd
         .toolbox(&t)
-        .args(["-v", "--image", BUSYBOX_IMAGE, "--", "busybox", "echo", "in k8s.io"])
+        .args([
+            "-v",
+            "--image",
+            BUSYBOX_IMAGE,
+            "--",
+            "busybox",
+            "echo",
+            "in k8s.io",
+        ])
         .output()
         .unwrap();
-    assert_eq!(succeeded_with(out.clone(), "busybox from k8s.io"), "in k8s.io\n");
+    assert_eq!(
+        succeeded_with(out.clone(), "busybox from k8s.io"),
+        "in k8s.io\n"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("containerd 1."), "{stderr}");
     assert!(
-        stderr.contains(&format!("`{BUSYBOX_STORED}` in containerd namespace k8s.io")),
+        stderr.contains(&format!(
+            "`{BUSYBOX_STORED}` in containerd namespace k8s.io"
+        )),
         "{stderr}"
     );
-    assert!(metadata(&t)["overlay"]["anchor"].is_string(), "{}", metadata(&t));
+    assert!(
+        metadata(&t)["overlay"]["anchor"].is_string(),
+        "{}",
+        metadata(&t)
+    );
     let leases = containerd.listed("k8s.io", "leases");
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!(metadata(&t)["overlay"]["anchor"], leases[0].as_str());
@@ -292,10 +310,15 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
         .args(["busybox", "cat", "/etc/marker", "/layer/two"])
         .output()
         .unwrap();
-    assert_eq!(succeeded_with(out.clone(), "two layers from default"), "upper\ntwo\n");
+    assert_eq!(
+        succeeded_with(out.clone(), "two layers from default"),
+        "upper\ntwo\n"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("`{TWO_LAYERS_STORED}` in containerd namespace default")),
+        stderr.contains(&format!(
+            "`{TWO_LAYERS_STORED}` in containerd namespace default"
+        )),
         "{stderr}"
     );
     let two_tree = t.toolboxes.join(format!("tester-{two}"));
@@ -311,7 +334,15 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
     let copy = format!("{two}-copy");
     let out = containerd
         .toolbox(&t)
-        .args(["--storage", "copy", "--name", &copy, "--image", TWO_LAYERS, "--"])
+        .args([
+            "--storage",
+            "copy",
+            "--name",
+            &copy,
+            "--image",
+            TWO_LAYERS,
+            "--",
+        ])
         .args(["busybox", "cat", "/etc/marker"])
         .output()
         .unwrap();
@@ -328,7 +359,14 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
     let out = containerd
         .toolbox(&t)
         .env("TOOLBOX_CONTAINERD_NAMESPACE", "default")
-        .args(["--name", "elsewhere", "--image", BUSYBOX_IMAGE, "--", "true"])
+        .args([
+            "--name",
+            "elsewhere",
+            "--image",
+            BUSYBOX_IMAGE,
+            "--",
+            "true",
+        ])
         .output()
         .unwrap();
     assert_eq!(status(&out), 125, "{}", describe(&out));
@@ -341,7 +379,11 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
     );
 
     let listed = succeeded_with(containerd.toolbox(&t).arg("list").output().unwrap(), "list");
-    for tree in [t.toolbox_name(), format!("tester-{two}"), format!("tester-{copy}")] {
+    for tree in [
+        t.toolbox_name(),
+        format!("tester-{two}"),
+        format!("tester-{copy}"),
+    ] {
         assert!(listed.contains(&tree), "{tree} not in:\n{listed}");
     }
     for tree in [t.name.clone(), two, copy] {
@@ -367,7 +409,15 @@ fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
     containerd.import("k8s.io", &two_layer_archive(&t.root));
     let out = containerd
         .toolbox(&t)
-        .args(["--image", TWO_LAYERS, "--", "busybox", "sh", "-c", "echo mine > /etc/mine"])
+        .args([
+            "--image",
+            TWO_LAYERS,
+            "--",
+            "busybox",
+            "sh",
+            "-c",
+            "echo mine > /etc/mine",
+        ])
         .output()
         .unwrap();
     succeeded_with(out, "create and write");
@@ -380,13 +430,31 @@ fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
     containerd.restart();
     let out = containerd
         .toolbox(&t)
-        .args(["--image", TWO_LAYERS, "--", "busybox", "cat", "/etc/mine", "/etc/marker"])
+        .args([
+            "--image",
+            TWO_LAYERS,
+            "--",
+            "busybox",
+            "cat",
+            "/etc/mine",
+            "/etc/marker",
+        ])
         .output()
         .unwrap();
-    assert_eq!(succeeded_with(out, "enter after the removal"), "mine\nupper\n");
+    assert_eq!(
+        succeeded_with(out, "enter after the removal"),
+        "mine\nupper\n"
+    );
 
     // `rm` gives the lease back: the collector then deletes the image's snapshots.
-    succeeded_with(containerd.toolbox(&t).args(["rm", &t.name]).output().unwrap(), "rm");
+    succeeded_with(
+        containerd
+            .toolbox(&t)
+            .args(["rm", &t.name])
+            .output()
+            .unwrap(),
+        "rm",
+    );
     assert_eq!(containerd.listed("k8s.io", "leases"), Vec::<String>::new());
     wait_for("containerd to delete the image's snapshots", || {
         containerd.listed("k8s.io", "snapshots").is_empty()
@@ -474,4 +542,112 @@ fn a_pods_container_is_a_target_by_its_kubernetes_names() {
         "toolbox: pod default/web has no container `db` (it has server)",
         "{stderr}"
     );
+}
+
+/// containerd 1.7 and later pulls through its transfer service; 1.6 has none, and the
+/// error says how to pull.
+#[test]
+fn a_missing_image_is_pulled_through_containerd_or_the_pull_is_named() {
+    let name = "a_missing_image_is_pulled_through_containerd_or_the_pull_is_named";
+    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
+        return;
+    };
+    let Some(containerd) = OwnContainerd::start(name) else {
+        return;
+    };
+    let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
+    let registry = Registry::serve(RegistryImage {
+        repository: "toolbox-test/pulled".into(),
+        tag: "1".into(),
+        files: vec![("usr/bin/busybox".into(), 0o755, busybox)],
+        corrupt_layer: false,
+        stall_layer: false,
+    });
+    let reference = format!("{}/toolbox-test/pulled:1", registry.address);
+    let transfer = containerd
+        .ctr("default", &["version"])
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Version:"))
+        .is_some_and(|version| !version.trim().starts_with("1.6"));
+    let out = containerd
+        .toolbox(&t)
+        .args(["--image", &reference, "--", "busybox", "echo", "pulled"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if transfer {
+        assert_eq!(succeeded_with(out.clone(), "a pull"), "pulled\n");
+        assert!(
+            stderr.contains(&format!(
+                "pulling {reference} into containerd namespace k8s.io"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            containerd
+                .ctr("k8s.io", &["images", "ls", "-q"])
+                .contains(&reference)
+        );
+    } else {
+        assert_eq!(status(&out), 125, "{}", describe(&out));
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("ctr -n k8s.io images pull {reference}")),
+            "{stderr}"
+        );
+    }
+
+    // No registry answers: one line naming the image.
+    let nowhere = "127.0.0.1:1/toolbox-test/nowhere:1";
+    let out = containerd
+        .toolbox(&t)
+        .args(["--name", "nowhere", "--image", nowhere, "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("toolbox: ") && last.contains(nowhere),
+        "{stderr}"
+    );
+    assert!(!t.toolboxes.join("tester-nowhere").exists());
+}
+
+/// An image fetched but not unpacked (`ctr images import --no-unpack`, `ctr content
+/// fetch`) is unpacked, and its snapshots are kept as long as the image is there.
+#[test]
+fn an_image_not_unpacked_is_unpacked_and_kept_with_the_image() {
+    let name = "an_image_not_unpacked_is_unpacked_and_kept_with_the_image";
+    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
+        return;
+    };
+    let Some(containerd) = OwnContainerd::start(name) else {
+        return;
+    };
+    let archive = two_layer_archive(&t.root);
+    containerd.ctr(
+        "default",
+        &["images", "import", "--no-unpack", archive.to_str().unwrap()],
+    );
+    assert_eq!(containerd.listed("default", "snapshots"), Vec::<String>::new());
+    let out = containerd
+        .toolbox(&t)
+        .args(["--image", TWO_LAYERS, "--", "busybox", "cat", "/etc/marker"])
+        .output()
+        .unwrap();
+    assert_eq!(succeeded_with(out, "create"), "upper\n");
+    succeeded_with(containerd.toolbox(&t).args(["rm", &t.name]).output().unwrap(), "rm");
+    // A collection run at once (deleting a lease with --sync runs one).
+    let collect = || {
+        containerd.ctr("default", &["leases", "create", "--id", "toolbox-e2e-gc"]);
+        containerd.ctr("default", &["leases", "delete", "--sync", "toolbox-e2e-gc"]);
+    };
+    collect();
+    let snapshots = containerd.listed("default", "snapshots");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    assert_eq!(containerd.listed("default", "leases"), Vec::<String>::new());
+    containerd.ctr("default", &["images", "rm", "--sync", TWO_LAYERS_STORED]);
+    collect();
+    assert_eq!(containerd.listed("default", "snapshots"), Vec::<String>::new());
 }
