@@ -22,7 +22,8 @@ pub use docker::Docker;
 /// image store) and Podman's service both serve ([`Endpoint`] tells them apart), or
 /// containerd's own.
 pub enum Connected {
-    Docker(Docker),
+    /// Boxed: a Docker connection carries bollard's client, many times containerd's.
+    Docker(Box<Docker>),
     Containerd(Containerd),
 }
 
@@ -32,7 +33,7 @@ pub async fn connect(access: &Access) -> Result<Connected> {
         .found()
         .map_err(|e| Failure::Unreachable.error(format!("{e:#}")))?;
     match found {
-        Found::Api(_) => Ok(Connected::Docker(Docker::connect(access).await?)),
+        Found::Api(_) => Ok(Connected::Docker(Box::new(Docker::connect(access).await?))),
         Found::Containerd => Ok(Connected::Containerd(Containerd::connect(access).await?)),
     }
 }

@@ -378,6 +378,20 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
         "{stderr}"
     );
 
+    // The super privileged container runtime is refused in one line.
+    let out = containerd
+        .toolbox(&t)
+        .args(["--runtime", "spc", "--name", "spc", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the spc runtime needs Docker or Podman"),
+        "{stderr}"
+    );
+
     let listed = succeeded_with(containerd.toolbox(&t).arg("list").output().unwrap(), "list");
     for tree in [
         t.toolbox_name(),
@@ -630,14 +644,26 @@ fn an_image_not_unpacked_is_unpacked_and_kept_with_the_image() {
         "default",
         &["images", "import", "--no-unpack", archive.to_str().unwrap()],
     );
-    assert_eq!(containerd.listed("default", "snapshots"), Vec::<String>::new());
+    assert_eq!(
+        containerd.listed("default", "snapshots"),
+        Vec::<String>::new()
+    );
     let out = containerd
         .toolbox(&t)
         .args(["--image", TWO_LAYERS, "--", "busybox", "cat", "/etc/marker"])
         .output()
         .unwrap();
     assert_eq!(succeeded_with(out, "create"), "upper\n");
-    succeeded_with(containerd.toolbox(&t).args(["rm", &t.name]).output().unwrap(), "rm");
+    // Every toolbox, with an engine that runs no super privileged container.
+    succeeded_with(
+        containerd
+            .toolbox(&t)
+            .args(["rm", "--all"])
+            .output()
+            .unwrap(),
+        "rm --all",
+    );
+    assert!(!t.tree().exists());
     // A collection run at once (deleting a lease with --sync runs one).
     let collect = || {
         containerd.ctr("default", &["leases", "create", "--id", "toolbox-e2e-gc"]);
@@ -649,5 +675,8 @@ fn an_image_not_unpacked_is_unpacked_and_kept_with_the_image() {
     assert_eq!(containerd.listed("default", "leases"), Vec::<String>::new());
     containerd.ctr("default", &["images", "rm", "--sync", TWO_LAYERS_STORED]);
     collect();
-    assert_eq!(containerd.listed("default", "snapshots"), Vec::<String>::new());
+    assert_eq!(
+        containerd.listed("default", "snapshots"),
+        Vec::<String>::new()
+    );
 }

@@ -65,9 +65,13 @@ pub fn list(scope: &Scope) -> Result<Vec<Listed>> {
     })
 }
 
-/// The names of the persistent SPCs of `directory`, for `rm` and `update` to find.
+/// The names of the persistent SPCs of `directory`, for `rm` and `update` to find; none
+/// with an engine that runs none (containerd).
 pub fn names(scope: &Scope) -> Result<Vec<String>> {
-    with_spc_engine(scope.access, Some(DAEMON_TIMEOUT), async |engine| {
+    with_engine(scope.access, Some(DAEMON_TIMEOUT), async |connected| {
+        let Ok(engine) = connected.spc_runtime() else {
+            return Ok(Vec::new());
+        };
         let owned = owned(engine, scope.directory).await?;
         Ok(owned.into_iter().map(|container| container.name).collect())
     })
