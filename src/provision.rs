@@ -775,6 +775,12 @@ impl<E: Provisioning> Provisioner<E> {
         let unreadable = |why: String| Unusable(format!("cannot read the anchor's layers: {why}"));
         let named = self.runtime.block_on(self.engine.anchor_layers(anchor));
         if let Some(layers) = named.map_err(|e| unreadable(format!("{e:#}")))? {
+            if layers.len() != count {
+                return Err(unreadable(format!(
+                    "{engine} names {} for an image of {count}",
+                    layers.len()
+                )));
+            }
             return Ok(layers);
         }
         let info = self
@@ -1388,6 +1394,47 @@ mod tests {
              the Docker daemon does not show it running"
         );
         // The anchors' shared binary stays for the next; no toolbox, partial or not.
+        assert_eq!(left, [".toolbox-idle"]);
+    }
+
+    /// Snapshots whose directories the engine names for the anchor (containerd's view of
+    /// the image): mounted as named, the anchor kept; a count that is not the image's is
+    /// not mounted.
+    #[test]
+    fn layers_the_engine_names_for_its_anchor_are_mounted() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::sys::is_root() {
+            eprintln!("skipped: mounting an overlay takes root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
+        let mut fake = engine(archive(), Export::Whole);
+        for image in fake.images.values_mut() {
+            image.layers = Layers::Snapshots(2);
+        }
+        fake.anchor_layers = Some(vec![top.clone(), bottom.clone()]);
+        let mut wanted = target(dir.path());
+        wanted.storage = Storage::Overlay;
+        assert!(create(&fake, &wanted).unwrap());
+        let metadata = toolboxes::complete_metadata(&wanted.path())
+            .unwrap()
+            .unwrap();
+        let overlay = metadata.overlay.expect("overlay storage");
+        assert_eq!(overlay.layers, [top.clone(), bottom.clone()]);
+        assert_eq!(fake.container_ids(), std::slice::from_ref(&overlay.anchor));
+
+        fake.anchor_layers = Some(vec![top.clone()]);
+        fake.containers.lock().unwrap().clear();
+        let (err, left) = copied_then_refused(&fake);
+        assert_eq!(
+            err,
+            "cannot use overlay storage (--storage overlay): cannot read the anchor's layers: \
+             the Docker daemon names 1 for an image of 2"
+        );
         assert_eq!(left, [".toolbox-idle"]);
     }
 

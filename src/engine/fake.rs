@@ -39,6 +39,8 @@ pub struct Fake {
     pub containers: Mutex<BTreeMap<String, HashMap<String, String>>>,
     /// Set once an export has started (its thread's ID), for tests that act then.
     pub exporting: Mutex<Option<i32>>,
+    /// The layers an anchor holds, where the engine names them (as containerd does).
+    pub anchor_layers: Option<Vec<std::path::PathBuf>>,
     created: AtomicUsize,
 }
 
@@ -51,6 +53,7 @@ impl Fake {
             export: Export::Whole,
             containers: Mutex::new(BTreeMap::new()),
             exporting: Mutex::new(None),
+            anchor_layers: None,
             created: AtomicUsize::new(0),
         }
     }
@@ -209,6 +212,10 @@ impl Provisioning for &Fake {
         }
         containers.insert(name.to_string(), labels);
         Ok(name.to_string())
+    }
+
+    async fn anchor_layers(&self, _anchor: &str) -> Result<Option<Vec<std::path::PathBuf>>> {
+        Ok(self.anchor_layers.clone())
     }
 }
 
