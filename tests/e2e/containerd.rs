@@ -182,11 +182,21 @@ impl Drop for OwnContainerd {
     }
 }
 
-/// `docker save` of the busybox test image, into `dir`.
-fn saved_busybox(dir: &Path) -> PathBuf {
-    let archive = dir.join("busybox.tar");
-    docker(&["save", "-o", archive.to_str().unwrap(), BUSYBOX_IMAGE]);
-    archive
+impl OwnContainerd {
+    /// Imports the busybox test image into `namespace` (which holds no other image) from
+    /// `docker save` into `dir`, under the name containerd gives it from Docker: Podman's
+    /// save names it `localhost/...`.
+    fn import_busybox(&self, namespace: &str, dir: &Path) {
+        let archive = dir.join("busybox.tar");
+        docker(&["save", "-o", archive.to_str().unwrap(), BUSYBOX_IMAGE]);
+        self.import(namespace, &archive);
+        let names = self.ctr(namespace, &["images", "ls", "-q"]);
+        if !names.lines().any(|name| name == BUSYBOX_STORED) {
+            let imported = names.lines().next().expect("an imported image");
+            self.ctr(namespace, &["images", "tag", imported, BUSYBOX_STORED]);
+            self.ctr(namespace, &["images", "rm", imported]);
+        }
+    }
 }
 
 /// A `docker save` archive of [`TWO_LAYERS`], written by hand, into `dir`.
@@ -264,7 +274,7 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
     let Some(containerd) = OwnContainerd::start(name) else {
         return;
     };
-    containerd.import("k8s.io", &saved_busybox(&t.root));
+    containerd.import_busybox("k8s.io", &t.root);
     containerd.import("default", &two_layer_archive(&t.root));
 
     // Found in k8s.io, where the kubelet keeps images; overlay storage by default.
@@ -485,7 +495,7 @@ fn a_pods_container_is_a_target_by_its_kubernetes_names() {
     let Some(containerd) = OwnContainerd::start(name) else {
         return;
     };
-    containerd.import("k8s.io", &saved_busybox(&t.root));
+    containerd.import_busybox("k8s.io", &t.root);
     // A pod as the kubelet's CRI plugin makes it: a sandbox, and a container serving on a
     // port in the sandbox's network namespace (here, a namespace of its own).
     let run = |id: &str, kind: &str, container: &str, command: &str| {
