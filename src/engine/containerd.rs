@@ -829,9 +829,9 @@ impl Engine for Containerd {
             Ok(_) => Ok(()),
             // containerd before 1.7 has no transfer service.
             Err(e) if e.code() == Code::Unimplemented => bail!(
-                "containerd has no image `{name}` in namespace {}, and this containerd pulls \
-                 only for its own clients: pull it with `ctr -n {namespace} images pull {name}`",
-                self.namespaces.join(" or ")
+                "containerd {} has no transfer service to pull `{name}` with (1.7 and later \
+                 have one); pull it with `ctr -n {namespace} images pull {name}`",
+                self.version
             ),
             Err(e) => bail!(
                 "cannot pull image `{name}` into containerd namespace {namespace}: {}",

@@ -470,7 +470,35 @@ fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
         "mine\nupper\n"
     );
 
-    // `rm` gives the lease back: the collector then deletes the image's snapshots.
+    // The name now means another image: `update` rebuilds from it, under a lease of its
+    // own, and keeps the replaced tree with its lease for a rollback.
+    containerd.import_busybox("k8s.io", &t.root);
+    containerd.ctr(
+        "k8s.io",
+        &[
+            "images",
+            "tag",
+            "--force",
+            BUSYBOX_STORED,
+            TWO_LAYERS_STORED,
+        ],
+    );
+    let out = containerd
+        .toolbox(&t)
+        .args(["--image", TWO_LAYERS, "update"])
+        .output()
+        .unwrap();
+    let report = succeeded_with(out, "update");
+    assert!(report.contains("rebuilt from"), "{report}");
+    let out = containerd
+        .toolbox(&t)
+        .args(["--image", TWO_LAYERS, "--", "busybox", "ls", "/etc/mine"])
+        .output()
+        .unwrap();
+    assert_ne!(status(&out), 0, "the rebuilt tree has the old one's file");
+    assert_eq!(containerd.listed("k8s.io", "leases").len(), 2);
+
+    // `rm` gives the leases back: the collector then deletes the image's snapshots.
     succeeded_with(
         containerd
             .toolbox(&t)
@@ -480,6 +508,9 @@ fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
         "rm",
     );
     assert_eq!(containerd.listed("k8s.io", "leases"), Vec::<String>::new());
+    for image in [BUSYBOX_STORED, TWO_LAYERS_STORED] {
+        containerd.ctr("k8s.io", &["images", "rm", "--sync", image]);
+    }
     wait_for("containerd to delete the image's snapshots", || {
         containerd.listed("k8s.io", "snapshots").is_empty()
     });
@@ -537,7 +568,7 @@ fn a_pods_container_is_a_target_by_its_kubernetes_names() {
         .and_then(|line| line.split_whitespace().nth(1).map(String::from))
         .expect("the server's task");
 
-    for target in ["pod/default/web", "pod/default/web/server"] {
+    for target in ["pod/default/web", "pod/default/web/server", server.as_str()] {
         let out = containerd
             .toolbox(&t)
             .args(["--target", target, "--", "sh", "-c"])
