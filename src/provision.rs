@@ -1397,6 +1397,17 @@ mod tests {
         assert_eq!(left, [".toolbox-idle"]);
     }
 
+    /// Two layer directories in `dir`, top first: the top one's `etc/os-release`, the
+    /// bottom one's `usr/bin/tool`.
+    fn two_layers(dir: &Path) -> (PathBuf, PathBuf) {
+        let (top, bottom) = (dir.join("top"), dir.join("bottom"));
+        fs::create_dir_all(top.join("etc")).unwrap();
+        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
+        fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
+        fs::write(bottom.join("usr/bin/tool"), "bottom").unwrap();
+        (top, bottom)
+    }
+
     /// Snapshots whose directories the engine names for the anchor (containerd's view of
     /// the image): mounted as named, the anchor kept; a count that is not the image's is
     /// not mounted.
@@ -1408,10 +1419,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
-        fs::create_dir_all(top.join("etc")).unwrap();
-        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
-        fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
+        let (top, bottom) = two_layers(dir.path());
         let mut fake = engine(archive(), Export::Whole);
         for image in fake.images.values_mut() {
             image.layers = Layers::Snapshots(2);
@@ -1448,11 +1456,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
-        fs::create_dir_all(top.join("etc")).unwrap();
-        fs::create_dir_all(bottom.join("usr/bin")).unwrap();
-        fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
-        fs::write(bottom.join("usr/bin/tool"), "bottom").unwrap();
+        let (top, bottom) = two_layers(dir.path());
         let mut fake = engine(archive(), Export::Whole);
         for image in fake.images.values_mut() {
             image.layers = Layers::Directories(vec![top.clone(), bottom.clone()]);

@@ -268,6 +268,14 @@ fn metadata(t: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&fs::read(t.tree().join(".toolbox.json")).unwrap()).unwrap()
 }
 
+/// The test `name`'s environment and containerd, or `None` (after saying why) when what
+/// they need is missing.
+fn setup(name: &str) -> Option<(TestEnv, OwnContainerd)> {
+    let t = TestEnv::new(name, BUSYBOX_IMAGE)?;
+    let containerd = OwnContainerd::start(name)?;
+    Some((t, containerd))
+}
+
 fn succeeded_with(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", describe(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -275,11 +283,9 @@ fn succeeded_with(out: Output, what: &str) -> String {
 
 #[test]
 fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
-    let name = "toolboxes_come_from_containerds_images_in_k8s_io_and_default";
-    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
-        return;
-    };
-    let Some(containerd) = OwnContainerd::start(name) else {
+    let Some((t, containerd)) =
+        setup("toolboxes_come_from_containerds_images_in_k8s_io_and_default")
+    else {
         return;
     };
     containerd.import_busybox("k8s.io", &t.root);
@@ -432,11 +438,9 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
 
 #[test]
 fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
-    let name = "a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts";
-    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
-        return;
-    };
-    let Some(mut containerd) = OwnContainerd::start(name) else {
+    let Some((t, mut containerd)) =
+        setup("a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts")
+    else {
         return;
     };
     containerd.import("k8s.io", &two_layer_archive(&t.root));
@@ -528,11 +532,8 @@ fn a_containerd_toolbox_outlives_its_images_removal_gc_and_restarts() {
 
 #[test]
 fn a_pods_container_is_a_target_by_its_kubernetes_names() {
-    let name = "a_pods_container_is_a_target_by_its_kubernetes_names";
-    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
-        return;
-    };
-    let Some(containerd) = OwnContainerd::start(name) else {
+    let Some((t, containerd)) = setup("a_pods_container_is_a_target_by_its_kubernetes_names")
+    else {
         return;
     };
     containerd.import_busybox("k8s.io", &t.root);
@@ -612,11 +613,9 @@ fn a_pods_container_is_a_target_by_its_kubernetes_names() {
 /// error says how to pull.
 #[test]
 fn a_missing_image_is_pulled_through_containerd_or_the_pull_is_named() {
-    let name = "a_missing_image_is_pulled_through_containerd_or_the_pull_is_named";
-    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
-        return;
-    };
-    let Some(containerd) = OwnContainerd::start(name) else {
+    let Some((t, containerd)) =
+        setup("a_missing_image_is_pulled_through_containerd_or_the_pull_is_named")
+    else {
         return;
     };
     let busybox = fs::read("/bin/busybox").expect("busybox-static provides /bin/busybox");
@@ -689,11 +688,8 @@ fn a_missing_image_is_pulled_through_containerd_or_the_pull_is_named() {
 /// fetch`) is unpacked, and its snapshots are kept as long as the image is there.
 #[test]
 fn an_image_not_unpacked_is_unpacked_and_kept_with_the_image() {
-    let name = "an_image_not_unpacked_is_unpacked_and_kept_with_the_image";
-    let Some(t) = TestEnv::new(name, BUSYBOX_IMAGE) else {
-        return;
-    };
-    let Some(containerd) = OwnContainerd::start(name) else {
+    let Some((t, containerd)) = setup("an_image_not_unpacked_is_unpacked_and_kept_with_the_image")
+    else {
         return;
     };
     let archive = two_layer_archive(&t.root);
