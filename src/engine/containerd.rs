@@ -40,14 +40,13 @@ use containerd_client::types::transfer::{
 };
 use containerd_client::types::{Mount, Platform};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::engine::{
     Access, ContainerInfo, Engine, Failure, LABEL_ANCHOR, LABEL_TOOLBOX, Provisioning, SinkClosed,
     pod_members,
 };
-use crate::model::image::{Image, ImageRef, Layers};
+use crate::model::image::{Image, ImageRef, Layers, architecture, digest};
 use crate::model::target::Pod;
 
 /// The snapshotter whose snapshots overlayfs can stack (containerd's default).
@@ -221,7 +220,7 @@ impl Containerd {
                     let config: ImageConfig = serde_json::from_slice(&document).map_err(|e| {
                         anyhow!("image `{name}` in containerd has a configuration toolbox cannot read: {e}")
                     })?;
-                    let id = config.digest_of(&document);
+                    let id = digest(&document);
                     if layers.len() != config.rootfs.diff_ids.len() {
                         bail!(
                             "image `{name}` in containerd has {} layers and {} diff IDs",
@@ -552,12 +551,6 @@ struct ImageConfig {
     config: Option<ConfigSection>,
 }
 
-impl ImageConfig {
-    fn digest_of(&self, document: &[u8]) -> String {
-        sha256(document)
-    }
-}
-
 #[derive(Deserialize)]
 struct RootFs {
     #[serde(default)]
@@ -576,17 +569,6 @@ fn descriptor(json: DescriptorJson) -> containerd_client::types::Descriptor {
         digest: json.digest,
         size: json.size,
         annotations: HashMap::new(),
-    }
-}
-
-/// This machine's architecture as images name it.
-fn architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
     }
 }
 
@@ -642,18 +624,12 @@ fn manifest_step(media_type: &str, document: &[u8], name: &str) -> Result<Step> 
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// The chain ID of the top layer of an image with `diff_ids` (bottom first), the name of
 /// the snapshot holding its files (OCI image spec, config.md "Layer ChainID").
 fn chain_id(diff_ids: &[String]) -> Option<String> {
     let (first, rest) = diff_ids.split_first()?;
     Some(rest.iter().fold(first.clone(), |chain, diff| {
-        sha256(format!("{chain} {diff}").as_bytes())
+        digest(format!("{chain} {diff}").as_bytes())
     }))
 }
 
@@ -1169,7 +1145,7 @@ mod tests {
         let one = "sha256:aaaa".to_string();
         assert_eq!(chain_id(std::slice::from_ref(&one)), Some(one.clone()));
         let two = vec![one.clone(), "sha256:bbbb".to_string()];
-        assert_eq!(chain_id(&two), Some(sha256(b"sha256:aaaa sha256:bbbb")));
+        assert_eq!(chain_id(&two), Some(digest(b"sha256:aaaa sha256:bbbb")));
         assert_eq!(chain_id(&[]), None);
     }
 

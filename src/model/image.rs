@@ -4,6 +4,28 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use sha2::{Digest, Sha256};
+
+/// The digest of a blob as images name it: `sha256:` and the hex of its SHA-256.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// `bytes` in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// This machine's architecture as image platforms name it (`amd64`, `arm64`: Go's names).
+pub fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
 
 /// An image reference split the way the CoreOS script combined it: `IMAGE:TAG`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use sha2::{Digest, Sha256};
+use toolbox::model::image::{architecture, digest};
 
 use crate::common::registry::{Image as RegistryImage, Registry};
 use crate::common::*;
@@ -230,15 +230,9 @@ fn two_layer_archive(dir: &Path) -> PathBuf {
         ("etc/marker", b"upper\n", 0o644),
         ("layer/two", b"two\n", 0o644),
     ]);
-    let digest = |bytes: &[u8]| {
-        let hex: String = Sha256::digest(bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256:{hex}")
-    };
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+        r#"{{"architecture":"{}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
+        architecture(),
         digest(&lower),
         digest(&upper)
     );

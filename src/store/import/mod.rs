@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 
 use crate::exit::Interrupted;
+use crate::model::image::{architecture, digest, hex};
 use crate::store::toolboxes::{self, Metadata, State};
 use crate::store::unpack;
 use crate::sys::signals::{Interruptible, Interruption};
@@ -348,14 +349,6 @@ fn named_digest(path: &str) -> Option<String> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A `docker save` archive: the first image of `manifest.json`.
 fn read_docker_save(source: &Source) -> Result<ImageInfo> {
     let (manifests, _) = source.json::<Vec<SaveManifest>>("manifest.json")?;
@@ -364,7 +357,7 @@ fn read_docker_save(source: &Source) -> Result<ImageInfo> {
         .next()
         .ok_or_else(|| anyhow!("`manifest.json` lists no image"))?;
     let (config, bytes) = source.json::<Config>(&manifest.config)?;
-    let id = sha256(&bytes);
+    let id = digest(&bytes);
     if let Some(named) = named_digest(&manifest.config)
         && named != id
     {
@@ -454,18 +447,18 @@ fn read_oci_layout(source: &Source) -> Result<ImageInfo> {
 }
 
 fn check_digest(expected: &str, bytes: &[u8], what: &str) -> Result<()> {
-    if sha256(bytes) != expected {
+    if digest(bytes) != expected {
         bail!("{what} does not match its digest {expected}");
     }
     Ok(())
 }
 
-/// The manifest for linux/amd64 (this build's platform), else the only one.
+/// The manifest for this machine's platform (linux/amd64 on x86_64), else the only one.
 fn pick(mut manifests: Vec<Descriptor>) -> Result<Descriptor> {
     let here = manifests.iter().position(|m| {
-        m.platform.as_ref().is_some_and(|p| {
-            p.os == "linux" && p.architecture == std::env::consts::ARCH.replace("x86_64", "amd64")
-        })
+        m.platform
+            .as_ref()
+            .is_some_and(|p| p.os == "linux" && p.architecture == architecture())
     });
     match (here, manifests.len()) {
         (Some(i), _) => Ok(manifests.swap_remove(i)),

@@ -43,10 +43,10 @@ fn docker_save_tagged(corrupt: bool, tag: &str) -> (Vec<u8>, String) {
         ("opt/new", b"new"),
     ]);
     let config = serde_json::to_vec(&serde_json::json!({
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&lower), sha256(&upper)]},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&lower), digest(&upper)]},
     }))
     .unwrap();
-    let id = sha256(&config);
+    let id = digest(&config);
     if corrupt {
         // The last `new` is the file's data, after its header.
         let at = upper.windows(3).rposition(|w| w == b"new").unwrap();
@@ -125,20 +125,20 @@ fn an_oci_layout_with_gzip_layers_is_read() {
     let layer = tar_of(&[("usr/bin/tool", b"tool")]);
     let blob = gzip(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&blob), "size": blob.len()}],
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&blob), "size": blob.len()}],
     }))
     .unwrap();
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": sha256(&manifest),
+            "digest": digest(&manifest),
             "size": manifest.len(),
             "annotations": {"org.opencontainers.image.ref.name": "localhost/tool:1"},
         }],
@@ -146,15 +146,15 @@ fn an_oci_layout_with_gzip_layers_is_read() {
     .unwrap();
     let path = |digest: String| blob_path(&digest).unwrap();
     let archive = tar_of(&[
-        (&path(sha256(&blob)), &blob),
-        (&path(sha256(&config)), &config),
-        (&path(sha256(&manifest)), &manifest),
+        (&path(digest(&blob)), &blob),
+        (&path(digest(&config)), &config),
+        (&path(digest(&manifest)), &manifest),
         ("index.json", &index),
         ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
     ]);
     let (_dir, result) = import_file(&archive);
     let (image, tree) = result.unwrap();
-    assert_eq!(image.id, sha256(&config));
+    assert_eq!(image.id, digest(&config));
     assert_eq!(image.reference.as_deref(), Some("localhost/tool:1"));
     assert_eq!(fs::read(tree.join("usr/bin/tool")).unwrap(), b"tool");
 
@@ -164,7 +164,7 @@ fn an_oci_layout_with_gzip_layers_is_read() {
     let Archive::Image(image, source) = open(dir.path(), &dir.path().join("spool")).unwrap() else {
         panic!("not an image");
     };
-    assert_eq!(image.id, sha256(&config));
+    assert_eq!(image.id, digest(&config));
     let err = source.open("blobs/../../etc/passwd").err().unwrap();
     assert_eq!(
         err.to_string(),
@@ -222,27 +222,27 @@ fn digests_and_names() {
 fn a_docker_save_in_the_oci_layout_checks_blob_names() {
     let layer = tar_of(&[("bin/tool", b"tool")]);
     let config = serde_json::to_vec(&serde_json::json!({
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]},
     }))
     .unwrap();
     let archive = |layer_bytes: &[u8]| {
         let manifest = serde_json::to_vec(&serde_json::json!([{
-            "Config": blob_path(&sha256(&config)).unwrap(),
+            "Config": blob_path(&digest(&config)).unwrap(),
             "RepoTags": ["example/oci:v2"],
-            "Layers": [blob_path(&sha256(&layer)).unwrap()],
+            "Layers": [blob_path(&digest(&layer)).unwrap()],
         }]))
         .unwrap();
         tar_of(&[
             ("blobs/sha256/", b""),
-            (&blob_path(&sha256(&layer)).unwrap(), layer_bytes),
-            (&blob_path(&sha256(&config)).unwrap(), &config),
+            (&blob_path(&digest(&layer)).unwrap(), layer_bytes),
+            (&blob_path(&digest(&config)).unwrap(), &config),
             ("manifest.json", &manifest),
             ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
         ])
     };
     let (_dir, result) = import_file(&archive(&layer));
     let (image, tree) = result.unwrap();
-    assert_eq!(image.id, sha256(&config));
+    assert_eq!(image.id, digest(&config));
     assert_eq!(fs::read(tree.join("bin/tool")).unwrap(), b"tool");
 
     let mut altered = layer.clone();
