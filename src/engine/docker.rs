@@ -168,14 +168,12 @@ impl Docker {
         ))
     }
 
-    /// Connects to the engine `access` chooses and agrees on an API version: bollard 0.21
-    /// otherwise assumes a newer API than Docker 20.10 (API 1.41) speaks. On a Unix socket
+    /// Connects to the engine at `endpoint`, found by [`Access::found`], and agrees on an
+    /// API version: bollard 0.21 otherwise assumes a newer API than Docker 20.10 (API
+    /// 1.41) speaks. On a Unix socket
     /// the version is the one its `/_ping` names; elsewhere, or when it names none,
     /// bollard asks `/version`.
-    pub async fn connect(access: &Access) -> Result<Docker> {
-        let endpoint = access
-            .endpoint()
-            .map_err(|e| Failure::Unreachable.error(format!("{e:#}")))?;
+    pub async fn connect(access: &Access, endpoint: Endpoint) -> Result<Docker> {
         endpoint.check_server()?;
         let address = endpoint.address.clone();
         let cannot_reach = || {

@@ -33,7 +33,9 @@ pub async fn connect(access: &Access) -> Result<Connected> {
         .found()
         .map_err(|e| Failure::Unreachable.error(format!("{e:#}")))?;
     match found {
-        Found::Api(_) => Ok(Connected::Docker(Box::new(Docker::connect(access).await?))),
+        Found::Api(endpoint) => Ok(Connected::Docker(Box::new(
+            Docker::connect(access, endpoint).await?,
+        ))),
         Found::Containerd => Ok(Connected::Containerd(Containerd::connect(access).await?)),
     }
 }
@@ -412,7 +414,7 @@ impl Sockets {
 /// containerd's socket, where it listens by default.
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 
-/// The engine [`Access::endpoint`] found.
+/// The engine [`Access::found`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// One serving Docker's API: Docker's daemon or Podman's service.
