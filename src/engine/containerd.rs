@@ -246,14 +246,7 @@ impl Containerd {
     /// toolbox leaves goes by itself), and the image's configuration labelled with its
     /// top snapshot, which keeps the snapshots as long as the image is there.
     async fn unpack(&self, namespace: &str, name: &str, image: &Resolved) -> Result<()> {
-        let lease = format!(
-            "toolbox-unpack-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
+        let lease = unique("toolbox-unpack-");
         let expire = humantime::format_rfc3339_seconds(
             std::time::SystemTime::now() + Duration::from_secs(3600),
         );
@@ -692,9 +685,12 @@ fn failed(what: &str, status: &Status) -> anyhow::Error {
     }
 }
 
-/// The error of every call containerd does not serve for toolbox.
-fn not_served(what: &str) -> anyhow::Error {
-    anyhow!("{what} is not served with containerd; use Docker or Podman for it")
+/// `prefix` and what makes a name of this process unique: its PID and the time.
+fn unique(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{prefix}{}-{}", std::process::id(), now.as_nanos())
 }
 
 impl Engine for Containerd {
@@ -911,20 +907,15 @@ impl Engine for Containerd {
     ) -> Result<String> {
         let found = self.found(image_id)?;
         let name = labels.get(LABEL_TOOLBOX).cloned().unwrap_or_default();
-        let id = format!(
-            "{EXPORT_PREFIX}{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
+        let id = unique(&format!("{EXPORT_PREFIX}{name}-"));
         self.hold(&found, &id, labels).await?;
         Ok(id)
     }
 
     async fn path_entry(&self, _container: &str, _path: &str) -> Result<crate::sys::Entry> {
-        Err(not_served("the spc runtime"))
+        Err(anyhow!(
+            "the spc runtime is not served with containerd; use Docker or Podman for it"
+        ))
     }
 
     async fn pod_containers(&self, pod: &Pod) -> Result<Vec<(String, String)>> {

@@ -139,15 +139,13 @@ impl Request {
         } else if let Some(pod) = given.strip_prefix("pod/") {
             let parts: Vec<&str> = pod.split('/').collect();
             match parts[..] {
-                [namespace, name] | [namespace, name, _]
-                    if !namespace.is_empty()
-                        && !name.is_empty()
-                        && parts.get(2).is_none_or(|c| !c.is_empty()) =>
+                [namespace, name, ref container @ ..]
+                    if container.len() <= 1 && !parts.contains(&"") =>
                 {
                     Wanted::Pod(Pod {
                         namespace: namespace.to_string(),
                         name: name.to_string(),
-                        container: parts.get(2).map(|c| c.to_string()),
+                        container: container.first().map(|c| c.to_string()),
                     })
                 }
                 _ => bail!(
