@@ -373,6 +373,67 @@ fn the_rpm_lists_marks_its_configuration_and_installs() {
 }
 
 #[test]
+fn the_image_archive_loads_into_docker_and_containerd_and_runs() {
+    let Some(dist) = dist() else { return };
+    let archive = dist.join(format!("toolbox-{VERSION}-image.tar"));
+    let name = format!("localhost/toolbox:{VERSION}");
+    let docker = |args: &[&str]| Command::new("docker").args(args).output();
+    if !docker(&["version"]).is_ok_and(|out| out.status.success()) {
+        if std::env::var("TOOLBOX_E2E").as_deref() == Ok("required") {
+            panic!("TOOLBOX_E2E=required but Docker does not answer");
+        }
+        eprintln!("skipped the image archive test: Docker does not answer");
+        return;
+    }
+    run(Command::new("docker")
+        .arg("load")
+        .arg("--input")
+        .arg(&archive));
+    let version = run(Command::new("docker").args(["run", "--rm", &name, "--version"]));
+    assert_eq!(version.trim(), format!("toolbox {VERSION}"));
+    // The image holds the binary and its man pages, nothing else.
+    let member = |wanted: &str| -> Vec<u8> {
+        let mut archive = tar::Archive::new(fs::File::open(&archive).unwrap());
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries
+            .find(|e| e.as_ref().unwrap().path().unwrap() == Path::new(wanted))
+            .unwrap_or_else(|| panic!("no {wanted} in the image archive"))
+            .unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        bytes
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&member("./manifest.json")).unwrap();
+    assert_eq!(manifest[0]["RepoTags"][0], name.as_str());
+    let layer = member(&format!("./{}", manifest[0]["Layers"][0].as_str().unwrap()));
+    let mut files = Vec::new();
+    for entry in tar::Archive::new(layer.as_slice()).entries().unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        if entry.header().entry_type().is_file() && !path.starts_with("usr/share/man/man") {
+            files.push(path);
+        }
+    }
+    assert_eq!(files, ["usr/bin/toolbox"]);
+    // containerd's own import names it the same (Docker's containerd, its own namespace).
+    let socket = "/run/docker/containerd/containerd.sock";
+    if Path::new(socket).exists() {
+        let ctr = |args: &[&str]| {
+            run(Command::new("ctr")
+                .args(["--address", socket, "--namespace", "toolbox-package"])
+                .args(args))
+        };
+        ctr(&["images", "import", archive.to_str().unwrap()]);
+        assert!(
+            ctr(&["images", "list", "--quiet"])
+                .lines()
+                .any(|l| l == name)
+        );
+        ctr(&["images", "remove", &name]);
+    }
+}
+
+#[test]
 fn a_copy_of_the_checkout_elsewhere_packages_to_the_same_bytes() {
     let Some(dist) = dist() else { return };
     let copy = scratch("checkout-copy");
@@ -401,5 +462,5 @@ fn a_copy_of_the_checkout_elsewhere_packages_to_the_same_bytes() {
     package(&copy, &again, &checkout().join("target/package"));
     let sums = |dir: &Path| fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     assert_eq!(sums(dist), sums(&again));
-    assert_eq!(sums(dist).lines().count(), 4, "{}", sums(dist));
+    assert_eq!(sums(dist).lines().count(), 5, "{}", sums(dist));
 }
