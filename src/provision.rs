@@ -848,7 +848,7 @@ impl<E: Provisioning> Provisioner<E> {
             (LABEL_ANCHOR.to_string(), path.display().to_string()),
             (LABEL_PID.to_string(), std::process::id().to_string()),
         ]);
-        let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
+        let exe = toolboxes::own_binary(&target.directory, true)?;
         let idle = toolboxes::idle_binary(&target.directory, &exe)?;
         let name = anchor_name(&target.name, &path);
         self.runtime

@@ -22,6 +22,9 @@ pub fn run(ctx: &RunContext, paths: bool) -> Result<u8> {
         }
         return Ok(0);
     }
+    if let Some(mount) = &ctx.from_image {
+        writeln!(out, "# {}", crate::app::context::from_image_line(mount))?;
+    }
     for (key, setting) in ctx.settings.iter() {
         writeln!(
             out,

@@ -13,10 +13,21 @@ use crate::engine::{self, Access};
 use crate::host::files::{Trust, read_settings_file};
 use crate::host::ui;
 use crate::host::{Env, HostPaths, Invoker};
-use crate::model::config::{self, Settings};
+use crate::model::config::{self, Origin, Settings};
 use crate::model::plan::{self, Payload, Plan};
 use crate::runtime::Scope;
+use crate::runtime::nspawn::command::Nspawn;
 use crate::sys;
+
+/// What `-v` and `toolbox config` say of toolbox run from its image, the container having
+/// had the host's `/` at `mount`.
+pub fn from_image_line(mount: &Path) -> String {
+    format!(
+        "toolbox runs from its image in a container (the host's / at {}) and has moved into \
+         the host's namespaces",
+        mount.display()
+    )
+}
 
 /// Everything read once at start: environment, host files, the invoking user, settings.
 pub struct RunContext {
@@ -38,12 +49,21 @@ pub struct RunContext {
     pub verbosity: i8,
     /// The arguments after the program name, to re-run them through sudo.
     pub args: Vec<OsString>,
+    /// Run from toolbox's image: where the container had the host's `/` before toolbox
+    /// moved into the host's namespaces.
+    pub from_image: Option<PathBuf>,
 }
 
 impl RunContext {
     /// Reads everything; `report` prints the settings' warnings (and, verbose, the files
-    /// read).
-    pub fn load(options: &Options, args: &[OsString], report: bool) -> Result<RunContext> {
+    /// read). `from_image`: toolbox runs from its image, moved into the host, which had
+    /// its `/` at this path in the container.
+    pub fn load(
+        options: &Options,
+        args: &[OsString],
+        report: bool,
+        from_image: Option<PathBuf>,
+    ) -> Result<RunContext> {
         let env = Env::from_process();
         let paths = HostPaths::from_env(&env);
         let passwd = std::fs::read_to_string(&paths.passwd).unwrap_or_default();
@@ -96,6 +116,18 @@ impl RunContext {
                 engine.value
             )
         })?;
+        // Kubernetes node images often lack systemd-nspawn; toolbox from its image then
+        // runs its session through the host's engine, unless told which runtime to use.
+        if from_image.is_some()
+            && settings.setting(config::RUNTIME).origin == Origin::Default
+            && Nspawn::program(&env).is_none()
+        {
+            settings.set_for_host(
+                config::RUNTIME,
+                plan::Runtime::Spc.name(),
+                "the host has no systemd-nspawn",
+            );
+        }
         let runtime = plan::Runtime::of(&settings)?;
         if runtime != plan::Runtime::Spc {
             for (given, flag) in [
@@ -152,13 +184,26 @@ impl RunContext {
             use_run_label: options.use_run_label,
             verbosity,
             args: args.to_vec(),
+            from_image,
         };
         if report && !ctx.quiet() {
             for warning in &ctx.settings.warnings {
                 ui::warn(warning);
             }
         }
+        if report
+            && !ctx.quiet()
+            && let Origin::Host(reason) = &ctx.settings.setting(config::RUNTIME).origin
+        {
+            ui::say(format_args!(
+                "{reason}: the session runs in a super privileged container through the \
+                 host's engine"
+            ));
+        }
         if report && ctx.verbose() {
+            if let Some(mount) = &ctx.from_image {
+                ui::say(format_args!("{}", from_image_line(mount)));
+            }
             for file in &ctx.settings.files_read {
                 ui::say(format_args!("read settings from {}", file.display()));
             }

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
@@ -66,7 +66,7 @@ pub fn run(ctx: &RunContext, payload: Payload) -> Result<u8> {
 /// Runs a session in the toolbox's super privileged container (see `spc`).
 fn spc(ctx: &RunContext, payload: Payload) -> Result<u8> {
     let plan = ctx.plan(payload)?;
-    let exe = std::env::current_exe().context("cannot find toolbox's own binary")?;
+    let exe = toolboxes::own_binary(&plan.directory, !ctx.dry_run)?;
     let privilege = match sys::capability_bounding_set(&ctx.paths.proc) {
         Some((bounding, last)) => spc::Privilege::for_bounding_set(bounding, last),
         None => spc::Privilege::Full,

@@ -17,12 +17,12 @@ pub mod update;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
 use crate::host;
-use crate::runtime::nspawn::session;
+use crate::runtime::nspawn::{guard, session};
 use crate::runtime::{host_exec, spc};
 use crate::sys;
 
@@ -41,6 +41,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
     }
     if invoked_as.as_deref() == Some(session::NAME.as_ref()) {
         return session::run(args[1..].to_vec());
+    }
+    if invoked_as.as_deref() == Some(guard::NAME.as_ref()) {
+        return guard::run(args[1..].to_vec());
     }
     if invoked_as.as_deref() == Some(host_exec::NAME.as_ref()) {
         let host_root = std::env::var_os(host::HOST_ROOT).map(PathBuf::from);
@@ -61,6 +64,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
         Some(Action::Manpages { directory }) => return help::manpages_command(directory),
         _ => {}
     }
+    let from_image = enter_host_from_image()?;
     // A normal user's run that will be re-run through sudo reads the settings twice; the
     // root run is the one that reports on them.
     let reruns_as_root = !sys::is_root()
@@ -69,7 +73,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
             Some(Action::List { .. }) | Some(Action::Config { .. })
         )
         && !cli.options.dry_run;
-    let ctx = RunContext::load(&cli.options, &args[1..], !reruns_as_root)?;
+    let ctx = RunContext::load(&cli.options, &args[1..], !reruns_as_root, from_image)?;
     match cli.action {
         Some(Action::List { json, names }) => list::run(&ctx, json, names),
         Some(Action::Rm { names, all, force }) => rm::run(&ctx, &names, all, force),
@@ -89,6 +93,29 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8> {
                 .map_err(|e| with_suggestion(e, first))
         }
     }
+}
+
+/// For toolbox run from its image (`TOOLBOX_HOST_MOUNT` set, see `host::container`):
+/// checks the container's shape and moves into the host's namespaces, before anything is
+/// read, so that settings, toolboxes, engines and systemd-nspawn are the host's. Returns
+/// where the container has the host's `/`. Runs while the process has one thread.
+fn enter_host_from_image() -> Result<Option<PathBuf>> {
+    let Some(mount) = std::env::var_os(host::container::HOST_MOUNT).filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    let mount = PathBuf::from(mount);
+    let proc = Path::new("/proc");
+    let host = host::container::check(proc, &mount)?;
+    let not_host_root = || host::container::Missing::HostMount(mount.clone());
+    let host_root = sys::open_dir(&mount).map_err(|_| not_host_root())?;
+    sys::join_host(proc, host)
+        .context("cannot move into the host's namespaces from the container")?;
+    // Only now can what the container has there be compared with the host's `/`.
+    if !sys::is_same_file(&host_root, Path::new("/")).unwrap_or(false) {
+        return Err(not_host_root().into());
+    }
+    Ok(Some(mount))
 }
 
 /// A command not found in the toolbox that is a typo of a subcommand (`toolbox lsit`)

@@ -17,9 +17,12 @@
 //! - `CONTAINER_HOST`: the Podman service to talk to (Podman's own variable).
 //! - `XDG_RUNTIME_DIR`: where a user's Podman socket is (`podman/podman.sock` in it).
 //! - `HOST`: inside a toolbox, where the host's `/` is mounted (for `host-exec`).
+//! - `TOOLBOX_HOST_MOUNT`: set in toolbox's own image; toolbox runs in a container with
+//!   the host's `/` at this path, and moves into the host (see [`container`]).
 //! - `NO_COLOR`: set and not empty, no colour on stderr (read by `ui`).
 //! - `TERM`: passed to a super privileged container's session on a terminal.
 
+pub mod container;
 pub mod files;
 pub mod kernel;
 pub mod ui;

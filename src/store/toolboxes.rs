@@ -785,6 +785,21 @@ pub fn idle_binary(directory: &Path, exe: &Path) -> Result<PathBuf> {
     Ok(idle)
 }
 
+/// toolbox's binary at a path systemd-nspawn and the engine can open on the host: the
+/// one executed; or, for toolbox run from its image and moved into the host's mount
+/// namespace, where the image's files are out of reach, its copy in `directory`
+/// ([`IDLE_BINARY`], made when `may_write`; otherwise the path it will have).
+pub fn own_binary(directory: &Path, may_write: bool) -> Result<PathBuf> {
+    match sys::own_binary() {
+        Some(path) => Ok(path),
+        None if may_write => {
+            make_directory(directory)?;
+            idle_binary(directory, Path::new("/proc/self/exe"))
+        }
+        None => Ok(directory.join(IDLE_BINARY)),
+    }
+}
+
 /// The names of the toolboxes in `directory`: complete and adopted trees, in order.
 pub fn list(directory: &Path) -> Result<Vec<(String, State)>> {
     check_ownership(directory)?;

@@ -501,6 +501,94 @@ pub fn join_namespace(fd: impl AsFd, name: &str) -> io::Result<()> {
     )?)
 }
 
+/// Whether `fd` and `path` are the same file (device and inode).
+pub fn is_same_file(fd: impl AsFd, path: &Path) -> io::Result<bool> {
+    let (a, b) = (rfs::fstat(fd)?, rfs::stat(path)?);
+    Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+}
+
+/// Moves this process into the root control group of every cgroup hierarchy mounted
+/// (cgroup v2's one, or v1's per controller), as `proc_root`'s `self/mountinfo` lists
+/// them: out of a container's group, whose processes die together when it is killed.
+pub fn leave_cgroups(proc_root: &Path) -> io::Result<()> {
+    let mountinfo = std::fs::read_to_string(proc_root.join("self/mountinfo"))?;
+    let pid = std::process::id().to_string();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let fs_type = fields.get(separator + 1).copied();
+        // Field 4 is the mount's root within its hierarchy: only a hierarchy's root.
+        if matches!(fs_type, Some("cgroup" | "cgroup2")) && fields.get(3) == Some(&"/") {
+            let procs = Path::new(fields[4]).join("cgroup.procs");
+            std::fs::write(&procs, &pid)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", procs.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// Set once this process has moved into another mount namespace ([`join_host`]).
+static LEFT_OWN_MOUNTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Moves this process into the namespaces of process `host` of `proc_root` (`/proc`)
+/// that it is not in yet: cgroup, IPC, UTS, network, and last the mount namespace, whose root and
+/// working directory it then takes (`/`). For toolbox run from its image in a privileged
+/// container that shares the host's PID namespace: afterwards it sees the host's files,
+/// engines and systemd as an installed toolbox does. Only while the process has a single
+/// thread: the kernel refuses the mount namespace to a process whose threads share its
+/// filesystem information (setns(2)). Returns the kinds joined.
+pub fn join_host(proc_root: &Path, host: u32) -> io::Result<Vec<&'static str>> {
+    use rustix::thread::LinkNameSpaceType as Kind;
+    let kinds = [
+        ("cgroup", Kind::ControlGroup),
+        ("ipc", Kind::InterProcessCommunication),
+        ("uts", Kind::HostNameAndNISDomainName),
+        ("net", Kind::Network),
+        ("mnt", Kind::Mount),
+    ];
+    // All opened first: each is the host process's as it is now, whatever joining the others changes.
+    let mut opened = Vec::new();
+    for (name, kind) in kinds {
+        let ours = rfs::stat(proc_root.join("self/ns").join(name))?;
+        let path = proc_root.join(host.to_string()).join("ns").join(name);
+        let theirs = rfs::stat(&path)?;
+        if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino) {
+            opened.push((
+                name,
+                kind,
+                rfs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?,
+            ));
+        }
+    }
+    let mut joined = Vec::new();
+    for (name, kind, fd) in opened {
+        rustix::thread::move_into_link_name_space(fd.as_fd(), Some(kind)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot join the host's {name} namespace: {e}"),
+            )
+        })?;
+        if name == "mnt" {
+            LEFT_OWN_MOUNTS.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        joined.push(name);
+    }
+    rustix::process::chdir("/")?;
+    Ok(joined)
+}
+
+/// The path toolbox's binary was executed from, or `None` when this process has moved
+/// into another mount namespace ([`join_host`]), where that path names another file or
+/// none: the binary is then read at `/proc/self/exe`.
+pub fn own_binary() -> Option<std::path::PathBuf> {
+    if LEFT_OWN_MOUNTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    std::env::current_exe().ok()
+}
+
 /// Drops this process's root privileges for good: supplementary groups, then group,
 /// then user, as `su` does. Run before starting a command as a toolbox's user.
 pub fn become_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {

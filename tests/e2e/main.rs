@@ -12,6 +12,7 @@ mod containerd;
 mod engines;
 mod equivalence;
 mod faults;
+mod fleet;
 mod help;
 mod host;
 mod import;

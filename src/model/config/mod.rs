@@ -187,9 +187,14 @@ fn key(name: &str) -> Option<&'static Key> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     Default,
-    File { path: PathBuf, line: usize },
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     Environment,
     Option(&'static str),
+    /// Chosen by toolbox for the host it runs on, for this reason.
+    Host(&'static str),
 }
 
 impl fmt::Display for Origin {
@@ -199,6 +204,7 @@ impl fmt::Display for Origin {
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Environment => write!(f, "environment"),
             Origin::Option(flag) => write!(f, "option {flag}"),
+            Origin::Host(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -357,6 +363,17 @@ impl Settings {
             Setting {
                 value,
                 origin: Origin::Option(flag),
+            },
+        );
+    }
+
+    /// Sets `name` for the host toolbox runs on, where the user set nothing.
+    pub fn set_for_host(&mut self, name: &'static str, value: &str, reason: &'static str) {
+        self.values.insert(
+            name,
+            Setting {
+                value: value.to_string(),
+                origin: Origin::Host(reason),
             },
         );
     }

@@ -67,13 +67,18 @@ pub struct Nspawn {
 }
 
 impl Nspawn {
+    /// systemd-nspawn on `PATH`, if it is there.
+    pub fn program(env: &Env) -> Option<PathBuf> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        which::which_in("systemd-nspawn", env.path_var(), cwd).ok()
+    }
+
     /// Finds systemd-nspawn on `PATH` and its version. Running `systemd-nspawn --version`
     /// costs about 9 ms, so the answer is remembered in `cache` keyed by the binary's
     /// path, inode, size and modification time; the file is written only when
     /// `may_write` and its directory already exists.
     pub fn find(env: &Env, cache: &Path, may_write: bool) -> Result<Nspawn> {
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        let program = which::which_in("systemd-nspawn", env.path_var(), cwd).map_err(|_| {
+        let program = Nspawn::program(env).ok_or_else(|| {
             anyhow!("systemd-nspawn not found on PATH; install it (Debian: systemd-container)")
         })?;
         let meta = fs::metadata(&program)

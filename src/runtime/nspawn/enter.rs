@@ -20,7 +20,7 @@ use crate::model::plan::{self, Payload, Plan, UpdateMode};
 use crate::model::tracing as model_tracing;
 use crate::provision::{self, Target};
 use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
-use crate::runtime::nspawn::{mountpoints, tracing};
+use crate::runtime::nspawn::{guard, mountpoints, tracing};
 use crate::runtime::target::Found;
 use crate::runtime::{host_exec, lookup};
 use crate::store::toolboxes::{self, Metadata};
@@ -91,7 +91,7 @@ pub fn prepare(
         terminal: std::io::stdin().is_terminal() && std::io::stdout().is_terminal(),
         session: std::process::id(),
         marker: plan.directory.join(".toolboxenv"),
-        host_exec: std::env::current_exe().ok(),
+        host_exec: toolboxes::own_binary(&plan.directory, may_write).ok(),
         proxies: host::proxies(env),
         tracing: Vec::new(),
         target: Vec::new(),
@@ -445,6 +445,10 @@ fn enter_overlay(
     let launch = &mut launch;
     let path = plan.path();
     let mounted = (|| {
+        // Run from its image, toolbox can be killed with its container at any moment.
+        if sys::own_binary().is_none() {
+            guard::start(&plan.directory, &plan.name)?;
+        }
         let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
         // `rm` or `update` may have replaced it while this run waited for the lock.
         let image = match toolboxes::complete_metadata(&path)? {
@@ -490,23 +494,30 @@ fn enter_overlay(
 fn end_overlay_session(session: &Session, plan: &Plan) -> Result<()> {
     let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
     records::end(&plan.directory, &plan.name)?;
-    if !records::live(&plan.directory, &session.paths.proc, &plan.name)?.is_empty() {
-        return Ok(());
+    let lingering = unmount_unused(&plan.directory, &plan.name, &session.paths.proc)?;
+    if !lingering.is_empty() && session.verbose() {
+        ui::say(format_args!(
+            "`{}` stays mounted: processes started in it still run (PID {})",
+            plan.name,
+            ui::pid_list(&lingering)
+        ));
     }
-    let path = plan.path();
-    let lingering = overlay::processes(&path, &session.paths.proc)?;
+    Ok(())
+}
+
+/// Unmounts overlay toolbox `name` of `directory` when no live session has it and no
+/// process started in it still runs; returns those processes. The caller holds the
+/// toolbox's mount lock.
+pub fn unmount_unused(directory: &Path, name: &str, proc_root: &Path) -> Result<Vec<i32>> {
+    if !records::live(directory, proc_root, name)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = directory.join(name);
+    let lingering = overlay::processes(&path, proc_root)?;
     if lingering.is_empty() {
-        overlay::unmount(&path)
-    } else {
-        if session.verbose() {
-            ui::say(format_args!(
-                "`{}` stays mounted: processes started in it still run (PID {})",
-                plan.name,
-                ui::pid_list(&lingering)
-            ));
-        }
-        Ok(())
+        overlay::unmount(&path)?;
     }
+    Ok(lingering)
 }
 
 /// On a warm start, `TOOLBOX_UPDATE=notify` (the default) says when the image changed

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod enter;
+pub mod guard;
 pub mod manage;
 pub mod mountpoints;
 pub mod session;

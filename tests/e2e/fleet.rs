@@ -1,0 +1,366 @@
+//! toolbox from its own image (scripts/image-archive) in the shape `kubectl debug node
+//! --profile=sysadmin` and a super privileged container give it (`docker run --privileged
+//! --pid=host --net=host --ipc=host -v /:/host`), on the test daemon: the archive loads; a
+//! toolbox it creates is the installed toolbox's (listed and entered by it) and the
+//! reverse; strace and gdb from it reach a host process; each missing flag gives one line
+//! and 125; and a container killed mid-session leaves no process, mount or container.
+
+use std::fs;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::common::*;
+
+const TRACING_IMAGE: &str = "toolbox-tracing:bookworm";
+
+/// toolbox's image built from the binary under test and loaded into the test engine,
+/// once per run: its name.
+fn fleet_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet");
+        fs::create_dir_all(&dir).unwrap();
+        let archive = dir.join("toolbox-image.tar");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-archive");
+        let out = Command::new(script)
+            .arg(env!("CARGO_BIN_EXE_toolbox"))
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let name = succeeded(&out).trim().to_string();
+        docker(&["load", "--input", archive.to_str().unwrap()]);
+        name
+    })
+}
+
+/// `--privileged`, or where this machine withholds some capability from its root (and
+/// Docker then refuses `--privileged`), the same made from its parts, as toolbox's own
+/// super privileged containers are.
+fn privileged() -> Vec<String> {
+    use toolbox::runtime::spc::{ALL_DEVICES, BOUNDED_SECURITY, Privilege};
+    match toolbox::sys::capability_bounding_set(std::path::Path::new("/proc")) {
+        Some((bounding, last)) => match Privilege::for_bounding_set(bounding, last) {
+            Privilege::Full => vec!["--privileged".into()],
+            Privilege::Bounded { capabilities } => {
+                let mut flags: Vec<String> = capabilities
+                    .iter()
+                    .map(|c| format!("--cap-add={c}"))
+                    .collect();
+                flags.extend(
+                    BOUNDED_SECURITY
+                        .iter()
+                        .map(|o| format!("--security-opt={o}")),
+                );
+                flags.push(format!("--device-cgroup-rule={ALL_DEVICES}"));
+                flags
+            }
+        },
+        None => vec!["--privileged".into()],
+    }
+}
+
+/// The whole shape of `kubectl debug node --profile=sysadmin`.
+fn sysadmin() -> Vec<String> {
+    let mut flags = privileged();
+    flags.extend(["--pid=host", "--net=host", "--ipc=host", "--volume=/:/host"].map(String::from));
+    flags
+}
+
+/// `docker run --rm` of toolbox's image with `shape`, named `container`, the test's
+/// settings passed as the installed toolbox's command has them (storage `storage`), and
+/// `args`.
+fn from_image(
+    t: &TestEnv,
+    container: &str,
+    shape: &[String],
+    storage: &str,
+    args: &[&str],
+) -> Command {
+    let mut command = Command::new("docker");
+    command
+        .args(["run", "--rm", "--name", container])
+        .args(shape)
+        .args(["--label", &format!("toolbox.test={}", t.toolbox_name())]);
+    let settings = t.command();
+    for (name, value) in settings.get_envs() {
+        if let (Some(name), Some(value)) = (name.to_str(), value.and_then(|v| v.to_str())) {
+            // The container's own PATH stays; the host's is the image's too.
+            if !["PATH", "DOCKER_HOST", "TOOLBOX_STORAGE"].contains(&name) {
+                command.arg(format!("--env={name}={value}"));
+            }
+        }
+    }
+    command.arg(format!("--env=TOOLBOX_STORAGE={storage}"));
+    command.arg(fleet_image()).args(args).stdin(Stdio::null());
+    command
+}
+
+fn container_name(t: &TestEnv, what: &str) -> String {
+    format!("tbx-{what}-{}", t.name)
+}
+
+/// Removes the test's containers, whatever a failure left.
+struct Containers(String);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let filter = format!("label=toolbox.test={}", self.0);
+        for id in Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .map(|out| stdout(&out))
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = Command::new("docker").args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+fn fleet_env(name: &str, image: &str) -> Option<(TestEnv, Containers)> {
+    let t = TestEnv::new(name, image)?;
+    let containers = Containers(t.toolbox_name());
+    Some((t, containers))
+}
+
+#[test]
+fn a_container_missing_a_flag_is_told_which_in_one_line() {
+    let Some((t, _containers)) = fleet_env("fleet_flags", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let host = ["--pid=host".to_string(), "--volume=/:/host".to_string()];
+    let cases: [(&str, Vec<String>, &str); 3] = [
+        ("unprivileged", host.to_vec(), "--privileged"),
+        (
+            "own-pid",
+            [privileged(), vec!["--volume=/:/host".into()]].concat(),
+            "--pid=host",
+        ),
+        (
+            "no-host",
+            [privileged(), vec!["--pid=host".into()]].concat(),
+            "-v /:/host",
+        ),
+    ];
+    for (case, shape, flag) in cases {
+        let out = from_image(&t, &container_name(&t, case), &shape, "copy", &["list"])
+            .output()
+            .unwrap();
+        assert_eq!(status(&out), 125, "{case}: {}", describe(&out));
+        let lines = toolbox_lines(&out);
+        assert_eq!(lines.len(), 1, "{case}: {}", describe(&out));
+        assert!(lines[0].contains(flag), "{case}: {}", describe(&out));
+    }
+    // Something else at /host is not the host's `/`.
+    let mut shape = privileged();
+    shape.extend(["--pid=host".into(), "--volume=/etc:/host".into()]);
+    let out = from_image(&t, &container_name(&t, "etc"), &shape, "copy", &["list"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert!(
+        toolbox_lines(&out)[0].contains("-v /:/host"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !t.toolboxes.exists(),
+        "a refused run wrote {}",
+        t.toolboxes.display()
+    );
+}
+
+#[test]
+fn a_toolbox_made_from_the_image_is_the_installed_toolboxs_and_back() {
+    let Some((t, _containers)) = fleet_env("fleet_shared", BUSYBOX_IMAGE) else {
+        return;
+    };
+    // Made from the image, with the default storage, and a file written inside.
+    let out = from_image(
+        &t,
+        &container_name(&t, "make"),
+        &sysadmin(),
+        "auto",
+        &[
+            "-v",
+            "run",
+            "sh",
+            "-c",
+            "echo from-image > /root/made; hostname",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let host_name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        stdout(&out),
+        host_name,
+        "the host's UTS namespace: {}",
+        describe(&out)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("runs from its image in a container"),
+        "{said}"
+    );
+    // The installed toolbox lists it and enters it, the file there.
+    let out = t.run(["list", "--names"]);
+    assert_eq!(stdout(&out).trim(), t.toolbox_name(), "{}", describe(&out));
+    let out = t.run(["run", "cat", "/root/made"]);
+    assert_eq!(stdout(&out), "from-image\n", "{}", describe(&out));
+    let out = t.run(["run", "sh", "-c", "echo installed >> /root/made"]);
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    // And the reverse: the image sees what the installed toolbox wrote.
+    let out = from_image(
+        &t,
+        &container_name(&t, "enter"),
+        &sysadmin(),
+        "auto",
+        &["run", "cat", "/root/made"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "from-image\ninstalled\n",
+        "{}",
+        describe(&out)
+    );
+    let out = from_image(
+        &t,
+        &container_name(&t, "list"),
+        &sysadmin(),
+        "auto",
+        &["list", "--names"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(stdout(&out).trim(), t.toolbox_name(), "{}", describe(&out));
+    // `toolbox config` says where it runs from.
+    let out = from_image(
+        &t,
+        &container_name(&t, "config"),
+        &sysadmin(),
+        "auto",
+        &["config"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&out)
+            .starts_with("# toolbox runs from its image in a container (the host's / at /host)"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn strace_and_gdb_from_the_image_reach_a_host_process() {
+    let Some((t, _containers)) = fleet_env("fleet_tracing", TRACING_IMAGE) else {
+        return;
+    };
+    let mut tracee = Command::new("sh")
+        .args(["-c", "while :; do echo x >/dev/null; done"])
+        .spawn()
+        .unwrap();
+    let pid = tracee.id().to_string();
+    let run = |what: &str, args: &[&str]| -> Output {
+        from_image(&t, &container_name(&t, what), &sysadmin(), "auto", args)
+            .output()
+            .unwrap()
+    };
+    let gdb = run(
+        "gdb",
+        &["run", "gdb", "-p", &pid, "-batch", "-ex", "info inferiors"],
+    );
+    let strace = run(
+        "strace",
+        &[
+            "run",
+            "timeout",
+            "-s",
+            "INT",
+            "2",
+            "strace",
+            "-e",
+            "trace=write",
+            "-p",
+            &pid,
+        ],
+    );
+    let _ = tracee.kill();
+    let _ = tracee.wait();
+    assert!(
+        succeeded(&gdb).contains(&format!("process {pid}")),
+        "{}",
+        describe(&gdb)
+    );
+    let traced = String::from_utf8_lossy(&strace.stderr);
+    assert!(
+        traced.contains(&format!("Process {pid} attached")) && traced.contains("write(1, \"x\\n\""),
+        "{}",
+        describe(&strace)
+    );
+}
+
+#[test]
+fn a_container_killed_mid_session_leaves_nothing_behind() {
+    let Some((t, _containers)) = fleet_env("fleet_killed", BUSYBOX_IMAGE) else {
+        return;
+    };
+    let victim = victim(&t);
+    let before = host_snapshot(&victim);
+    for storage in storages() {
+        let name = container_name(&t, &format!("killed-{storage}"));
+        let payload = "sleep 1217";
+        let args: Vec<&str> = payload.split(' ').collect();
+        let mut session = from_image(&t, &name, &sysadmin(), storage, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("the toolbox to be made", || {
+            ToolboxRoot::at(&t.tree()).is_some()
+        });
+        let mut root = None;
+        wait_for("the session's command", || {
+            root = ToolboxRoot::at(&t.tree());
+            root.is_some_and(|r| r.find(payload).is_some())
+        });
+        let root = root.unwrap();
+        let _reaper = Reaper(root);
+        docker(&["kill", &name]);
+        let _ = wait_exit(&mut session);
+        wait_for("the session's processes to end", || {
+            root.processes().is_empty()
+        });
+        // The overlay's guard, found by this test's toolbox directory, ends too.
+        let guard = format!(
+            "{} {}",
+            toolbox::runtime::nspawn::guard::NAME,
+            t.toolboxes.display()
+        );
+        wait_for("the overlay's guard to end", || !running(&guard));
+        wait_for("the container to be removed", || {
+            docker(&["ps", "-aq", "--filter", &format!("name=^{name}$")])
+                .trim()
+                .is_empty()
+        });
+        let prefix = format!("{}/", t.toolboxes.display());
+        let mounted: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|at| at.starts_with(&prefix))
+            .map(String::from)
+            .collect();
+        assert!(mounted.is_empty(), "{storage}: left mounted: {mounted:?}");
+        // The toolbox itself stays, whole, and starts again.
+        let out = t.run(["run", "true"]);
+        assert_eq!(status(&out), 0, "{storage}: {}", describe(&out));
+        let out = t.run(["rm", "--force", &t.toolbox_name()]);
+        assert_eq!(status(&out), 0, "{storage}: {}", describe(&out));
+    }
+    assert_host_untouched(&before, &victim, "a container killed mid-session");
+}
