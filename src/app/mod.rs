@@ -22,8 +22,8 @@ use anyhow::{Context as _, Result};
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
 use crate::host;
-use crate::runtime::nspawn::{guard, session};
-use crate::runtime::{host_exec, spc};
+use crate::runtime::nspawn::session;
+use crate::runtime::{guard, host_exec, spc};
 use crate::sys;
 
 pub use crate::runtime::DAEMON_TIMEOUT;

@@ -5,6 +5,7 @@
 //! ([`target`]). Each has its verbs in the same shape, `nspawn::manage` and `spc::manage`:
 //! `list` (into [`Listed`] rows), `remove` and `update`, for a [`Scope`].
 
+pub mod guard;
 pub mod host_exec;
 pub mod lookup;
 pub mod nspawn;

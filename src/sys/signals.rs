@@ -40,6 +40,12 @@ pub fn send(pid: i32, signal: Signal) {
     }
 }
 
+/// Sends `signal` to the process `pidfd` holds, which is never another that reused its
+/// PID; a process that is already gone is not an error.
+pub fn send_pidfd(pidfd: impl std::os::fd::AsFd, signal: Signal) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+}
+
 /// Sends `signal` to one thread of this process (`tgkill`), so that no other thread
 /// takes it: for tests that signal the thread running the work they interrupt.
 #[cfg(test)]

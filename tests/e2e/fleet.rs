@@ -338,7 +338,7 @@ fn a_container_killed_mid_session_leaves_nothing_behind() {
         // The overlay's guard, found by this test's toolbox directory, ends too.
         let guard = format!(
             "{} {}",
-            toolbox::runtime::nspawn::guard::NAME,
+            toolbox::runtime::guard::NAME,
             t.toolboxes.display()
         );
         wait_for("the overlay's guard to end", || !running(&guard));
@@ -363,4 +363,84 @@ fn a_container_killed_mid_session_leaves_nothing_behind() {
         assert_eq!(status(&out), 0, "{storage}: {}", describe(&out));
     }
     assert_host_untouched(&before, &victim, "a container killed mid-session");
+}
+
+#[test]
+fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_container() {
+    let Some((t, _containers)) = fleet_env("fleet_spc", BUSYBOX_IMAGE) else {
+        return;
+    };
+    // A host without systemd-nspawn: none where toolbox looks for it.
+    let mut shape = sysadmin();
+    shape.push("--env=PATH=/usr/local/bin".into());
+    let out = from_image(
+        &t,
+        &container_name(&t, "spc"),
+        &shape,
+        "auto",
+        &["run", "sh", "-c", "echo $HOST"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(stdout(&out), "/host\n", "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [
+            "toolbox: the host has no systemd-nspawn: the session runs in a super privileged container through the host's engine"
+        ],
+        "{}",
+        describe(&out)
+    );
+    let out = from_image(
+        &t,
+        &container_name(&t, "spc-config"),
+        &shape,
+        "auto",
+        &["config"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        stdout(&out).contains("TOOLBOX_RUNTIME=spc\t# the host has no systemd-nspawn\n"),
+        "{}",
+        describe(&out)
+    );
+
+    // Killed mid-session: the command ends, and the SPC stops (it stays, as the toolbox).
+    let name = container_name(&t, "spc-killed");
+    let payload = "sleep 1221";
+    let args: Vec<&str> = ["run"].into_iter().chain(payload.split(' ')).collect();
+    let mut session = from_image(&t, &name, &shape, "auto", &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let spc = t.toolbox_name();
+    let main_pid = || {
+        docker(&["inspect", "--format", "{{.State.Pid}}", &spc])
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    let command = || {
+        let pid = main_pid();
+        let root = ToolboxRoot::at(std::path::Path::new(&format!("/proc/{pid}/root")))?;
+        (pid != 0).then_some(root)?.find(payload)
+    };
+    wait_for("the session's command in the SPC", || command().is_some());
+    let pid = command().unwrap();
+    docker(&["kill", &name]);
+    let _ = wait_exit(&mut session);
+    wait_for("the session's command to end", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    wait_for("the SPC to stop", || {
+        docker(&["inspect", "--format", "{{.State.Running}}", &spc]).trim() == "false"
+    });
+    let guard = format!(
+        "{} {}",
+        toolbox::runtime::guard::NAME,
+        t.toolboxes.display()
+    );
+    wait_for("the guard to end", || !running(&guard));
 }

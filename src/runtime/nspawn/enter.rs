@@ -19,8 +19,9 @@ use crate::model::options;
 use crate::model::plan::{self, Payload, Plan, UpdateMode};
 use crate::model::tracing as model_tracing;
 use crate::provision::{self, Target};
+use crate::runtime::guard;
 use crate::runtime::nspawn::command::{self as nspawn, Invocation, Launch, Nspawn};
-use crate::runtime::nspawn::{guard, mountpoints, tracing};
+use crate::runtime::nspawn::{mountpoints, tracing};
 use crate::runtime::target::Found;
 use crate::runtime::{host_exec, lookup};
 use crate::store::toolboxes::{self, Metadata};
@@ -447,7 +448,7 @@ fn enter_overlay(
     let mounted = (|| {
         // Run from its image, toolbox can be killed with its container at any moment.
         if sys::own_binary().is_none() {
-            guard::start(&plan.directory, &plan.name)?;
+            guard::start(&plan.directory, &plan.name, guard::Guarded::Overlay)?;
         }
         let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
         // `rm` or `update` may have replaced it while this run waited for the lock.

@@ -4,7 +4,6 @@
 
 pub mod command;
 pub mod enter;
-pub mod guard;
 pub mod manage;
 pub mod mountpoints;
 pub mod session;

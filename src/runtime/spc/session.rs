@@ -30,7 +30,7 @@ use crate::host::ui;
 use crate::model::image::ImageRef;
 use crate::model::plan::UpdateMode;
 use crate::provision;
-use crate::runtime::with_spc_engine;
+use crate::runtime::{guard, with_spc_engine};
 use crate::store::toolboxes;
 use crate::sys;
 use crate::sys::signals::{self, Caught, STOPPING, Signal};
@@ -230,6 +230,13 @@ async fn persistent(
             return Err(e);
         }
     };
+    // Run from its image, toolbox can be killed with its container at any moment; the
+    // command started here must not run on (see `guard`).
+    if sys::own_binary().is_none()
+        && let Err(e) = guard_session(engine, directory, name, &exec).await
+    {
+        ui::warn(format_args!("{e:#}"));
+    }
     let target = Recipient {
         engine,
         container: name,
@@ -249,6 +256,30 @@ async fn persistent(
         .and_then(|state| state.exit_code)
         .ok_or_else(|| anyhow!("the session in `{name}` ended without an exit status (was the container stopped or removed?)"))?;
     Ok(exit_status(status))
+}
+
+/// Starts the guard that ends exec session `exec` in SPC `name` and stops the SPC if this
+/// process is killed.
+async fn guard_session(
+    engine: &impl SpcRuntime,
+    directory: &Path,
+    name: &str,
+    exec: &str,
+) -> Result<()> {
+    let session = exec_pid(engine, exec).await;
+    let main = engine.container(name).await?.map(|c| c.pid);
+    match (session, main) {
+        (Some(session), Some(main @ 1..)) => guard::start(
+            directory,
+            name,
+            guard::Guarded::Spc {
+                session: session as u32,
+                main,
+            },
+        ),
+        // The session ended already, or the container with it.
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a container named like the SPC that is not the SPC of `directory`.

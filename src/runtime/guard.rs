@@ -1,0 +1,211 @@
+//! guard: for a session of toolbox run from its image, a helper that ends what the
+//! session leaves on the host once the session's toolbox process is gone, however it
+//! went. toolbox cleans up after a session itself; but when the container it runs in is
+//! killed (the pod deleted, `docker kill`), every process in the container's control
+//! group dies at once, and what toolbox made outside that group would stay: the overlay
+//! it mounted in the host's mount namespace, or the command it started in its super
+//! privileged container through the engine. The guard is toolbox's own binary under
+//! another name, moved out of the container's control group at once; it waits for its
+//! parent to end, then
+//! - for an overlay toolbox, holding the mount lock, unmounts it unless another session
+//!   or a process started in it still uses it;
+//! - for an SPC session, kills the session's command and what it started, and, holding
+//!   the SPC's lock, stops the SPC (its idle main process) when nothing else runs in it;
+//!
+//! and exits. It never runs longer than the session it guards needs.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::runtime::nspawn::enter::unmount_unused;
+use crate::store::session::processes_rooted;
+use crate::store::toolboxes;
+use crate::sys;
+use crate::sys::signals::{self, Signal};
+
+/// The name the guard runs under (argv[0]).
+pub const NAME: &str = "toolbox-session-guard";
+
+/// What the guard prints once it is out of the container's control group and watching.
+const READY: &str = "guarding";
+
+/// How many times, 100 ms apart, the guard looks for the session's processes to be gone.
+const LINGER_CHECKS: u32 = 50;
+
+/// What a guard cleans up after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// The mount of an overlay toolbox.
+    Overlay,
+    /// A session in a super privileged container: the host PIDs of the session's
+    /// command (the engine's exec) and of the container's main process.
+    Spc { session: u32, main: u32 },
+}
+
+/// Starts the guard of toolbox `name` in `directory` for this process and waits until it
+/// watches. Its standard streams are not the terminal's, and it has a process group of
+/// its own, so the terminal's signals do not reach it.
+pub fn start(directory: &Path, name: &str, guarded: Guarded) -> Result<()> {
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0(NAME)
+        .arg(directory)
+        .arg(name)
+        .arg(std::process::id().to_string());
+    if let Guarded::Spc { session, main } = guarded {
+        command.args([session.to_string(), main.to_string()]);
+    }
+    let mut guard = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the guard that cleans up after the session")?;
+    let mut line = String::new();
+    let stdout = guard.stdout.take().expect("piped");
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != READY {
+        let _ = guard.kill();
+        let _ = guard.wait();
+        bail!("the guard that cleans up after the session did not start");
+    }
+    Ok(())
+}
+
+/// The guard: `toolbox-session-guard DIRECTORY NAME PID [SESSION MAIN]`.
+pub fn run(args: Vec<OsString>) -> Result<u8> {
+    let number = |arg: &OsString| -> Result<u32> { arg.to_string_lossy().parse().context("a PID") };
+    let (directory, name, pid, guarded) = match args.as_slice() {
+        [directory, name, pid] => (directory, name, number(pid)?, Guarded::Overlay),
+        [directory, name, pid, session, main] => {
+            let spc = Guarded::Spc {
+                session: number(session)?,
+                main: number(main)?,
+            };
+            (directory, name, number(pid)?, spc)
+        }
+        _ => bail!("usage: {NAME} DIRECTORY NAME PID [SESSION MAIN]"),
+    };
+    let directory = PathBuf::from(directory);
+    let name = name.to_string_lossy().into_owned();
+    let proc_root = Path::new("/proc");
+    sys::leave_cgroups(proc_root).context("cannot leave the container's control group")?;
+    let parent = sys::pidfd(pid)?;
+    // Handles on the SPC's processes taken now, while they are surely the ones meant.
+    let spc = match guarded {
+        Guarded::Spc { session, main } => {
+            Some((sys::pidfd(session)?, session, sys::pidfd(main)?, main))
+        }
+        Guarded::Overlay => None,
+    };
+    // The parent may have ended before the handle was taken: then it is not ours.
+    if sys::proc_stat(proc_root, std::process::id()).map(|s| s.parent) != Some(pid) {
+        return Ok(0);
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "{READY}")?;
+    out.flush()?;
+    sys::wait_exited(&parent)?;
+    match spc {
+        None => unmount_when_unused(&directory, &name, proc_root),
+        Some((session_fd, session, main_fd, main)) => end_spc_session(
+            &directory,
+            &name,
+            proc_root,
+            (session_fd, session),
+            (main_fd, main),
+        ),
+    }?;
+    Ok(0)
+}
+
+/// The session's processes die with the container's other processes, not always before
+/// the guard looks: they get a few seconds. Processes started in the toolbox that run on
+/// (detached with setsid) keep it mounted, as after any session.
+fn unmount_when_unused(directory: &Path, name: &str, proc_root: &Path) -> Result<()> {
+    for _ in 0..LINGER_CHECKS {
+        let lock = toolboxes::lock_for_mount(directory, name)?;
+        let lingering = unmount_unused(directory, name, proc_root)?;
+        drop(lock);
+        if lingering.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Kills the SPC session's command and its descendants, then stops the SPC when its main
+/// process is the only one left in it (of the processes whose root is the container's).
+fn end_spc_session(
+    directory: &Path,
+    name: &str,
+    proc_root: &Path,
+    (session_fd, session): (OwnedFd, u32),
+    (main_fd, main): (OwnedFd, u32),
+) -> Result<()> {
+    signals::send_pidfd(&session_fd, Signal::KILL);
+    // Rounds, for what forks while it is being killed.
+    for _ in 0..3 {
+        let tree = descendants(proc_root, session);
+        if tree.is_empty() {
+            break;
+        }
+        for pid in tree {
+            signals::send(pid as i32, Signal::KILL);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Ok(container) = std::fs::metadata(proc_root.join(main.to_string()).join("root")) else {
+        return Ok(());
+    };
+    let container = (container.dev(), container.ino());
+    // The killed processes take a moment to let go of the container; another session's
+    // keep it running, and its toolbox stops it after.
+    for _ in 0..LINGER_CHECKS {
+        let lock = toolboxes::lock_for_spc(directory, name)?;
+        let others = processes_rooted(proc_root, |m| (m.dev(), m.ino()) == container)?;
+        if others.iter().all(|&pid| pid as u32 == main) {
+            // toolbox-idle ends on it, and the container stops.
+            signals::send_pidfd(&main_fd, Signal::TERM);
+            break;
+        }
+        drop(lock);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The processes descending from `ancestor` (which may be gone: its children are then
+/// another's, and not found).
+fn descendants(proc_root: &Path, ancestor: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = processes_rooted(proc_root, |_| true)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pid| {
+            let pid = pid as u32;
+            Some((pid, sys::proc_stat(proc_root, pid)?.parent))
+        })
+        .collect();
+    let mut tree = vec![ancestor];
+    let mut next = 0;
+    while next < tree.len() {
+        for &(pid, parent) in &parents {
+            if parent == tree[next] && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        next += 1;
+    }
+    tree.remove(0);
+    tree
+}
