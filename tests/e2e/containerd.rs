@@ -727,3 +727,106 @@ fn an_image_not_unpacked_is_unpacked_and_kept_with_the_image() {
         Vec::<String>::new()
     );
 }
+
+/// toolbox's own image run by containerd in the shape of `kubectl debug node
+/// --profile=sysadmin` (privileged, the host's PID namespace and network, `/` at
+/// `/host`), as the kubelet's containerd would run its pod: it creates a toolbox from
+/// containerd's image that the installed toolbox lists and enters, and a task killed
+/// mid-session leaves no process or mount.
+#[test]
+fn toolbox_from_its_image_in_containerd_works_on_the_host() {
+    let Some((t, containerd)) = setup("toolbox_from_its_image_in_containerd_works_on_the_host")
+    else {
+        return;
+    };
+    containerd.import_busybox("k8s.io", &t.root);
+    let (archive, image) = crate::fleet::image_archive();
+    containerd.import("k8s.io", archive);
+    let mut shape: Vec<String> = crate::fleet::privileged()
+        .into_iter()
+        .filter(|flag| flag == "--privileged" || flag.starts_with("--cap-add="))
+        .map(|flag| match flag.strip_prefix("--cap-add=") {
+            Some(capability) => format!("--cap-add=CAP_{capability}"),
+            None => flag,
+        })
+        .collect();
+    shape.extend([
+        format!("--with-ns=pid:/proc/{}/ns/pid", std::process::id()),
+        "--net-host".into(),
+        "--mount=type=bind,src=/,dst=/host,options=rbind:rw".into(),
+    ]);
+    let mut settings = crate::fleet::settings(&t);
+    settings.extend([
+        "TOOLBOX_ENGINE=containerd".to_string(),
+        format!("TOOLBOX_CONTAINERD_ADDRESS={}", containerd.socket.display()),
+        format!("TOOLBOX_DOCKER_IMAGE={BUSYBOX_STORED}"),
+    ]);
+    let run = |id: &str, detach: bool, args: &[&str]| {
+        let mut command = Command::new("ctr");
+        command
+            .arg("-a")
+            .arg(&containerd.socket)
+            .args(["-n", "k8s.io", "run"])
+            .args(if detach { &["-d"][..] } else { &["--rm"][..] })
+            .args(&shape)
+            .args(settings.iter().map(|s| format!("--env={s}")))
+            .args([image.as_str(), id, "/usr/bin/toolbox"])
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    };
+    let id = |what: &str| format!("tbx-{what}-{}", std::process::id());
+    let out = run(
+        &id("make"),
+        false,
+        &["run", "sh", "-c", "echo from-containerd > /root/made"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    assert!(metadata(&t)["overlay"].is_object(), "{}", describe(&out));
+    let out = containerd
+        .toolbox(&t)
+        .args(["run", "cat", "/root/made"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        succeeded_with(out, "the installed toolbox"),
+        "from-containerd\n"
+    );
+
+    // Killed mid-session: nothing of the session is left, nor its mount.
+    let payload = "sleep 1223";
+    let task = id("killed");
+    let args: Vec<&str> = ["run"].into_iter().chain(payload.split(' ')).collect();
+    succeeded_with(run(&task, true, &args).output().unwrap(), "ctr run -d");
+    let mut root = None;
+    wait_for("the session's command", || {
+        root = ToolboxRoot::at(&t.tree());
+        root.is_some_and(|r| r.find(payload).is_some())
+    });
+    let root = root.unwrap();
+    let _reaper = Reaper(root);
+    containerd.ctr("k8s.io", &["tasks", "kill", "-s", "SIGKILL", &task]);
+    wait_for("the session's processes to end", || {
+        root.processes().is_empty()
+    });
+    let guard = format!(
+        "{} {}",
+        toolbox::runtime::guard::NAME,
+        t.toolboxes.display()
+    );
+    wait_for("the overlay's guard to end", || !running(&guard));
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == t.tree().join("root").to_str())
+        .count();
+    assert_eq!(mounted, 0, "the killed session's overlay is still mounted");
+    let out = containerd
+        .toolbox(&t)
+        .args(["list", "--names"])
+        .output()
+        .unwrap();
+    assert_eq!(succeeded_with(out, "list").trim(), t.toolbox_name());
+}

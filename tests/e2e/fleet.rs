@@ -6,6 +6,7 @@
 //! and 125; and a container killed mid-session leaves no process, mount or container.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -13,32 +14,56 @@ use crate::common::*;
 
 const TRACING_IMAGE: &str = "toolbox-tracing:bookworm";
 
-/// toolbox's image built from the binary under test and loaded into the test engine,
-/// once per run: its name.
-fn fleet_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet");
+/// toolbox's image archive built from the binary under test, once per run: its path and
+/// the image's name.
+pub fn image_archive() -> &'static (PathBuf, String) {
+    static ARCHIVE: OnceLock<(PathBuf, String)> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet");
         fs::create_dir_all(&dir).unwrap();
         let archive = dir.join("toolbox-image.tar");
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-archive");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-archive");
         let out = Command::new(script)
             .arg(env!("CARGO_BIN_EXE_toolbox"))
             .arg(&archive)
             .output()
             .unwrap();
         let name = succeeded(&out).trim().to_string();
-        docker(&["load", "--input", archive.to_str().unwrap()]);
-        name
+        (archive, name)
     })
+}
+
+/// toolbox's image loaded into the test engine, once per run: its name.
+fn fleet_image() -> &'static str {
+    static LOADED: OnceLock<()> = OnceLock::new();
+    let (archive, name) = image_archive();
+    LOADED.get_or_init(|| {
+        docker(&["load", "--input", archive.to_str().unwrap()]);
+    });
+    name
+}
+
+/// The test's settings as the installed toolbox's command has them, but for `PATH`, the
+/// engine's address and the storage: `NAME=VALUE` for a container's environment.
+pub fn settings(t: &TestEnv) -> Vec<String> {
+    let command = t.command();
+    let mut settings = Vec::new();
+    for (name, value) in command.get_envs() {
+        if let (Some(name), Some(value)) = (name.to_str(), value.and_then(|v| v.to_str()))
+            && !["PATH", "DOCKER_HOST", "TOOLBOX_STORAGE"].contains(&name)
+        {
+            settings.push(format!("{name}={value}"));
+        }
+    }
+    settings
 }
 
 /// `--privileged`, or where this machine withholds some capability from its root (and
 /// Docker then refuses `--privileged`), the same made from its parts, as toolbox's own
 /// super privileged containers are.
-fn privileged() -> Vec<String> {
+pub fn privileged() -> Vec<String> {
     use toolbox::runtime::spc::{ALL_DEVICES, BOUNDED_SECURITY, Privilege};
-    match toolbox::sys::capability_bounding_set(std::path::Path::new("/proc")) {
+    match toolbox::sys::capability_bounding_set(Path::new("/proc")) {
         Some((bounding, last)) => match Privilege::for_bounding_set(bounding, last) {
             Privilege::Full => vec!["--privileged".into()],
             Privilege::Bounded { capabilities } => {
@@ -81,14 +106,9 @@ fn from_image(
         .args(["run", "--rm", "--name", container])
         .args(shape)
         .args(["--label", &format!("toolbox.test={}", t.toolbox_name())]);
-    let settings = t.command();
-    for (name, value) in settings.get_envs() {
-        if let (Some(name), Some(value)) = (name.to_str(), value.and_then(|v| v.to_str())) {
-            // The container's own PATH stays; the host's is the image's too.
-            if !["PATH", "DOCKER_HOST", "TOOLBOX_STORAGE"].contains(&name) {
-                command.arg(format!("--env={name}={value}"));
-            }
-        }
+    // The container's own PATH stays; the host's is the image's too.
+    for setting in settings(t) {
+        command.arg(format!("--env={setting}"));
     }
     command.arg(format!("--env=TOOLBOX_STORAGE={storage}"));
     command.arg(fleet_image()).args(args).stdin(Stdio::null());
@@ -424,7 +444,7 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
     };
     let command = || {
         let pid = main_pid();
-        let root = ToolboxRoot::at(std::path::Path::new(&format!("/proc/{pid}/root")))?;
+        let root = ToolboxRoot::at(Path::new(&format!("/proc/{pid}/root")))?;
         (pid != 0).then_some(root)?.find(payload)
     };
     wait_for("the session's command in the SPC", || command().is_some());
@@ -432,7 +452,7 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
     docker(&["kill", &name]);
     let _ = wait_exit(&mut session);
     wait_for("the session's command to end", || {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        !Path::new(&format!("/proc/{pid}")).exists()
     });
     wait_for("the SPC to stop", || {
         docker(&["inspect", "--format", "{{.State.Running}}", &spc]).trim() == "false"

@@ -12,7 +12,7 @@ mod containerd;
 mod engines;
 mod equivalence;
 mod faults;
-mod fleet;
+pub mod fleet;
 mod help;
 mod host;
 mod import;
