@@ -191,15 +191,6 @@ impl RunContext {
                 ui::warn(warning);
             }
         }
-        if report
-            && !ctx.quiet()
-            && let Origin::Host(reason) = &ctx.settings.setting(config::RUNTIME).origin
-        {
-            ui::say(format_args!(
-                "{reason}: the session runs in a super privileged container through the \
-                 host's engine"
-            ));
-        }
         if report && ctx.verbose() {
             if let Some(mount) = &ctx.from_image {
                 ui::say(format_args!("{}", from_image_line(mount)));

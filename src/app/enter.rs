@@ -5,12 +5,14 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::app::cli::Action;
 use crate::app::context::RunContext;
+use crate::engine;
 use crate::host::kernel::Kernel;
 use crate::host::ui;
+use crate::model::config;
 use crate::model::plan::{Payload, Runtime, UpdateMode};
 use crate::runtime::nspawn::enter::{self, Session};
 use crate::runtime::{spc, target};
@@ -24,6 +26,21 @@ const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 /// toolbox this never returns: the process becomes systemd-nspawn.
 pub fn run(ctx: &RunContext, payload: Payload) -> Result<u8> {
     if ctx.runtime == Runtime::Spc {
+        if let config::Origin::Host(reason) = &ctx.settings.setting(config::RUNTIME).origin {
+            // Chosen for a host without systemd-nspawn: only Docker and Podman run SPCs.
+            if matches!(ctx.access.found(), Ok(engine::Found::Containerd)) {
+                bail!(
+                    "{reason} and its engine, containerd, runs no super privileged container \
+                     for toolbox: install systemd-nspawn on the host (Debian: systemd-container)"
+                );
+            }
+            if !ctx.quiet() {
+                ui::say(format_args!(
+                    "{reason}: the session runs in a super privileged container through the \
+                     host's engine"
+                ));
+            }
+        }
         return spc(ctx, payload);
     }
     let plan = ctx.plan(payload)?;

@@ -761,7 +761,7 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
         format!("TOOLBOX_CONTAINERD_ADDRESS={}", containerd.socket.display()),
         format!("TOOLBOX_DOCKER_IMAGE={BUSYBOX_STORED}"),
     ]);
-    let run = |id: &str, detach: bool, args: &[&str]| {
+    let run = |id: &str, detach: bool, env: &[&str], args: &[&str]| {
         let mut command = Command::new("ctr");
         command
             .arg("-a")
@@ -770,6 +770,7 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
             .args(if detach { &["-d"][..] } else { &["--rm"][..] })
             .args(&shape)
             .args(settings.iter().map(|s| format!("--env={s}")))
+            .args(env.iter().map(|s| format!("--env={s}")))
             .args([image.as_str(), id, "/usr/bin/toolbox"])
             .args(args)
             .stdin(Stdio::null());
@@ -779,6 +780,7 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
     let out = run(
         &id("make"),
         false,
+        &[],
         &["run", "sh", "-c", "echo from-containerd > /root/made"],
     )
     .output()
@@ -795,11 +797,27 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
         "from-containerd\n"
     );
 
+    // A node without systemd-nspawn: containerd runs no super privileged container.
+    let out = run(&id("no-nspawn"), false, &["PATH=/usr/local/bin"], &["true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 125, "{}", describe(&out));
+    assert_eq!(
+        toolbox_lines(&out),
+        [
+            "toolbox: the host has no systemd-nspawn and its engine, containerd, runs no super \
+          privileged container for toolbox: install systemd-nspawn on the host (Debian: \
+          systemd-container)"
+        ],
+        "{}",
+        describe(&out)
+    );
+
     // Killed mid-session: nothing of the session is left, nor its mount.
     let payload = "sleep 1223";
     let task = id("killed");
     let args: Vec<&str> = ["run"].into_iter().chain(payload.split(' ')).collect();
-    succeeded_with(run(&task, true, &args).output().unwrap(), "ctr run -d");
+    succeeded_with(run(&task, true, &[], &args).output().unwrap(), "ctr run -d");
     let mut root = None;
     wait_for("the session's command", || {
         root = ToolboxRoot::at(&t.tree());
