@@ -740,8 +740,8 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
         return;
     };
     containerd.import_busybox("k8s.io", &t.root);
-    let (archive, image) = crate::fleet::image_archive();
-    containerd.import("k8s.io", archive);
+    let (archive, image) = crate::fleet::image_archive(&t.root);
+    containerd.import("k8s.io", &archive);
     let mut shape: Vec<String> = crate::fleet::privileged()
         .into_iter()
         .filter(|flag| flag == "--privileged" || flag.starts_with("--cap-add="))
@@ -818,29 +818,9 @@ fn toolbox_from_its_image_in_containerd_works_on_the_host() {
     let task = id("killed");
     let args: Vec<&str> = ["run"].into_iter().chain(payload.split(' ')).collect();
     succeeded_with(run(&task, true, &[], &args).output().unwrap(), "ctr run -d");
-    let mut root = None;
-    wait_for("the session's command", || {
-        root = ToolboxRoot::at(&t.tree());
-        root.is_some_and(|r| r.find(payload).is_some())
+    crate::fleet::assert_killed_session_leaves_nothing(&t, payload, || {
+        containerd.ctr("k8s.io", &["tasks", "kill", "-s", "SIGKILL", &task]);
     });
-    let root = root.unwrap();
-    let _reaper = Reaper(root);
-    containerd.ctr("k8s.io", &["tasks", "kill", "-s", "SIGKILL", &task]);
-    wait_for("the session's processes to end", || {
-        root.processes().is_empty()
-    });
-    let guard = format!(
-        "{} {}",
-        toolbox::runtime::guard::NAME,
-        t.toolboxes.display()
-    );
-    wait_for("the overlay's guard to end", || !running(&guard));
-    let mounted = fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == t.tree().join("root").to_str())
-        .count();
-    assert_eq!(mounted, 0, "the killed session's overlay is still mounted");
     let out = containerd
         .toolbox(&t)
         .args(["list", "--names"])

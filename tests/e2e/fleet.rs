@@ -14,33 +14,29 @@ use crate::common::*;
 
 const TRACING_IMAGE: &str = "toolbox-tracing:bookworm";
 
-/// toolbox's image archive built from the binary under test, once per run: its path and
-/// the image's name.
-pub fn image_archive() -> &'static (PathBuf, String) {
-    static ARCHIVE: OnceLock<(PathBuf, String)> = OnceLock::new();
-    ARCHIVE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet");
-        fs::create_dir_all(&dir).unwrap();
-        let archive = dir.join("toolbox-image.tar");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-archive");
-        let out = Command::new(script)
-            .arg(env!("CARGO_BIN_EXE_toolbox"))
-            .arg(&archive)
-            .output()
-            .unwrap();
-        let name = succeeded(&out).trim().to_string();
-        (archive, name)
-    })
+/// toolbox's image archive built from the binary under test into `dir`: its path and the
+/// image's name.
+pub fn image_archive(dir: &Path) -> (PathBuf, String) {
+    let archive = dir.join("toolbox-image.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/image-archive");
+    let out = Command::new(script)
+        .arg(env!("CARGO_BIN_EXE_toolbox"))
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let name = succeeded(&out).trim().to_string();
+    (archive, name)
 }
 
 /// toolbox's image loaded into the test engine, once per run: its name.
 fn fleet_image() -> &'static str {
-    static LOADED: OnceLock<()> = OnceLock::new();
-    let (archive, name) = image_archive();
+    static LOADED: OnceLock<String> = OnceLock::new();
     LOADED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (archive, name) = image_archive(dir.path());
         docker(&["load", "--input", archive.to_str().unwrap()]);
-    });
-    name
+        name
+    })
 }
 
 /// The test's settings as the installed toolbox's command has them, but for `PATH`, the
@@ -280,48 +276,48 @@ fn strace_and_gdb_from_the_image_reach_a_host_process() {
     let Some((t, _containers)) = fleet_env("fleet_tracing", TRACING_IMAGE) else {
         return;
     };
-    let mut tracee = Command::new("sh")
-        .args(["-c", "while :; do echo x >/dev/null; done"])
-        .spawn()
-        .unwrap();
-    let pid = tracee.id().to_string();
-    let run = |what: &str, args: &[&str]| -> Output {
-        from_image(&t, &container_name(&t, what), &sysadmin(), "auto", args)
+    let tracee = Tracee::start();
+    let run = |args: &[&str]| -> Output {
+        let name = container_name(&t, args[0]);
+        let args: Vec<&str> = ["run"].iter().chain(args).copied().collect();
+        from_image(&t, &name, &sysadmin(), "auto", &args)
             .output()
             .unwrap()
     };
-    let gdb = run(
-        "gdb",
-        &["run", "gdb", "-p", &pid, "-batch", "-ex", "info inferiors"],
+    assert_gdb_and_strace_attach(&run, &tracee.pid().to_string());
+}
+
+/// Once the session of toolbox `t` runs `payload`, `kill` kills the container toolbox
+/// runs in: then the session's processes end, the guard ends, and nothing is mounted in
+/// the toolbox directory.
+pub fn assert_killed_session_leaves_nothing(t: &TestEnv, payload: &str, kill: impl FnOnce()) {
+    let mut root = None;
+    wait_for("the session's command", || {
+        root = ToolboxRoot::at(&t.tree());
+        root.is_some_and(|r| r.find(payload).is_some())
+    });
+    let root = root.unwrap();
+    let _reaper = Reaper(root);
+    kill();
+    wait_for("the session's processes to end", || {
+        root.processes().is_empty()
+    });
+    // The guard, found by this test's toolbox directory, ends too.
+    let guard = format!(
+        "{} {}",
+        toolbox::runtime::guard::NAME,
+        t.toolboxes.display()
     );
-    let strace = run(
-        "strace",
-        &[
-            "run",
-            "timeout",
-            "-s",
-            "INT",
-            "2",
-            "strace",
-            "-e",
-            "trace=write",
-            "-p",
-            &pid,
-        ],
-    );
-    let _ = tracee.kill();
-    let _ = tracee.wait();
-    assert!(
-        succeeded(&gdb).contains(&format!("process {pid}")),
-        "{}",
-        describe(&gdb)
-    );
-    let traced = String::from_utf8_lossy(&strace.stderr);
-    assert!(
-        traced.contains(&format!("Process {pid} attached")) && traced.contains("write(1, \"x\\n\""),
-        "{}",
-        describe(&strace)
-    );
+    wait_for("the guard to end", || !running(&guard));
+    let prefix = format!("{}/", t.toolboxes.display());
+    let mounted: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|at| at.starts_with(&prefix))
+        .map(String::from)
+        .collect();
+    assert!(mounted.is_empty(), "left mounted: {mounted:?}");
 }
 
 #[test]
@@ -340,42 +336,16 @@ fn a_container_killed_mid_session_leaves_nothing_behind() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_for("the toolbox to be made", || {
-            ToolboxRoot::at(&t.tree()).is_some()
-        });
-        let mut root = None;
-        wait_for("the session's command", || {
-            root = ToolboxRoot::at(&t.tree());
-            root.is_some_and(|r| r.find(payload).is_some())
-        });
-        let root = root.unwrap();
-        let _reaper = Reaper(root);
-        docker(&["kill", &name]);
-        let _ = wait_exit(&mut session);
-        wait_for("the session's processes to end", || {
-            root.processes().is_empty()
-        });
-        // The overlay's guard, found by this test's toolbox directory, ends too.
-        let guard = format!(
-            "{} {}",
-            toolbox::runtime::guard::NAME,
-            t.toolboxes.display()
-        );
-        wait_for("the overlay's guard to end", || !running(&guard));
+        let killed = || {
+            docker(&["kill", &name]);
+            let _ = wait_exit(&mut session);
+        };
+        assert_killed_session_leaves_nothing(&t, payload, killed);
         wait_for("the container to be removed", || {
             docker(&["ps", "-aq", "--filter", &format!("name=^{name}$")])
                 .trim()
                 .is_empty()
         });
-        let prefix = format!("{}/", t.toolboxes.display());
-        let mounted: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|at| at.starts_with(&prefix))
-            .map(String::from)
-            .collect();
-        assert!(mounted.is_empty(), "{storage}: left mounted: {mounted:?}");
         // The toolbox itself stays, whole, and starts again.
         let out = t.run(["run", "true"]);
         assert_eq!(status(&out), 0, "{storage}: {}", describe(&out));

@@ -6,49 +6,13 @@
 //! (`scripts/setup-host` mounts them where missing).
 
 use std::net::UdpSocket;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::common::*;
 
 const TRACING_IMAGE: &str = "toolbox-tracing:bookworm";
-/// The host process the tools trace: its command name, as perf and `comm` show it.
-const TRACEE: &str = "tbx-tracee";
-
-/// A host process that writes to /dev/null in a loop, killed when dropped.
-struct Tracee {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Tracee {
-    fn start() -> Tracee {
-        let dir = tempfile::tempdir().unwrap();
-        let program: PathBuf = dir.path().join(TRACEE);
-        std::fs::copy("/bin/dash", &program).unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let child = Command::new(&program)
-            .args(["-c", "while :; do echo x >/dev/null; done"])
-            .spawn()
-            .unwrap();
-        Tracee { child, _dir: dir }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Tracee {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A test environment for the tracing image, with overlay storage (a new toolbox in a
 /// fraction of a second whatever the image's size).
 fn tracing_env(name: &str) -> Option<TestEnv> {
@@ -212,32 +176,7 @@ fn tcpdump_captures_gdb_and_strace_attach() {
         "{}",
         describe(&out)
     );
-    let out = run(&t, &["gdb", "-p", &pid, "-batch", "-ex", "info inferiors"]);
-    assert!(
-        succeeded(&out).contains(&format!("process {pid}")),
-        "{}",
-        describe(&out)
-    );
-    let out = run(
-        &t,
-        &[
-            "timeout",
-            "-s",
-            "INT",
-            "2",
-            "strace",
-            "-e",
-            "trace=write",
-            "-p",
-            &pid,
-        ],
-    );
-    let traced = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        traced.contains(&format!("Process {pid} attached")) && traced.contains("write(1, \"x\\n\""),
-        "{}",
-        describe(&out)
-    );
+    assert_gdb_and_strace_attach(&|args| run(&t, args), &pid);
 }
 
 #[test]

@@ -501,6 +501,34 @@ pub fn assert_sees_the_host(run: &dyn Fn(&[&str]) -> Output, host_root: &str) {
 
 /// The command's own exit status comes back through `run`, and 126/127 for a command
 /// that cannot run or is not found in a busybox toolbox.
+/// gdb and strace, run with `run` (in a toolbox with them), attach to host process
+/// `pid`, a shell writing `x` lines in a loop.
+pub fn assert_gdb_and_strace_attach(run: &dyn Fn(&[&str]) -> Output, pid: &str) {
+    let out = run(&["gdb", "-p", pid, "-batch", "-ex", "info inferiors"]);
+    assert!(
+        succeeded(&out).contains(&format!("process {pid}")),
+        "{}",
+        describe(&out)
+    );
+    let out = run(&[
+        "timeout",
+        "-s",
+        "INT",
+        "2",
+        "strace",
+        "-e",
+        "trace=write",
+        "-p",
+        pid,
+    ]);
+    let traced = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        traced.contains(&format!("Process {pid} attached")) && traced.contains("write(1, \"x\\n\""),
+        "{}",
+        describe(&out)
+    );
+}
+
 pub fn assert_statuses_come_back(run: &dyn Fn(&[&str]) -> Output) {
     let cases: &[(&[&str], i32)] = &[
         (&["true"], 0),

@@ -6,9 +6,10 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -214,4 +215,38 @@ pub fn ends_within(pid: u32, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     true
+}
+
+/// The host process the tools trace: its command name, as perf and `comm` show it.
+pub const TRACEE: &str = "tbx-tracee";
+
+/// A host process that writes to /dev/null in a loop, killed when dropped.
+pub struct Tracee {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Tracee {
+    pub fn start() -> Tracee {
+        let dir = tempfile::tempdir().unwrap();
+        let program: PathBuf = dir.path().join(TRACEE);
+        std::fs::copy("/bin/dash", &program).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let child = Command::new(&program)
+            .args(["-c", "while :; do echo x >/dev/null; done"])
+            .spawn()
+            .unwrap();
+        Tracee { child, _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tracee {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
