@@ -7,8 +7,9 @@
 //! privileged container through the engine. The guard is toolbox's own binary under
 //! another name, moved out of the container's control group at once; it waits for its
 //! parent to end, then
-//! - for an overlay toolbox, holding the mount lock, unmounts it unless another session
-//!   or a process started in it still uses it;
+//! - for a systemd-nspawn session, removes its `--target`'s stage (mounted beside the
+//!   toolbox) and, for an overlay toolbox, holding the mount lock, unmounts it unless
+//!   another session or a process started in it still uses it;
 //! - for an SPC session, kills the session's command and what it started, and, holding
 //!   the SPC's lock, stops the SPC (its idle main process) when nothing else runs in it;
 //!
@@ -43,8 +44,8 @@ const LINGER_CHECKS: u32 = 50;
 /// What a guard cleans up after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guarded {
-    /// The mount of an overlay toolbox.
-    Overlay,
+    /// A systemd-nspawn session: its target's stage, the mount of an overlay toolbox.
+    Nspawn,
     /// A session in a super privileged container: the host PIDs of the session's
     /// command (the engine's exec) and of the container's main process.
     Spc { session: u32, main: u32 },
@@ -85,7 +86,7 @@ pub fn start(directory: &Path, name: &str, guarded: Guarded) -> Result<()> {
 pub fn run(args: Vec<OsString>) -> Result<u8> {
     let number = |arg: &OsString| -> Result<u32> { arg.to_string_lossy().parse().context("a PID") };
     let (directory, name, pid, guarded) = match args.as_slice() {
-        [directory, name, pid] => (directory, name, number(pid)?, Guarded::Overlay),
+        [directory, name, pid] => (directory, name, number(pid)?, Guarded::Nspawn),
         [directory, name, pid, session, main] => {
             let spc = Guarded::Spc {
                 session: number(session)?,
@@ -105,7 +106,7 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
         Guarded::Spc { session, main } => {
             Some((sys::pidfd(session)?, session, sys::pidfd(main)?, main))
         }
-        Guarded::Overlay => None,
+        Guarded::Nspawn => None,
     };
     // The parent may have ended before the handle was taken: then it is not ours.
     if sys::proc_stat(proc_root, std::process::id()).map(|s| s.parent) != Some(pid) {
@@ -115,8 +116,19 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
     writeln!(out, "{READY}")?;
     out.flush()?;
     sys::wait_exited(&parent)?;
+    // Until its parent reaps it, the process is still there (a zombie), and what it
+    // leaves is not yet taken for stale.
+    for _ in 0..LINGER_CHECKS {
+        if sys::proc_stat(proc_root, pid).is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     match spc {
-        None => unmount_when_unused(&directory, &name, proc_root),
+        None => {
+            toolboxes::remove_stale_stages(&directory, &name)?;
+            unmount_when_unused(&directory, &name, proc_root)
+        }
         Some((session_fd, session, main_fd, main)) => end_spc_session(
             &directory,
             &name,
@@ -153,17 +165,28 @@ fn end_spc_session(
     (session_fd, session): (OwnedFd, u32),
     (main_fd, main): (OwnedFd, u32),
 ) -> Result<()> {
-    signals::send_pidfd(&session_fd, Signal::KILL);
-    // Rounds, for what forks while it is being killed.
-    for _ in 0..3 {
-        let tree = descendants(proc_root, session);
-        if tree.is_empty() {
+    // Stopped first, so that none forks or is handed to another parent meanwhile; the
+    // tree is read again until stopping finds no more.
+    signals::send_pidfd(&session_fd, Signal::STOP);
+    let mut tree = Vec::new();
+    for _ in 0..LINGER_CHECKS {
+        let found = descendants(proc_root, session);
+        let new: Vec<u32> = found
+            .iter()
+            .copied()
+            .filter(|p| !tree.contains(p))
+            .collect();
+        if new.is_empty() {
             break;
         }
-        for pid in tree {
-            signals::send(pid as i32, Signal::KILL);
+        for &pid in &new {
+            signals::send(pid as i32, Signal::STOP);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tree.extend(new);
+    }
+    signals::send_pidfd(&session_fd, Signal::KILL);
+    for pid in tree {
+        signals::send(pid as i32, Signal::KILL);
     }
     let Ok(container) = std::fs::metadata(proc_root.join(main.to_string()).join("root")) else {
         return Ok(());

@@ -761,20 +761,29 @@ pub const IDLE_BINARY: &str = ".toolbox-idle";
 /// toolbox's own binary `exe`, copied into `directory` as [`IDLE_BINARY`]: what overlay
 /// toolboxes' anchors run (as `toolbox-idle`), at a path that stays when toolbox is
 /// upgraded, moved or removed, since the engine binds it again at every restart. Linked
-/// (or copied) when missing or when `exe` differs in size; replaced atomically.
+/// (or copied) when missing or when its contents differ from `exe`'s; replaced
+/// atomically.
 pub fn idle_binary(directory: &Path, exe: &Path) -> Result<PathBuf> {
     let idle = directory.join(IDLE_BINARY);
-    let wanted = fs::metadata(exe).with_context(|| format!("cannot inspect {}", exe.display()))?;
-    if fs::symlink_metadata(&idle).is_ok_and(|m| m.is_file() && m.len() == wanted.len()) {
+    if same_contents(exe, &idle) {
         return Ok(idle);
     }
-    let partial = directory.join(format!("{IDLE_BINARY}.partial-{}", std::process::id()));
+    let partial_prefix = format!("{IDLE_BINARY}.partial-");
+    remove_dead_partials(directory, &partial_prefix);
+    let partial = directory.join(format!("{partial_prefix}{}", std::process::id()));
+    // A partial an earlier process of this PID left may be a hard link to a binary
+    // elsewhere (its link made, its rename not): never written through, it goes first.
+    let _ = fs::remove_file(&partial);
     // A hard link costs no space; toolbox's binary replaced later keeps this one whole.
     let copied = fs::hard_link(exe, &partial)
         .or_else(|_| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::copy(exe, &partial)?;
-            fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
+            let mut from = File::open(exe)?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o755)
+                .open(&partial)?;
+            io::copy(&mut from, &mut to).map(drop)
         })
         .and_then(|()| fs::rename(&partial, &idle));
     if let Err(e) = copied {
@@ -783,6 +792,54 @@ pub fn idle_binary(directory: &Path, exe: &Path) -> Result<PathBuf> {
             .with_context(|| format!("cannot copy {} to {}", exe.display(), idle.display()));
     }
     Ok(idle)
+}
+
+/// Whether `copy` is a regular file with `original`'s bytes: the same file, or one of the
+/// same size whose contents compare equal (two builds may have one size).
+fn same_contents(original: &Path, copy: &Path) -> bool {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Ok(b)) = (fs::metadata(original), fs::symlink_metadata(copy)) else {
+        return false;
+    };
+    if !b.is_file() || a.len() != b.len() {
+        return false;
+    }
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        return true;
+    }
+    let (Ok(a), Ok(b)) = (File::open(original), File::open(copy)) else {
+        return false;
+    };
+    let (mut a, mut b) = (io::BufReader::new(a), io::BufReader::new(b));
+    let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = match a.read(&mut x) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return b.read(&mut y[..1]).is_ok_and(|m| m == 0);
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
+}
+
+/// Removes the files named `PREFIX<PID>` in `directory` whose process is gone.
+fn remove_dead_partials(directory: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix)
+            && pid.parse().is_ok_and(|pid| !sys::process_exists(pid))
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// toolbox's binary at a path systemd-nspawn and the engine can open on the host: the
@@ -955,6 +1012,43 @@ mod tests {
             overlay: None,
             imported_from: None,
         }
+    }
+
+    // Regression: a partial an earlier process of the same PID left, a hard link to a
+    // binary outside the toolbox directory, was truncated and written through; and a
+    // binary of the same size as the copy was taken for it.
+    #[test]
+    fn the_idle_binary_is_never_written_through_a_stale_partial_and_is_compared_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (toolboxes, elsewhere) = (dir.path().join("toolboxes"), dir.path().join("bin"));
+        fs::create_dir_all(&toolboxes).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        let outside = elsewhere.join("installed");
+        fs::write(&outside, "installed toolbox").unwrap();
+        let exe = elsewhere.join("exe");
+        fs::write(&exe, "image's toolbox!!").unwrap();
+        assert_eq!(
+            fs::metadata(&outside).unwrap().len(),
+            fs::metadata(&exe).unwrap().len()
+        );
+        let ours = toolboxes.join(format!("{IDLE_BINARY}.partial-{}", std::process::id()));
+        fs::hard_link(&outside, &ours).unwrap();
+        // One of a process that is gone (PID 0 is no process's).
+        let dead = toolboxes.join(format!("{IDLE_BINARY}.partial-0"));
+        fs::write(&dead, "left by a killed run").unwrap();
+        // The installed binary's copy is there, of the same size as the one wanted.
+        fs::hard_link(&outside, toolboxes.join(IDLE_BINARY)).unwrap();
+
+        let idle = idle_binary(&toolboxes, &exe).unwrap();
+        assert_eq!(fs::read_to_string(&idle).unwrap(), "image's toolbox!!");
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "installed toolbox");
+        assert!(!ours.exists() && !dead.exists());
+        // The same contents again: kept as it is.
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&idle);
+        let copy = elsewhere.join("copy");
+        fs::copy(&exe, &copy).unwrap();
+        assert_eq!(inode(&idle_binary(&toolboxes, &copy).unwrap()), before);
     }
 
     // Metadata written before overlay storage existed reads as copy storage.

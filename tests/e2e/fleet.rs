@@ -352,6 +352,28 @@ fn a_container_killed_mid_session_leaves_nothing_behind() {
         let out = t.run(["rm", "--force", &t.toolbox_name()]);
         assert_eq!(status(&out), 0, "{storage}: {}", describe(&out));
     }
+    // A session debugging a container (`--target`) has the target's files staged beside
+    // the toolbox: unmounted and removed too.
+    let target = Container::run("fleet-target", &[BUSYBOX_IMAGE, "sleep", "1200"]);
+    let name = container_name(&t, "killed-target");
+    let payload = "sleep 1225";
+    let args = ["--target", target.name.as_str(), "sleep", "1225"];
+    let mut session = from_image(&t, &name, &sysadmin(), "copy", &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_killed_session_leaves_nothing(&t, payload, || {
+        docker(&["kill", &name]);
+        let _ = wait_exit(&mut session);
+    });
+    let stages: Vec<_> = fs::read_dir(&t.toolboxes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".target-"))
+        .collect();
+    assert!(stages.is_empty(), "stages left: {stages:?}");
     assert_host_untouched(&before, &victim, "a container killed mid-session");
 }
 
@@ -398,8 +420,10 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
 
     // Killed mid-session: the command ends, and the SPC stops (it stays, as the toolbox).
     let name = container_name(&t, "spc-killed");
+    // A command with a child of its own in the background, which the shell hands to
+    // another parent as soon as it is killed.
     let payload = "sleep 1221";
-    let args: Vec<&str> = ["run"].into_iter().chain(payload.split(' ')).collect();
+    let args = ["run", "sh", "-c", "sleep 1226 & sleep 1221; true"];
     let mut session = from_image(&t, &name, &shape, "auto", &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -231,6 +231,11 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
         kernel: kernel.as_ref(),
         root: plan.root(),
     };
+    // Run from its image, toolbox can be killed with its container at any moment; what it
+    // mounts beside the container's processes must not outlive it (see `guard`).
+    if sys::own_binary().is_none() && (overlay.is_some() || debugged.is_some()) {
+        guard::start(&plan.directory, &plan.name, guard::Guarded::Nspawn)?;
+    }
     // The target's files, staged for this session until it ends.
     let _staged = match &debugged {
         Some(found) => {
@@ -446,10 +451,6 @@ fn enter_overlay(
     let launch = &mut launch;
     let path = plan.path();
     let mounted = (|| {
-        // Run from its image, toolbox can be killed with its container at any moment.
-        if sys::own_binary().is_none() {
-            guard::start(&plan.directory, &plan.name, guard::Guarded::Overlay)?;
-        }
         let _lock = toolboxes::lock_for_mount(&plan.directory, &plan.name)?;
         // `rm` or `update` may have replaced it while this run waited for the lock.
         let image = match toolboxes::complete_metadata(&path)? {
