@@ -77,7 +77,10 @@ pub fn start(directory: &Path, name: &str, guarded: Guarded) -> Result<()> {
     if line.trim() != READY {
         let _ = guard.kill();
         let _ = guard.wait();
-        bail!("the guard that cleans up after the session did not start");
+        bail!(
+            "the guard that cleans up after the session did not start: {}",
+            line.trim()
+        );
     }
     Ok(())
 }
@@ -99,20 +102,31 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
     let directory = PathBuf::from(directory);
     let name = name.to_string_lossy().into_owned();
     let proc_root = Path::new("/proc");
-    sys::leave_cgroups(proc_root).context("cannot leave the container's control group")?;
-    let parent = sys::pidfd(pid)?;
-    // Handles on the SPC's processes taken now, while they are surely the ones meant.
-    let spc = match guarded {
-        Guarded::Spc { session, main } => {
-            Some((sys::pidfd(session)?, session, sys::pidfd(main)?, main))
+    let watching = (|| -> Result<_> {
+        sys::leave_cgroups(proc_root).context("cannot leave the container's control group")?;
+        let parent = sys::pidfd(pid).context("cannot watch toolbox's process")?;
+        // Handles on the SPC's processes taken now, while they are surely the ones meant.
+        let spc = match guarded {
+            Guarded::Spc { session, main } => {
+                Some((sys::pidfd(session)?, session, sys::pidfd(main)?, main))
+            }
+            Guarded::Nspawn => None,
+        };
+        Ok((parent, spc))
+    })();
+    // Said to toolbox, which waits for the first line.
+    let mut out = std::io::stdout();
+    let (parent, spc) = match watching {
+        Ok(watching) => watching,
+        Err(e) => {
+            writeln!(out, "{e:#}")?;
+            return Ok(1);
         }
-        Guarded::Nspawn => None,
     };
     // The parent may have ended before the handle was taken: then it is not ours.
     if sys::proc_stat(proc_root, std::process::id()).map(|s| s.parent) != Some(pid) {
         return Ok(0);
     }
-    let mut out = std::io::stdout();
     writeln!(out, "{READY}")?;
     out.flush()?;
     sys::wait_exited(&parent)?;
