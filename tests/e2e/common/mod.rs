@@ -275,24 +275,33 @@ pub fn overlay_command(t: &TestEnv) -> Command {
 /// and `overlay` where that engine keeps its images in layers toolbox mounts: Docker's
 /// overlay2, its containerd image store with snapshotter `overlayfs`, Podman's `overlay`.
 pub fn storages() -> Vec<&'static str> {
-    static OVERLAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let overlay = OVERLAY.get_or_init(|| {
+    match matches!(storage_driver().0.as_str(), "overlay2" | "overlay")
+        || containerd_image_store() && storage_driver().0 == "overlayfs"
+    {
+        true => vec!["copy", "overlay"],
+        false => vec!["copy"],
+    }
+}
+
+/// The engine's storage driver and its status, as `docker info` says them.
+fn storage_driver() -> &'static (String, String) {
+    static DRIVER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    DRIVER.get_or_init(|| {
         let info = Command::new("docker")
             .args(["info", "--format", "{{.Driver}} {{.DriverStatus}}"])
             .output()
             .map(|out| stdout(&out))
             .unwrap_or_default();
-        let driver = info.split(' ').next().unwrap_or_default();
-        match driver {
-            "overlay2" | "overlay" => true,
-            "overlayfs" => info.contains("io.containerd.snapshotter.v1"),
-            _ => false,
-        }
-    });
-    match overlay {
-        true => vec!["copy", "overlay"],
-        false => vec!["copy"],
-    }
+        let (driver, status) = info.trim().split_once(' ').unwrap_or((info.trim(), ""));
+        (driver.to_string(), status.to_string())
+    })
+}
+
+/// Whether the engine is Docker with its containerd image store (the default of new
+/// Docker 29 installs): its image IDs are manifest digests, its layers containerd's
+/// snapshots.
+pub fn containerd_image_store() -> bool {
+    storage_driver().1.contains("io.containerd.snapshotter.v1")
 }
 
 /// The standard output of a run that must have succeeded.
