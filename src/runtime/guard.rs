@@ -105,19 +105,24 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
     let watching = (|| -> Result<_> {
         sys::leave_cgroups(proc_root).context("cannot leave the container's control group")?;
         let parent = sys::pidfd(pid).context("cannot watch toolbox's process")?;
-        // Handles on the SPC's processes taken now, while they are surely the ones meant.
         let spc = match guarded {
-            Guarded::Spc { session, main } => {
-                Some((sys::pidfd(session)?, session, sys::pidfd(main)?, main))
-            }
+            Guarded::Spc { session, main } => match spc_handles(proc_root, session, main) {
+                Some(handles) => Some(handles),
+                // The session or its container ended already: nothing to guard.
+                None => return Ok(None),
+            },
             Guarded::Nspawn => None,
         };
-        Ok((parent, spc))
+        Ok(Some((parent, spc)))
     })();
     // Said to toolbox, which waits for the first line.
     let mut out = std::io::stdout();
     let (parent, spc) = match watching {
-        Ok(watching) => watching,
+        Ok(Some(watching)) => watching,
+        Ok(None) => {
+            writeln!(out, "{READY}")?;
+            return Ok(0);
+        }
         Err(e) => {
             writeln!(out, "{e:#}")?;
             return Ok(1);
@@ -152,6 +157,27 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
         ),
     }?;
     Ok(0)
+}
+
+/// Handles on an SPC's session process and main process, the PIDs the engine gave: `None`
+/// when either is gone, or its PID is another process's now (the main process is no
+/// longer `toolbox-idle`, or the session's root is not the container's).
+fn spc_handles(proc_root: &Path, session: u32, main: u32) -> Option<(OwnedFd, u32, OwnedFd, u32)> {
+    let root = |pid: u32| {
+        std::fs::metadata(proc_root.join(pid.to_string()).join("root"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    // Each handle taken first, then the process it holds checked: a PID reused after
+    // the check would not be the one held.
+    let main_fd = sys::pidfd(main).ok()?;
+    let cmdline = std::fs::read(proc_root.join(main.to_string()).join("cmdline")).ok()?;
+    let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    if !program.ends_with(crate::engine::IDLE_NAME.as_bytes()) {
+        return None;
+    }
+    let session_fd = sys::pidfd(session).ok()?;
+    (root(session)? == root(main)?).then_some((session_fd, session, main_fd, main))
 }
 
 /// The session's processes die with the container's other processes, not always before
