@@ -92,7 +92,9 @@ pub fn check(proc_root: &Path, host_mount: &Path) -> Result<u32, Missing> {
         return Err(Missing::Privileged);
     }
     let kthreadd = std::fs::read_to_string(proc_root.join("2/stat")).unwrap_or_default();
-    if !kthreadd.starts_with("2 (kthreadd) ") || parent(proc_root, 2) != Some(0) {
+    if !kthreadd.starts_with("2 (kthreadd) ")
+        || crate::sys::proc_stat(proc_root, 2).map(|stat| stat.parent) != Some(0)
+    {
         return Err(Missing::HostPid);
     }
     let mounts = |pid: u32| {
@@ -103,33 +105,18 @@ pub fn check(proc_root: &Path, host_mount: &Path) -> Result<u32, Missing> {
     let cgroup =
         |pid: u32| std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok();
     let (our_mounts, our_cgroup) = (mounts(me), cgroup(me));
-    let host = if mounts(1).is_some() {
-        Some(1)
-    } else {
-        let outside = |pid: u32| {
-            mounts(pid).is_some_and(|theirs| Some(theirs) != our_mounts)
-                && cgroup(pid).is_some_and(|theirs| Some(theirs) != our_cgroup)
-        };
-        let mut ancestor = parent(proc_root, me);
-        // A bound on the walk: a process table read while it changes could loop.
-        for _ in 0..64 {
-            match ancestor {
-                Some(pid) if pid > 1 && !outside(pid) => ancestor = parent(proc_root, pid),
-                _ => break,
-            }
-        }
-        ancestor.filter(|&pid| pid > 1 && outside(pid))
+    // Outside the container: in neither its mount namespace nor its control group.
+    let inside = |pid: u32| {
+        mounts(pid).is_none_or(|theirs| Some(theirs) == our_mounts)
+            || cgroup(pid).is_none_or(|theirs| Some(theirs) == our_cgroup)
     };
+    let host = super::host_process(proc_root, inside);
     // The host's PID namespace, and no way into the host from it.
     let host = host.ok_or(Missing::Privileged)?;
     if !host_mount.is_dir() {
         return Err(Missing::HostMount(host_mount.to_path_buf()));
     }
     Ok(host)
-}
-
-fn parent(proc_root: &Path, pid: u32) -> Option<u32> {
-    crate::sys::proc_stat(proc_root, pid).map(|stat| stat.parent)
 }
 
 #[cfg(test)]

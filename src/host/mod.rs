@@ -45,6 +45,29 @@ pub const HOST_ROOT: &str = "HOST";
 pub const NO_COLOR: &str = "NO_COLOR";
 pub const SYSTEM_CONFIG: &str = "TOOLBOX_SYSTEM_CONFIG";
 
+/// A process in the host's namespaces, as `proc_root` (`/proc`) shows them: PID 1, or
+/// where its namespaces cannot be read (its capabilities exceed ours, as under some VM
+/// init systems) the nearest ancestor of this process that `inside` does not claim (the
+/// first outside this toolbox, or this container). `None` when there is none.
+pub fn host_process(proc_root: &std::path::Path, inside: impl Fn(u32) -> bool) -> Option<u32> {
+    if rustix::fs::stat(proc_root.join("1/ns/mnt")).is_ok() {
+        return Some(1);
+    }
+    let mut pid = std::process::id();
+    // A bound on the walk: a process table read while it changes could loop.
+    for _ in 0..64 {
+        let parent = crate::sys::proc_stat(proc_root, pid)?.parent;
+        if parent <= 1 {
+            return None;
+        }
+        if !inside(parent) {
+            return Some(parent);
+        }
+        pid = parent;
+    }
+    None
+}
+
 /// Proxy variables passed into toolboxes and through sudo (coreos/bugs#1869: sudo
 /// dropped them and package managers inside the toolbox could not reach anything).
 pub const PROXY_VARIABLES: &[&str] = &[

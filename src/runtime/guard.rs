@@ -163,11 +163,7 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
 /// when either is gone, or its PID is another process's now (the main process is no
 /// longer `toolbox-idle`, or the session's root is not the container's).
 fn spc_handles(proc_root: &Path, session: u32, main: u32) -> Option<(OwnedFd, u32, OwnedFd, u32)> {
-    let root = |pid: u32| {
-        std::fs::metadata(proc_root.join(pid.to_string()).join("root"))
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
-    };
+    let root = |pid| root_of(proc_root, pid);
     // Each handle taken first, then the process it holds checked: a PID reused after
     // the check would not be the one held.
     let main_fd = sys::pidfd(main).ok()?;
@@ -228,10 +224,9 @@ fn end_spc_session(
     for pid in tree {
         signals::send(pid as i32, Signal::KILL);
     }
-    let Ok(container) = std::fs::metadata(proc_root.join(main.to_string()).join("root")) else {
+    let Some(container) = root_of(proc_root, main) else {
         return Ok(());
     };
-    let container = (container.dev(), container.ino());
     // The killed processes take a moment to let go of the container; another session's
     // keep it running, and its toolbox stops it after.
     for _ in 0..LINGER_CHECKS {
@@ -246,6 +241,12 @@ fn end_spc_session(
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// What process `pid` has as its root directory (device and inode).
+fn root_of(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    let root = std::fs::metadata(proc_root.join(pid.to_string()).join("root")).ok()?;
+    Some((root.dev(), root.ino()))
 }
 
 /// The processes descending from `ancestor` (which may be gone: its children are then

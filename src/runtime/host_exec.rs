@@ -5,15 +5,12 @@
 //! toolbox and called under that name. It returns CMD's exit status.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
 use crate::exit::CommandError;
-use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// The name toolbox answers to when it should act as host-exec.
 pub const NAME: &str = "host-exec";
@@ -35,27 +32,11 @@ pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> R
         );
     }
     let cwd = std::env::current_dir().ok();
-    // The mount namespace last: entering it changes what /proc paths mean for the rest.
-    // PID namespace membership applies to children, which is what runs CMD.
-    let namespaces = [
-        ("cgroup", LinkNameSpaceType::ControlGroup),
-        ("uts", LinkNameSpaceType::HostNameAndNISDomainName),
-        ("ipc", LinkNameSpaceType::InterProcessCommunication),
-        ("net", LinkNameSpaceType::Network),
-        ("pid", LinkNameSpaceType::ProcessID),
-        ("mnt", LinkNameSpaceType::Mount),
-    ];
-    let host = host_process(proc_root)?;
-    let mut files = Vec::new();
-    for (name, kind) in namespaces {
-        let path = proc_root.join(host.to_string()).join("ns").join(name);
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        files.push((name, kind, file));
-    }
-    for (name, kind, file) in &files {
-        move_into_link_name_space(file.as_fd(), Some(*kind))
-            .with_context(|| format!("cannot enter the host's {name} namespace"))?;
-    }
+    // Outside the toolbox: in another mount namespace than this process.
+    let inside = |pid| crate::sys::shares_mount_namespace(proc_root, pid).unwrap_or(true);
+    let host = crate::host::host_process(proc_root, inside)
+        .context("cannot find a process in the host's namespaces")?;
+    crate::sys::join_host(proc_root, host).context("cannot enter the host's namespaces")?;
     // setns into a mount namespace leaves the root and working directory at its root.
     let dir = host_dir(cwd.as_deref(), host_root);
     let command = program.to_string_lossy().into_owned();
@@ -76,30 +57,6 @@ pub fn run(args: Vec<OsString>, proc_root: &Path, host_root: Option<&Path>) -> R
         Err(e) => return Err(e).with_context(|| format!("cannot run `{command}` on the host")),
     };
     Ok(crate::exit::of_command(status))
-}
-
-/// A process in the host's namespaces: PID 1, or where its namespaces cannot be opened
-/// (its capabilities exceed ours, as under some VM init systems) the nearest ancestor
-/// outside the toolbox's mount namespace, which is the systemd-nspawn of this session.
-fn host_process(proc_root: &Path) -> Result<u32> {
-    let ns = |pid: &str| std::fs::read_link(proc_root.join(pid).join("ns/mnt"));
-    if ns("1").is_ok() {
-        return Ok(1);
-    }
-    let own = ns("self").context("cannot read this process's mount namespace")?;
-    let mut pid = std::process::id();
-    loop {
-        let parent = crate::sys::proc_stat(proc_root, pid)
-            .with_context(|| format!("cannot read the parent of process {pid}"))?
-            .parent;
-        if parent <= 1 {
-            bail!("cannot find a process in the host's namespaces");
-        }
-        if ns(&parent.to_string()).is_ok_and(|mnt| mnt != own) {
-            return Ok(parent);
-        }
-        pid = parent;
-    }
 }
 
 /// The host directory matching the toolbox's working directory: below the host root

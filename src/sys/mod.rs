@@ -533,36 +533,34 @@ pub fn leave_cgroups(proc_root: &Path) -> io::Result<()> {
 static LEFT_OWN_MOUNTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Moves this process into the namespaces of process `host` of `proc_root` (`/proc`)
-/// that it is not in yet: cgroup, IPC, UTS, network, and last the mount namespace, whose root and
-/// working directory it then takes (`/`). For toolbox run from its image in a privileged
-/// container that shares the host's PID namespace: afterwards it sees the host's files,
-/// engines and systemd as an installed toolbox does. Only while the process has a single
-/// thread: the kernel refuses the mount namespace to a process whose threads share its
-/// filesystem information (setns(2)). Returns the kinds joined.
-pub fn join_host(proc_root: &Path, host: u32) -> io::Result<Vec<&'static str>> {
+/// that it is not in yet: cgroup, IPC, UTS, network, PID (for the children it starts), and
+/// last the mount namespace, whose root and working directory it then takes (`/`).
+/// Afterwards it sees the host's files, engines and systemd: for `host-exec` inside a
+/// toolbox, and toolbox run from its image. Only while the process has a single thread:
+/// the kernel refuses the mount namespace to a process whose threads share its
+/// filesystem information (setns(2)).
+pub fn join_host(proc_root: &Path, host: u32) -> io::Result<()> {
     use rustix::thread::LinkNameSpaceType as Kind;
     let kinds = [
         ("cgroup", Kind::ControlGroup),
         ("ipc", Kind::InterProcessCommunication),
         ("uts", Kind::HostNameAndNISDomainName),
         ("net", Kind::Network),
+        ("pid", Kind::ProcessID),
         ("mnt", Kind::Mount),
     ];
     // All opened first: each is the host process's as it is now, whatever joining the others changes.
     let mut opened = Vec::new();
     for (name, kind) in kinds {
-        let ours = rfs::stat(proc_root.join("self/ns").join(name))?;
         let path = proc_root.join(host.to_string()).join("ns").join(name);
-        let theirs = rfs::stat(&path)?;
+        let named = |e: Errno| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let ours = rfs::stat(proc_root.join("self/ns").join(name))?;
+        let theirs = rfs::stat(&path).map_err(named)?;
         if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino) {
-            opened.push((
-                name,
-                kind,
-                rfs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?,
-            ));
+            let fd = rfs::open(&path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty());
+            opened.push((name, kind, fd.map_err(named)?));
         }
     }
-    let mut joined = Vec::new();
     for (name, kind, fd) in opened {
         rustix::thread::move_into_link_name_space(fd.as_fd(), Some(kind)).map_err(|e| {
             io::Error::new(
@@ -573,10 +571,9 @@ pub fn join_host(proc_root: &Path, host: u32) -> io::Result<Vec<&'static str>> {
         if name == "mnt" {
             LEFT_OWN_MOUNTS.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        joined.push(name);
     }
     rustix::process::chdir("/")?;
-    Ok(joined)
+    Ok(())
 }
 
 /// The path toolbox's binary was executed from, or `None` when this process has moved
