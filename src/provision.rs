@@ -696,11 +696,11 @@ impl<E: Provisioning> Provisioner<E> {
         let built = (|| {
             let layers = match overlay::check(image, source, &path)? {
                 overlay::Stack::Layers(layers) => layers.to_vec(),
-                // Where the engine mounts the image's layers beneath containers only, the
-                // anchor runs first: its root mount shows them.
+                // Where the engine keeps the image's layers beneath containers only, the
+                // anchor is made first and shows them; it starts once they are checked.
                 overlay::Stack::BelowAnchor(count) => {
-                    let started = anchor.insert(self.pinning_anchor(target, &image.id)?);
-                    let layers = self.layers_below(started, count)?;
+                    let created = anchor.insert(self.created_anchor(target, &image.id)?);
+                    let layers = self.layers_below(created, count)?;
                     overlay::check_layers(&layers, source, &path)?;
                     layers
                 }
@@ -729,7 +729,12 @@ impl<E: Provisioning> Provisioner<E> {
                     ));
                 }
                 let pinned = match &anchor {
-                    Some(started) => started.clone(),
+                    Some(created) => {
+                        self.runtime
+                            .block_on(self.engine.start_anchor(created))
+                            .map_err(|e| self.cannot_pin(e))?;
+                        created.clone()
+                    }
                     None => anchor
                         .insert(self.pinning_anchor(target, &image.id)?)
                         .clone(),
@@ -759,50 +764,31 @@ impl<E: Provisioning> Provisioner<E> {
     /// the image by ID: the tag may move, the layers may not. An engine that cannot run
     /// it cannot pin the layers: [`Unusable`], to copy instead.
     fn pinning_anchor(&self, target: &Target, image_id: &str) -> Result<String, Unusable> {
-        self.start_anchor(target, image_id).map_err(|e| {
-            Unusable(format!(
-                "{} cannot run the anchor container that would pin the image's layers ({e:#})",
-                self.engine.name()
-            ))
-        })
+        self.start_anchor(target, image_id)
+            .map_err(|e| self.cannot_pin(e))
     }
 
-    /// The layers of an image of `count` layers beneath the root of its running anchor
-    /// `anchor` (see [`overlay::image_layers`]), read from its process's mount table while
-    /// that process is the one the engine named.
+    /// Creates the anchor of a new overlay toolbox, not started (see
+    /// [`Self::pinning_anchor`]).
+    fn created_anchor(&self, target: &Target, image_id: &str) -> Result<String, Unusable> {
+        self.create_anchor(target, image_id)
+            .map_err(|e| self.cannot_pin(e))
+    }
+
+    /// Why overlay storage is [`Unusable`] when the anchor cannot be made or started.
+    fn cannot_pin(&self, e: anyhow::Error) -> Unusable {
+        Unusable(format!(
+            "{} cannot run the anchor container that would pin the image's layers ({e:#})",
+            self.engine.name()
+        ))
+    }
+
+    /// The layers of an image of `count` layers beneath the root of the created anchor
+    /// `anchor`, as the engine names them (see [`Provisioning::anchor_layers`]).
     fn layers_below(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>, Unusable> {
-        let engine = self.engine.name();
-        let unreadable = |why: String| Unusable(format!("cannot read the anchor's layers: {why}"));
-        let named = self.runtime.block_on(self.engine.anchor_layers(anchor));
-        if let Some(layers) = named.map_err(|e| unreadable(format!("{e:#}")))? {
-            if layers.len() != count {
-                return Err(unreadable(format!(
-                    "{engine} names {} for an image of {count}",
-                    layers.len()
-                )));
-            }
-            return Ok(layers);
-        }
-        let info = self
-            .runtime
-            .block_on(self.engine.container(anchor))
-            .map_err(|e| unreadable(format!("{e:#}")))?
-            .filter(|info| info.running && info.pid != 0)
-            .ok_or_else(|| unreadable(format!("{engine} does not show it running")))?;
-        let proc_root = Path::new("/proc");
-        let started = |pid| sys::proc_stat(proc_root, pid).map(|stat| stat.start_time);
-        let before = started(info.pid);
-        let mountinfo = std::fs::read_to_string(proc_root.join(format!("{}/mountinfo", info.pid)))
-            .map_err(|e| unreadable(format!("process {}: {e}", info.pid)))?;
-        // The process read is the anchor's if it ran all along and the engine still
-        // names it: a PID reused meanwhile would have another start time, or another PID
-        // would be named.
-        let still = self.runtime.block_on(self.engine.container(anchor));
-        let same = matches!(still, Ok(Some(now)) if now.running && now.pid == info.pid);
-        if before.is_none() || started(info.pid) != before || !same {
-            return Err(unreadable(format!("process {} ended", info.pid)));
-        }
-        overlay::image_layers(overlay::layers_below_root(&mountinfo)?, count)
+        self.runtime
+            .block_on(self.engine.anchor_layers(anchor, count))
+            .map_err(|e| Unusable(format!("cannot read the anchor's layers: {e:#}")))
     }
 
     /// Gives the overlay toolbox `recorded` describes a running anchor if its own is not
@@ -839,10 +825,21 @@ impl<E: Provisioning> Provisioner<E> {
         Ok(())
     }
 
-    /// Starts the anchor that pins image `image_id` for the toolbox `target`, running
+    /// Creates and starts the anchor that pins image `image_id` for the toolbox `target`
+    /// (see [`Self::create_anchor`]).
+    fn start_anchor(&self, target: &Target, image_id: &str) -> Result<String> {
+        let created = self.create_anchor(target, image_id)?;
+        if let Err(e) = self.runtime.block_on(self.engine.start_anchor(&created)) {
+            let _ = self.remove_anchor(&created);
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    /// Creates the anchor that pins image `image_id` for the toolbox `target`, running
     /// toolbox's binary from the toolbox directory. Labelled with this process too: until
     /// the toolbox records it, another creation's [`remove_abandoned_anchors`] leaves it.
-    fn start_anchor(&self, target: &Target, image_id: &str) -> Result<String> {
+    fn create_anchor(&self, target: &Target, image_id: &str) -> Result<String> {
         let path = target.path();
         let labels = HashMap::from([
             (LABEL_ANCHOR.to_string(), path.display().to_string()),
@@ -1377,9 +1374,9 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
-    // Snapshots the engine mounts beneath a running container only: the anchor starts
-    // first, and goes again when its layers cannot be read (here the engine does not show
-    // it running), before the image is copied or the demand refused.
+    // Snapshots the engine keeps beneath containers only: the anchor is made first, and
+    // goes again, never started, when its layers cannot be read, before the image is
+    // copied or the demand refused.
     #[test]
     fn the_anchor_that_shows_snapshots_goes_when_they_cannot_be_read() {
         let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
@@ -1391,10 +1388,11 @@ mod tests {
         assert_eq!(
             err,
             "cannot use overlay storage (--storage overlay): cannot read the anchor's layers: \
-             the Docker daemon does not show it running"
+             the Docker daemon shows no layers of a container"
         );
         // The anchors' shared binary stays for the next; no toolbox, partial or not.
         assert_eq!(left, [".toolbox-idle"]);
+        assert!(fake.started.lock().unwrap().is_empty());
     }
 
     /// Two layer directories in `dir`, top first: the top one's `etc/os-release`, the
@@ -1406,6 +1404,17 @@ mod tests {
         fs::write(top.join("etc/os-release"), "ID=fake\n").unwrap();
         fs::write(bottom.join("usr/bin/tool"), "bottom").unwrap();
         (top, bottom)
+    }
+
+    /// An engine whose image's layers are snapshots, which it names `layers` for every
+    /// anchor.
+    fn named_snapshots(layers: &[&Path]) -> Fake {
+        let mut fake = engine(archive(), Export::Whole);
+        for image in fake.images.values_mut() {
+            image.layers = Layers::Snapshots(layers.len());
+        }
+        fake.anchor_layers = Some(layers.iter().map(|layer| layer.to_path_buf()).collect());
+        fake
     }
 
     /// Snapshots whose directories the engine names for the anchor (containerd's view of
@@ -1420,11 +1429,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (top, bottom) = two_layers(dir.path());
-        let mut fake = engine(archive(), Export::Whole);
-        for image in fake.images.values_mut() {
-            image.layers = Layers::Snapshots(2);
-        }
-        fake.anchor_layers = Some(vec![top.clone(), bottom.clone()]);
+        let mut fake = named_snapshots(&[&top, &bottom]);
         let mut wanted = target(dir.path());
         wanted.storage = Storage::Overlay;
         assert!(create(&fake, &wanted).unwrap());
@@ -1434,6 +1439,10 @@ mod tests {
         let overlay = metadata.overlay.expect("overlay storage");
         assert_eq!(overlay.layers, [top.clone(), bottom.clone()]);
         assert_eq!(fake.container_ids(), std::slice::from_ref(&overlay.anchor));
+        assert_eq!(
+            *fake.started.lock().unwrap(),
+            std::slice::from_ref(&overlay.anchor)
+        );
 
         fake.anchor_layers = Some(vec![top.clone()]);
         fake.containers.lock().unwrap().clear();
@@ -1444,6 +1453,40 @@ mod tests {
              the Docker daemon names 1 for an image of 2"
         );
         assert_eq!(left, [".toolbox-idle"]);
+    }
+
+    // Bug: with Docker's containerd image store the anchor started before its layers
+    // were read, and starting it opens the image's /etc/passwd: a FIFO there hung the
+    // daemon's start. The anchor is made, its layers checked, and it never starts.
+    #[test]
+    fn an_anchor_starts_only_once_its_layers_were_checked() {
+        let _one = CATCHING.lock().unwrap_or_else(|e| e.into_inner());
+        if !crate::sys::is_root() {
+            eprintln!("skipped: mounting an overlay takes root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (top, bottom) = two_layers(dir.path());
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            top.join("etc/passwd"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let fake = named_snapshots(&[&top, &bottom]);
+        let mut wanted = target(dir.path());
+        wanted.storage = Storage::Overlay;
+        wanted.storage_demanded = true;
+        let err = format!("{:#}", create(&fake, &wanted).unwrap_err());
+        assert!(
+            err.contains("`/etc/passwd` in the image is a FIFO"),
+            "{err}"
+        );
+        assert!(fake.started.lock().unwrap().is_empty());
+        assert!(fake.container_ids().is_empty());
+        assert_eq!(left(dir.path()), [".toolbox-idle"]);
     }
 
     /// Layers as directories (Docker's overlay2 and Podman's `overlay` answer this): the

@@ -59,6 +59,8 @@ const MAX_DOCUMENT: usize = 4 << 20;
 /// What toolbox's exports of an image are called (`toolbox-export-NAME-...`): they hold a
 /// lease and a view, like anchors, with [`LABEL_TOOLBOX`].
 const EXPORT_PREFIX: &str = "toolbox-export-";
+/// Where Docker's containerd image store keeps its containers, unless told otherwise.
+const DOCKER_NAMESPACE: &str = "moby";
 /// Where the kubelet's container runtime (CRI) keeps its containers.
 const CRI_NAMESPACE: &str = "k8s.io";
 
@@ -674,6 +676,70 @@ fn mount_layers(mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
     }
 }
 
+/// The directories, top first, of the snapshot `key` of `snapshotter`, as containerd at
+/// `socket` mounts it: how a container Docker's containerd image store created shows its
+/// layers before it starts (its snapshot is named by its ID). It is looked for in
+/// `namespace`, or where that is not known (`docker info` before API 1.46) in `moby`, then
+/// every namespace (a daemon with `--containerd-namespace`, or remapped users).
+pub async fn snapshot_layers(
+    socket: &Path,
+    namespace: Option<&str>,
+    snapshotter: &str,
+    key: &str,
+    stall: Duration,
+) -> Result<Vec<PathBuf>> {
+    crate::engine::check_server("containerd", socket)?;
+    let asked = async {
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|e| anyhow!("cannot connect: {e}"))?;
+        let namespaces = match namespace {
+            Some(namespace) => vec![namespace.to_string()],
+            None => {
+                let listed = NamespacesClient::new(channel.clone())
+                    .list(ListNamespacesRequest::default())
+                    .await
+                    .map_err(|e| failed("cannot list its namespaces", &e))?;
+                let mut names: Vec<String> = listed
+                    .into_inner()
+                    .namespaces
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect();
+                names.sort_by_key(|name| name != DOCKER_NAMESPACE);
+                names
+            }
+        };
+        for namespace in &namespaces {
+            let request = MountsRequest {
+                snapshotter: snapshotter.to_string(),
+                key: key.to_string(),
+            };
+            match SnapshotsClient::new(channel.clone())
+                .mounts(Containerd::request(namespace, request))
+                .await
+            {
+                Ok(mounts) => return Ok(mounts.into_inner().mounts),
+                Err(status) if status.code() == Code::NotFound => continue,
+                Err(status) => {
+                    return Err(failed(
+                        &format!("cannot read snapshot `{key}` in namespace {namespace}"),
+                        &status,
+                    ));
+                }
+            }
+        }
+        bail!(
+            "no snapshot `{key}` of {snapshotter} in namespace {}",
+            namespaces.join(", ")
+        )
+    };
+    let mounts = tokio::time::timeout(stall, asked)
+        .await
+        .map_err(|_| anyhow!("it did not answer"))??;
+    mount_layers(&mounts).map_err(|why| anyhow!("{why}"))
+}
+
 /// A gRPC error from containerd as toolbox says it, its kind kept for callers.
 fn failed(what: &str, status: &Status) -> anyhow::Error {
     let message = format!("{what}: {}", status.message());
@@ -1015,11 +1081,13 @@ impl Provisioning for Containerd {
         self.remove_container(anchor).await
     }
 
-    async fn anchor_layers(&self, anchor: &str) -> Result<Option<Vec<PathBuf>>> {
+    async fn anchor_layers(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>> {
         let mounts = self.view_mounts(anchor).await?;
-        mount_layers(&mounts)
-            .map(Some)
-            .map_err(|why| anyhow!("{why}"))
+        let layers = mount_layers(&mounts).map_err(|why| anyhow!("{why}"))?;
+        if layers.len() != count {
+            bail!("containerd names {} for an image of {count}", layers.len());
+        }
+        Ok(layers)
     }
 
     async fn anchor_holds(&self, anchor: &str) -> Result<bool> {

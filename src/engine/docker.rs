@@ -409,6 +409,14 @@ fn start_error(what: String, message: String) -> anyhow::Error {
     }
 }
 
+/// Where the daemon's containerd serves, where `docker info` does not say (before API
+/// 1.46): the system's containerd (Debian's and Docker's packages run dockerd with
+/// `--containerd` naming it), else the one dockerd starts itself.
+const DOCKER_CONTAINERD_SOCKETS: [&str; 2] = [
+    "/run/containerd/containerd.sock",
+    "/var/run/docker/containerd/containerd.sock",
+];
+
 /// How Docker's answer to an exec whose command could not start begins, sent as the
 /// exec's first output.
 const EXEC_FAILED: &str = "OCI runtime exec failed";
@@ -851,18 +859,59 @@ impl Provisioning for Docker {
             ..Default::default()
         };
         let what = format!("the anchor container `{name}`");
-        let created = match self.create(body, Some(name), &what, image_id).await {
-            Ok(created) => created,
-            Err(e) => {
-                self.unpin(pin.as_deref()).await;
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.start(&created).await {
-            let _ = self.remove_anchor(&created).await;
-            return Err(e);
+        let created = self.create(body, Some(name), &what, image_id).await;
+        if created.is_err() {
+            self.unpin(pin.as_deref()).await;
         }
-        Ok(created)
+        created
+    }
+
+    async fn start_anchor(&self, anchor: &str) -> Result<()> {
+        self.start(anchor).await
+    }
+
+    /// With Docker's containerd image store, what the daemon's containerd mounts for the
+    /// snapshot it prepared when it created `anchor` (named by the container's ID, in the
+    /// daemon's namespace), below Docker's init layer: the image's layers, read before
+    /// the daemon starts the container and opens the image's files.
+    async fn anchor_layers(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>> {
+        let Some(DriverData {
+            name: snapshotter, ..
+        }) = self.snapshotter().await
+        else {
+            bail!("{} keeps no layers in snapshots", self.name());
+        };
+        let containerd = self.info().await.and_then(|info| info.containerd.as_ref());
+        let namespace = containerd.and_then(|c| c.namespaces.as_ref()?.containers.clone());
+        let sockets = match containerd.and_then(|c| c.address.clone()) {
+            Some(address) => vec![address],
+            None => DOCKER_CONTAINERD_SOCKETS.map(String::from).to_vec(),
+        };
+        let mut tried = Vec::new();
+        for socket in &sockets {
+            let socket = Path::new(socket);
+            match super::containerd::snapshot_layers(
+                socket,
+                namespace.as_deref(),
+                &snapshotter,
+                anchor,
+                self.stall,
+            )
+            .await
+            {
+                Ok(lowers) => {
+                    return crate::store::overlay::image_layers(lowers, count)
+                        .map_err(|e| anyhow!("{e}"));
+                }
+                Err(e) => tried.push(format!("at `{}`: {e:#}", socket.display())),
+            }
+        }
+        bail!(
+            "cannot read the snapshot of container {} from {}'s containerd ({})",
+            short_id(anchor),
+            self.name(),
+            tried.join("; ")
+        )
     }
 
     async fn remove_anchor(&self, anchor: &str) -> Result<()> {

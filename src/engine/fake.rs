@@ -41,6 +41,8 @@ pub struct Fake {
     pub exporting: Mutex<Option<i32>>,
     /// The layers an anchor holds, where the engine names them (as containerd does).
     pub anchor_layers: Option<Vec<std::path::PathBuf>>,
+    /// The anchors started, in order.
+    pub started: Mutex<Vec<String>>,
     created: AtomicUsize,
 }
 
@@ -54,6 +56,7 @@ impl Fake {
             containers: Mutex::new(BTreeMap::new()),
             exporting: Mutex::new(None),
             anchor_layers: None,
+            started: Mutex::new(Vec::new()),
             created: AtomicUsize::new(0),
         }
     }
@@ -214,8 +217,25 @@ impl Provisioning for &Fake {
         Ok(name.to_string())
     }
 
-    async fn anchor_layers(&self, _anchor: &str) -> Result<Option<Vec<std::path::PathBuf>>> {
-        Ok(self.anchor_layers.clone())
+    async fn start_anchor(&self, anchor: &str) -> Result<()> {
+        self.started.lock().unwrap().push(anchor.to_string());
+        Ok(())
+    }
+
+    /// The layers set for every anchor; without them, an anchor shows none, as an engine
+    /// that keeps no snapshots.
+    async fn anchor_layers(&self, _anchor: &str, count: usize) -> Result<Vec<std::path::PathBuf>> {
+        let Some(layers) = &self.anchor_layers else {
+            bail!("{} shows no layers of a container", self.name());
+        };
+        if layers.len() != count {
+            bail!(
+                "{} names {} for an image of {count}",
+                self.name(),
+                layers.len()
+            );
+        }
+        Ok(layers.clone())
     }
 }
 

@@ -132,11 +132,14 @@ impl Provisioning for Connected {
     ) -> Result<String> {
         each!(self, e => e.create_anchor(image_id, name, labels, idle).await)
     }
+    async fn start_anchor(&self, anchor: &str) -> Result<()> {
+        each!(self, e => e.start_anchor(anchor).await)
+    }
     async fn remove_anchor(&self, anchor: &str) -> Result<()> {
         each!(self, e => e.remove_anchor(anchor).await)
     }
-    async fn anchor_layers(&self, anchor: &str) -> Result<Option<Vec<PathBuf>>> {
-        each!(self, e => e.anchor_layers(anchor).await)
+    async fn anchor_layers(&self, anchor: &str, count: usize) -> Result<Vec<PathBuf>> {
+        each!(self, e => e.anchor_layers(anchor, count).await)
     }
     async fn anchor_holds(&self, anchor: &str) -> Result<bool> {
         each!(self, e => e.anchor_holds(anchor).await)
@@ -146,7 +149,7 @@ impl Provisioning for Connected {
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -273,12 +276,12 @@ pub trait Provisioning: Engine {
     /// Streams the container's filesystem as a tar archive, chunk by chunk, into `sink`.
     /// Fails with [`SinkClosed`] when the receiving side goes away.
     async fn export(&self, container: &str, sink: &mpsc::Sender<Bytes>) -> Result<()>;
-    /// Creates and starts the anchor that pins an overlay toolbox's image: a container of
-    /// image `image_id` whose only process is `idle` (toolbox's binary, bound read-only
-    /// as [`IDLE_PATH`]) waiting to be stopped; no network, no capabilities, a read-only
-    /// root, no logs, and the `always` restart policy. Running, it is what every prune
-    /// spares, with its image; the daemon starts it again after its own restart. `name`
-    /// is what `docker ps` shows.
+    /// Creates the anchor that pins an overlay toolbox's image, started by
+    /// [`Provisioning::start_anchor`]: a container of image `image_id` whose only process
+    /// is `idle` (toolbox's binary, bound read-only as [`IDLE_PATH`]) waiting to be
+    /// stopped; no network, no capabilities, a read-only root, no logs, and the `always`
+    /// restart policy. Running, it is what every prune spares, with its image; the daemon
+    /// starts it again after its own restart. `name` is what `docker ps` shows.
     async fn create_anchor(
         &self,
         image_id: &str,
@@ -291,11 +294,18 @@ pub trait Provisioning: Engine {
     async fn remove_anchor(&self, anchor: &str) -> Result<()> {
         self.remove_container(anchor).await
     }
-    /// The directories of the image's layers that `anchor` holds, top first, where the
-    /// engine names them (containerd's view of the image); `None` where they are read
-    /// from the mounts of the anchor's process.
-    async fn anchor_layers(&self, _anchor: &str) -> Result<Option<Vec<PathBuf>>> {
-        Ok(None)
+    /// Starts the anchor [`Provisioning::create_anchor`] made. Starting a container opens
+    /// files of its image (Docker reads `/etc/passwd` and `/etc/group` for its user), so
+    /// an anchor whose layers toolbox reads first starts after they were checked.
+    async fn start_anchor(&self, _anchor: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The directories of the layers of the image of `count` layers that the created
+    /// `anchor` holds, top first, where the engine keeps them beneath containers only
+    /// ([`crate::model::image::Layers::Snapshots`]: containerd's view of the image, the snapshot Docker's
+    /// containerd image store prepared for the container); read before it starts.
+    async fn anchor_layers(&self, _anchor: &str, _count: usize) -> Result<Vec<PathBuf>> {
+        bail!("{} shows no layers of a container", self.name())
     }
     /// Whether `anchor` still holds its image: a container, while it runs.
     async fn anchor_holds(&self, anchor: &str) -> Result<bool> {

@@ -136,63 +136,25 @@ pub fn check_layers(layers: &[PathBuf], source: Source, toolbox: &Path) -> Resul
     Ok(())
 }
 
-/// The lower directories (top first) of the overlay mounted at `/` in `mountinfo` (a
-/// process's `/proc/PID/mountinfo`): a container's image layers, below what the engine
-/// adds for the container itself. Pure, so the parsing is unit-tested.
-pub fn layers_below_root(mountinfo: &str) -> Result<Vec<PathBuf>, Unusable> {
-    let root = mountinfo
-        .lines()
-        .rev()
-        .filter_map(|line| line.split_once(" - "))
-        .find(|(fields, _)| fields.split(' ').nth(4) == Some("/"))
-        .ok_or_else(|| Unusable("the anchor container has no root mount".into()))?;
-    let mut described = root.1.split(' ');
-    let fstype = described.next().unwrap_or_default();
-    if fstype != "overlay" {
-        return Err(Unusable(format!(
-            "the anchor container's root is `{fstype}`, not an overlay"
-        )));
-    }
-    let options = described.nth(1).unwrap_or_default();
-    let lower = options
-        .split(',')
-        .find_map(|option| option.strip_prefix("lowerdir="))
-        .ok_or_else(|| Unusable("the anchor container's root names no lower layers".into()))?;
-    let layers: Vec<PathBuf> = lower.split(':').map(PathBuf::from).collect();
-    // proc(5) escapes a space, tab, newline and backslash as octal: a name with any of
-    // them is refused, as overlay's options could not name it either.
-    if let Some(odd) = layers
-        .iter()
-        .find(|dir| !dir.is_absolute() || dir.to_str().is_none_or(|d| d.contains('\\')))
-    {
-        return Err(Unusable(format!(
-            "the anchor container's root names layer `{}`, which is not a path toolbox can use",
-            odd.display()
-        )));
-    }
-    Ok(layers)
-}
-
-/// The image's layers among `lowers`, the lower directories of a Docker container's root
-/// (see [`layers_below_root`]), for an image of `count` layers: all but the top one, the
-/// layer Docker adds for each container (`/.dockerenv`, and the files it mounts over:
-/// `/etc/hosts`, `/etc/resolv.conf`...). More than `count` remain for an image the
-/// classic builder made, whose chain keeps the layers it added for each step's container.
+/// The image's layers among `lowers`, the lower directories (top first) of the snapshot
+/// Docker's containerd image store prepared for a container, for an image of `count`
+/// layers: all but the top one, the layer Docker adds for each container (`/.dockerenv`,
+/// and the files it mounts over: `/etc/hosts`, `/etc/resolv.conf`...). More than `count`
+/// remain for an image the classic builder made, whose chain keeps the layers it added
+/// for each step's container.
 pub fn image_layers(mut lowers: Vec<PathBuf>, count: usize) -> Result<Vec<PathBuf>, Unusable> {
     let init = lowers
         .first()
         .is_some_and(|top| top.join(".dockerenv").is_file());
     if !init {
         return Err(Unusable(
-            "the anchor container's root has no layer of Docker's own (`/.dockerenv`) on top"
-                .into(),
+            "the anchor's snapshot has no layer of Docker's own (`/.dockerenv`) on top".into(),
         ));
     }
     lowers.remove(0);
     if lowers.len() < count.max(1) {
         return Err(Unusable(format!(
-            "the anchor container's root stacks {} layers under its own where the image has \
-             {count}",
+            "the anchor's snapshot stacks {} layers under its own where the image has {count}",
             lowers.len()
         )));
     }
@@ -370,37 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn an_anchors_root_names_its_lower_layers() {
-        // Docker 26's containerd store: the container's own layer (2) above busybox's.
-        let snapshots = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots";
-        let mountinfo = format!(
-            "1001 900 0:41 / / ro,relatime - overlay overlay rw,lowerdir={snapshots}/2/fs:\
-             {snapshots}/1/fs,upperdir={snapshots}/3/fs,workdir={snapshots}/3/work\n\
-             1002 1001 0:44 / /proc rw,nosuid - proc proc rw\n\
-             1003 1001 8:1 /toolbox/.idle /.toolbox-idle ro - ext4 /dev/sda1 rw\n"
-        );
-        assert_eq!(
-            layers_below_root(&mountinfo).unwrap(),
-            [
-                PathBuf::from(format!("{snapshots}/2/fs")),
-                PathBuf::from(format!("{snapshots}/1/fs"))
-            ]
-        );
-        // containerd names lower layers relative to a directory it changes to when their
-        // absolute names do not fit in a page: refused, not guessed.
-        let relative = "1 0 0:41 / / rw - overlay overlay rw,lowerdir=2/fs:1/fs,upperdir=3/fs\n";
-        assert!(
-            layers_below_root(relative)
-                .unwrap_err()
-                .0
-                .contains("`2/fs`")
-        );
-        let ext4 = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n";
-        assert!(layers_below_root(ext4).unwrap_err().0.contains("`ext4`"));
-        assert!(layers_below_root("").is_err());
-    }
-
-    #[test]
     fn the_image_is_what_lies_below_the_containers_own_layer() {
         let dir = tempfile::tempdir().unwrap();
         let layer = |name: &str, dockerenv: bool| {
@@ -426,7 +357,7 @@ mod tests {
         let err = image_layers(lowers, 4).unwrap_err();
         assert_eq!(
             err.0,
-            "the anchor container's root stacks 3 layers under its own where the image has 4"
+            "the anchor's snapshot stacks 3 layers under its own where the image has 4"
         );
         let err = image_layers(vec![top, base], 2).unwrap_err();
         assert!(err.0.contains("no layer of Docker's own"), "{err}");
