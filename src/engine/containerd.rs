@@ -1116,29 +1116,106 @@ fn archive_layers(layers: &[PathBuf], sink: &mpsc::Sender<Bytes>) -> Result<()> 
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
-    let entries = std::fs::read_dir(&root)
-        .map_err(|e| anyhow!("cannot read the image's layers at {}: {e}", root.display()))?;
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name();
-        if entry.file_type()?.is_dir() {
-            builder.append_dir_all(&name, &path)
-        } else {
-            builder.append_path_with_name(&path, &name)
-        }
-        .map_err(
-            |e| match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
+    for (path, name) in children(&root)? {
+        append_tree(&mut builder, &path, &name).map_err(|e| {
+            match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
                 true => anyhow::Error::new(SinkClosed),
-                false => anyhow!("cannot archive {}: {e}", path.display()),
-            },
-        )?;
+                false => anyhow!("cannot archive the image's layers: {e}"),
+            }
+        })?;
     }
     let mut writer = builder
         .into_inner()
         .map_err(|e| anyhow!("cannot finish the archive: {e}"))?;
     writer.flush_chunk().map_err(|_| SinkClosed)?;
     Ok(())
+}
+
+/// The entries of directory `dir`, by name: their paths and names.
+fn children(dir: &Path) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut children = std::fs::read_dir(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
+        .map(|entry| entry.map(|entry| (entry.path(), PathBuf::from(entry.file_name()))))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    children.sort();
+    Ok(children)
+}
+
+/// Appends the file at `path` to `builder` as `name`, its extended attributes before it
+/// (PAX `SCHILY.xattr.` records, as `docker export` writes them: file capabilities make
+/// `ping` work), and a directory's entries after it; links are not followed. A FIFO or a
+/// device gets a header of its own, under `name` (tar's builder names those by `path`);
+/// a socket, which no archive holds, is left out.
+fn append_tree(
+    builder: &mut tar::Builder<SinkWriter>,
+    path: &Path,
+    name: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let stat = std::fs::symlink_metadata(path)?;
+    let kind = stat.file_type();
+    if kind.is_socket() {
+        return Ok(());
+    }
+    let xattrs = xattrs(path)?;
+    if !xattrs.is_empty() {
+        builder.append_pax_extensions(
+            xattrs
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_slice())),
+        )?;
+    }
+    let special = [
+        (kind.is_fifo(), tar::EntryType::Fifo),
+        (kind.is_char_device(), tar::EntryType::Char),
+        (kind.is_block_device(), tar::EntryType::Block),
+    ];
+    match special.into_iter().find(|(is, _)| *is) {
+        Some((_, entry_type)) => {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&stat, tar::HeaderMode::Complete);
+            header.set_entry_type(entry_type);
+            header.set_size(0);
+            let device = rustix::fs::Dev::from(stat.rdev());
+            header.set_device_major(rustix::fs::major(device))?;
+            header.set_device_minor(rustix::fs::minor(device))?;
+            builder.append_data(&mut header, name, std::io::empty())?;
+        }
+        None => builder.append_path_with_name(path, name)?,
+    }
+    if kind.is_dir() {
+        for (child, child_name) in children(path)? {
+            append_tree(builder, &child, &name.join(child_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The extended attributes of the file at `path` (not followed) as PAX records, but
+/// overlayfs's own (`trusted.overlay.*`, which say how a layer stacks, not what the image
+/// holds).
+fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let size = match rustix::fs::llistxattr_query(path) {
+        Ok(0) | Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Ok(size) => size,
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = vec![0u8; size];
+    let length = rustix::fs::llistxattr(path, &mut names)?;
+    let mut records = Vec::new();
+    for name in names[..length].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name.starts_with("trusted.overlay.") {
+            continue;
+        }
+        let mut value = vec![0u8; rustix::fs::lgetxattr_query(path, name)?];
+        let size = rustix::fs::lgetxattr(path, name, &mut value)?;
+        value.truncate(size);
+        records.push((format!("SCHILY.xattr.{name}"), value));
+    }
+    Ok(records)
 }
 
 /// The size of the chunks an export sends.
@@ -1182,6 +1259,98 @@ impl std::io::Write for SinkWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry of an archive: its name, type and `SCHILY.xattr.` records.
+    type Archived = (String, tar::EntryType, Vec<(String, Vec<u8>)>);
+
+    /// The entries of the archive of `layers`.
+    fn archived(layers: &[PathBuf]) -> Vec<Archived> {
+        let (sink, mut chunks) = mpsc::channel(1024);
+        archive_layers(layers, &sink).unwrap();
+        drop(sink);
+        let mut bytes = Vec::new();
+        while let Ok(chunk) = chunks.try_recv() {
+            bytes.extend_from_slice(&chunk);
+        }
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let xattrs = match entry.pax_extensions().unwrap() {
+                Some(records) => records
+                    .map(|record| record.unwrap())
+                    .filter_map(|record| {
+                        let key = record.key().ok()?.strip_prefix("SCHILY.xattr.")?;
+                        Some((key.to_string(), record.value_bytes().to_vec()))
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            let name = entry.path().unwrap().display().to_string();
+            found.push((name, entry.header().entry_type(), xattrs));
+        }
+        found
+    }
+
+    // Bug: a copy from containerd lost every file's capabilities, and named a FIFO or a
+    // device by the path it was read from.
+    #[test]
+    fn a_layers_archive_keeps_xattrs_and_names_special_files_where_they_are() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: file capabilities and device nodes take root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("fs");
+        std::fs::create_dir_all(layer.join("usr/bin")).unwrap();
+        std::fs::write(layer.join("usr/bin/ping"), "ping").unwrap();
+        let capability: &[u8] = &[
+            1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        rustix::fs::setxattr(
+            layer.join("usr/bin/ping"),
+            "security.capability",
+            capability,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::setxattr(
+            layer.join("usr"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        let node = |name: &str, kind, device| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                layer.join(name),
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                device,
+            )
+            .unwrap()
+        };
+        node("pipe", rustix::fs::FileType::Fifo, 0);
+        node(
+            "null",
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::makedev(1, 3),
+        );
+        let found = archived(std::slice::from_ref(&layer));
+        let names: Vec<&str> = found.iter().map(|(name, ..)| name.as_str()).collect();
+        assert_eq!(names, ["null", "pipe", "usr", "usr/bin", "usr/bin/ping"]);
+        let (_, kind, xattrs) = &found[4];
+        assert_eq!(*kind, tar::EntryType::Regular);
+        assert_eq!(
+            xattrs,
+            &[("security.capability".to_string(), capability.to_vec())]
+        );
+        assert_eq!(found[0].1, tar::EntryType::Char);
+        assert_eq!(found[1].1, tar::EntryType::Fifo);
+        // overlayfs's own attributes say how a layer stacks: not the image's.
+        assert!(found[2].2.is_empty(), "{:?}", found[2]);
+    }
 
     #[test]
     fn references_are_named_as_containerd_stores_them() {

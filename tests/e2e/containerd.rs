@@ -207,29 +207,59 @@ impl OwnContainerd {
     }
 }
 
-/// A `docker save` archive of [`TWO_LAYERS`], written by hand, into `dir`.
+/// struct vfs_cap_data, revision 2, effective, permitted = CAP_NET_RAW (13): what
+/// `setcap cap_net_raw+ep` gives `ping`.
+const NET_RAW: &[u8] = &[
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A `docker save` archive of [`TWO_LAYERS`], written by hand, into `dir`. Its lower
+/// layer holds `usr/bin/pinger` with the file capability [`NET_RAW`] and a FIFO
+/// `srv/pipe`.
 fn two_layer_archive(dir: &Path) -> PathBuf {
-    let layer = |files: &[(&str, &[u8], u32)]| {
+    let layer = |files: &[(&str, &[u8], u32)], lower: bool| {
         let mut builder = tar::Builder::new(Vec::new());
-        for (path, content, mode) in files {
+        let header = |size: usize, mode: u32, kind: tar::EntryType| {
             let mut header = tar::Header::new_gnu();
-            header.set_size(content.len() as u64);
-            header.set_mode(*mode);
+            header.set_size(size as u64);
+            header.set_mode(mode);
             header.set_mtime(1);
-            header.set_entry_type(tar::EntryType::Regular);
+            header.set_entry_type(kind);
+            header
+        };
+        for (path, content, mode) in files {
+            let mut header = header(content.len(), *mode, tar::EntryType::Regular);
             builder.append_data(&mut header, path, *content).unwrap();
+        }
+        if lower {
+            let capability = [("SCHILY.xattr.security.capability", NET_RAW)];
+            builder.append_pax_extensions(capability).unwrap();
+            let mut pinger = header(4, 0o755, tar::EntryType::Regular);
+            builder
+                .append_data(&mut pinger, "usr/bin/pinger", &b"ping"[..])
+                .unwrap();
+            let mut pipe = header(0, 0o640, tar::EntryType::Fifo);
+            builder
+                .append_data(&mut pipe, "srv/pipe", std::io::empty())
+                .unwrap();
         }
         builder.into_inner().unwrap()
     };
     let busybox = fs::read("/bin/busybox").unwrap();
-    let lower = layer(&[
-        ("usr/bin/busybox", &busybox, 0o755),
-        ("etc/marker", b"lower\n", 0o644),
-    ]);
-    let upper = layer(&[
-        ("etc/marker", b"upper\n", 0o644),
-        ("layer/two", b"two\n", 0o644),
-    ]);
+    let lower = layer(
+        &[
+            ("usr/bin/busybox", &busybox, 0o755),
+            ("etc/marker", b"lower\n", 0o644),
+        ],
+        true,
+    );
+    let upper = layer(
+        &[
+            ("etc/marker", b"upper\n", 0o644),
+            ("layer/two", b"two\n", 0o644),
+        ],
+        false,
+    );
     let config = format!(
         r#"{{"architecture":"{}","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{}","{}"]}}}}"#,
         architecture(),
@@ -370,6 +400,19 @@ fn toolboxes_come_from_containerds_images_in_k8s_io_and_default() {
         fs::read_to_string(copy_tree.join("etc/marker")).unwrap(),
         "upper\n"
     );
+    // Bug: a copy from containerd lost file capabilities, and named a FIFO by the path
+    // it was read from.
+    let mut capability = [0u8; 64];
+    let size = rustix::fs::lgetxattr(
+        copy_tree.join("usr/bin/pinger"),
+        "security.capability",
+        &mut capability[..],
+    )
+    .expect("the copy keeps pinger's file capability");
+    assert_eq!(&capability[..size], NET_RAW);
+    use std::os::unix::fs::FileTypeExt;
+    let pipe = fs::symlink_metadata(copy_tree.join("srv/pipe")).expect("srv/pipe copied");
+    assert!(pipe.file_type().is_fifo(), "{pipe:?}");
     assert_eq!(containerd.listed("default", "leases").len(), 1);
 
     // A namespace set is the only one looked in, and a missing image names the command
