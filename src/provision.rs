@@ -720,14 +720,6 @@ impl<E: Provisioning> Provisioner<E> {
                 let unmounted = overlay::unmount(partial);
                 prepared?;
                 unmounted?;
-                let reference = target.image.reference();
-                if !self.quiet {
-                    ui::say(format_args!(
-                        "creating `{}` over the layers of {reference} ({})",
-                        target.name,
-                        short_id(&image.id)
-                    ));
-                }
                 let pinned = match &anchor {
                     Some(created) => {
                         self.runtime
@@ -739,6 +731,14 @@ impl<E: Provisioning> Provisioner<E> {
                         .insert(self.pinning_anchor(target, &image.id)?)
                         .clone(),
                 };
+                let reference = target.image.reference();
+                if !self.quiet {
+                    ui::say(format_args!(
+                        "creating `{}` over the layers of {reference} ({})",
+                        target.name,
+                        short_id(&image.id)
+                    ));
+                }
                 let metadata = Metadata {
                     image: reference,
                     image_id: image.id.clone(),

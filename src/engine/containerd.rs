@@ -660,19 +660,30 @@ fn mount_layers(mounts: &[Mount]) -> Result<Vec<PathBuf>, String> {
             mounts.len()
         ));
     };
-    match mount.r#type.as_str() {
-        "bind" => Ok(vec![PathBuf::from(&mount.source)]),
+    let layers: Vec<PathBuf> = match mount.r#type.as_str() {
+        "bind" => vec![PathBuf::from(&mount.source)],
         "overlay" => {
             let lower = mount
                 .options
                 .iter()
                 .find_map(|option| option.strip_prefix("lowerdir="))
                 .ok_or_else(|| "containerd's overlay names no lowerdir".to_string())?;
-            Ok(lower.split(':').map(PathBuf::from).collect())
+            lower.split(':').map(PathBuf::from).collect()
         }
-        other => Err(format!(
-            "containerd's snapshotter mounts the image as `{other}`, which overlay storage cannot stack"
+        other => {
+            return Err(format!(
+                "containerd's snapshotter mounts the image as `{other}`, which overlay storage cannot stack"
+            ));
+        }
+    };
+    // A name relative to a directory containerd changes to (it does, where the absolute
+    // names do not fit in a page) would be looked up in toolbox's own.
+    match layers.iter().find(|layer| !layer.is_absolute()) {
+        Some(relative) => Err(format!(
+            "containerd names layer `{}`, which is not an absolute path",
+            relative.display()
         )),
+        None => Ok(layers),
     }
 }
 
@@ -1116,15 +1127,20 @@ fn archive_layers(layers: &[PathBuf], sink: &mpsc::Sender<Bytes>) -> Result<()> 
     let mut builder = tar::Builder::new(writer);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
+    let mut archive = LayerArchive {
+        builder,
+        linked: HashMap::new(),
+    };
     for (path, name) in children(&root)? {
-        append_tree(&mut builder, &path, &name).map_err(|e| {
+        archive.append(&path, &name).map_err(|e| {
             match e.get_ref().is_some_and(|inner| inner.is::<SinkClosed>()) {
                 true => anyhow::Error::new(SinkClosed),
                 false => anyhow!("cannot archive the image's layers: {e}"),
             }
         })?;
     }
-    let mut writer = builder
+    let mut writer = archive
+        .builder
         .into_inner()
         .map_err(|e| anyhow!("cannot finish the archive: {e}"))?;
     writer.flush_chunk().map_err(|_| SinkClosed)?;
@@ -1134,88 +1150,100 @@ fn archive_layers(layers: &[PathBuf], sink: &mpsc::Sender<Bytes>) -> Result<()> 
 /// The entries of directory `dir`, by name: their paths and names.
 fn children(dir: &Path) -> std::io::Result<Vec<(PathBuf, PathBuf)>> {
     let mut children = std::fs::read_dir(dir)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
+        .map_err(|e| at(dir, e))?
         .map(|entry| entry.map(|entry| (entry.path(), PathBuf::from(entry.file_name()))))
         .collect::<std::io::Result<Vec<_>>>()?;
     children.sort();
     Ok(children)
 }
 
-/// Appends the file at `path` to `builder` as `name`, its extended attributes before it
-/// (PAX `SCHILY.xattr.` records, as `docker export` writes them: file capabilities make
-/// `ping` work), and a directory's entries after it; links are not followed. A FIFO or a
-/// device gets a header of its own, under `name` (tar's builder names those by `path`);
-/// a socket, which no archive holds, is left out.
-fn append_tree(
-    builder: &mut tar::Builder<SinkWriter>,
-    path: &Path,
-    name: &Path,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let stat = std::fs::symlink_metadata(path)?;
-    let kind = stat.file_type();
-    if kind.is_socket() {
-        return Ok(());
-    }
-    let xattrs = xattrs(path)?;
-    if !xattrs.is_empty() {
-        builder.append_pax_extensions(
-            xattrs
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_slice())),
-        )?;
-    }
-    let special = [
-        (kind.is_fifo(), tar::EntryType::Fifo),
-        (kind.is_char_device(), tar::EntryType::Char),
-        (kind.is_block_device(), tar::EntryType::Block),
-    ];
-    match special.into_iter().find(|(is, _)| *is) {
-        Some((_, entry_type)) => {
-            let mut header = tar::Header::new_gnu();
-            header.set_metadata_in_mode(&stat, tar::HeaderMode::Complete);
-            header.set_entry_type(entry_type);
-            header.set_size(0);
-            let device = rustix::fs::Dev::from(stat.rdev());
-            header.set_device_major(rustix::fs::major(device))?;
-            header.set_device_minor(rustix::fs::minor(device))?;
-            builder.append_data(&mut header, name, std::io::empty())?;
-        }
-        None => builder.append_path_with_name(path, name)?,
-    }
-    if kind.is_dir() {
-        for (child, child_name) in children(path)? {
-            append_tree(builder, &child, &name.join(child_name))?;
-        }
-    }
-    Ok(())
+/// The archive of an image's layers being written: the builder, and the first name of
+/// each file with more than one link, by device and inode, to write the others as links.
+struct LayerArchive<'a> {
+    builder: tar::Builder<SinkWriter<'a>>,
+    linked: HashMap<(u64, u64), PathBuf>,
 }
 
-/// The extended attributes of the file at `path` (not followed) as PAX records, but
-/// overlayfs's own (`trusted.overlay.*`, which say how a layer stacks, not what the image
-/// holds).
-fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let size = match rustix::fs::llistxattr_query(path) {
-        Ok(0) | Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+impl LayerArchive<'_> {
+    /// Appends the file at `path` as `name`, then a directory's entries; links are not
+    /// followed. As `docker export` writes an image: a file's capabilities as a PAX
+    /// `SCHILY.xattr.security.capability` record before it (`ping` works), a FIFO or a
+    /// device under `name` (tar's builder names those by `path`), a second name of a file
+    /// as a hard link; an overlay whiteout (a 0:0 device, in a layer read alone) and a
+    /// socket, which no archive holds, are left out.
+    fn append(&mut self, path: &Path, name: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let stat = std::fs::symlink_metadata(path).map_err(|e| at(path, e))?;
+        let kind = stat.file_type();
+        let whiteout = kind.is_char_device() && stat.rdev() == 0;
+        if kind.is_socket() || whiteout {
+            return Ok(());
+        }
+        if !kind.is_dir() && stat.nlink() > 1 {
+            match self.linked.get(&(stat.dev(), stat.ino())) {
+                Some(first) => {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&stat, tar::HeaderMode::Complete);
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_size(0);
+                    return self.builder.append_link(&mut header, name, first);
+                }
+                None => {
+                    self.linked
+                        .insert((stat.dev(), stat.ino()), name.to_path_buf());
+                }
+            }
+        }
+        if let Some(capability) = capability(path).map_err(|e| at(path, e))? {
+            let record = [("SCHILY.xattr.security.capability", capability.as_slice())];
+            self.builder.append_pax_extensions(record)?;
+        }
+        let special = [
+            (kind.is_fifo(), tar::EntryType::Fifo),
+            (kind.is_char_device(), tar::EntryType::Char),
+            (kind.is_block_device(), tar::EntryType::Block),
+        ];
+        match special.into_iter().find(|(is, _)| *is) {
+            Some((_, entry_type)) => {
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata_in_mode(&stat, tar::HeaderMode::Complete);
+                header.set_entry_type(entry_type);
+                header.set_size(0);
+                let device = rustix::fs::Dev::from(stat.rdev());
+                header.set_device_major(rustix::fs::major(device))?;
+                header.set_device_minor(rustix::fs::minor(device))?;
+                self.builder
+                    .append_data(&mut header, name, std::io::empty())?;
+            }
+            None => self.builder.append_path_with_name(path, name)?,
+        }
+        if kind.is_dir() {
+            for (child, child_name) in children(path)? {
+                self.append(&child, &name.join(child_name))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `e`, which happened to the file at `path`, naming it.
+fn at(path: &Path, e: impl Into<std::io::Error>) -> std::io::Error {
+    let e = e.into();
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// The file capabilities of the file at `path` (not followed), if it has any.
+fn capability(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    const NAME: &str = "security.capability";
+    let size = match rustix::fs::lgetxattr_query(path, NAME) {
         Ok(size) => size,
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut names = vec![0u8; size];
-    let length = rustix::fs::llistxattr(path, &mut names)?;
-    let mut records = Vec::new();
-    for name in names[..length].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let Ok(name) = std::str::from_utf8(name) else {
-            continue;
-        };
-        if name.starts_with("trusted.overlay.") {
-            continue;
-        }
-        let mut value = vec![0u8; rustix::fs::lgetxattr_query(path, name)?];
-        let size = rustix::fs::lgetxattr(path, name, &mut value)?;
-        value.truncate(size);
-        records.push((format!("SCHILY.xattr.{name}"), value));
-    }
-    Ok(records)
+    let mut value = vec![0u8; size];
+    let size = rustix::fs::lgetxattr(path, NAME, &mut value)?;
+    value.truncate(size);
+    Ok(Some(value))
 }
 
 /// The size of the chunks an export sends.
@@ -1292,8 +1320,8 @@ mod tests {
         found
     }
 
-    // Bug: a copy from containerd lost every file's capabilities, and named a FIFO or a
-    // device by the path it was read from.
+    // Bug: a copy from containerd lost every file's capabilities, named a FIFO or a
+    // device by the path it was read from, and copied each name of a file apart.
     #[test]
     fn a_layers_archive_keeps_xattrs_and_names_special_files_where_they_are() {
         if !crate::sys::is_root() {
@@ -1337,9 +1365,23 @@ mod tests {
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::makedev(1, 3),
         );
+        // A whiteout, as containerd leaves them in a layer applied alone.
+        node("gone", rustix::fs::FileType::CharacterDevice, 0);
+        std::fs::hard_link(layer.join("usr/bin/ping"), layer.join("usr/bin/ping6")).unwrap();
         let found = archived(std::slice::from_ref(&layer));
         let names: Vec<&str> = found.iter().map(|(name, ..)| name.as_str()).collect();
-        assert_eq!(names, ["null", "pipe", "usr", "usr/bin", "usr/bin/ping"]);
+        assert_eq!(
+            names,
+            [
+                "null",
+                "pipe",
+                "usr",
+                "usr/bin",
+                "usr/bin/ping",
+                "usr/bin/ping6"
+            ]
+        );
+        assert_eq!(found[5].1, tar::EntryType::Link);
         let (_, kind, xattrs) = &found[4];
         assert_eq!(*kind, tar::EntryType::Regular);
         assert_eq!(
@@ -1423,6 +1465,12 @@ mod tests {
                 &["index=off", "lowerdir=/s/2/fs:/s/1/fs"]
             )]),
             Ok(vec![PathBuf::from("/s/2/fs"), PathBuf::from("/s/1/fs")])
+        );
+        let relative = mount("overlay", "overlay", &["lowerdir=2/fs:1/fs"]);
+        let err = mount_layers(&[relative]).unwrap_err();
+        assert_eq!(
+            err,
+            "containerd names layer `2/fs`, which is not an absolute path"
         );
         assert!(mount_layers(&[]).is_err());
         assert!(mount_layers(&[mount("btrfs", "/dev/x", &[])]).is_err());
