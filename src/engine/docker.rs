@@ -409,13 +409,59 @@ fn start_error(what: String, message: String) -> anyhow::Error {
     }
 }
 
-/// Where the daemon's containerd serves, where `docker info` does not say (before API
-/// 1.46): the system's containerd (Debian's and Docker's packages run dockerd with
-/// `--containerd` naming it), else the one dockerd starts itself.
-const DOCKER_CONTAINERD_SOCKETS: [&str; 2] = [
-    "/run/containerd/containerd.sock",
-    "/var/run/docker/containerd/containerd.sock",
-];
+/// Where the containerd of the dockerd whose command line is `args` serves, as dockerd
+/// chooses it: the socket `--containerd` (or `containerd` in its configuration file,
+/// `config`) names; else the system's containerd, when it runs; else the one dockerd starts
+/// beneath its `--exec-root`. For `docker info` before API 1.46, which does not say.
+fn containerd_sockets(args: &[String], config: Option<&serde_json::Value>) -> Vec<PathBuf> {
+    let setting = |key: &str| {
+        flag(args, &format!("--{key}")).or_else(|| config?.get(key)?.as_str().map(String::from))
+    };
+    if let Some(socket) = setting("containerd").filter(|s| !s.is_empty()) {
+        return vec![PathBuf::from(socket.trim_start_matches("unix://"))];
+    }
+    let exec_root = setting("exec-root").unwrap_or_else(|| "/var/run/docker".to_string());
+    vec![
+        PathBuf::from("/run/containerd/containerd.sock"),
+        Path::new(&exec_root).join("containerd/containerd.sock"),
+    ]
+}
+
+/// The value of the option `name` (`--name=VALUE` or `--name VALUE`) in `args`.
+fn flag(args: &[String], name: &str) -> Option<String> {
+    let prefix = format!("{name}=");
+    args.iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.strip_prefix(&prefix) {
+            Some(value) => Some(value.to_string()),
+            None if arg == name => args.get(i + 1).cloned(),
+            None => None,
+        })
+}
+
+/// The command line of the process serving the Unix socket `address` names, and the
+/// configuration file it reads (`--config-file`, else `/etc/docker/daemon.json`), if it
+/// can be read. (A socket systemd made and passed, `-H fd://`, shows systemd's: the
+/// defaults apply then.)
+fn daemon_command_line(address: &str) -> (Vec<String>, Option<serde_json::Value>) {
+    let Some(path) = address.strip_prefix("unix://") else {
+        return (Vec::new(), None);
+    };
+    let Ok((_, pid)) = crate::sys::socket_server(Path::new(path)) else {
+        return (Vec::new(), None);
+    };
+    let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    let file = flag(&args, "--config-file").unwrap_or_else(|| "/etc/docker/daemon.json".into());
+    let config = std::fs::read(file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    (args, config)
+}
 
 /// How Docker's answer to an exec whose command could not start begins, sent as the
 /// exec's first output.
@@ -884,12 +930,14 @@ impl Provisioning for Docker {
         let containerd = self.info().await.and_then(|info| info.containerd.as_ref());
         let namespace = containerd.and_then(|c| c.namespaces.as_ref()?.containers.clone());
         let sockets = match containerd.and_then(|c| c.address.clone()) {
-            Some(address) => vec![address],
-            None => DOCKER_CONTAINERD_SOCKETS.map(String::from).to_vec(),
+            Some(address) => vec![PathBuf::from(address)],
+            None => {
+                let (args, config) = daemon_command_line(&self.endpoint.address);
+                containerd_sockets(&args, config.as_ref())
+            }
         };
         let mut tried = Vec::new();
         for socket in &sockets {
-            let socket = Path::new(socket);
             match super::containerd::snapshot_layers(
                 socket,
                 namespace.as_deref(),
@@ -1356,6 +1404,55 @@ mod tests {
         ] {
             assert_eq!(version(answer), None, "{answer:?}");
         }
+    }
+
+    #[test]
+    fn the_daemons_containerd_is_found_as_dockerd_chooses_it() {
+        let args = |line: &str| -> Vec<String> { line.split(' ').map(String::from).collect() };
+        let sockets = |line: &str, config: Option<serde_json::Value>| {
+            containerd_sockets(&args(line), config.as_ref())
+        };
+        let found = |paths: &[&str]| paths.iter().map(PathBuf::from).collect::<Vec<_>>();
+        // Debian's unit names the system's; either spelling of the option.
+        let debian = "/usr/sbin/dockerd -H fd:// --containerd=/run/containerd/containerd.sock";
+        assert_eq!(
+            sockets(debian, None),
+            found(&["/run/containerd/containerd.sock"])
+        );
+        assert_eq!(
+            sockets("dockerd --containerd unix:///srv/c.sock", None),
+            found(&["/srv/c.sock"])
+        );
+        // Told nothing: the system's if it runs, else its own beneath its exec root.
+        assert_eq!(
+            sockets("dockerd", None),
+            found(&[
+                "/run/containerd/containerd.sock",
+                "/var/run/docker/containerd/containerd.sock"
+            ])
+        );
+        assert_eq!(
+            sockets("dockerd --exec-root /tmp/d/exec", None),
+            found(&[
+                "/run/containerd/containerd.sock",
+                "/tmp/d/exec/containerd/containerd.sock"
+            ])
+        );
+        // Its configuration file, under the command line.
+        let config = serde_json::json!({"exec-root": "/srv/exec", "containerd": ""});
+        assert_eq!(
+            sockets("dockerd", Some(config.clone())),
+            found(&[
+                "/run/containerd/containerd.sock",
+                "/srv/exec/containerd/containerd.sock"
+            ])
+        );
+        let config = serde_json::json!({"containerd": "/srv/c.sock"});
+        assert_eq!(
+            sockets("dockerd --containerd=/x.sock", Some(config.clone())),
+            found(&["/x.sock"])
+        );
+        assert_eq!(sockets("dockerd", Some(config)), found(&["/srv/c.sock"]));
     }
 
     #[test]
