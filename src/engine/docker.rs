@@ -427,6 +427,29 @@ fn containerd_sockets(args: &[String], config: Option<&serde_json::Value>) -> Ve
     ]
 }
 
+/// The image's layers among `lowers`, the lower directories (top first) of the snapshot
+/// Docker's containerd image store prepared for a container, for an image of `count`
+/// layers: all but the top one, the layer Docker adds for each container (`/.dockerenv`,
+/// and the files it mounts over: `/etc/hosts`, `/etc/resolv.conf`...). More than `count`
+/// remain for an image the classic builder made, whose chain keeps the layers it added
+/// for each step's container.
+fn image_layers(mut lowers: Vec<PathBuf>, count: usize) -> Result<Vec<PathBuf>> {
+    let init = lowers
+        .first()
+        .is_some_and(|top| top.join(".dockerenv").is_file());
+    if !init {
+        bail!("the anchor's snapshot has no layer of Docker's own (`/.dockerenv`) on top");
+    }
+    lowers.remove(0);
+    if lowers.len() < count.max(1) {
+        bail!(
+            "the anchor's snapshot stacks {} layers under its own where the image has {count}",
+            lowers.len()
+        );
+    }
+    Ok(lowers)
+}
+
 /// The value of the option `name` (`--name=VALUE` or `--name VALUE`) in `args`.
 fn flag(args: &[String], name: &str) -> Option<String> {
     let prefix = format!("{name}=");
@@ -947,10 +970,7 @@ impl Provisioning for Docker {
             )
             .await
             {
-                Ok(lowers) => {
-                    return crate::store::overlay::image_layers(lowers, count)
-                        .map_err(|e| anyhow!("{e}"));
-                }
+                Ok(lowers) => return image_layers(lowers, count),
                 Err(e) => tried.push(format!("at `{}`: {e:#}", socket.display())),
             }
         }
@@ -1404,6 +1424,41 @@ mod tests {
         ] {
             assert_eq!(version(answer), None, "{answer:?}");
         }
+    }
+
+    #[test]
+    fn the_image_is_what_lies_below_the_containers_own_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = |name: &str, dockerenv: bool| {
+            let path = dir.path().join(name);
+            std::fs::create_dir(&path).unwrap();
+            if dockerenv {
+                std::fs::write(path.join(".dockerenv"), "").unwrap();
+            }
+            path
+        };
+        let own = layer("own", true);
+        // A classic build's chain keeps each step's own layer: they are the image's.
+        let (top, step, base) = (
+            layer("top", false),
+            layer("step", true),
+            layer("base", false),
+        );
+        let lowers = vec![own.clone(), top.clone(), step.clone(), base.clone()];
+        assert_eq!(
+            image_layers(lowers.clone(), 2).unwrap(),
+            [top.clone(), step, base.clone()]
+        );
+        let err = image_layers(lowers, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the anchor's snapshot stacks 3 layers under its own where the image has 4"
+        );
+        let err = image_layers(vec![top, base], 2).unwrap_err();
+        assert!(
+            err.to_string().contains("no layer of Docker's own"),
+            "{err}"
+        );
     }
 
     #[test]

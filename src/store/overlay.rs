@@ -136,31 +136,6 @@ pub fn check_layers(layers: &[PathBuf], source: Source, toolbox: &Path) -> Resul
     Ok(())
 }
 
-/// The image's layers among `lowers`, the lower directories (top first) of the snapshot
-/// Docker's containerd image store prepared for a container, for an image of `count`
-/// layers: all but the top one, the layer Docker adds for each container (`/.dockerenv`,
-/// and the files it mounts over: `/etc/hosts`, `/etc/resolv.conf`...). More than `count`
-/// remain for an image the classic builder made, whose chain keeps the layers it added
-/// for each step's container.
-pub fn image_layers(mut lowers: Vec<PathBuf>, count: usize) -> Result<Vec<PathBuf>, Unusable> {
-    let init = lowers
-        .first()
-        .is_some_and(|top| top.join(".dockerenv").is_file());
-    if !init {
-        return Err(Unusable(
-            "the anchor's snapshot has no layer of Docker's own (`/.dockerenv`) on top".into(),
-        ));
-    }
-    lowers.remove(0);
-    if lowers.len() < count.max(1) {
-        return Err(Unusable(format!(
-            "the anchor's snapshot stacks {} layers under its own where the image has {count}",
-            lowers.len()
-        )));
-    }
-    Ok(lowers)
-}
-
 /// The overlayfs mount options for `layers` (top first) under the toolbox directory
 /// `toolbox`. Pure, so the syntax rules are unit-tested.
 pub fn options(layers: &[PathBuf], toolbox: &Path) -> Result<CString, Unusable> {
@@ -329,38 +304,6 @@ mod tests {
             "lowerdir=/var/lib/docker/overlay2/b/diff:/var/lib/docker/overlay2/a/diff,\
              upperdir=/var/lib/toolbox/core-x/upper,workdir=/var/lib/toolbox/core-x/work"
         );
-    }
-
-    #[test]
-    fn the_image_is_what_lies_below_the_containers_own_layer() {
-        let dir = tempfile::tempdir().unwrap();
-        let layer = |name: &str, dockerenv: bool| {
-            let path = dir.path().join(name);
-            fs::create_dir(&path).unwrap();
-            if dockerenv {
-                fs::write(path.join(".dockerenv"), "").unwrap();
-            }
-            path
-        };
-        let own = layer("own", true);
-        // A classic build's chain keeps each step's own layer: they are the image's.
-        let (top, step, base) = (
-            layer("top", false),
-            layer("step", true),
-            layer("base", false),
-        );
-        let lowers = vec![own.clone(), top.clone(), step.clone(), base.clone()];
-        assert_eq!(
-            image_layers(lowers.clone(), 2).unwrap(),
-            [top.clone(), step, base.clone()]
-        );
-        let err = image_layers(lowers, 4).unwrap_err();
-        assert_eq!(
-            err.0,
-            "the anchor's snapshot stacks 3 layers under its own where the image has 4"
-        );
-        let err = image_layers(vec![top, base], 2).unwrap_err();
-        assert!(err.0.contains("no layer of Docker's own"), "{err}");
     }
 
     #[test]
