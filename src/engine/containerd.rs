@@ -154,16 +154,7 @@ impl Containerd {
 
     /// Every namespace containerd has, for what toolbox made in any of them.
     async fn all_namespaces(&self) -> Result<Vec<String>> {
-        let listed = NamespacesClient::new(self.channel.clone())
-            .list(ListNamespacesRequest::default())
-            .await
-            .map_err(|e| failed("cannot list containerd's namespaces", &e))?;
-        Ok(listed
-            .into_inner()
-            .namespaces
-            .into_iter()
-            .map(|n| n.name)
-            .collect())
+        namespaces(&self.channel).await
     }
 
     /// The blob `digest` from the content store of `namespace`, at most [`MAX_DOCUMENT`].
@@ -487,18 +478,41 @@ impl Containerd {
             .lease_namespace(id)
             .await?
             .ok_or_else(|| anyhow!("containerd has no lease `{id}`"))?;
-        let mounts = SnapshotsClient::new(self.channel.clone())
-            .mounts(Self::request(
-                &namespace,
-                MountsRequest {
-                    snapshotter: SNAPSHOTTER.to_string(),
-                    key: id.to_string(),
-                },
-            ))
+        snapshot_mounts(&self.channel, &namespace, SNAPSHOTTER, id)
             .await
-            .map_err(|e| failed(&format!("cannot read the mounts of `{id}`"), &e))?;
-        Ok(mounts.into_inner().mounts)
+            .map_err(|e| failed(&format!("cannot read the mounts of `{id}`"), &e))
     }
+}
+
+/// Every namespace containerd on `channel` has.
+async fn namespaces(channel: &Channel) -> Result<Vec<String>> {
+    let listed = NamespacesClient::new(channel.clone())
+        .list(ListNamespacesRequest::default())
+        .await
+        .map_err(|e| failed("cannot list containerd's namespaces", &e))?;
+    Ok(listed
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect())
+}
+
+/// What containerd on `channel` mounts for snapshot `key` of `snapshotter` in `namespace`.
+async fn snapshot_mounts(
+    channel: &Channel,
+    namespace: &str,
+    snapshotter: &str,
+    key: &str,
+) -> Result<Vec<Mount>, Status> {
+    let request = MountsRequest {
+        snapshotter: snapshotter.to_string(),
+        key: key.to_string(),
+    };
+    let mounts = SnapshotsClient::new(channel.clone())
+        .mounts(Containerd::request(namespace, request))
+        .await?;
+    Ok(mounts.into_inner().mounts)
 }
 
 /// An image's identity as its configuration gives it.
@@ -707,30 +721,14 @@ pub async fn snapshot_layers(
         let namespaces = match namespace {
             Some(namespace) => vec![namespace.to_string()],
             None => {
-                let listed = NamespacesClient::new(channel.clone())
-                    .list(ListNamespacesRequest::default())
-                    .await
-                    .map_err(|e| failed("cannot list its namespaces", &e))?;
-                let mut names: Vec<String> = listed
-                    .into_inner()
-                    .namespaces
-                    .into_iter()
-                    .map(|n| n.name)
-                    .collect();
+                let mut names = namespaces(&channel).await?;
                 names.sort_by_key(|name| name != DOCKER_NAMESPACE);
                 names
             }
         };
         for namespace in &namespaces {
-            let request = MountsRequest {
-                snapshotter: snapshotter.to_string(),
-                key: key.to_string(),
-            };
-            match SnapshotsClient::new(channel.clone())
-                .mounts(Containerd::request(namespace, request))
-                .await
-            {
-                Ok(mounts) => return Ok(mounts.into_inner().mounts),
+            match snapshot_mounts(&channel, namespace, snapshotter, key).await {
+                Ok(mounts) => return Ok(mounts),
                 Err(status) if status.code() == Code::NotFound => continue,
                 Err(status) => {
                     return Err(failed(
