@@ -443,6 +443,14 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
     };
     wait_for("the session's command in the SPC", || command().is_some());
     let pid = command().unwrap();
+    let guard = format!(
+        "{} {}",
+        toolbox::runtime::guard::NAME,
+        t.toolboxes.display()
+    );
+    // The guard starts once the session's command runs and its PID is known: killed
+    // before that, the command would stay (not covered yet).
+    wait_for("the session's guard", || running(&guard));
     docker(&["kill", &name]);
     let _ = wait_exit(&mut session);
     wait_for("the session's command to end", || {
@@ -451,10 +459,5 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
     wait_for("the SPC to stop", || {
         docker(&["inspect", "--format", "{{.State.Running}}", &spc]).trim() == "false"
     });
-    let guard = format!(
-        "{} {}",
-        toolbox::runtime::guard::NAME,
-        t.toolboxes.display()
-    );
     wait_for("the guard to end", || !running(&guard));
 }
