@@ -418,46 +418,115 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
         describe(&out)
     );
 
+    let spc = t.toolbox_name();
     // Killed mid-session: the command ends, and the SPC stops (it stays, as the toolbox).
+    // Killed by the command itself as soon as it starts, toolbox cannot have told its
+    // guard the command's PID yet, or has only just.
     let name = container_name(&t, "spc-killed");
-    // A command with a child of its own in the background, which the shell hands to
-    // another parent as soon as it is killed.
-    let payload = "sleep 1221";
-    let args = ["run", "sh", "-c", "sleep 1226 & sleep 1221; true"];
-    let mut session = from_image(&t, &name, &shape, "auto", &args)
+    killed_by_its_command(&t, &name, &shape, &[]);
+    wait_for("the SPC to stop", || {
+        docker(&["inspect", "--format", "{{.State.Running}}", &spc]).trim() == "false"
+    });
+
+    // The same for a throwaway SPC (`--rm`), whose main process is the command: it stops,
+    // and the next throwaway session removes it (its toolbox is gone).
+    let name = container_name(&t, "spc-rm-killed");
+    let before = throwaways();
+    killed_by_its_command(&t, &name, &shape, &["--rm"]);
+    let left: Vec<String> = throwaways()
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(left.len(), 1, "throwaway SPCs left: {left:?}");
+    let id = &left[0];
+    wait_for("the throwaway SPC to stop", || {
+        docker(&["inspect", "--format", "{{.State.Running}}", id]).trim() == "false"
+    });
+    let next = container_name(&t, "spc-rm-next");
+    let out = from_image(&t, &next, &shape, "auto", &["run", "--rm", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&out), 0, "{}", describe(&out));
+    let left = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap();
+    let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    assert!(
+        !left.status.success(),
+        "the killed throwaway SPC {id} stays"
+    );
+}
+
+/// The throwaway SPCs in the daemon, running or not.
+fn throwaways() -> Vec<String> {
+    docker(&["ps", "-aq", "--no-trunc", "--filter", "label=toolbox.pid"])
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// Runs toolbox from its image as container `name` with `shape`, its session's command
+/// in an SPC (`spc_args` added) being `sh -c` that starts two sleeps (one as its child in
+/// the background, which the shell hands to another parent as soon as it is killed), says
+/// their PIDs, and kills toolbox's process at once. Then the guard ends both, and itself.
+fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[&str]) {
+    // toolbox's host PID is written once its container runs, and the sleeps' by the
+    // command, in the host's PID namespace, through the host's root.
+    let told = t.root.join(format!("{name}.toolbox"));
+    let said = t.root.join(format!("{name}.sleeps"));
+    let script = format!(
+        "while [ ! -s \"$HOST{told}\" ]; do sleep 1; done; \
+         sleep 1226 & b=$!; sleep 1221 & s=$!; echo \"$b $s\" >\"$HOST{said}.tmp\"; \
+         mv \"$HOST{said}.tmp\" \"$HOST{said}\"; kill -KILL $(cat \"$HOST{told}\"); wait $s",
+        told = told.display(),
+        said = said.display(),
+    );
+    let mut args = vec!["run"];
+    args.extend(spc_args);
+    args.extend(["sh", "-c", &script]);
+    let mut session = from_image(t, name, shape, "auto", &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let spc = t.toolbox_name();
-    let main_pid = || {
-        docker(&["inspect", "--format", "{{.State.Pid}}", &spc])
+    // Asked until the container is there.
+    let pid = || {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", "{{.State.Pid}}", name])
+            .output()
+            .unwrap();
+        stdout(&out)
             .trim()
             .parse::<u32>()
-            .unwrap_or(0)
+            .ok()
+            .filter(|&pid| pid != 0)
     };
-    let command = || {
-        let pid = main_pid();
-        let root = ToolboxRoot::at(Path::new(&format!("/proc/{pid}/root")))?;
-        (pid != 0).then_some(root)?.find(payload)
+    wait_for("toolbox's container to run", || pid().is_some());
+    let unfinished = told.with_extension("tmp");
+    fs::write(&unfinished, pid().unwrap().to_string()).unwrap();
+    fs::rename(&unfinished, &told).unwrap();
+    wait_for("the command to say its sleeps' PIDs", || said.exists());
+    let sleeps: Vec<u32> = fs::read_to_string(&said)
+        .unwrap()
+        .split_whitespace()
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    assert_eq!(sleeps.len(), 2, "{}", said.display());
+    let _ = wait_exit(&mut session);
+    // Ended: gone, or a zombie its new parent has yet to reap.
+    let ended = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(") ").next().unwrap_or("").starts_with('Z')
+        })
     };
-    wait_for("the session's command in the SPC", || command().is_some());
-    let pid = command().unwrap();
+    for pid in sleeps {
+        wait_for(&format!("sleep {pid} to end"), || ended(pid));
+    }
     let guard = format!(
         "{} {}",
         toolbox::runtime::guard::NAME,
         t.toolboxes.display()
     );
-    // The guard starts once the session's command runs and its PID is known: killed
-    // before that, the command would stay (not covered yet).
-    wait_for("the session's guard", || running(&guard));
-    docker(&["kill", &name]);
-    let _ = wait_exit(&mut session);
-    wait_for("the session's command to end", || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    });
-    wait_for("the SPC to stop", || {
-        docker(&["inspect", "--format", "{{.State.Running}}", &spc]).trim() == "false"
-    });
     wait_for("the guard to end", || !running(&guard));
 }

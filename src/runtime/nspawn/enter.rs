@@ -234,7 +234,7 @@ pub fn enter(entry: Entry, session: &Session) -> Result<u8> {
     // Run from its image, toolbox can be killed with its container at any moment; what it
     // mounts beside the container's processes must not outlive it (see `guard`).
     if sys::own_binary().is_none() && (overlay.is_some() || debugged.is_some()) {
-        guard::start(&plan.directory, &plan.name, guard::Guarded::Nspawn)?;
+        guard::start(&plan.directory, &plan.name)?;
     }
     // The target's files, staged for this session until it ends.
     let _staged = match &debugged {

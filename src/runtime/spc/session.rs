@@ -9,6 +9,7 @@
 //! exec beside the container's idle main process. A throwaway SPC's main process is the
 //! session; it is removed on every way out.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
@@ -89,7 +90,6 @@ async fn throwaway(
     quiet: bool,
     signals: Caught,
 ) -> Result<u8> {
-    let session = &spc.session;
     remove_abandoned(engine).await;
     // Marked with this process, so that the next throwaway removes it if this process is
     // killed before it can.
@@ -97,8 +97,18 @@ async fn throwaway(
     container
         .labels
         .insert(LABEL_PID.to_string(), std::process::id().to_string());
+    // Run from its image, toolbox can be killed with its container at any moment; the
+    // command, the container's main process, must not run on: its guard (see `guard`)
+    // watches before the container starts.
+    let guard = match sys::own_binary() {
+        Some(_) => None,
+        None => guard::SpcGuard::start(directory, &spc.container.image, None)
+            .inspect_err(|e| ui::warn(format_args!("{e:#}")))
+            .ok(),
+    };
+    let session = with_variable(&spc.session, guard.as_ref());
     let id = engine
-        .create_spc(&container.spec(image_id, Some(session)))
+        .create_spc(&container.spec(image_id, Some(&session)))
         .await?;
     let ran = async {
         let command = session.command.first().map_or("", String::as_str);
@@ -121,6 +131,12 @@ async fn throwaway(
     }
     .await;
     let removed = engine.remove_container(&id).await;
+    // A container left behind is the guard's to end once toolbox does.
+    if let Some(guard) = guard
+        && removed.is_ok()
+    {
+        guard.ended();
+    }
     let status = ran?;
     removed?;
     Ok(exit_status(status))
@@ -219,10 +235,13 @@ async fn persistent(
                 ui::say(format_args!("started container `{name}`"));
             }
         }
-        engine.exec(name, session).await
+        let guard = session_guard(engine, directory, name).await;
+        let session = with_variable(session, guard.as_ref());
+        let (exec, attached) = engine.exec(name, &session).await?;
+        Ok((exec, attached, guard))
     }
     .await;
-    let (exec, attached) = match started {
+    let (exec, attached, mut guard) = match started {
         Ok(started) => started,
         Err(e) => {
             // A container started for this session is not left running for nothing.
@@ -230,12 +249,10 @@ async fn persistent(
             return Err(e);
         }
     };
-    // Run from its image, toolbox can be killed with its container at any moment; the
-    // command started here must not run on (see `guard`).
-    if sys::own_binary().is_none()
-        && let Err(e) = guard_session(engine, directory, name, &exec).await
+    if let Some(guard) = &mut guard
+        && let Some(pid) = exec_pid(engine, &exec).await
     {
-        ui::warn(format_args!("{e:#}"));
+        guard.command(pid as u32);
     }
     let target = Recipient {
         engine,
@@ -248,6 +265,12 @@ async fn persistent(
     if let Err(e) = stopped {
         ui::warn(format_args!("{e:#}"));
     }
+    // A command that runs on still is the guard's to end once toolbox does.
+    if let Some(guard) = guard
+        && state.as_ref().is_ok_and(|state| !state.running)
+    {
+        guard.ended();
+    }
     let command = session.command.first().map_or("", String::as_str);
     streamed.map_err(|e| command_error(e, command, name))?;
     // A container stopped or removed under the session takes its exec's status with it.
@@ -258,27 +281,43 @@ async fn persistent(
     Ok(exit_status(status))
 }
 
-/// Starts the guard that ends exec session `exec` in SPC `name` and stops the SPC if this
-/// process is killed.
-async fn guard_session(
+/// Run from its image, toolbox can be killed with its container at any moment, and the
+/// command it has the engine start must not run on: its guard (see `guard`) watches
+/// before the command starts. `None` where toolbox runs on the host, or when the guard
+/// cannot start (said).
+async fn session_guard(
     engine: &impl SpcRuntime,
     directory: &Path,
     name: &str,
-    exec: &str,
-) -> Result<()> {
-    let session = exec_pid(engine, exec).await;
-    let main = engine.container(name).await?.map(|c| c.pid);
-    match (session, main) {
-        (Some(session), Some(main @ 1..)) => guard::start(
-            directory,
-            name,
-            guard::Guarded::Spc {
-                session: session as u32,
-                main,
-            },
-        ),
-        // The session ended already, or the container with it.
-        _ => Ok(()),
+) -> Option<guard::SpcGuard> {
+    if sys::own_binary().is_some() {
+        return None;
+    }
+    let started = async {
+        let main = engine.container(name).await?.map_or(0, |c| c.pid);
+        if main == 0 {
+            bail!("container `{name}` stopped as the session started");
+        }
+        guard::SpcGuard::start(directory, name, Some(main))
+    };
+    started
+        .await
+        .inspect_err(|e| ui::warn(format_args!("{e:#}")))
+        .ok()
+}
+
+/// `session` with the variable its guard finds it by, when it has one.
+fn with_variable<'a>(
+    session: &'a engine::Process,
+    guard: Option<&guard::SpcGuard>,
+) -> Cow<'a, engine::Process> {
+    match guard {
+        Some(guard) => {
+            let mut session = session.clone();
+            session.env.push(guard.variable());
+            Cow::Owned(session)
+        }
+        None => Cow::Borrowed(session),
     }
 }
 
