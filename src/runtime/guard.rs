@@ -12,11 +12,15 @@
 //!   another session or a process started in it still uses it;
 //! - for an SPC session, unless toolbox said the session ended, kills the session's
 //!   command and what it started, and every process carrying the session's token in its
-//!   environment (toolbox may be killed before the engine tells the command's PID), and,
-//!   holding the SPC's lock, stops a persistent SPC (its idle main process) when nothing
-//!   else runs in it;
+//!   environment (toolbox may be killed before the engine tells the command's PID, or
+//!   the command may have left the tree), and, holding the SPC's lock, stops a
+//!   persistent SPC (its idle main process) when nothing else runs in it;
 //!
 //! and exits. It never runs longer than the session it guards needs.
+//!
+//! An SPC session's guard starts before the engine starts the command: toolbox gives it
+//! the token on its standard input (a socket), then the command's PID once the engine
+//! gives it, then `ended` once the session ended and toolbox cleaned up after it.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::runtime::nspawn::enter::unmount_unused;
 use crate::store::session::processes_rooted;
@@ -45,47 +49,60 @@ const READY: &str = "guarding";
 /// How many times, 100 ms apart, the guard looks for the session's processes to be gone.
 const LINGER_CHECKS: u32 = 50;
 
+/// How long a guard never told the command's PID looks for the command: an engine under
+/// load takes seconds to start one (`docker run` of busybox takes 2-4 s in the test bed's
+/// emulated guest), and toolbox may have been killed just as it asked.
+const COMMAND_START: Duration = Duration::from_secs(30);
+
+/// How often the guard looks for processes carrying the session's token.
+const CARRIERS_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a process the engine says it started may take to become what it starts
+/// (runc's `runc init` executes the container's program a moment after), 20 ms apart.
+const SETTLE_CHECKS: u32 = 100;
+
 /// The variable an SPC session's command carries in its environment, valued with its
 /// guard's token: how the guard finds the command when toolbox is killed before it can
-/// tell the command's PID (the engine starts it, and tells its PID only after).
+/// tell the command's PID, and what the command started that left its process tree.
 pub const SESSION_VARIABLE: &str = "TOOLBOX_SESSION";
 
-/// What toolbox tells an SPC session's guard once the session ended: nothing is left to
-/// guard.
+/// What toolbox tells an SPC session's guard once the session ended and toolbox cleaned
+/// up after it: nothing is left to guard.
 const ENDED: &str = "ended";
 
 /// Starts the guard of a systemd-nspawn session of toolbox `name` in `directory` (its
 /// target's stage, the mount of an overlay toolbox) and waits until it watches.
 pub fn start(directory: &Path, name: &str) -> Result<()> {
-    let mut command = guard_command(directory, name);
-    command.stdin(Stdio::null());
-    spawn(command).map(drop)
+    let mut command = guard_command(directory, "nspawn");
+    command.arg(name).stdin(Stdio::null());
+    spawn(command, || Ok(())).map(drop)
 }
 
 /// The guard of a session in a super privileged container, started before the engine
 /// starts the session's command: the command carries [`SpcGuard::variable`] in its
-/// environment, and [`SpcGuard::command`] tells the guard its PID once the engine does.
+/// environment, and [`SpcGuard::tell_pid`] tells the guard its PID once the engine does.
 pub struct SpcGuard {
     token: String,
-    /// The guard's standard input: a socket, so that telling a guard that is gone fails
-    /// instead of raising SIGPIPE (which ends toolbox outside a session's streaming).
-    said: UnixStream,
+    /// The guard's standard input: a socket, so that a guard that is gone makes writing
+    /// fail instead of raising SIGPIPE (which ends toolbox outside a session's streaming).
+    input: UnixStream,
 }
 
 impl SpcGuard {
-    /// Starts the guard of an SPC session of toolbox `name` in `directory` and waits until
-    /// it watches. `main` is the host PID of a persistent SPC's idle main process, which
-    /// the guard stops if the session was its last; a throwaway SPC's main process is the
-    /// session's command.
-    pub fn start(directory: &Path, name: &str, main: Option<u32>) -> Result<SpcGuard> {
+    /// Starts the guard of an SPC session of a toolbox in `directory` and waits until it
+    /// watches. `persistent`: the persistent SPC's name and the host PID of its idle main
+    /// process, which the guard stops if the session was its last; `None` for a
+    /// throwaway SPC, whose main process is the session's command.
+    pub fn start(directory: &Path, persistent: Option<(&str, u32)>) -> Result<SpcGuard> {
         let token = session_token().context("cannot make the session's token")?;
-        let (said, heard) = UnixStream::pair().context("cannot start the session's guard")?;
-        let mut command = guard_command(directory, name);
-        command.arg("spc");
-        command.args(main.map(|main| main.to_string()));
-        command.stdin(OwnedFd::from(heard));
-        spawn_with(command, || tell(&said, &token))?;
-        Ok(SpcGuard { token, said })
+        let (input, guards) = UnixStream::pair().context("cannot start the session's guard")?;
+        let mut command = guard_command(directory, "spc");
+        if let Some((name, main)) = persistent {
+            command.arg(name).arg(main.to_string());
+        }
+        command.stdin(OwnedFd::from(guards));
+        spawn(command, || tell(&input, &token))?;
+        Ok(SpcGuard { token, input })
     }
 
     /// `NAME=VALUE` for the session's command's environment.
@@ -94,48 +111,44 @@ impl SpcGuard {
     }
 
     /// Tells the guard the host PID of the session's command, once the engine gives it.
-    pub fn command(&mut self, pid: u32) {
+    pub fn tell_pid(&self, pid: u32) {
         // A guard that is gone has nothing to be told.
-        let _ = tell(&self.said, &pid.to_string());
+        let _ = tell(&self.input, &pid.to_string());
     }
 
     /// Tells the guard that the session ended and toolbox cleaned up after it. A guard
     /// not told so when toolbox ends ends the session itself.
     pub fn ended(self) {
-        let _ = tell(&self.said, ENDED);
+        let _ = tell(&self.input, ENDED);
     }
 }
 
-/// Writes `line` and a newline to a guard's socket, without SIGPIPE.
-fn tell(said: &UnixStream, line: &str) -> std::io::Result<()> {
+/// Writes `line` and a newline to a guard's standard input, without SIGPIPE.
+fn tell(input: &UnixStream, line: &str) -> std::io::Result<()> {
     let line = format!("{line}\n");
     let mut rest = line.as_bytes();
     while !rest.is_empty() {
-        let sent = rustix::net::send(said, rest, rustix::net::SendFlags::NOSIGNAL)?;
+        let sent = rustix::net::send(input, rest, rustix::net::SendFlags::NOSIGNAL)?;
         rest = &rest[sent..];
     }
     Ok(())
 }
 
-/// `toolbox-session-guard DIRECTORY NAME PID`, for this process.
-fn guard_command(directory: &Path, name: &str) -> Command {
+/// `toolbox-session-guard DIRECTORY PID KIND`, for this process.
+fn guard_command(directory: &Path, kind: &str) -> Command {
     let mut command = Command::new("/proc/self/exe");
     command
         .arg0(NAME)
         .arg(directory)
-        .arg(name)
-        .arg(std::process::id().to_string());
+        .arg(std::process::id().to_string())
+        .arg(kind);
     command
 }
 
-fn spawn(command: Command) -> Result<Child> {
-    spawn_with(command, || Ok(()))
-}
-
-/// Spawns the guard, has `tell` tell it what it needs, and waits for it to say it
+/// Spawns the guard, has `tell` give it what it reads first, and waits for it to say it
 /// watches. Its standard output is not the terminal's, and it has a process group of its
 /// own, so the terminal's signals do not reach it.
-fn spawn_with(mut command: Command, tell: impl FnOnce() -> std::io::Result<()>) -> Result<Child> {
+fn spawn(mut command: Command, tell: impl FnOnce() -> std::io::Result<()>) -> Result<Child> {
     let mut guard = command
         .process_group(0)
         .stdout(Stdio::piped())
@@ -164,47 +177,59 @@ fn session_token() -> std::io::Result<String> {
     Ok(bits.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The guard: `toolbox-session-guard DIRECTORY NAME PID [spc [MAIN]]`.
+/// What a guard watches, as its command line says.
+enum Guarded {
+    Nspawn {
+        name: String,
+    },
+    /// `name` and `main`: a persistent SPC's name and main process.
+    Spc {
+        persistent: Option<(String, u32)>,
+    },
+}
+
+/// The guard: `toolbox-session-guard DIRECTORY PID nspawn NAME` or
+/// `toolbox-session-guard DIRECTORY PID spc [NAME MAIN]`.
 pub fn run(args: Vec<OsString>) -> Result<u8> {
     let number = |arg: &OsString| -> Result<u32> { arg.to_string_lossy().parse().context("a PID") };
-    let (directory, name, pid, spc, main) = match args.as_slice() {
-        [directory, name, pid] => (directory, name, pid, false, None),
-        [directory, name, pid, spc] if spc == "spc" => (directory, name, pid, true, None),
-        [directory, name, pid, spc, main] if spc == "spc" => {
-            (directory, name, pid, true, Some(number(main)?))
+    let text = |arg: &OsString| arg.to_string_lossy().into_owned();
+    let (directory, pid, guarded) = match args.as_slice() {
+        [directory, pid, kind, name] if kind == "nspawn" => {
+            (directory, pid, Guarded::Nspawn { name: text(name) })
         }
-        _ => bail!("usage: {NAME} DIRECTORY NAME PID [spc [MAIN]]"),
+        [directory, pid, kind] if kind == "spc" => {
+            (directory, pid, Guarded::Spc { persistent: None })
+        }
+        [directory, pid, kind, name, main] if kind == "spc" => {
+            let persistent = Some((text(name), number(main)?));
+            (directory, pid, Guarded::Spc { persistent })
+        }
+        _ => bail!("usage: {NAME} DIRECTORY PID nspawn NAME | DIRECTORY PID spc [NAME MAIN]"),
     };
     let pid = number(pid)?;
     let directory = PathBuf::from(directory);
-    let name = name.to_string_lossy().into_owned();
     let proc_root = Path::new("/proc");
-    let mut told = std::io::stdin().lock();
+    let mut input = std::io::stdin().lock();
     let watching = (|| -> Result<_> {
         sys::leave_cgroups(proc_root).context("cannot leave the container's control group")?;
         let parent = sys::pidfd(pid).context("cannot watch toolbox's process")?;
-        if !spc {
-            return Ok(Some((parent, None)));
-        }
-        let token = read_line(&mut told)?.context("toolbox gave no session token")?;
-        let main = match main {
-            None => None,
-            Some(main) => match main_handle(proc_root, main) {
-                Some(handle) => Some(handle),
-                // The container stopped already: nothing to guard.
-                None => return Ok(None),
-            },
+        let watched = match guarded {
+            Guarded::Nspawn { name } => Watched::Nspawn { name },
+            Guarded::Spc { persistent } => {
+                let token = read_line(&mut input)?.context("toolbox gave no session token")?;
+                let persistent = match persistent {
+                    Some((name, main)) => Some(Persistent::find(proc_root, name, main)?),
+                    None => None,
+                };
+                Watched::Spc(SpcSession { token, persistent })
+            }
         };
-        Ok(Some((parent, Some(SpcSession { token, main }))))
+        Ok((parent, watched))
     })();
     // Said to toolbox, which waits for the first line.
     let mut out = std::io::stdout();
-    let (parent, spc) = match watching {
-        Ok(Some(watching)) => watching,
-        Ok(None) => {
-            writeln!(out, "{READY}")?;
-            return Ok(0);
-        }
+    let (parent, watched) = match watching {
+        Ok(watching) => watching,
         Err(e) => {
             writeln!(out, "{e:#}")?;
             return Ok(1);
@@ -216,11 +241,10 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
     }
     writeln!(out, "{READY}")?;
     out.flush()?;
-    // What toolbox tells until it ends: the command's PID once the engine gives it, and
-    // that the session ended, when it did (nothing is left to do then).
+    // What toolbox tells until it ends.
     let mut command = None;
-    if let Some(spc) = &spc {
-        while let Ok(Some(line)) = read_line(&mut told) {
+    if let Watched::Spc(spc) = &watched {
+        while let Ok(Some(line)) = read_line(&mut input) {
             if line == ENDED {
                 return Ok(0);
             }
@@ -239,83 +263,94 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    match spc {
-        None => {
+    match watched {
+        Watched::Nspawn { name } => {
             toolboxes::remove_stale_stages(&directory, &name)?;
             unmount_when_unused(&directory, &name, proc_root)
         }
-        Some(spc) => spc.end(&directory, &name, proc_root, command),
+        Watched::Spc(spc) => spc.end(&directory, proc_root, command),
     }?;
     Ok(0)
 }
 
 /// A line of what toolbox tells, without its newline; `None` at the end.
-fn read_line(told: &mut impl BufRead) -> std::io::Result<Option<String>> {
+fn read_line(input: &mut impl BufRead) -> std::io::Result<Option<String>> {
     let mut line = String::new();
-    Ok((told.read_line(&mut line)? > 0).then(|| line.trim_end().to_string()))
+    Ok((input.read_line(&mut line)? > 0).then(|| line.trim_end().to_string()))
+}
+
+/// What a guard watches, once found.
+enum Watched {
+    Nspawn { name: String },
+    Spc(SpcSession),
 }
 
 /// The SPC session a guard watches.
 struct SpcSession {
     /// The value of [`SESSION_VARIABLE`] in its command's environment.
     token: String,
-    /// A persistent SPC's idle main process: its handle and PID.
-    main: Option<(OwnedFd, u32)>,
+    persistent: Option<Persistent>,
 }
 
-impl SpcSession {
-    /// The root of the container (device and inode), when it is persistent and running.
-    fn container(&self, proc_root: &Path) -> Option<(u64, u64)> {
-        self.main
-            .as_ref()
-            .and_then(|&(_, main)| root_of(proc_root, main))
-    }
+/// A persistent SPC, which its last session stops.
+struct Persistent {
+    name: String,
+    /// Its idle main process: a handle, its PID and its mount namespace (the container's,
+    /// which every session's process is in, even one that changed its root).
+    main: OwnedFd,
+    main_pid: u32,
+    namespace: (u64, u64),
+}
 
-    /// A handle on the session's command, the PID the engine gave, once checked to be
-    /// the one in the container: `None` when it is gone or its PID another process's now.
-    fn command_handle(&self, proc_root: &Path, pid: u32) -> Option<(OwnedFd, u32)> {
+impl Persistent {
+    /// The SPC `name` whose main process has PID `main` (the engine's word): refused when
+    /// the process is gone or its PID another process's now (it does not become
+    /// `toolbox-idle`).
+    fn find(proc_root: &Path, name: String, main: u32) -> Result<Persistent> {
+        let not_idle = || {
+            anyhow!(
+                "the main process of `{name}` ({main}) is not toolbox's idle process (was the container stopped?)"
+            )
+        };
         // The handle taken first, then the process it holds checked: a PID reused after
         // the check would not be the one held.
-        let handle = sys::pidfd(pid).ok()?;
-        let ours = match self.container(proc_root) {
-            Some(container) => root_of(proc_root, pid) == Some(container),
-            None => carries(proc_root, pid, &self.token),
+        let handle = sys::pidfd(main).map_err(|_| not_idle())?;
+        let idle = |pid: u32| {
+            let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline"));
+            cmdline.is_ok_and(|cmdline| {
+                let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+                program.ends_with(crate::engine::IDLE_NAME.as_bytes())
+            })
         };
-        ours.then_some((handle, pid))
+        if !settles(&handle, || idle(main)) {
+            return Err(not_idle());
+        }
+        let namespace = namespace_of(proc_root, main).ok_or_else(not_idle)?;
+        Ok(Persistent {
+            name,
+            main: handle,
+            main_pid: main,
+            namespace,
+        })
     }
 
-    /// Ends the session of a toolbox process that ended without saying the session did:
-    /// kills the command the engine gave (`command`) and everything carrying the session's
-    /// token, then stops a persistent SPC when its main process is the only one left in
-    /// it (of the processes whose root is the container's).
-    fn end(
-        self,
-        directory: &Path,
-        name: &str,
-        proc_root: &Path,
-        command: Option<(OwnedFd, u32)>,
-    ) -> Result<()> {
-        let container = self.container(proc_root);
-        let killed = match &command {
-            Some((handle, pid)) => kill_tree(proc_root, handle, *pid),
-            None => Vec::new(),
-        };
-        // Without the command's PID, the engine may be starting the command still: it is
-        // looked for as long as a session's processes get to end.
-        let checks = if command.is_some() { 1 } else { LINGER_CHECKS };
-        kill_carrying(proc_root, &self.token, container, checks, killed);
-        let (Some((main_handle, main)), Some(container)) = (self.main, container) else {
-            return Ok(());
-        };
-        // The killed processes take a moment to let go of the container; another session's
-        // keep it running, and its toolbox stops it after.
+    /// Stops the SPC, holding its lock, when its main process is the only one left in it
+    /// (in its mount namespace); the killed processes take a moment to let go of it.
+    /// Another session's keep it running, and its toolbox stops it after.
+    fn stop_if_idle(self, directory: &Path, proc_root: &Path) -> Result<()> {
         for _ in 0..LINGER_CHECKS {
-            let lock = toolboxes::lock_for_spc(directory, name)?;
-            let others = processes_rooted(proc_root, |m| (m.dev(), m.ino()) == container)?;
-            if others.iter().all(|&pid| pid as u32 == main) {
-                // toolbox-idle ends on it, and the container stops.
-                signals::send_pidfd(&main_handle, Signal::TERM);
-                break;
+            let lock = toolboxes::lock_for_spc(directory, &self.name)?;
+            let others = processes_rooted(proc_root, |_| true)?
+                .into_iter()
+                .map(|pid| pid as u32)
+                .filter(|&pid| pid != self.main_pid)
+                .any(|pid| namespace_of(proc_root, pid) == Some(self.namespace));
+            if !others {
+                // toolbox-idle ends on it, and the container stops; the lock is held
+                // until it did, so that no session takes the container for running.
+                signals::send_pidfd(&self.main, Signal::TERM);
+                let _ = sys::exited_within(&self.main, Duration::from_secs(10));
+                return Ok(());
             }
             drop(lock);
             std::thread::sleep(Duration::from_millis(100));
@@ -324,15 +359,71 @@ impl SpcSession {
     }
 }
 
-/// A handle on an SPC's main process, the PID the engine gave: `None` when it is gone or
-/// its PID another process's now (no longer `toolbox-idle`).
-fn main_handle(proc_root: &Path, main: u32) -> Option<(OwnedFd, u32)> {
-    let handle = sys::pidfd(main).ok()?;
-    let cmdline = std::fs::read(proc_root.join(main.to_string()).join("cmdline")).ok()?;
-    let program = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    program
-        .ends_with(crate::engine::IDLE_NAME.as_bytes())
-        .then_some((handle, main))
+impl SpcSession {
+    /// A handle on the session's command, the PID the engine gave, once checked to be the
+    /// session's (in the SPC's mount namespace, or carrying the token): `None` when it is
+    /// gone or its PID another process's now.
+    fn command_handle(&self, proc_root: &Path, pid: u32) -> Option<(OwnedFd, u32)> {
+        let handle = sys::pidfd(pid).ok()?;
+        let ours = || {
+            let in_spc = self
+                .persistent
+                .as_ref()
+                .is_some_and(|spc| namespace_of(proc_root, pid) == Some(spc.namespace));
+            in_spc || carries(proc_root, pid, &self.token)
+        };
+        settles(&handle, ours).then_some((handle, pid))
+    }
+
+    /// Ends the session of a toolbox process that ended without saying the session did:
+    /// kills the command the engine gave (`command`) with what it started, and every
+    /// process carrying the session's token (for [`COMMAND_START`] when the engine gave no
+    /// PID: it may be starting the command still); then stops a persistent SPC when
+    /// nothing else runs in it.
+    fn end(
+        self,
+        directory: &Path,
+        proc_root: &Path,
+        command: Option<(OwnedFd, u32)>,
+    ) -> Result<()> {
+        let mut killed = Vec::new();
+        if let Some((handle, pid)) = &command {
+            // One that ended has no tree left: its PID's children may be another's.
+            if !sys::exited_within(handle, Duration::ZERO).unwrap_or(true) {
+                killed = kill_tree(proc_root, handle, *pid);
+                killed.push(*pid);
+            }
+        }
+        let looking = match command {
+            Some(_) => Duration::ZERO,
+            None => COMMAND_START,
+        };
+        kill_carrying(proc_root, &self.token, looking, killed);
+        match self.persistent {
+            Some(spc) => spc.stop_if_idle(directory, proc_root),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether `ours` holds for the process `handle` holds within [`SETTLE_CHECKS`], while it
+/// runs.
+fn settles(handle: &OwnedFd, ours: impl Fn() -> bool) -> bool {
+    for _ in 0..SETTLE_CHECKS {
+        if ours() {
+            return true;
+        }
+        if sys::exited_within(handle, Duration::from_millis(20)).unwrap_or(true) {
+            return false;
+        }
+    }
+    false
+}
+
+/// The mount namespace of process `pid` (device and inode).
+fn namespace_of(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
+    let namespace = std::fs::metadata(proc_root.join(pid.to_string()).join("ns/mnt")).ok()?;
+    Some((namespace.dev(), namespace.ino()))
 }
 
 /// Whether process `pid`'s environment holds the session variable valued `token`.
@@ -350,20 +441,17 @@ fn holds_token(environ: &[u8], token: &str) -> bool {
         .any(|entry| entry == wanted.as_bytes())
 }
 
-/// Kills, `checks` times 100 ms apart, the processes carrying `token` (in `container`'s
-/// root when given, else anywhere) with what they started, but for those in `killed`.
-fn kill_carrying(
-    proc_root: &Path,
-    token: &str,
-    container: Option<(u64, u64)>,
-    checks: u32,
-    mut killed: Vec<u32>,
-) {
-    let in_container = |m: &std::fs::Metadata| container.is_none_or(|c| (m.dev(), m.ino()) == c);
-    for check in 0..checks {
-        let found = processes_rooted(proc_root, in_container).unwrap_or_default();
-        for pid in found.into_iter().map(|pid| pid as u32) {
-            if killed.contains(&pid) {
+/// Kills the processes carrying `token`, wherever they are (a session's may have changed
+/// their root), with what they started, but for those in `killed`: at once, then every
+/// [`CARRIERS_EVERY`] for `looking`, or until a look after some were killed finds no
+/// more (the command had started then, and what it started is ended with it).
+fn kill_carrying(proc_root: &Path, token: &str, looking: Duration, mut killed: Vec<u32>) {
+    let until = std::time::Instant::now() + looking;
+    loop {
+        let mut found = false;
+        for pid in processes_rooted(proc_root, |_| true).unwrap_or_default() {
+            let pid = pid as u32;
+            if killed.contains(&pid) || !carries(proc_root, pid, token) {
                 continue;
             }
             // As for the command: the handle first, then the process it holds checked.
@@ -373,11 +461,14 @@ fn kill_carrying(
             if carries(proc_root, pid, token) {
                 killed.extend(kill_tree(proc_root, &handle, pid));
                 killed.push(pid);
+                found = true;
             }
         }
-        if check + 1 < checks {
-            std::thread::sleep(Duration::from_millis(100));
+        let ended = !found && !killed.is_empty();
+        if ended || std::time::Instant::now() >= until {
+            return;
         }
+        std::thread::sleep(CARRIERS_EVERY);
     }
 }
 
@@ -423,12 +514,6 @@ fn unmount_when_unused(directory: &Path, name: &str, proc_root: &Path) -> Result
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-/// What process `pid` has as its root directory (device and inode).
-fn root_of(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
-    let root = std::fs::metadata(proc_root.join(pid.to_string()).join("root")).ok()?;
-    Some((root.dev(), root.ino()))
 }
 
 /// The processes descending from `ancestor` (which may be gone: its children are then
@@ -511,7 +596,7 @@ mod tests {
         }
         assert_eq!(started.len(), 1, "the carrier's child did not start");
 
-        kill_carrying(Path::new("/proc"), &token, None, 1, Vec::new());
+        kill_carrying(Path::new("/proc"), &token, Duration::ZERO, Vec::new());
 
         let mut ended = None;
         for _ in 0..100 {

@@ -627,6 +627,22 @@ pub fn wait_exited(pidfd: impl AsFd) -> io::Result<()> {
     }
 }
 
+/// Waits up to `timeout` for the process of `pidfd` to exit, and says whether it has.
+pub fn exited_within(pidfd: impl AsFd, timeout: std::time::Duration) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let timeout = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Err(Errno::INTR) => continue,
+            result => return result.map(|ready| ready > 0).map_err(Into::into),
+        }
+    }
+}
+
 /// Standard input's terminal in raw mode (no echo, no line editing, no signals from keys,
 /// no output processing), as a container's pseudo-terminal wants it; its settings are
 /// restored when this is dropped, on every way out that unwinds.

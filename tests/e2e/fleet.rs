@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -420,8 +421,8 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
 
     let spc = t.toolbox_name();
     // Killed mid-session: the command ends, and the SPC stops (it stays, as the toolbox).
-    // Killed by the command itself as soon as it starts, toolbox cannot have told its
-    // guard the command's PID yet, or has only just.
+    // Killed by the command itself as soon as it starts: toolbox may or may not have told
+    // its guard the command's PID by then.
     let name = container_name(&t, "spc-killed");
     killed_by_its_command(&t, &name, &shape, &[]);
     wait_for("the SPC to stop", || {
@@ -467,9 +468,10 @@ fn throwaways() -> Vec<String> {
 }
 
 /// Runs toolbox from its image as container `name` with `shape`, its session's command
-/// in an SPC (`spc_args` added) being `sh -c` that starts two sleeps (one as its child in
-/// the background, which the shell hands to another parent as soon as it is killed), says
-/// their PIDs, and kills toolbox's process at once. Then the guard ends both, and itself.
+/// in an SPC (`spc_args` added) being `sh -c` that starts three sleeps (in the background,
+/// which the shell hands to another parent as soon as it is killed; one of them in the
+/// host's root, through `chroot`), says their PIDs, and kills toolbox's process at once.
+/// Then the guard ends them, and itself.
 fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[&str]) {
     // toolbox's host PID is written once its container runs, and the sleeps' by the
     // command, in the host's PID namespace, through the host's root.
@@ -477,7 +479,8 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
     let said = t.root.join(format!("{name}.sleeps"));
     let script = format!(
         "while [ ! -s \"$HOST{told}\" ]; do sleep 1; done; \
-         sleep 1226 & b=$!; sleep 1221 & s=$!; echo \"$b $s\" >\"$HOST{said}.tmp\"; \
+         sleep 1226 & b=$!; chroot \"$HOST\" sleep 1227 & c=$!; sleep 1221 & s=$!; \
+         echo \"$b $c $s\" >\"$HOST{said}.tmp\"; \
          mv \"$HOST{said}.tmp\" \"$HOST{said}\"; kill -KILL $(cat \"$HOST{told}\"); wait $s",
         told = told.display(),
         said = said.display(),
@@ -512,7 +515,7 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
         .split_whitespace()
         .map(|pid| pid.parse().unwrap())
         .collect();
-    assert_eq!(sleeps.len(), 2, "{}", said.display());
+    assert_eq!(sleeps.len(), 3, "{}", said.display());
     let _ = wait_exit(&mut session);
     // Ended: gone, or a zombie its new parent has yet to reap.
     let ended = |pid: u32| {
@@ -529,4 +532,69 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
         t.toolboxes.display()
     );
     wait_for("the guard to end", || !running(&guard));
+}
+
+/// The guard of a throwaway SPC session whose toolbox was killed before it could tell the
+/// command's PID (here: told the token, then nothing) ends the processes carrying the
+/// token once toolbox is gone, wherever they run, and no other; then it ends itself.
+#[test]
+fn a_guard_never_told_the_commands_pid_finds_it_by_its_token() {
+    if !toolbox::sys::is_root() {
+        return unavailable("fleet_guard", "the guard leaves its control group as root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guard = dir.path().join(toolbox::runtime::guard::NAME);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_toolbox"), &guard).unwrap();
+    let token = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let told = dir.path().join("told");
+    fs::write(&told, format!("{token}\n")).unwrap();
+    let variable = toolbox::runtime::guard::SESSION_VARIABLE;
+    let sleep = |seconds: &str, token: &str| {
+        Command::new("sleep")
+            .arg(seconds)
+            .env(variable, token)
+            .spawn()
+            .unwrap()
+    };
+    let mut carrier = sleep("1231", token);
+    let mut other = sleep("1232", "another");
+    // toolbox's part: a process that starts the guard, its child, and is killed.
+    let mut toolbox = Command::new("sh")
+        .args(["-c", "\"$1\" \"$2\" $$ spc <\"$3\" & wait", "sh"])
+        .arg(&guard)
+        .arg(dir.path())
+        .arg(&told)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let stdout = toolbox.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut said).unwrap();
+    assert_eq!(said, "guarding\n");
+    let guard_running = || running(&format!("{} {}", guard.display(), dir.path().display()));
+    assert!(guard_running(), "the guard is not running");
+    // The guard waits for toolbox, and kills nothing while it runs.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        carrier.try_wait().unwrap().is_none(),
+        "killed while toolbox runs"
+    );
+    toolbox.kill().unwrap();
+    toolbox.wait().unwrap();
+    let mut ended = None;
+    for _ in 0..100 {
+        ended = carrier.try_wait().unwrap();
+        if ended.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let untouched = other.try_wait().unwrap().is_none();
+    for process in [&mut carrier, &mut other] {
+        let _ = process.kill();
+        let _ = process.wait();
+    }
+    assert!(ended.is_some(), "the process carrying the token runs on");
+    assert!(untouched, "a process with another token was killed");
+    wait_for("the guard to end", || !guard_running());
 }

@@ -102,7 +102,7 @@ async fn throwaway(
     // watches before the container starts.
     let guard = match sys::own_binary() {
         Some(_) => None,
-        None => guard::SpcGuard::start(directory, &spc.container.image, None)
+        None => guard::SpcGuard::start(directory, None)
             .inspect_err(|e| ui::warn(format_args!("{e:#}")))
             .ok(),
     };
@@ -121,6 +121,12 @@ async fn throwaway(
             .start(&id)
             .await
             .map_err(|e| command_error(e, command, toolbox))?;
+        if let Some(guard) = &guard
+            && let Ok(Some(started)) = engine.container(&id).await
+            && started.pid != 0
+        {
+            guard.tell_pid(started.pid);
+        }
         let target = Recipient {
             engine,
             container: &id,
@@ -241,7 +247,7 @@ async fn persistent(
         Ok((exec, attached, guard))
     }
     .await;
-    let (exec, attached, mut guard) = match started {
+    let (exec, attached, guard) = match started {
         Ok(started) => started,
         Err(e) => {
             // A container started for this session is not left running for nothing.
@@ -249,10 +255,10 @@ async fn persistent(
             return Err(e);
         }
     };
-    if let Some(guard) = &mut guard
+    if let Some(guard) = &guard
         && let Some(pid) = exec_pid(engine, &exec).await
     {
-        guard.command(pid as u32);
+        guard.tell_pid(pid as u32);
     }
     let target = Recipient {
         engine,
@@ -298,7 +304,7 @@ async fn session_guard(
         if main == 0 {
             bail!("container `{name}` stopped as the session started");
         }
-        guard::SpcGuard::start(directory, name, Some(main))
+        guard::SpcGuard::start(directory, Some((name, main)))
     };
     started
         .await
