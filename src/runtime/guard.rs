@@ -221,7 +221,14 @@ pub fn run(args: Vec<OsString>) -> Result<u8> {
                     Some((name, main)) => Some(Persistent::find(proc_root, name, main)?),
                     None => None,
                 };
-                Watched::Spc(SpcSession { token, persistent })
+                let started = sys::proc_stat(proc_root, std::process::id())
+                    .context("cannot read the guard's own start")?
+                    .start_time;
+                Watched::Spc(SpcSession {
+                    token,
+                    persistent,
+                    started,
+                })
             }
         };
         Ok((parent, watched))
@@ -290,6 +297,8 @@ struct SpcSession {
     /// The value of [`SESSION_VARIABLE`] in its command's environment.
     token: String,
     persistent: Option<Persistent>,
+    /// When this guard started, in clock ticks since boot (`/proc/PID/stat`'s field 22).
+    started: u64,
 }
 
 /// A persistent SPC, which its last session stops.
@@ -300,6 +309,9 @@ struct Persistent {
     main: OwnedFd,
     main_pid: u32,
     namespace: (u64, u64),
+    /// Its control groups, which every session's process is in, even one that left the
+    /// mount namespace (`nsenter -t 1 -m`).
+    cgroup: String,
 }
 
 impl Persistent {
@@ -326,16 +338,24 @@ impl Persistent {
             return Err(not_idle());
         }
         let namespace = namespace_of(proc_root, main).ok_or_else(not_idle)?;
+        let cgroup = cgroup_of(proc_root, main).ok_or_else(not_idle)?;
         Ok(Persistent {
             name,
             main: handle,
             main_pid: main,
             namespace,
+            cgroup,
         })
     }
 
+    /// Whether process `pid` is in the SPC: in its mount namespace or its control groups.
+    fn holds(&self, proc_root: &Path, pid: u32) -> bool {
+        namespace_of(proc_root, pid) == Some(self.namespace)
+            || cgroup_of(proc_root, pid).as_ref() == Some(&self.cgroup)
+    }
+
     /// Stops the SPC, holding its lock, when its main process is the only one left in it
-    /// (in its mount namespace); the killed processes take a moment to let go of it.
+    /// (see [`Persistent::holds`]); the killed processes take a moment to let go of it.
     /// Another session's keep it running, and its toolbox stops it after.
     fn stop_if_idle(self, directory: &Path, proc_root: &Path) -> Result<()> {
         for _ in 0..LINGER_CHECKS {
@@ -344,7 +364,7 @@ impl Persistent {
                 .into_iter()
                 .map(|pid| pid as u32)
                 .filter(|&pid| pid != self.main_pid)
-                .any(|pid| namespace_of(proc_root, pid) == Some(self.namespace));
+                .any(|pid| self.holds(proc_root, pid));
             if !others {
                 // toolbox-idle ends on it, and the container stops; the lock is held
                 // until it did, so that no session takes the container for running.
@@ -361,15 +381,17 @@ impl Persistent {
 
 impl SpcSession {
     /// A handle on the session's command, the PID the engine gave, once checked to be the
-    /// session's (in the SPC's mount namespace, or carrying the token): `None` when it is
-    /// gone or its PID another process's now.
+    /// session's (in the persistent SPC, or started after this guard, as a throwaway's
+    /// main process is, or carrying the token): `None` when it is gone or its PID another
+    /// process's now.
     fn command_handle(&self, proc_root: &Path, pid: u32) -> Option<(OwnedFd, u32)> {
         let handle = sys::pidfd(pid).ok()?;
         let ours = || {
-            let in_spc = self
-                .persistent
-                .as_ref()
-                .is_some_and(|spc| namespace_of(proc_root, pid) == Some(spc.namespace));
+            let in_spc = match &self.persistent {
+                Some(spc) => spc.holds(proc_root, pid),
+                None => sys::proc_stat(proc_root, pid)
+                    .is_some_and(|stat| stat.start_time >= self.started),
+            };
             in_spc || carries(proc_root, pid, &self.token)
         };
         settles(&handle, ours).then_some((handle, pid))
@@ -426,6 +448,11 @@ fn namespace_of(proc_root: &Path, pid: u32) -> Option<(u64, u64)> {
     Some((namespace.dev(), namespace.ino()))
 }
 
+/// The control groups of process `pid`, as `/proc/PID/cgroup` lists them.
+fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()
+}
+
 /// Whether process `pid`'s environment holds the session variable valued `token`.
 fn carries(proc_root: &Path, pid: u32, token: &str) -> bool {
     std::fs::read(proc_root.join(pid.to_string()).join("environ"))
@@ -442,9 +469,9 @@ fn holds_token(environ: &[u8], token: &str) -> bool {
 }
 
 /// Kills the processes carrying `token`, wherever they are (a session's may have changed
-/// their root), with what they started, but for those in `killed`: at once, then every
-/// [`CARRIERS_EVERY`] for `looking`, or until a look after some were killed finds no
-/// more (the command had started then, and what it started is ended with it).
+/// their root), with what they started, but for those in `killed`: every
+/// [`CARRIERS_EVERY`] until a look finds none once some were killed (one that forked as
+/// it was found is found by the next), or none were and `looking` is over.
 fn kill_carrying(proc_root: &Path, token: &str, looking: Duration, mut killed: Vec<u32>) {
     let until = std::time::Instant::now() + looking;
     loop {
@@ -464,8 +491,8 @@ fn kill_carrying(proc_root: &Path, token: &str, looking: Duration, mut killed: V
                 found = true;
             }
         }
-        let ended = !found && !killed.is_empty();
-        if ended || std::time::Instant::now() >= until {
+        let over = std::time::Instant::now() >= until;
+        if !found && (over || !killed.is_empty()) {
             return;
         }
         std::thread::sleep(CARRIERS_EVERY);

@@ -431,47 +431,58 @@ fn without_systemd_nspawn_on_the_host_sessions_run_in_an_spc_that_ends_with_the_
 
     // The same for a throwaway SPC (`--rm`), whose main process is the command: it stops,
     // and the next throwaway session removes it (its toolbox is gone).
+    // (Another test's throwaway session may remove it first: it is abandoned.)
     let name = container_name(&t, "spc-rm-killed");
-    let before = throwaways();
     killed_by_its_command(&t, &name, &shape, &["--rm"]);
-    let left: Vec<String> = throwaways()
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert_eq!(left.len(), 1, "throwaway SPCs left: {left:?}");
-    let id = &left[0];
-    wait_for("the throwaway SPC to stop", || {
-        docker(&["inspect", "--format", "{{.State.Running}}", id]).trim() == "false"
-    });
+    let left = throwaways(&t);
+    assert!(left.len() <= 1, "throwaway SPCs left: {left:?}");
+    for id in &left {
+        wait_for("the throwaway SPC to stop", || {
+            let out = Command::new("docker")
+                .args(["inspect", "--format", "{{.State.Running}}", id])
+                .output()
+                .unwrap();
+            !out.status.success() || stdout(&out).trim() == "false"
+        });
+    }
     let next = container_name(&t, "spc-rm-next");
     let out = from_image(&t, &next, &shape, "auto", &["run", "--rm", "true"])
         .output()
         .unwrap();
     assert_eq!(status(&out), 0, "{}", describe(&out));
-    let left = Command::new("docker")
-        .args(["inspect", id])
-        .output()
-        .unwrap();
-    let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    let stays = throwaways(&t);
+    for id in &stays {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
     assert!(
-        !left.status.success(),
-        "the killed throwaway SPC {id} stays"
+        stays.is_empty(),
+        "the killed throwaway SPC stays: {stays:?}"
     );
 }
 
-/// The throwaway SPCs in the daemon, running or not.
-fn throwaways() -> Vec<String> {
+/// The throwaway SPCs of `t`'s toolbox in the daemon, running or not (their command
+/// carries the toolbox's name).
+fn throwaways(t: &TestEnv) -> Vec<String> {
+    let name = format!("NAME={}", t.toolbox_name());
     docker(&["ps", "-aq", "--no-trunc", "--filter", "label=toolbox.pid"])
         .split_whitespace()
+        .filter(|id| {
+            let out = Command::new("docker")
+                .args(["inspect", "--format", "{{json .Config.Env}}", id])
+                .output()
+                .unwrap();
+            stdout(&out).contains(&format!("\"{name}\""))
+        })
         .map(String::from)
         .collect()
 }
 
 /// Runs toolbox from its image as container `name` with `shape`, its session's command
-/// in an SPC (`spc_args` added) being `sh -c` that starts three sleeps (in the background,
-/// which the shell hands to another parent as soon as it is killed; one of them in the
-/// host's root, through `chroot`), says their PIDs, and kills toolbox's process at once.
-/// Then the guard ends them, and itself.
+/// in an SPC (`spc_args` added) being `sh -c` that starts four sleeps in the background
+/// (which the shell hands to another parent as soon as it is killed; two of them in the
+/// host's root, through `chroot`, and one of those out of the command's tree already),
+/// says their PIDs, and kills toolbox's process at once. Then the guard ends them, and
+/// itself.
 fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[&str]) {
     // toolbox's host PID is written once its container runs, and the sleeps' by the
     // command, in the host's PID namespace, through the host's root.
@@ -480,7 +491,8 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
     let script = format!(
         "while [ ! -s \"$HOST{told}\" ]; do sleep 1; done; \
          sleep 1226 & b=$!; chroot \"$HOST\" sleep 1227 & c=$!; sleep 1221 & s=$!; \
-         echo \"$b $c $s\" >\"$HOST{said}.tmp\"; \
+         sh -c 'chroot \"$HOST\" sleep 1228 & echo $! >\"$1\"' sh \"$HOST{said}.escaped\"; \
+         echo \"$b $c $s $(cat \"$HOST{said}.escaped\")\" >\"$HOST{said}.tmp\"; \
          mv \"$HOST{said}.tmp\" \"$HOST{said}\"; kill -KILL $(cat \"$HOST{told}\"); wait $s",
         told = told.display(),
         said = said.display(),
@@ -515,7 +527,7 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
         .split_whitespace()
         .map(|pid| pid.parse().unwrap())
         .collect();
-    assert_eq!(sleeps.len(), 3, "{}", said.display());
+    assert_eq!(sleeps.len(), 4, "{}", said.display());
     let _ = wait_exit(&mut session);
     // Ended: gone, or a zombie its new parent has yet to reap.
     let ended = |pid: u32| {
@@ -535,8 +547,9 @@ fn killed_by_its_command(t: &TestEnv, name: &str, shape: &[String], spc_args: &[
 }
 
 /// The guard of a throwaway SPC session whose toolbox was killed before it could tell the
-/// command's PID (here: told the token, then nothing) ends the processes carrying the
-/// token once toolbox is gone, wherever they run, and no other; then it ends itself.
+/// command's PID (here: told the token, then nothing) ends the command the engine starts
+/// after that, found by the token wherever it runs, and no other process; then it ends
+/// itself.
 #[test]
 fn a_guard_never_told_the_commands_pid_finds_it_by_its_token() {
     if !toolbox::sys::is_root() {
@@ -545,19 +558,11 @@ fn a_guard_never_told_the_commands_pid_finds_it_by_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let guard = dir.path().join(toolbox::runtime::guard::NAME);
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_toolbox"), &guard).unwrap();
-    let token = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let token = format!("{:032x}", random_bits());
     let told = dir.path().join("told");
     fs::write(&told, format!("{token}\n")).unwrap();
-    let variable = toolbox::runtime::guard::SESSION_VARIABLE;
-    let sleep = |seconds: &str, token: &str| {
-        Command::new("sleep")
-            .arg(seconds)
-            .env(variable, token)
-            .spawn()
-            .unwrap()
-    };
-    let mut carrier = sleep("1231", token);
-    let mut other = sleep("1232", "another");
+    let mut started = Started(Vec::new());
+    let other = started.sleep("1232", "another");
     // toolbox's part: a process that starts the guard, its child, and is killed.
     let mut toolbox = Command::new("sh")
         .args(["-c", "\"$1\" \"$2\" $$ spc <\"$3\" & wait", "sh"])
@@ -567,34 +572,68 @@ fn a_guard_never_told_the_commands_pid_finds_it_by_its_token() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut said = String::new();
     let stdout = toolbox.stdout.take().unwrap();
+    started.0.push(toolbox);
+    let toolbox = started.0.len() - 1;
+    let mut said = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut said).unwrap();
     assert_eq!(said, "guarding\n");
     let guard_running = || running(&format!("{} {}", guard.display(), dir.path().display()));
     assert!(guard_running(), "the guard is not running");
-    // The guard waits for toolbox, and kills nothing while it runs.
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        carrier.try_wait().unwrap().is_none(),
-        "killed while toolbox runs"
-    );
-    toolbox.kill().unwrap();
-    toolbox.wait().unwrap();
-    let mut ended = None;
+    started.0[toolbox].kill().unwrap();
+    started.0[toolbox].wait().unwrap();
+    // The engine starts the command a moment after toolbox was killed.
+    std::thread::sleep(Duration::from_secs(2));
+    let command = started.sleep("1231", &token);
     for _ in 0..100 {
-        ended = carrier.try_wait().unwrap();
-        if ended.is_some() {
+        if !started.running(command) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let untouched = other.try_wait().unwrap().is_none();
-    for process in [&mut carrier, &mut other] {
-        let _ = process.kill();
-        let _ = process.wait();
-    }
-    assert!(ended.is_some(), "the process carrying the token runs on");
-    assert!(untouched, "a process with another token was killed");
+    assert!(
+        !started.running(command),
+        "the command started late runs on"
+    );
+    assert!(
+        started.running(other),
+        "a process with another token was killed"
+    );
     wait_for("the guard to end", || !guard_running());
+}
+
+/// Processes a test started, killed when it ends however it ends.
+struct Started(Vec<std::process::Child>);
+
+impl Started {
+    /// Starts `sleep SECONDS` carrying `token` as the session's, and says which it is.
+    fn sleep(&mut self, seconds: &str, token: &str) -> usize {
+        let child = Command::new("sleep")
+            .arg(seconds)
+            .env(toolbox::runtime::guard::SESSION_VARIABLE, token)
+            .spawn()
+            .unwrap();
+        self.0.push(child);
+        self.0.len() - 1
+    }
+
+    fn running(&mut self, which: usize) -> bool {
+        self.0[which].try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// 128 random bits.
+fn random_bits() -> u128 {
+    let mut bits = [0u8; 16];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom").unwrap(), &mut bits).unwrap();
+    u128::from_ne_bytes(bits)
 }

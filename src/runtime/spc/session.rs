@@ -244,6 +244,13 @@ async fn persistent(
         let guard = session_guard(engine, directory, name).await;
         let session = with_variable(session, guard.as_ref());
         let (exec, attached) = engine.exec(name, &session).await?;
+        // The lock is held until the command runs: a killed session's guard stops the SPC
+        // when no process is in it, and this session has none until the engine started it.
+        if let Some(pid) = exec_pid(engine, &exec).await
+            && let Some(guard) = &guard
+        {
+            guard.tell_pid(pid as u32);
+        }
         Ok((exec, attached, guard))
     }
     .await;
@@ -255,11 +262,6 @@ async fn persistent(
             return Err(e);
         }
     };
-    if let Some(guard) = &guard
-        && let Some(pid) = exec_pid(engine, &exec).await
-    {
-        guard.tell_pid(pid as u32);
-    }
     let target = Recipient {
         engine,
         container: name,
