@@ -617,26 +617,24 @@ pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
 
 /// Blocks until the process of `pidfd` has exited.
 pub fn wait_exited(pidfd: impl AsFd) -> io::Result<()> {
-    use rustix::event::{PollFd, PollFlags, poll};
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    loop {
-        match poll(&mut fds, None) {
-            Err(Errno::INTR) => continue,
-            result => return result.map(|_| ()).map_err(Into::into),
-        }
-    }
+    poll_exit(pidfd, None).map(drop)
 }
 
 /// Waits up to `timeout` for the process of `pidfd` to exit, and says whether it has.
 pub fn exited_within(pidfd: impl AsFd, timeout: std::time::Duration) -> io::Result<bool> {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    let timeout = Timespec {
+    let timeout = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos().into(),
     };
+    poll_exit(pidfd, Some(&timeout))
+}
+
+/// Polls `pidfd` until its process exited or `timeout` passed: whether it exited.
+fn poll_exit(pidfd: impl AsFd, timeout: Option<&rustix::event::Timespec>) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
     loop {
-        match poll(&mut fds, Some(&timeout)) {
+        match poll(&mut fds, timeout) {
             Err(Errno::INTR) => continue,
             result => return result.map(|ready| ready > 0).map_err(Into::into),
         }
